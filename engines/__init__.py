@@ -1,0 +1,1 @@
+"""Avatar engines: one folder per engine family; ``base`` holds the shared contract."""

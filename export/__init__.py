@@ -1,0 +1,1 @@
+"""ONNX / TensorRT export of the neural stages, runtimes and parity checks."""
