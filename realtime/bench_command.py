@@ -1,0 +1,92 @@
+"""``avatar bench``: runs one benchmark suite, prints a summary and writes JSON (+ plots).
+
+Each suite is a module exposing ``run_bench(options: BenchOptions) -> dict`` which may write
+PNG plots into ``options.out_dir`` and returns a JSON-serialisable result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+SUITES: dict[str, str] = {
+    "lite": "engines.lite.bench",
+    "joyvasa": "engines.joyvasa.bench",
+    "liveportrait": "engines.liveportrait.bench",
+    "export": "export.bench",
+    "loopy": "engines.loopy.bench",
+    "api": "realtime.latency_bench",
+}
+
+
+@dataclass
+class BenchOptions:
+    out_dir: Path
+    device: str = "cpu"  # "cpu" or "cuda"
+    quick: bool = False  # fewer iterations (smoke runs in tests)
+    seconds: float = 10.0  # audio / run length where the suite streams
+    backend: str = "all"  # export suite: torch|onnxruntime|tensorrt|all
+    fp16: bool = False
+    weights: str | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", "--suite", dest="suite", default="lite", choices=list(SUITES), help="what to benchmark")
+    p.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for JSON and plots")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="few iterations (smoke test)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the streamed audio")
+    p.add_argument("--backend", default="all", help="export suite: torch, onnxruntime, tensorrt or all")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--weights", default=None, help="checkpoint directory (random weights of the real shapes if absent)")
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+    try:
+        import torch  # only for reporting; the lite suite never needs it
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = BenchOptions(
+        out_dir=args.out, device=args.device, quick=args.quick, seconds=args.seconds,
+        backend=args.backend, fp16=args.fp16, weights=args.weights,
+    )
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    module = importlib.import_module(SUITES[args.suite])
+    t0 = time.time()
+    result = module.run_bench(opts)
+    report = {
+        "suite": args.suite,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+        "wall_s": round(time.time() - t0, 2),
+        "options": {k: str(v) for k, v in asdict(opts).items()},
+        "machine": machine_info(),
+        "result": result,
+    }
+    path = opts.out_dir / f"{args.suite}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    json.dump(result, sys.stdout, indent=2, default=str)
+    print(f"\nwrote {path}")
+    return 0
