@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -50,6 +51,7 @@ class AgentConnection:
         self.ws = ws
         self.resampler: PcmResampler | None = None
         self.utterance_open = False
+        self.unfinished: set[int] = set()  # utterances pushed here whose playback_finished is not yet seen
 
     async def send(self, text: str) -> None:
         if not self.ws.closed:
@@ -69,7 +71,7 @@ class AgentConnection:
 
     def set_rate(self, rate: int) -> None:
         if self.resampler is not None and self.utterance_open:
-            self.session.push_audio(self.resampler.flush())
+            self.push(self.resampler.flush())
         self.resampler = PcmResampler(rate)
 
     async def on_audio(self, data: bytes) -> None:
@@ -80,10 +82,12 @@ class AgentConnection:
                 "first (or connect with ?sample_rate=)",
             )
         pcm = decode_pcm16(data, self.resampler.sample_rate)
-        audio = self.resampler.convert(pcm)
+        self.push(self.resampler.convert(pcm))
         self.utterance_open = True
+
+    def push(self, audio) -> None:
         if audio.size:
-            self.session.push_audio(audio)
+            self.unfinished.add(self.session.push_audio(audio))
 
     async def on_control(self, msg: ControlMessage) -> None:
         session = self.session
@@ -92,9 +96,7 @@ class AgentConnection:
             await self.ready()
         elif msg.type == "end_of_utterance":
             if self.resampler is not None:
-                tail = self.resampler.flush()
-                if tail.size:
-                    session.push_audio(tail)
+                self.push(self.resampler.flush())
             session.end_utterance()
             self.utterance_open = False
         elif msg.type == "interrupt":
@@ -102,8 +104,11 @@ class AgentConnection:
                 self.resampler.flush()  # drop the filter tail with the rest
             session.interrupt()
             self.utterance_open = False
+            if not self.unfinished:  # nothing was playing or queued: acknowledge at once
+                await self.send(event_message("playback_finished", utterance=None, playback_position=0.0,
+                                              interrupted=True))
         elif msg.type == "set_controls":
-            unsupported = session.set_controls(msg.controls)
+            unsupported = await session.set_controls_async(msg.controls)
             applied = {k: v for k, v in msg.controls.items() if k not in unsupported}
             await self.send(event_message("controls", applied=applied, unsupported=unsupported))
         elif msg.type == "keepalive":
@@ -119,6 +124,11 @@ class AgentConnection:
 async def forward_events(queue: asyncio.Queue, conn: AgentConnection) -> None:
     while True:
         event = await queue.get()
+        if event is None:  # the session ended (DELETE, idle timeout, server shutdown)
+            await conn.ws.close(code=4000, message=b"session ended")
+            return
+        if event.type == "playback_finished":
+            conn.unfinished.discard(event.data.get("utterance"))
         await conn.send(session_event_message(event))
 
 
@@ -145,7 +155,7 @@ async def handle(api: Any, request: web.Request) -> web.StreamResponse:
             conn.set_rate(rate)
             await conn.ready()
         async for msg in ws:
-            session.touch()
+            session.last_activity = time.monotonic()
             try:
                 if msg.type == WSMsgType.BINARY:
                     await conn.on_audio(msg.data)

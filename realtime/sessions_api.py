@@ -22,20 +22,21 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
-import numpy as np
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from yarl import URL
 
-from engines.base import EngineError, Portrait
+from engines.base import FPS, EngineError, Portrait
+from realtime.portrait_io import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
+from realtime.session_registry import SessionLimitError
 
 log = logging.getLogger(__name__)
 
 SIZES = (256, 512)
-MAX_UPLOAD_BYTES = 20 * 2**20
 
 
 def json_error(status: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
@@ -83,9 +84,9 @@ class SessionsApi:
             raise json_error(web.HTTPUnauthorized, "missing bearer token: send 'Authorization: Bearer <session token>'", **challenge)
         session = self.registry.get(request.match_info["id"])
         if session is not None and hmac.compare_digest(token, session.token):
-            session.touch()
+            session.last_activity = time.monotonic()
             return session
-        if any(hmac.compare_digest(token, s.token) for s in self.registry.sessions() if s is not session):
+        if any(hmac.compare_digest(token, s.token) for s in self.registry if s is not session):
             raise json_error(web.HTTPForbidden, "this token belongs to another session")
         if session is None:
             raise json_error(web.HTTPNotFound, f"no session {request.match_info['id']!r} (ended or timed out)")
@@ -103,29 +104,29 @@ class SessionsApi:
                                  **{"WWW-Authenticate": 'Bearer realm="avatarstream"'})
         spec = await parse_session_request(request)
         try:
-            session = await self.registry.create(
-                spec.portrait, engine=spec.engine, size=spec.size, fps=spec.fps, controls=spec.controls
-            )
-        except EngineError as exc:
+            session = await self.registry.create(spec.portrait, engine=spec.engine, size=spec.size, controls=spec.controls)
+        except SessionLimitError as exc:
+            raise json_error(web.HTTPServiceUnavailable, str(exc), **{"Retry-After": str(exc.retry_after)}) from None
+        except EngineError as exc:  # no face, unknown engine, missing weights ...
             raise json_error(web.HTTPBadRequest, str(exc)) from None
         self.links[session.id] = SessionLinks()
-        session.add_close_callback(lambda s=session: self._forget(s.id))
-        unsupported = getattr(session, "unsupported_controls", {}) or {}
+        session.on_close(lambda s: self._forget(s.id))
+        unsupported = await session.set_controls_async(spec.controls) if spec.controls else {}
         base = request.url.origin()
         ws_base = base.with_scheme("wss" if base.scheme == "https" else "ws")
         prefix = f"/v1/sessions/{session.id}"
         body = {
             "id": session.id,
             "token": session.token,
-            "whep_url": str(base.join(_url(f"{prefix}/whep"))),
-            "offer_url": str(base.join(_url(f"{prefix}/offer"))),
-            "agent_url": str(ws_base.join(_url(f"{prefix}/agent"))),
+            "whep_url": str(base.join(URL(f"{prefix}/whep"))),
+            "offer_url": str(base.join(URL(f"{prefix}/offer"))),
+            "agent_url": str(ws_base.join(URL(f"{prefix}/agent"))),
             "engine": spec.engine,
             "size": spec.size,
             "fps": spec.fps,
             "controls": spec.controls,
             "unsupported_controls": unsupported,
-            "idle_timeout_s": self.registry.idle_timeout,
+            "idle_timeout_s": self.registry.config.idle_timeout,
         }
         return web.json_response(body, status=201, headers={"Location": prefix})
 
@@ -137,14 +138,15 @@ class SessionsApi:
             "engine": session.engine_name,
             "size": session.size,
             "fps": session.fps,
-            "viewers": len(links.viewers),
+            "viewers": session.viewer_count,
+            "queued_seconds": round(session.queued_seconds, 3),
             "agent_connected": links.agent is not None,
-            "idle_timeout_s": self.registry.idle_timeout,
+            "idle_timeout_s": self.registry.config.idle_timeout,
         })
 
     async def keepalive(self, request: web.Request) -> web.Response:
         self.authorize(request)
-        return web.json_response({"ok": True, "idle_timeout_s": self.registry.idle_timeout})
+        return web.json_response({"ok": True, "idle_timeout_s": self.registry.config.idle_timeout})
 
     async def delete(self, request: web.Request) -> web.Response:
         session = self.authorize(request)
@@ -153,28 +155,22 @@ class SessionsApi:
 
     async def close_session(self, session: Any) -> None:
         links = self.links.pop(session.id, None)
-        if links is not None:
-            if links.agent is not None:
-                await links.agent.close(code=4000, message=b"session ended")
-            await asyncio.gather(*(pc.close() for pc in links.viewers.values()), return_exceptions=True)
-        await self.registry.close(session.id)
+        if links is not None and links.agent is not None:
+            await links.agent.close(code=4000, message=b"session ended")
+        await self.registry.close(session.id)  # closes the viewers' connections and the engine stream
 
     def _forget(self, session_id: str) -> None:
         """The registry ended a session (idle timeout, server shutdown): drop our links to it."""
         links = self.links.pop(session_id, None)
-        if links is None:
-            return
-        if links.agent is not None:
+        if links is not None and links.agent is not None:
             asyncio.ensure_future(links.agent.close(code=4000, message=b"session ended"))
-        for pc in links.viewers.values():
-            asyncio.ensure_future(pc.close())
 
     async def set_controls(self, request: web.Request) -> web.Response:
         session = self.authorize(request)
         controls = await _json_body(request)
         if not isinstance(controls, dict) or not controls:
             raise json_error(web.HTTPBadRequest, 'body must be a non-empty JSON object, e.g. {"head_motion_scale": 0.5}')
-        unsupported = session.set_controls(controls)
+        unsupported = await session.set_controls_async(controls)
         applied = {k: v for k, v in controls.items() if k not in unsupported}
         return web.json_response({"applied": applied, "unsupported": unsupported})
 
@@ -198,6 +194,7 @@ class SessionsApi:
         async def _state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 links.viewers.pop(viewer_id, None)
+                session.remove_viewer(pc)
                 await pc.close()
 
         return viewer_id, pc
@@ -229,14 +226,9 @@ class SessionsApi:
         pc = self.links_of(session).viewers.pop(request.match_info["viewer"], None)
         if pc is None:
             raise json_error(web.HTTPNotFound, f"no viewer {request.match_info['viewer']!r} in this session")
+        session.remove_viewer(pc)
         await pc.close()
         return web.Response(status=204)
-
-
-def _url(path: str):
-    from yarl import URL
-
-    return URL(path)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -244,31 +236,6 @@ async def _json_body(request: web.Request) -> Any:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise json_error(web.HTTPBadRequest, "body is not valid JSON") from None
-
-
-def builtin_portraits() -> dict[str, str]:
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "engines" / "lite" / "portraits"
-    return {p.stem: str(p) for p in sorted(folder.glob("*.jpg"))}
-
-
-def decode_image(data: bytes, name: str = "upload") -> Portrait:
-    """Image file bytes (JPEG/PNG/WebP ...) -> Portrait; a clear EngineError when unreadable."""
-    if not data:
-        raise EngineError(f"image {name!r} is empty")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise EngineError(f"image {name!r} is not a readable image file (JPEG, PNG, WebP, BMP)")
-    return Portrait(image=np.ascontiguousarray(bgr[:, :, ::-1]), name=name)
-
-
-def portrait_from_id(image_id: str) -> Portrait:
-    known = builtin_portraits()
-    if image_id not in known:
-        raise EngineError(f"unknown image id {image_id!r}; built-in portraits: {', '.join(known)} (or upload a file)")
-    with open(known[image_id], "rb") as f:
-        return decode_image(f.read(), image_id)
 
 
 async def parse_session_request(request: web.Request) -> SessionRequest:
@@ -282,8 +249,8 @@ async def parse_session_request(request: web.Request) -> SessionRequest:
                 data = bytearray()
                 while chunk := await part.read_chunk():
                     data += chunk
-                    if len(data) > MAX_UPLOAD_BYTES:
-                        raise json_error(web.HTTPRequestEntityTooLarge, f"image upload exceeds {MAX_UPLOAD_BYTES // 2**20} MiB")
+                    if len(data) > MAX_IMAGE_BYTES:
+                        raise json_error(web.HTTPRequestEntityTooLarge, f"image upload exceeds {MAX_IMAGE_BYTES // 2**20} MiB")
                 upload = (part.filename or part.name or "upload", bytes(data))
             elif part.name:
                 fields[part.name] = await part.text()
@@ -297,14 +264,18 @@ async def parse_session_request(request: web.Request) -> SessionRequest:
         if not isinstance(fields, dict):
             raise json_error(web.HTTPBadRequest, "body must be a JSON object")
 
+    kind = fields.get("kind", "auto")
     try:
+        if kind not in ("auto", "human", "animal"):
+            raise EngineError(f"'kind' must be auto, human or animal, got {kind!r}")
         if upload is not None:
-            portrait = decode_image(upload[1], upload[0])
+            portrait = portrait_from_bytes(upload[1], upload[0], kind=kind)
         else:
             image = fields.get("image", "astronaut")
-            if not isinstance(image, str):
-                raise EngineError("'image' must be a built-in image id string (or upload a file as multipart)")
-            portrait = portrait_from_id(image)
+            if not isinstance(image, str) or image not in DEMO_PORTRAITS:
+                raise EngineError(f"unknown image id {image!r}; built-in portraits: {', '.join(DEMO_PORTRAITS)} "
+                                  "(or upload an image file as multipart field 'image')")
+            portrait = load_portrait(image, kind=kind)
     except EngineError as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
 
@@ -316,8 +287,8 @@ async def parse_session_request(request: web.Request) -> SessionRequest:
         raise json_error(web.HTTPBadRequest, "'engine' must be a string such as \"lite\"")
     if size not in SIZES:
         raise json_error(web.HTTPBadRequest, f"'size' must be one of {', '.join(map(str, SIZES))}, got {size}")
-    if not 1 <= fps <= 60:
-        raise json_error(web.HTTPBadRequest, f"'fps' must be between 1 and 60, got {fps}")
+    if fps != FPS:
+        raise json_error(web.HTTPBadRequest, f"'fps' {fps} is not available: sessions stream at {FPS} fps (the engines' clock)")
     if not isinstance(controls, dict):
         raise json_error(web.HTTPBadRequest, "'controls' must be a JSON object")
     return SessionRequest(portrait=portrait, engine=engine, size=size, fps=fps, controls=controls)
@@ -353,5 +324,9 @@ def register(app: web.Application, registry: Any, *, api_key: str | None = None)
     app.router.add_post("/v1/sessions/{id}/whep", api.whep)
     app.router.add_delete("/v1/sessions/{id}/whep/{viewer}", api.end_viewer)
     app.router.add_post("/v1/sessions/{id}/offer", api.offer)
-    app.router.add_get("/v1/sessions/{id}/agent", lambda request: agent_socket.handle(api, request))
+
+    async def agent(request: web.Request) -> web.StreamResponse:
+        return await agent_socket.handle(api, request)
+
+    app.router.add_get("/v1/sessions/{id}/agent", agent)
     return api

@@ -1,0 +1,171 @@
+"""A headless WHEP viewer (aiortc) that records what a viewer receives, for tests and benchmarks.
+
+Each received video frame, audio frame and data-channel event is kept with its arrival time
+(``time.monotonic``). Because the sender stamps both tracks from one session clock, the RTP
+pts of each track is mapped to wall time with ``pts_to_time``: the smallest observed
+(arrival - pts) is the track's fixed delay, so jittery arrivals do not blur the timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+VIDEO_RATE = 90_000
+
+
+@dataclass
+class ReceivedVideo:
+    t: float  # arrival (monotonic seconds)
+    pts: int  # 90 kHz
+    image: np.ndarray | None  # RGB, kept when the recorder keeps images
+
+
+@dataclass
+class ReceivedAudio:
+    t: float
+    pts: int  # at ``rate``
+    rate: int
+    samples: np.ndarray  # float32 mono
+
+
+@dataclass
+class Recording:
+    video: list[ReceivedVideo] = field(default_factory=list)
+    audio: list[ReceivedAudio] = field(default_factory=list)
+    events: list[tuple[float, dict]] = field(default_factory=list)  # (arrival, event) from the data channel
+
+    def video_times(self) -> np.ndarray:
+        """Wall time at which each recorded video frame was due (pts mapped onto arrivals)."""
+        t = np.array([v.t for v in self.video])
+        pts = np.array([v.pts for v in self.video], dtype=np.float64) / VIDEO_RATE
+        return pts + _fixed_delay(t, pts)
+
+    def audio_signal(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(samples, wall time of each sample, rate) of the received audio, gaps filled with silence."""
+        if not self.audio:
+            return np.zeros(0, np.float32), np.zeros(0), 48000
+        rate = self.audio[0].rate
+        start_pts = self.audio[0].pts
+        end_pts = max(a.pts + a.samples.size for a in self.audio)
+        out = np.zeros(end_pts - start_pts, np.float32)
+        for a in self.audio:
+            out[a.pts - start_pts : a.pts - start_pts + a.samples.size] = a.samples
+        t = np.array([a.t for a in self.audio])
+        pts = np.array([a.pts for a in self.audio], dtype=np.float64) / rate
+        delay = _fixed_delay(t, pts)
+        times = (start_pts + np.arange(out.size)) / rate + delay
+        return out, times, rate
+
+
+def _fixed_delay(arrival: np.ndarray, pts_seconds: np.ndarray) -> float:
+    if arrival.size == 0:
+        return 0.0
+    return float(np.min(arrival - pts_seconds))
+
+
+class RecordingViewer:
+    """Join a session as a WHEP viewer and record everything received until ``close()``."""
+
+    def __init__(self, keep_images: bool = True, max_video_frames: int = 3000) -> None:
+        self.keep_images = keep_images
+        self.max_video_frames = max_video_frames
+        self.recording = Recording()
+        self.pc = RTCPeerConnection()
+        self.location: str | None = None
+        self.first_video = asyncio.Event()
+        self.first_audio = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._new_event = asyncio.Condition()
+
+    async def join(self, http: aiohttp.ClientSession, whep_url: str, token: str) -> None:
+        pc = self.pc
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        channel = pc.createDataChannel("events")
+
+        @channel.on("message")
+        def _on_message(message: str) -> None:
+            try:
+                event = json.loads(message)
+            except (TypeError, json.JSONDecodeError):
+                return
+            self.recording.events.append((time.monotonic(), event))
+            asyncio.ensure_future(self._notify())
+
+        @pc.on("track")
+        def _on_track(track) -> None:
+            reader = self._read_video if track.kind == "video" else self._read_audio
+            self._tasks.append(asyncio.create_task(reader(track), name=f"viewer-{track.kind}"))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+        async with http.post(whep_url, data=pc.localDescription.sdp, headers=headers) as resp:
+            body = await resp.text()
+            if resp.status != 201:
+                raise RuntimeError(f"WHEP offer refused: {resp.status} {body}")
+            self.location = resp.headers.get("Location")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+
+    async def _notify(self) -> None:
+        async with self._new_event:
+            self._new_event.notify_all()
+
+    async def wait_event(self, kind: str, timeout: float = 10.0, start: int = 0) -> tuple[float, dict]:
+        """First data-channel event of type ``kind`` at index >= ``start``: (arrival, event)."""
+
+        def find():
+            for item in self.recording.events[start:]:
+                if item[1].get("type") == kind:
+                    return item
+            return None
+
+        async def wait():
+            async with self._new_event:
+                while (item := find()) is None:
+                    await self._new_event.wait()
+                return item
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def _read_video(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                if len(self.recording.video) < self.max_video_frames:
+                    image = frame.to_ndarray(format="rgb24") if self.keep_images else None
+                    self.recording.video.append(ReceivedVideo(now, int(frame.pts), image))
+                self.first_video.set()
+        except MediaStreamError:
+            return
+
+    async def _read_audio(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                pcm = frame.to_ndarray()
+                channels = len(frame.layout.channels)
+                if pcm.dtype == np.int16:
+                    pcm = pcm.astype(np.float32) / 32768.0
+                # packed s16 is (1, samples * channels): keep the first channel
+                mono = pcm.reshape(-1, channels)[:, 0] if pcm.shape[0] == 1 else pcm[0]
+                self.recording.audio.append(ReceivedAudio(now, int(frame.pts), frame.sample_rate, mono.astype(np.float32)))
+                self.first_audio.set()
+        except MediaStreamError:
+            return
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
