@@ -1,0 +1,106 @@
+"""aiortc tracks that send one session's avatar to one viewer, paced by the session clock.
+
+Each viewer gets its own pair of tracks reading the session's shared ``OutputRing`` by clock
+index, so there is no per-viewer queue at all: a viewer whose sender falls behind (slow
+encoder or network) skips to the current tick, i.e. drops frames, and memory never grows.
+
+* ``AvatarVideoTrack``: at tick ``m`` sends the frame of content index ``m - D`` (the last
+  rendered one if that frame is late), pts ``m * 3600`` at 90 kHz.
+* ``AvatarAudioTrack``: at audio tick ``k`` sends the 20 ms half ``k % 2`` of content index
+  ``k // 2 - D``; silence when nothing is playing, so audio never pauses. pts ``k * 960`` at 48 kHz.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDEO_FRAME, AUDIO_SAMPLES_PER_FRAME,
+                            AUDIO_TIME_BASE, VIDEO_TIME_BASE)
+
+if TYPE_CHECKING:
+    from realtime.session import AvatarSession
+
+MAX_AUDIO_LAG_FRAMES = 3  # an audio sender more than 60 ms behind the clock skips ahead
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, session: "AvatarSession") -> None:
+        super().__init__()
+        self._session = session
+        self._tick: int | None = None
+        self.frames_sent = 0
+        self.frames_skipped = 0  # ticks skipped because this viewer's sender was late
+        self._blank: np.ndarray | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        s = self._session
+        await s.started.wait()
+        clock = s.clock
+        if self.readyState != "live" or s.closed:
+            raise MediaStreamError
+        now = clock.current_frame()
+        tick = now + 1 if self._tick is None else self._tick + 1
+        if tick < now:
+            self.frames_skipped += now - tick
+            tick = now
+        self._tick = tick
+        await clock.sleep_until(clock.frame_time(tick))
+        if self.readyState != "live" or s.closed:
+            raise MediaStreamError
+        frame = s.video_for(tick - s.delay_frames)
+        if frame is not None:
+            image = frame.image
+        else:
+            if self._blank is None:
+                self._blank = np.full((s.size, s.size, 3), 96, np.uint8)
+            image = self._blank
+        out = av.VideoFrame.from_ndarray(image, format="rgb24")
+        out.pts = clock.video_pts(tick)
+        out.time_base = VIDEO_TIME_BASE
+        self.frames_sent += 1
+        return out
+
+
+class AvatarAudioTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, session: "AvatarSession") -> None:
+        super().__init__()
+        self._session = session
+        self._tick: int | None = None
+        self.frames_sent = 0
+        self.frames_skipped = 0
+        self._silence = np.zeros(AUDIO_SAMPLES_PER_FRAME, np.int16)
+
+    async def recv(self) -> av.AudioFrame:
+        s = self._session
+        await s.started.wait()
+        clock = s.clock
+        if self.readyState != "live" or s.closed:
+            raise MediaStreamError
+        now = clock.current_audio_frame()
+        tick = now + 1 if self._tick is None else self._tick + 1
+        if tick < now - MAX_AUDIO_LAG_FRAMES:
+            self.frames_skipped += now - tick
+            tick = now
+        self._tick = tick
+        await clock.sleep_until(clock.audio_frame_time(tick))
+        if self.readyState != "live" or s.closed:
+            raise MediaStreamError
+        video_tick, half = divmod(tick, AUDIO_FRAMES_PER_VIDEO_FRAME)
+        pcm = s.audio_for(video_tick - s.delay_frames, half)
+        if pcm is None:
+            pcm = self._silence
+        out = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_SAMPLES_PER_FRAME)
+        out.planes[0].update(np.ascontiguousarray(pcm, dtype=np.int16).tobytes())
+        out.sample_rate = AUDIO_CLOCK_RATE
+        out.pts = clock.audio_pts(tick)
+        out.time_base = AUDIO_TIME_BASE
+        self.frames_sent += 1
+        return out

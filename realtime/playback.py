@@ -1,0 +1,163 @@
+"""The session's input-audio queue on the engine clock.
+
+Audio to be spoken (agent utterances, or the live microphone as one open-ended utterance)
+is pushed at any pace; the session clock takes exactly ``n`` samples per video frame. When
+nothing is queued the buffer yields silence, so the engine (and the returned audio) never
+pause. Markers travel with the taken samples and say where an utterance started, finished
+or was interrupted, so events can be emitted when that audio is actually sent.
+
+Jitter: a (re)starting utterance is held back until ``start_threshold_seconds`` of it are
+queued (or it has ended), so a live stream arriving in 20 ms packets does not turn every
+small arrival jitter into a gap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engines.base import SAMPLE_RATE, EngineError, check_audio
+
+
+class BufferFull(EngineError):
+    """More audio was pushed than the buffer may hold (``max_seconds``)."""
+
+
+@dataclass(frozen=True)
+class PlaybackMarker:
+    """Something that happened to an utterance inside one taken block."""
+
+    kind: str  # "started" | "finished" | "interrupted"
+    utterance: int  # utterance id (1, 2, ...)
+    offset: int  # sample offset inside the block returned by take()
+    position: int  # samples of this utterance taken (played) up to the marker
+
+
+@dataclass
+class PlaybackBlock:
+    """What ``take_block`` returns: the samples plus where the playing utterance stands."""
+
+    samples: np.ndarray  # float32[n]
+    markers: list[PlaybackMarker]
+    utterance: int | None  # utterance whose audio ends this block (None when idle)
+    position: int  # samples of ``utterance`` taken up to the end of this block
+
+
+@dataclass
+class _Utterance:
+    id: int
+    chunks: deque = field(default_factory=deque)  # float32 arrays not yet taken
+    queued: int = 0  # samples in ``chunks``
+    taken: int = 0  # samples already taken
+    ended: bool = False  # end_utterance() was called: no more audio will come
+    started: bool = False  # its first sample has been taken
+
+
+class PlaybackBuffer:
+    """Bounded FIFO of utterances; ``take(n)`` always returns ``n`` samples."""
+
+    def __init__(self, max_seconds: float = 120.0, start_threshold_seconds: float = 0.06,
+                 sample_rate: int = SAMPLE_RATE) -> None:
+        self.sample_rate = sample_rate
+        self.max_samples = int(max_seconds * sample_rate)
+        self.start_threshold = int(start_threshold_seconds * sample_rate)
+        self._queue: deque[_Utterance] = deque()
+        self._next_id = 1
+        self._playing = False  # the head utterance is flowing (not waiting for the threshold)
+        self._pending: list[PlaybackMarker] = []  # markers to hand out with the next take
+
+    # -- producer side -------------------------------------------------------------------
+    @property
+    def queued_samples(self) -> int:
+        return sum(u.queued for u in self._queue)
+
+    @property
+    def open_utterance(self) -> int | None:
+        """Id of the utterance that further ``push`` calls extend, if any."""
+        if self._queue and not self._queue[-1].ended:
+            return self._queue[-1].id
+        return None
+
+    def push(self, pcm: np.ndarray) -> int:
+        """Queue float32 mono 16 kHz audio; returns the id of the utterance it belongs to."""
+        audio = check_audio(pcm)
+        if self.queued_samples + audio.size > self.max_samples:
+            raise BufferFull(
+                f"playback buffer is full: {self.queued_samples / self.sample_rate:.1f} s queued, "
+                f"limit {self.max_samples / self.sample_rate:.0f} s; wait for playback or interrupt"
+            )
+        if not self._queue or self._queue[-1].ended:
+            self._queue.append(_Utterance(self._next_id))
+            self._next_id += 1
+        utt = self._queue[-1]
+        if audio.size:
+            utt.chunks.append(audio.copy())
+            utt.queued += audio.size
+        return utt.id
+
+    def end_utterance(self) -> int | None:
+        """Close the open utterance: it finishes after its queued audio. Returns its id."""
+        if self._queue and not self._queue[-1].ended:
+            self._queue[-1].ended = True
+            return self._queue[-1].id
+        return None
+
+    def interrupt(self) -> int:
+        """Drop all queued audio; returns the number of dropped samples.
+
+        Every utterance that was playing or waiting gets an ``interrupted`` marker at offset 0
+        of the next take (``take(0)`` fetches it at once).
+        """
+        dropped = 0
+        for utt in self._queue:
+            dropped += utt.queued
+            self._pending.append(PlaybackMarker("interrupted", utt.id, 0, utt.taken))
+        self._queue.clear()
+        self._playing = False
+        return dropped
+
+    # -- consumer side (the session clock) ----------------------------------------------
+    def take(self, n: int) -> tuple[np.ndarray, list[PlaybackMarker]]:
+        block = self.take_block(n)
+        return block.samples, block.markers
+
+    def take_block(self, n: int) -> PlaybackBlock:
+        out = np.zeros(n, np.float32)
+        markers, self._pending = self._pending, []
+        pos = 0
+        last_utt: _Utterance | None = None
+        while pos < n and self._queue:
+            utt = self._queue[0]
+            if not self._playing:
+                if utt.queued >= self.start_threshold or utt.ended:
+                    self._playing = True
+                else:
+                    break  # wait for more audio (jitter threshold)
+            if not utt.started and utt.queued:
+                utt.started = True
+                markers.append(PlaybackMarker("started", utt.id, pos, 0))
+            while pos < n and utt.chunks:
+                chunk = utt.chunks[0]
+                k = min(n - pos, chunk.size)
+                out[pos:pos + k] = chunk[:k]
+                if k == chunk.size:
+                    utt.chunks.popleft()
+                else:
+                    utt.chunks[0] = chunk[k:]
+                utt.queued -= k
+                utt.taken += k
+                pos += k
+            last_utt = utt
+            if utt.queued == 0:
+                if utt.ended:
+                    self._queue.popleft()
+                    if utt.started:
+                        markers.append(PlaybackMarker("finished", utt.id, pos, utt.taken))
+                    continue  # the next utterance (already queued) may start right here
+                self._playing = False  # underrun inside an open utterance: rebuffer
+                break
+        if last_utt is None and self._queue and self._queue[0].started:
+            last_utt = self._queue[0]
+        return PlaybackBlock(out, markers, last_utt.id if last_utt else None, last_utt.taken if last_utt else 0)
