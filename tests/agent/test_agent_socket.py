@@ -1,0 +1,129 @@
+"""Agent WebSocket over a real server: clear errors for bad input, and nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import numpy as np
+import pytest
+
+from realtime.client import AvatarClient, ClientError
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def tone(seconds: float, rate: int, hz: float = 220.0) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * np.sin(2 * np.pi * hz * t) * 32767).astype("<i2").tobytes()
+
+
+async def next_event(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 5.0) -> dict:
+    async def find():
+        while True:
+            msg = await ws.receive_json()
+            if msg["type"] == kind:
+                return msg
+    return await asyncio.wait_for(find(), timeout)
+
+
+async def test_malformed_frames_get_clear_errors_and_socket_stays_usable(server):
+    s = await server.create()
+    session = server.registry.get(s["id"])
+    ws = await server.http.ws_connect(s["agent_url"], headers=server.auth(s["token"]))
+    await ws.send_bytes(tone(0.1, 16000))  # audio before the rate is declared
+    err = await next_event(ws, "error")
+    assert err["code"] == "no_sample_rate" and "start" in err["message"]
+
+    await ws.send_json({"type": "start", "sample_rate": 44100})  # wrong rate
+    err = await next_event(ws, "error")
+    assert err["code"] == "bad_sample_rate" and "16000, 24000, 48000" in err["message"]
+
+    await ws.send_json({"type": "start", "sample_rate": 48000})
+    ready = await next_event(ws, "ready")
+    assert ready["sample_rate"] == 48000 and ready["max_frame_bytes"] == 96000
+
+    await ws.send_bytes(b"\x01\x02\x03")  # odd byte count
+    err = await next_event(ws, "error")
+    assert err["code"] == "odd_length" and "2 bytes per sample" in err["message"]
+
+    await ws.send_bytes(tone(1.5, 48000))  # over 1 s in one frame
+    err = await next_event(ws, "error")
+    assert err["code"] == "frame_too_large" and "split" in err["message"]
+
+    for text, code in [("{", "bad_json"), ('{"type": "sing"}', "unknown_type"), ('{"type": "set_controls"}', "bad_controls")]:
+        await ws.send_str(text)
+        assert (await next_event(ws, "error"))["code"] == code
+    assert session.queued_seconds == 0  # none of the refused audio was queued
+
+    # the socket still works: a proper utterance plays and finishes
+    await ws.send_bytes(tone(0.3, 48000))
+    await ws.send_json({"type": "end_of_utterance"})
+    started = await next_event(ws, "playback_started")
+    finished = await next_event(ws, "playback_finished")
+    assert finished["utterance"] == started["utterance"] and finished["interrupted"] is False
+    assert finished["playback_position"] == pytest.approx(0.3, abs=0.01)
+    await ws.close()
+    await server.http.delete(f"{server.url}/v1/sessions/{s['id']}", headers=server.auth(s["token"]))
+
+
+async def test_bad_rate_on_url_and_second_agent(server):
+    s = await server.create()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await server.http.ws_connect(s["agent_url"] + "?sample_rate=8000", headers=server.auth(s["token"]))
+    assert info.value.status == 400
+    first = await server.http.ws_connect(s["agent_url"] + "?sample_rate=16000", headers=server.auth(s["token"]))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await server.http.ws_connect(s["agent_url"], headers=server.auth(s["token"]))
+    assert info.value.status == 409
+    await first.close()
+    await server.http.delete(f"{server.url}/v1/sessions/{s['id']}", headers=server.auth(s["token"]))
+
+
+async def test_abrupt_disconnect_frees_everything(server, tasks_of):
+    s = await server.create()
+    session = server.registry.get(s["id"])
+    baseline_subscribers = len(session._subscribers)
+    ws = await server.http.ws_connect(s["agent_url"] + "?sample_rate=24000", headers=server.auth(s["token"]))
+    await next_event(ws, "ready")
+    for _ in range(5):
+        await ws.send_bytes(tone(0.5, 24000))  # an utterance left open (no end marker)
+    await asyncio.sleep(0.2)
+    assert session.queued_seconds > 1.0
+    assert any("agent-events" in t.get_name() for t in tasks_of(s["id"]))
+    ws._response.connection.transport.abort()  # no close frame: the peer just vanishes
+    for _ in range(50):
+        await asyncio.sleep(0.05)
+        if server.api.links_of(session).agent is None:
+            break
+    assert server.api.links_of(session).agent is None
+    assert not any("agent-events" in t.get_name() for t in tasks_of(s["id"]))
+    assert len(session._subscribers) == baseline_subscribers
+    assert session.queued_seconds == 0  # the open utterance was dropped
+    # a new agent can connect right away
+    ws2 = await server.http.ws_connect(s["agent_url"] + "?sample_rate=16000", headers=server.auth(s["token"]))
+    assert (await ws2.receive_json())["type"] == "ready"
+    # deleting the session closes the agent socket with a reason and ends every session task
+    async with server.http.delete(f"{server.url}/v1/sessions/{s['id']}", headers=server.auth(s["token"])) as resp:
+        assert resp.status == 204
+    msg = await asyncio.wait_for(ws2.receive(), 5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4000 and msg.extra == "session ended"
+    await asyncio.sleep(0.1)
+    assert tasks_of(s["id"]) == []
+
+
+async def test_client_controls_and_interrupt_when_idle(server):
+    async with AvatarClient(server.url) as client:
+        info = await client.create_session(size=256)
+        await client.connect(sample_rate=16000)
+        reply = await client.set_controls({"head_motion_scale": 0.7, "laser_eyes": True})
+        assert "laser_eyes" in reply["unsupported"]
+        assert set(reply["applied"]) | set(reply["unsupported"]) == {"head_motion_scale", "laser_eyes"}
+        # interrupt with nothing playing is still acknowledged
+        mark = client.mark()
+        await client.interrupt()
+        ack = await client.wait_for("playback_finished", start=mark, timeout=2.0)
+        assert ack["interrupted"] is True
+        with pytest.raises(ClientError):
+            await client.wait_for("error", start=client.mark(), timeout=0.2)
+    assert server.registry.get(info.id) is None  # the client deleted its session on exit
