@@ -300,5 +300,6 @@ async def _json_or_error(resp: aiohttp.ClientResponse) -> dict:
     except json.JSONDecodeError:
         body = {"error": text}
     if resp.status >= 400:
-        raise ClientError(resp.status, body.get("error") if isinstance(body, dict) else text)
+        message = (body.get("message") or body.get("error")) if isinstance(body, dict) else text
+        raise ClientError(resp.status, str(message))
     return body

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from yarl import URL
 
-from engines.base import FPS, EngineError, Portrait
+from engines.base import FPS, EngineError, NoFaceError, Portrait
 from realtime.portrait_io import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
+from realtime.peer import OfferError, check_offer, connect_viewer
 from realtime.session_registry import SessionLimitError
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,21 @@ log = logging.getLogger(__name__)
 SIZES = (256, 512)
 
 
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+               413: "too_large", 415: "unsupported_media_type", 422: "no_face", 503: "session_limit"}
+
+
 def json_error(status: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
-    return status(text=json.dumps({"error": message}), content_type="application/json", headers=headers or None)
+    """An HTTP error with the server's JSON error body ``{error: code, message}``."""
+    body = {"error": ERROR_CODES.get(status.status_code, "error"), "message": message}
+    return status(text=json.dumps(body), content_type="application/json", headers=headers or None)
 
 
 @dataclass
 class SessionLinks:
     """Per-session state of this API: viewers joined through it and the agent socket."""
 
-    viewers: dict[str, RTCPeerConnection] = field(default_factory=dict)
+    viewers: dict[str, RTCPeerConnection] = field(default_factory=dict)  # joined through /v1/sessions/{id}/whep|offer
     agent: Any = None  # the open aiohttp WebSocketResponse of the agent, if any
 
 
@@ -107,7 +114,9 @@ class SessionsApi:
             session = await self.registry.create(spec.portrait, engine=spec.engine, size=spec.size, controls=spec.controls)
         except SessionLimitError as exc:
             raise json_error(web.HTTPServiceUnavailable, str(exc), **{"Retry-After": str(exc.retry_after)}) from None
-        except EngineError as exc:  # no face, unknown engine, missing weights ...
+        except NoFaceError as exc:
+            raise json_error(web.HTTPUnprocessableEntity, str(exc)) from None
+        except EngineError as exc:  # unknown engine, missing weights ...
             raise json_error(web.HTTPBadRequest, str(exc)) from None
         self.links[session.id] = SessionLinks()
         session.on_close(lambda s: self._forget(s.id))
@@ -175,48 +184,43 @@ class SessionsApi:
         return web.json_response({"applied": applied, "unsupported": unsupported})
 
     # ---- viewers -----------------------------------------------------------------------------
-    async def _answer(self, session: Any, offer_sdp: str) -> tuple[str, RTCPeerConnection]:
-        if "v=0" not in offer_sdp or "m=" not in offer_sdp:
-            raise json_error(web.HTTPBadRequest, "the body is not an SDP offer (expected 'v=0' and at least one 'm=' line)")
-        pc = RTCPeerConnection()
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            session.add_viewer(pc)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as exc:  # aiortc raises ValueError & co. on SDP it cannot use
-            await pc.close()
-            raise json_error(web.HTTPBadRequest, f"cannot use this SDP offer: {exc}") from None
-        viewer_id = secrets.token_hex(6)
+    async def _answer(self, request: web.Request, session: Any, offer_sdp: object, offer_type: object = "offer") -> tuple[str, Any]:
+        """Connect one more viewer to ``session``; returns (viewer id, answer description)."""
+        from realtime.http_app import CONFIG_KEY
+
+        cfg = request.app.get(CONFIG_KEY)
         links = self.links_of(session)
+        viewer_id = secrets.token_hex(6)
+
+        def gone(pc: Any) -> None:
+            links.viewers.pop(viewer_id, None)
+
+        try:
+            pc, answer = await connect_viewer(session, check_offer(offer_sdp, offer_type),
+                                              ice_servers=getattr(cfg, "ice_servers", None),
+                                              accept_microphone=False, on_gone=gone)
+        except OfferError as exc:
+            raise json_error(web.HTTPBadRequest, str(exc)) from None
         links.viewers[viewer_id] = pc
-
-        @pc.on("connectionstatechange")
-        async def _state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                links.viewers.pop(viewer_id, None)
-                session.remove_viewer(pc)
-                await pc.close()
-
-        return viewer_id, pc
+        return viewer_id, answer
 
     async def whep(self, request: web.Request) -> web.Response:
         session = self.authorize(request)
         if request.content_type != "application/sdp":
             raise json_error(web.HTTPUnsupportedMediaType, f"WHEP needs Content-Type application/sdp, got {request.content_type!r}")
-        viewer_id, pc = await self._answer(session, await request.text())
+        viewer_id, answer = await self._answer(request, session, await request.text())
         location = f"/v1/sessions/{session.id}/whep/{viewer_id}"
-        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
-                            headers={"Location": location})
+        return web.Response(status=201, text=answer.sdp, content_type="application/sdp", headers={"Location": location})
 
     async def offer(self, request: web.Request) -> web.Response:
         session = self.authorize(request)
         body = await _json_body(request)
-        if not isinstance(body, dict) or body.get("type", "offer") != "offer" or not isinstance(body.get("sdp"), str):
+        if not isinstance(body, dict):
             raise json_error(web.HTTPBadRequest, 'body must be JSON {"sdp": "<offer SDP>", "type": "offer"}')
-        viewer_id, pc = await self._answer(session, body["sdp"])
+        viewer_id, answer = await self._answer(request, session, body.get("sdp"), body.get("type", "offer"))
         return web.json_response({
-            "sdp": pc.localDescription.sdp,
-            "type": pc.localDescription.type,
+            "sdp": answer.sdp,
+            "type": answer.type,
             "viewer_id": viewer_id,
             "location": f"/v1/sessions/{session.id}/whep/{viewer_id}",
         })

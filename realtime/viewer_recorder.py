@@ -18,6 +18,8 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from realtime.peer import ice_configuration
+
 VIDEO_RATE = 90_000
 
 
@@ -78,7 +80,7 @@ class RecordingViewer:
         self.keep_images = keep_images
         self.max_video_frames = max_video_frames
         self.recording = Recording()
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(ice_configuration([]))  # no STUN: host candidates only
         self.location: str | None = None
         self.first_video = asyncio.Event()
         self.first_audio = asyncio.Event()

@@ -11,10 +11,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from realtime.portrait_io import load_portrait
-from realtime.session import SessionOptions
-from realtime.session_registry import RegistryConfig, SessionRegistry
-from realtime.sessions_api import SessionsApi, register
+from realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
+from realtime.session_registry import SessionRegistry
+from realtime.sessions_api import SESSIONS_API, SessionsApi
 
 
 @dataclass
@@ -46,24 +45,20 @@ def _engine_loader():
 
 
 async def start_server(idle_timeout: float = 60.0, max_sessions: int = 3):
-    config = RegistryConfig(engine="lite", max_sessions=max_sessions, idle_timeout=idle_timeout,
-                            options=SessionOptions(size=256))
-    registry = SessionRegistry(config, load_portrait(None), engine_loader=_engine_loader())
-    app = web.Application()
-    api = register(app, registry)
+    """The real application (``realtime.http_app.create_app``) on 127.0.0.1, random port."""
+    config = ServerConfig(engine="lite", size=256, max_sessions=max_sessions, idle_timeout=idle_timeout,
+                          port=0, engine_loader=_engine_loader())
+    app = create_app(config)
     runner = web.AppRunner(app)
-    await runner.setup()
+    await runner.setup()  # runs on_startup: loads the engine, starts the idle reaper
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    registry.start_reaper()
-    await registry.engine()  # load the engine once, before timing anything
     http = aiohttp.ClientSession()
-    server = AgentServer(f"http://127.0.0.1:{port}", registry, api, http)
+    server = AgentServer(f"http://127.0.0.1:{port}", app[REGISTRY_KEY], app[SESSIONS_API], http)
 
     async def stop() -> None:
         await http.close()
-        await registry.stop()
         await runner.cleanup()
 
     return server, stop

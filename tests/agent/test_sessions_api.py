@@ -8,6 +8,8 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from realtime.peer import ice_configuration
+
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -43,7 +45,7 @@ async def test_create_returns_urls_and_token(server, cat_portrait):
 async def test_bad_create_requests_are_400(server, body, needle):
     async with server.http.post(f"{server.url}/v1/sessions", json=body) as resp:
         assert resp.status == 400
-        assert needle in (await resp.json())["error"]
+        assert needle in (await resp.json())["message"]
 
 
 async def test_unreadable_upload_is_400(server):
@@ -51,7 +53,7 @@ async def test_unreadable_upload_is_400(server):
     form.add_field("image", b"definitely not a picture", filename="x.jpg", content_type="image/jpeg")
     async with server.http.post(f"{server.url}/v1/sessions", data=form) as resp:
         assert resp.status == 400
-        assert "could not decode image" in (await resp.json())["error"]
+        assert "could not decode image" in (await resp.json())["message"]
 
 
 async def test_auth_on_every_session_route(server):
@@ -97,7 +99,7 @@ async def test_auth_on_every_session_route(server):
 
 async def test_whep_viewer_joins_and_leaves(server, tasks_of):
     s = await server.create()
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(ice_configuration([]))
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
@@ -115,7 +117,7 @@ async def test_whep_viewer_joins_and_leaves(server, tasks_of):
     async with server.http.post(s["whep_url"], data="v=0", headers=server.auth(s["token"])) as resp:
         assert resp.status == 415
     async with server.http.post(s["whep_url"], data="hello", headers=headers) as resp:
-        assert resp.status == 400 and "SDP" in (await resp.json())["error"]
+        assert resp.status == 400 and "SDP" in (await resp.json())["message"]
     async with server.http.delete(server.url + location, headers=server.auth(s["token"])) as resp:
         assert resp.status == 204
     assert session.viewer_count == 0
