@@ -23,7 +23,6 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from engines.base import SAMPLES_PER_FRAME, EngineError, StageTimes
@@ -32,15 +31,10 @@ from engines.loopy.checkpoint import LoopyWeights
 from engines.loopy.guidance import pass_masks, split_and_combine
 from engines.loopy.loopy_model import ReferenceConditioning
 from engines.loopy.mp4 import write_mp4
+from engines.loopy.noise_schedule import sampling_scheduler
 from engines.loopy.temporal_segment import gather_motion_latents
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
-
-
-def sd_scheduler(cls=DDIMScheduler):
-    """Stable Diffusion 1.5's noise schedule."""
-    return cls(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-               clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
 def square_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -98,7 +92,7 @@ class LoopyPipeline:
         self.model = weights.model.to(self.device, self.dtype).eval().requires_grad_(False)
         self.vae = weights.vae.to(self.device, self.dtype).eval().requires_grad_(False)
         self.audio = AudioFeatureExtractor(weights.wav2vec2, self.device, torch.float32)
-        self.scheduler = sd_scheduler()
+        self.scheduler = sampling_scheduler()
         self.times = StageTimes()
 
     # -- VAE ---------------------------------------------------------------------------------

@@ -1,0 +1,272 @@
+"""Loopy training, the paper's two stages.
+
+* Stage 1 (image level): no temporal layers and no audio. A target frame and a reference
+  frame of the same clip train the reference net and the denoising U-Net's spatial layers.
+* Stage 2 (video level): 12-frame clips with 20 TSM motion frames (from up to 124 preceding
+  frames); trains the inter-/intra-clip temporal layers, the audio cross-attention, the audio
+  projection and the audio-to-latents module; the stage-1 weights stay frozen.
+
+Condition masking (per sample): audio together with the audio-to-latents output 10 %, the
+reference image together with its motion frames 15 %, the motion frames alone 40 %. The
+audio-to-latents queries come, with equal probability, from the audio, the clip's
+head-motion variance or its expression variance (the latter two need landmarks).
+Noise-prediction (epsilon) MSE on SD-1.5's DDPM schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from engines.base import EngineError
+from engines.loopy.audio_conditioning import AudioFeatureExtractor
+from engines.loopy.audio_to_latents import QUERY_SOURCES
+from engines.loopy.checkpoint import (
+    LoopyWeights, config_for_base, load_base_unet_state, load_state_strict, load_vae, load_wav2vec2,
+    load_weights_dir, random_weights, save_weights_dir,
+)
+from engines.loopy.config import get_config
+from engines.loopy.dataset import LoopyVideoDataset, VideoClip, motion_variances
+from engines.loopy.loopy_model import LoopyModel
+from engines.loopy.noise_schedule import training_scheduler
+from engines.loopy.temporal_segment import sample_indices, segment_groups
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    out: Path
+    stage: int = 1
+    config: str = "full"
+    base: Path | None = None  # diffusers-format SD-1.5 directory (unet/, vae/)
+    wav2vec2: Path | None = None  # Wav2Vec2Model directory
+    init: Path | None = None  # Loopy weights directory to start from (stage 2: the stage-1 output)
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-5
+    seed: int = 0
+    device: str = "cpu"
+    save_every: int = 500
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TrainingBatch:
+    target: torch.Tensor  # (B, F, 4, h, w) clean latents
+    reference: torch.Tensor  # (B, 4, h, w), zeros where dropped
+    motion: torch.Tensor | None  # (B, M, 4, h, w), zeros where masked/dropped
+    audio_windows: torch.Tensor | None  # (B, F, W, D)
+    audio_keep: torch.Tensor | None  # (B,)
+    motion_source: str = "audio"
+    variance: torch.Tensor | None = None  # (B,)
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def _base_state_for_denoiser(state: dict[str, torch.Tensor], model: LoopyModel) -> dict[str, torch.Tensor]:
+    """Rename plain-U-Net keys to the denoising U-Net's (spatial transformers are wrapped)."""
+    prefixes = sorted(model.denoising_unet.temporal_keys, key=len, reverse=True)
+    out = {}
+    for k, v in state.items():
+        for p in prefixes:
+            if k.startswith(p + "."):
+                k = f"{p}.spatial.{k[len(p) + 1:]}"
+                break
+        out[k] = v
+    return out
+
+
+def init_from_base(model: LoopyModel, base_state: dict[str, torch.Tensor]) -> None:
+    """Both U-Nets start from the SD weights; Loopy's new layers keep their (identity) init."""
+    load_state_strict(model.reference_net.unet, base_state, "base U-Net (reference net)")
+    den = _base_state_for_denoiser(base_state, model)
+    missing, unexpected = model.denoising_unet.unet.load_state_dict(den, strict=False)
+    bad = [k for k in missing if ".inter_clip." not in k and ".intra_clip." not in k]
+    if bad or unexpected:
+        raise EngineError(f"base U-Net does not fit the denoising U-Net: missing {bad[:8]}, unexpected {unexpected[:8]}")
+    for name, module in model.denoising_unet.unet.named_modules():
+        if name.endswith(".attn2"):  # text cross-attention becomes audio attention: start as a no-op
+            torch.nn.init.zeros_(module.to_out[0].weight)
+            torch.nn.init.zeros_(module.to_out[0].bias)
+
+
+def build_weights(opts: TrainOptions) -> LoopyWeights:
+    if opts.init is not None:
+        return load_weights_dir(opts.init)
+    cfg = get_config(opts.config)
+    if opts.base is not None:
+        cfg = config_for_base(cfg, opts.base)
+    elif opts.config != "tiny":
+        raise EngineError("training the full model needs --base DIR (a diffusers-format Stable Diffusion 1.5 folder)")
+    if opts.wav2vec2 is None and opts.config != "tiny":
+        raise EngineError("training the full model needs --wav2vec2 DIR (a saved Wav2Vec2Model, e.g. wav2vec2-base-960h)")
+    weights = random_weights(cfg, opts.seed)
+    if opts.wav2vec2 is not None:
+        from engines.loopy.audio_conditioning import audio_feature_dim
+
+        weights.wav2vec2 = load_wav2vec2(opts.wav2vec2)
+        weights.model = LoopyModel(cfg, audio_feature_dim(weights.wav2vec2.config))
+    if opts.base is not None:
+        weights.vae = load_vae(Path(opts.base) / "vae")
+        init_from_base(weights.model, load_base_unet_state(opts.base))
+    return weights
+
+
+class LoopyTrainer:
+    def __init__(self, weights: LoopyWeights, dataset: LoopyVideoDataset, stage: int, lr: float = 1e-5,
+                 device: str = "cpu", seed: int = 0, batch_size: int = 1) -> None:
+        if stage not in (1, 2):
+            raise EngineError(f"stage must be 1 or 2, got {stage}")
+        self.weights = weights
+        self.cfg = weights.config
+        self.dataset = dataset
+        self.stage = stage
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        self.model = weights.model.to(self.device).train()
+        self.vae = weights.vae.to(self.device).eval().requires_grad_(False)
+        self.audio = AudioFeatureExtractor(weights.wav2vec2, self.device)
+        self._audio_cache: dict[str, torch.Tensor] = {}
+        trainable = set(self.model.parameter_groups()[str(stage)])
+        params = []
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in trainable)
+            if name in trainable:
+                params.append(p)
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+        self.noise_scheduler = training_scheduler()
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
+
+    # -- data ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        out = [self.vae.encode(x[i: i + 8]).latent_dist.sample() for i in range(0, x.shape[0], 8)]
+        return torch.cat(out) * self.vae.config.scaling_factor
+
+    def _clip_audio(self, clip: VideoClip) -> torch.Tensor:
+        if clip.name not in self._audio_cache:
+            feats = self.audio(clip.audio, clip.num_frames)
+            from engines.loopy.audio_conditioning import audio_windows
+
+            self._audio_cache[clip.name] = audio_windows(feats, self.cfg.audio_window).cpu()
+        return self._audio_cache[clip.name]
+
+    def _sample_one(self, clip: VideoClip, rng: np.random.Generator) -> dict:
+        cfg = self.cfg
+        f = 1 if self.stage == 1 else cfg.clip_frames
+        start = int(rng.integers(0, clip.num_frames - f + 1))
+        ref_idx = int(rng.integers(0, clip.num_frames))
+        item: dict = {"target": self._encode(clip.frames[start: start + f]),
+                      "reference": self._encode(clip.frames[ref_idx: ref_idx + 1])[0]}
+        drop_ref = rng.random() < cfg.dropout.reference
+        if drop_ref:
+            item["reference"] = torch.zeros_like(item["reference"])
+        if self.stage == 2:
+            picks = sample_indices(segment_groups(start, cfg.tsm), cfg.tsm.sampling, rng)
+            motion = torch.zeros(len(picks), *item["reference"].shape, device=self.device)
+            if not drop_ref and rng.random() >= cfg.dropout.motion_frames:
+                needed = sorted({j for group in picks for j in group})
+                if needed:
+                    enc = dict(zip(needed, self._encode(clip.frames[needed])))
+                    for i, group in enumerate(picks):
+                        if group:
+                            motion[i] = torch.stack([enc[j] for j in group]).mean(0)
+            item["motion"] = motion
+            item["audio"] = self._clip_audio(clip)[start: start + f].to(self.device)
+            item["audio_keep"] = 0.0 if rng.random() < cfg.dropout.audio else 1.0
+            if clip.landmarks is not None:
+                item["variances"] = motion_variances(clip.landmarks[start: start + f])
+        return item
+
+    def sample_batch(self, rng: np.random.Generator | None = None) -> TrainingBatch:
+        rng = rng or self.rng
+        items = [self._sample_one(self.dataset[int(rng.integers(0, len(self.dataset)))], rng)
+                 for _ in range(self.batch_size)]
+        target = torch.stack([it["target"] for it in items])
+        reference = torch.stack([it["reference"] for it in items])
+        if self.stage == 1:
+            return TrainingBatch(target, reference, None, None, None)
+        source, variance = "audio", None
+        if all("variances" in it for it in items):
+            source = QUERY_SOURCES[int(rng.integers(0, len(QUERY_SOURCES)))]
+            if source != "audio":
+                k = 0 if source == "head_motion_variance" else 1
+                variance = torch.tensor([it["variances"][k] for it in items], device=self.device)
+        return TrainingBatch(
+            target, reference, torch.stack([it["motion"] for it in items]),
+            torch.stack([it["audio"] for it in items]),
+            torch.tensor([it["audio_keep"] for it in items], device=self.device), source, variance,
+        )
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def loss(self, batch: TrainingBatch, noise: torch.Tensor | None = None,
+             timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        b = batch.target.shape[0]
+        if noise is None:
+            noise = torch.randn_like(batch.target)
+        if timesteps is None:
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), device=self.device)
+        f = batch.target.shape[1]
+        noisy = self.noise_scheduler.add_noise(batch.target.flatten(0, 1), noise.flatten(0, 1),
+                                               timesteps.repeat_interleave(f)).reshape(batch.target.shape)
+        ctx = self.autocast if self.autocast is not None else _nullcontext()
+        with ctx:
+            eps = self.model(noisy, timesteps, batch.reference, batch.motion, audio_windows=batch.audio_windows,
+                             audio_keep=batch.audio_keep, temporal=self.stage == 2,
+                             motion_source=batch.motion_source, variance=batch.variance)
+        return F.mse_loss(eps.float(), noise.float())
+
+    def step(self) -> float:
+        self.model.train()
+        loss = self.loss(self.sample_batch())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+        self.optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise EngineError("training diverged (non-finite loss); lower --lr")
+        return value
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
+    weights = build_weights(opts)
+    dataset = LoopyVideoDataset(opts.data, weights.config.resolution,
+                                min_frames=1 if opts.stage == 1 else weights.config.clip_frames)
+    trainer = LoopyTrainer(weights, dataset, opts.stage, opts.lr, opts.device, opts.seed, opts.batch_size)
+    if opts.gradient_checkpointing:
+        trainer.model.reference_net.unet.enable_gradient_checkpointing()
+        trainer.model.denoising_unet.unet.enable_gradient_checkpointing()
+    result = TrainResult(out_dir=Path(opts.out))
+    bar = tqdm(range(1, opts.steps + 1), desc=f"loopy stage {opts.stage}", unit="step", disable=not progress)
+    for step in bar:
+        result.losses.append(trainer.step())
+        bar.set_postfix(loss=f"{np.mean(result.losses[-20:]):.4f}")
+        if opts.save_every and step % opts.save_every == 0 and step < opts.steps:
+            save_weights_dir(opts.out, weights)
+    save_weights_dir(opts.out, weights)
+    return result
