@@ -1,13 +1,9 @@
-"""Audio/video synchronisation measured at a viewer: pure math on received signals.
+"""Measuring lip sync: cross-correlation of a mouth-opening signal with a speech envelope.
 
-The A/V offset is the lag that best aligns the received audio's loudness with the mouth
-opening re-measured on the received video frames:
-
-    r(lag) = pearson( mouth[i], envelope(t_video[i] + FRAME/2 + lag) )
-
-Frame ``i`` shows the face for the 40 ms of audio that start at its own time (see
-``engines.base``), hence the half-frame centring. A positive offset means the sound reaches
-the viewer after the matching lip movement.
+Both signals are given as (time, value) samples on one clock (seconds); they are resampled
+onto a 10 ms grid over their overlap, the envelope is box-averaged over one video frame
+(40 ms), and Pearson's r is computed for every lag in ``[-max_lag, max_lag]``. A positive lag
+means the speech envelope happens *later* than the mouth movement (audio lags video).
 """
 
 from __future__ import annotations
@@ -16,65 +12,69 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.base import FPS
-
-FRAME_SECONDS = 1.0 / FPS
+GRID_STEP = 0.01
 
 
 @dataclass(frozen=True)
-class SyncEstimate:
-    offset_s: float  # best lag (audio later than video when positive)
-    r: float  # Pearson correlation at that lag
+class LagResult:
+    lag_s: float  # best lag (envelope time - mouth time)
+    r: float  # Pearson r at the best lag
     lags_s: np.ndarray
     rs: np.ndarray
 
-
-def rms_envelope(samples: np.ndarray, times: np.ndarray, at: np.ndarray, window_s: float = FRAME_SECONDS) -> np.ndarray:
-    """RMS of ``samples`` (taken at ``times``, uniformly spaced) in windows centred at ``at``."""
-    if samples.size < 2:
-        return np.zeros(len(at))
-    rate = 1.0 / float(times[1] - times[0])
-    energy = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
-    half = window_s / 2
-    lo = np.clip(np.round((np.asarray(at) - half - times[0]) * rate).astype(int), 0, samples.size)
-    hi = np.clip(np.round((np.asarray(at) + half - times[0]) * rate).astype(int), 0, samples.size)
-    n = np.maximum(hi - lo, 1)
-    return np.sqrt((energy[hi] - energy[lo]) / n)
+    def r_at(self, lag_s: float) -> float:
+        return float(self.rs[int(np.argmin(np.abs(self.lags_s - lag_s)))])
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64) - np.mean(a)
-    b = np.asarray(b, np.float64) - np.mean(b)
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else 0.0
+def rms_envelope(audio: np.ndarray, sample_rate: int, hop_s: float = 0.01, window_s: float = 0.04
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """RMS over ``window_s`` windows every ``hop_s``; returns (window centre times, rms)."""
+    hop, win = int(hop_s * sample_rate), int(window_s * sample_rate)
+    x = np.asarray(audio, np.float64)
+    starts = np.arange(0, max(1, x.size - win + 1), hop)
+    rms = np.array([np.sqrt(np.mean(x[s:s + win] ** 2)) for s in starts])
+    return (starts + win / 2) / sample_rate, rms
 
 
-def estimate_offset(
-    mouth: np.ndarray,
-    video_times: np.ndarray,
-    samples: np.ndarray,
-    sample_times: np.ndarray,
-    max_lag_s: float = 0.3,
-    step_s: float = 0.005,
-) -> SyncEstimate:
-    """Lag maximising the correlation of mouth opening and audio loudness (see module doc)."""
-    mouth = np.asarray(mouth, np.float64)
-    ok = np.isfinite(mouth)
-    lags = np.arange(-max_lag_s, max_lag_s + step_s / 2, step_s)
-    centres = np.asarray(video_times)[ok] + FRAME_SECONDS / 2
-    rs = np.array([pearson(mouth[ok], rms_envelope(samples, sample_times, centres + lag)) for lag in lags])
-    best = int(np.argmax(rs))
-    return SyncEstimate(float(lags[best]), float(rs[best]), lags, rs)
+def box_smooth(values: np.ndarray, window_s: float, step: float = GRID_STEP) -> np.ndarray:
+    k = max(1, int(round(window_s / step)))
+    k += 1 - k % 2  # odd length: centred, no half-sample shift
+    return np.convolve(values, np.ones(k) / k, "same")
 
 
-def onset_time(values: np.ndarray, times: np.ndarray, threshold: float, after: float = -np.inf) -> float | None:
-    """First time at or after ``after`` where ``values`` exceeds ``threshold`` (None if never)."""
-    values, times = np.asarray(values), np.asarray(times)
-    idx = np.nonzero((times >= after) & (values > threshold))[0]
-    return float(times[idx[0]]) if idx.size else None
+def cross_correlate(t_mouth: np.ndarray, mouth: np.ndarray, t_env: np.ndarray, env: np.ndarray, *,
+                    max_lag: float = 0.2, envelope_window: float = 0.04, margin: float | None = None) -> LagResult:
+    """Best lag and r between a mouth signal and a speech envelope (see module doc)."""
+    t_mouth, mouth = np.asarray(t_mouth, float), np.asarray(mouth, float)
+    t_env, env = np.asarray(t_env, float), np.asarray(env, float)
+    margin = max_lag if margin is None else margin
+    lo = max(t_mouth[0], t_env[0]) + margin
+    hi = min(t_mouth[-1], t_env[-1]) - margin
+    if hi - lo < 1.0:
+        raise ValueError(f"signals overlap for only {hi - lo + 2 * margin:.2f} s; need at least {1 + 2 * margin:.1f} s")
+    grid = np.arange(lo, hi, GRID_STEP)
+    m = np.interp(grid, t_mouth, mouth)
+    lags = np.round(np.arange(-max_lag, max_lag + 1e-9, GRID_STEP), 3)
+    rs = np.array([_pearson(m, box_smooth(np.interp(grid + lag, t_env, env), envelope_window)) for lag in lags])
+    best = int(np.nanargmax(rs))
+    return LagResult(float(lags[best]), float(rs[best]), lags, rs)
 
 
-def percentiles(values: list[float], qs: tuple[int, ...] = (50, 90, 99)) -> dict[str, float | None]:
-    if not values:
-        return {f"p{q}": None for q in qs}
-    return {f"p{q}": round(float(np.percentile(values, q)), 4) for q in qs}
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def coarse_offset(t_a: np.ndarray, a: np.ndarray, t_b: np.ndarray, b: np.ndarray) -> float:
+    """Offset ``d`` (seconds) such that ``b(t + d)`` best matches ``a(t)``, by full cross-correlation
+    of the two (z-normalised) signals on a 10 ms grid; for signals on unrelated clocks."""
+    ga = np.arange(t_a[0], t_a[-1], GRID_STEP)
+    gb = np.arange(t_b[0], t_b[-1], GRID_STEP)
+    xa = np.interp(ga, t_a, a)
+    xb = np.interp(gb, t_b, b)
+    xa = (xa - xa.mean()) / (xa.std() + 1e-12)
+    xb = (xb - xb.mean()) / (xb.std() + 1e-12)
+    c = np.correlate(xb, xa, "full")  # index k <-> shift (k - (len(xa) - 1)) grid steps
+    shifts = (np.arange(c.size) - (xa.size - 1)) * GRID_STEP + (gb[0] - ga[0])
+    return float(shifts[int(np.argmax(c))])

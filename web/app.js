@@ -108,6 +108,7 @@ async function pollStats() {
       s.audioPacketsReceived = r.packetsReceived || 0;
     }
   });
+  s.statsTime = performance.now();
   statsText.textContent = `${s.fps.toFixed(0)} fps, ${s.framesDecoded} frames`;
 }
 
