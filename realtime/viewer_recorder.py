@@ -1,9 +1,11 @@
 """A headless WHEP viewer (aiortc) that records what a viewer receives, for tests and benchmarks.
 
 Each received video frame, audio frame and data-channel event is kept with its arrival time
-(``time.monotonic``). Because the sender stamps both tracks from one session clock, the RTP
-pts of each track is mapped to wall time with ``pts_to_time``: the smallest observed
-(arrival - pts) is the track's fixed delay, so jittery arrivals do not blur the timing.
+(``time.monotonic``) and its RTP timestamp. Arrival times are not a fair clock for lip sync:
+aiortc's receiver holds audio back by 4 packets and video by one frame. So, like a browser,
+the recorder puts both tracks on the *sender's* clock with the RTCP sender reports (each maps
+an RTP timestamp of that track to the sender's NTP wall clock): ``video_times()`` and
+``audio_signal()`` return times in ``time.time()`` seconds of the sending machine.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import aiohttp
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtcpSrPacket
 
 from realtime.peer import ice_configuration
 
 VIDEO_RATE = 90_000
+NTP_TO_UNIX = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 
 
 @dataclass
@@ -43,12 +47,26 @@ class Recording:
     video: list[ReceivedVideo] = field(default_factory=list)
     audio: list[ReceivedAudio] = field(default_factory=list)
     events: list[tuple[float, dict]] = field(default_factory=list)  # (arrival, event) from the data channel
+    sender_reports: dict[str, list[tuple[int, int]]] = field(
+        default_factory=lambda: {"audio": [], "video": []})  # kind -> [(ntp timestamp, rtp timestamp)]
+    rtp_origin: dict[str, int] = field(default_factory=dict)  # kind -> RTP timestamp of received pts 0
+
+    def sender_time(self, kind: str, rtp: np.ndarray, rate: int) -> np.ndarray:
+        """Sender wall time (``time.time()`` seconds) of RTP timestamps of track ``kind``."""
+        reports = self.sender_reports[kind]
+        if not reports:
+            raise RuntimeError(f"no RTCP sender report received for {kind}: record for at least 2 s")
+        rtp = np.asarray(rtp, dtype=np.int64) + self.rtp_origin.get(kind, 0)
+        estimates = []
+        for ntp, rtp_sr in reports:
+            wall = (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - NTP_TO_UNIX
+            diff = (rtp - rtp_sr + 2**31) % 2**32 - 2**31  # signed distance, across 32-bit wrap
+            estimates.append(wall + diff / rate)
+        return np.median(np.stack(estimates), axis=0)
 
     def video_times(self) -> np.ndarray:
-        """Wall time at which each recorded video frame was due (pts mapped onto arrivals)."""
-        t = np.array([v.t for v in self.video])
-        pts = np.array([v.pts for v in self.video], dtype=np.float64) / VIDEO_RATE
-        return pts + _fixed_delay(t, pts)
+        """Sender wall time of each recorded video frame."""
+        return self.sender_time("video", np.array([v.pts for v in self.video]), VIDEO_RATE)
 
     def audio_signal(self) -> tuple[np.ndarray, np.ndarray, int]:
         """(samples, wall time of each sample, rate) of the received audio, gaps filled with silence."""
@@ -60,17 +78,8 @@ class Recording:
         out = np.zeros(end_pts - start_pts, np.float32)
         for a in self.audio:
             out[a.pts - start_pts : a.pts - start_pts + a.samples.size] = a.samples
-        t = np.array([a.t for a in self.audio])
-        pts = np.array([a.pts for a in self.audio], dtype=np.float64) / rate
-        delay = _fixed_delay(t, pts)
-        times = (start_pts + np.arange(out.size)) / rate + delay
-        return out, times, rate
-
-
-def _fixed_delay(arrival: np.ndarray, pts_seconds: np.ndarray) -> float:
-    if arrival.size == 0:
-        return 0.0
-    return float(np.min(arrival - pts_seconds))
+        t0 = float(self.sender_time("audio", np.array([start_pts]), rate)[0])
+        return out, t0 + np.arange(out.size) / rate, rate
 
 
 class RecordingViewer:
@@ -85,6 +94,7 @@ class RecordingViewer:
         self.first_video = asyncio.Event()
         self.first_audio = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._receivers: dict[str, object] = {}
         self._new_event = asyncio.Condition()
 
     async def join(self, http: aiohttp.ClientSession, whep_url: str, token: str) -> None:
@@ -115,6 +125,21 @@ class RecordingViewer:
                 raise RuntimeError(f"WHEP offer refused: {resp.status} {body}")
             self.location = resp.headers.get("Location")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        for transceiver in pc.getTransceivers():
+            self._capture_sender_reports(transceiver.receiver, transceiver.kind)
+
+    def _capture_sender_reports(self, receiver, kind: str) -> None:
+        # aiortc keeps the RTCP SR contents and its pts origin private: listen in
+        self._receivers[kind] = receiver
+        handle = receiver._handle_rtcp_packet
+        reports = self.recording.sender_reports[kind]
+
+        async def listen(packet) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                reports.append((packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp))
+            await handle(packet)
+
+        receiver._handle_rtcp_packet = listen
 
     async def _notify(self) -> None:
         async with self._new_event:
@@ -165,7 +190,16 @@ class RecordingViewer:
         except MediaStreamError:
             return
 
+    def _note_rtp_origins(self) -> None:
+        """aiortc rebases received pts to start at 0; keep the RTP timestamp that became pts 0."""
+        for kind, receiver in self._receivers.items():
+            mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+            origin = getattr(mapper, "_origin", None)
+            if origin is not None:
+                self.recording.rtp_origin[kind] = int(origin)
+
     async def close(self) -> None:
+        self._note_rtp_origins()
         await self.pc.close()
         for task in self._tasks:
             task.cancel()

@@ -1,0 +1,223 @@
+"""End to end with a real aiortc viewer: pacing, A/V sync, interruption, two sessions at once.
+
+Everything is measured on what the viewer receives: audio loudness from the received Opus
+audio, mouth opening re-detected (``engines.face``) on the received VP8 frames, arrival times
+of the data-channel events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from realtime.av_sync import cross_correlate, rms_envelope
+from realtime.client import AvatarClient
+from realtime.viewer_recorder import RecordingViewer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def mouth_series(images: list[np.ndarray]) -> np.ndarray:
+    """Mouth opening re-measured on received frames (NaN where no face was found)."""
+    from engines.face import detect_face, mouth_opening
+
+    out = np.full(len(images), np.nan)
+    face = None
+    for i, image in enumerate(images):
+        if face is None or i % 25 == 0:  # re-detect now and then; landmarks follow the head in between
+            face = detect_face(image) or face
+        if face is not None:
+            out[i] = mouth_opening(image, face)
+    return out
+
+
+def av_offset(mouth: np.ndarray, video_times: np.ndarray, audio: np.ndarray, audio_t0: float, rate: int):
+    """Lag of the received audio's loudness behind the received mouth opening (``realtime.av_sync``).
+
+    Frame ``n`` shows the face for the 40 ms of audio starting at its own time, so it is placed
+    at the centre of that interval.
+    """
+    ok = np.isfinite(mouth)
+    t_env, env = rms_envelope(audio, rate)
+    return cross_correlate(video_times[ok] + 0.02, mouth[ok], t_env + audio_t0, env)
+
+
+def to_pcm(audio: np.ndarray, rate_in: int, rate_out: int) -> bytes:
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    if rate_in != rate_out:
+        g = gcd(rate_in, rate_out)
+        audio = resample_poly(audio, rate_out // g, rate_in // g)
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def open_session(server, **create):
+    client = AvatarClient(server.url, http=server.http)
+    await client.create_session(size=256, **create)
+    viewer = RecordingViewer()
+    await viewer.join(server.http, client.session.whep_url, client.session.token)
+    await asyncio.wait_for(viewer.first_video.wait(), 20)
+    await asyncio.wait_for(viewer.first_audio.wait(), 20)
+    return client, viewer
+
+
+async def close_session(client, viewer):
+    await viewer.close()
+    await client.close()
+
+
+def read_speech(path) -> tuple[np.ndarray, int]:
+    import wave
+
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0, rate
+
+
+def speech_span(samples: np.ndarray, rate: int, threshold: float = 0.02) -> tuple[float, float]:
+    """(first, last) second where the 20 ms loudness exceeds ``threshold``."""
+    hop = rate // 50
+    env = np.sqrt(np.mean(samples[: samples.size // hop * hop].reshape(-1, hop) ** 2, axis=1))
+    loud = np.nonzero(env > threshold)[0]
+    return loud[0] / 50, (loud[-1] + 1) / 50
+
+
+async def test_faster_than_real_time_plays_at_real_time_in_sync(server, speech_wav, tasks_of):
+    speech, rate = read_speech(speech_wav)
+    duration = speech.size / rate
+    client, viewer = await open_session(server)
+    sid = client.session.id
+    try:
+        await client.connect(sample_rate=24000)  # exercises the 24 kHz -> 16 kHz path
+        pcm = to_pcm(speech, rate, 24000)
+        mark, t_push = client.mark(), time.monotonic()
+        await client.push_audio(pcm)
+        await client.end_utterance()
+        push_seconds = time.monotonic() - t_push
+        started = await client.wait_for("playback_started", start=mark, timeout=10)
+        finished = await client.wait_for("playback_finished", start=mark, timeout=duration + 10)
+        await asyncio.sleep(0.3)
+    finally:
+        await viewer.close()
+    rec = viewer.recording
+
+    # pushed far faster than real time, played at real time
+    assert push_seconds < duration / 4
+    assert finished["interrupted"] is False
+    assert finished["playback_position"] == pytest.approx(duration, abs=0.05)
+    assert finished["wall_time"] - started["wall_time"] == pytest.approx(duration, abs=0.15)
+
+    # the viewer heard the whole utterance, at its natural length (not sped up, no gaps)
+    received, times, rx_rate = rec.audio_signal()
+    src_first, src_last = speech_span(speech, rate)
+    rx_first, rx_last = speech_span(received, rx_rate)
+    assert rx_last - rx_first == pytest.approx(src_last - src_first, abs=0.08)
+
+    # A/V offset measured on what the viewer received
+    video_times = rec.video_times()
+    mouth = mouth_series([v.image for v in rec.video])
+    assert np.isfinite(mouth).mean() > 0.9, "face not re-detected on most received frames"
+    sync = av_offset(mouth, video_times, received, times[0], rx_rate)
+    print(f"A/V offset at the viewer: {sync.lag_s * 1000:+.0f} ms (r = {sync.r:.2f}), pushed {duration:.1f} s in {push_seconds:.2f} s")
+    assert sync.r >= 0.5
+    assert abs(sync.lag_s) <= 0.040
+
+    # the browser viewer got the same events over its data channel
+    kinds = [e["type"] for _, e in rec.events]
+    assert "playback_started" in kinds and "playback_finished" in kinds
+    await client.close()
+    await asyncio.sleep(0.1)
+    assert tasks_of(sid) == []
+
+
+async def test_interrupt_drops_audio_and_motion_together(server, speech_wav):
+    speech, rate = read_speech(speech_wav)
+    client, viewer = await open_session(server)
+    try:
+        await client.connect(sample_rate=16000)
+        await asyncio.sleep(0.8)  # some idle motion first, as the reference
+        mark = client.mark()
+        await client.push_audio(to_pcm(speech, rate, 16000))
+        await client.end_utterance()
+        started = await client.wait_for("playback_started", start=mark, timeout=10)
+        await asyncio.sleep(2.0)  # the middle of the first sentence
+        t_interrupt = time.time()  # the viewer's sender-report clock is the server's time.time()
+        await client.interrupt()
+        ack = await client.wait_for("playback_finished", start=mark, timeout=5)
+        t_ack = time.time()
+        assert session_queued(server, client) == 0
+        await asyncio.sleep(1.2)
+    finally:
+        await viewer.close()
+    rec = viewer.recording
+    assert ack["interrupted"] is True
+    assert t_ack - t_interrupt <= 2.0
+    assert 1.5 <= ack["playback_position"] <= 2.6
+
+    # at the viewer (frames placed on the sender's clock by RTCP sender reports):
+    # silence and an idle mouth in everything sent from 200 ms after the interrupt on
+    received, times, _ = rec.audio_signal()
+    after = times >= t_interrupt + 0.2
+    before = (times >= t_interrupt - 1.0) & (times < t_interrupt)
+    assert np.sqrt(np.mean(received[before] ** 2)) > 0.02  # it was speaking
+    assert np.abs(received[after]).max() < 0.01  # then nothing
+
+    video_times = rec.video_times()
+    mouth = mouth_series([v.image for v in rec.video])
+    idle_ref = np.nanpercentile(mouth[video_times < started["wall_time"]], 90)  # idle motion before speech
+    speaking = mouth[(video_times > t_interrupt - 1.5) & (video_times < t_interrupt)]
+    assert np.nanmax(speaking) > idle_ref * 1.5
+    late = mouth[video_times >= t_interrupt + 0.2]
+    assert late.size >= 20 and np.nanmax(late) <= max(idle_ref * 1.3, idle_ref + 0.02)
+    await client.close()
+
+
+def session_queued(server, client) -> float:
+    return server.registry.get(client.session.id).queued_seconds
+
+
+def tone(seconds: float, hz: float, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def band_energy(samples: np.ndarray, rate: int, hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    freqs = np.fft.rfftfreq(samples.size, 1 / rate)
+    return float(spectrum[np.abs(freqs - hz) < 15].sum())
+
+
+async def test_two_sessions_keep_separate_audio(server):
+    a_client, a_viewer = await open_session(server)
+    b_client, b_viewer = await open_session(server, image="cat")
+    try:
+        await asyncio.gather(a_client.connect(16000), b_client.connect(48000))
+        a_mark, b_mark = a_client.mark(), b_client.mark()
+        await asyncio.gather(
+            a_client.push_audio(to_pcm(tone(1.0, 300), 16000, 16000)),
+            b_client.push_audio(to_pcm(tone(2.0, 1100), 16000, 48000)),
+        )
+        await asyncio.gather(a_client.end_utterance(), b_client.end_utterance())
+        a_done, b_done = await asyncio.gather(
+            a_client.wait_for("playback_finished", start=a_mark, timeout=10),
+            b_client.wait_for("playback_finished", start=b_mark, timeout=10),
+        )
+        await asyncio.sleep(0.3)
+    finally:
+        await asyncio.gather(a_viewer.close(), b_viewer.close())
+    assert a_done["playback_position"] == pytest.approx(1.0, abs=0.02)
+    assert b_done["playback_position"] == pytest.approx(2.0, abs=0.02)
+    a_audio, _, rate = a_viewer.recording.audio_signal()
+    b_audio, _, _ = b_viewer.recording.audio_signal()
+    for own, other, audio, seconds in [(300, 1100, a_audio, 1.0), (1100, 300, b_audio, 2.0)]:
+        assert band_energy(audio, rate, own) > 30 * band_energy(audio, rate, other)
+        _, heard = rms_envelope(audio, rate, hop_s=0.02, window_s=0.02)
+        assert (heard > 0.1).sum() * 0.02 == pytest.approx(seconds, abs=0.1)
+    # each agent saw only its own session's events
+    assert all(e.get("type") != "error" for e in a_client.events + b_client.events)
+    await asyncio.gather(a_client.close(), b_client.close())
