@@ -38,6 +38,10 @@ class Upsampler16kTo48k:
         self._zi = np.zeros(taps - 1)
         self.delay_samples = (taps - 1) // 2  # at 48 kHz: 0.6 ms
 
+    def reset(self) -> None:
+        """Forget the filter history (after an interrupt: no tail of the dropped audio)."""
+        self._zi[:] = 0
+
     def __call__(self, audio16k: np.ndarray) -> np.ndarray:
         stuffed = np.zeros(audio16k.size * self.FACTOR)
         stuffed[:: self.FACTOR] = audio16k

@@ -243,6 +243,7 @@ class AvatarSession:
         _, markers = self._buffer.take(0)
         utterances = {m.utterance for m in markers}
         first_unsent = self._next_tick - self.delay_frames
+        self._upsampler.reset()
         for slot in self._ring.silence_from(first_unsent):
             dropped += slot.audio16k.size
             for m in slot.markers:

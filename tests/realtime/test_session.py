@@ -1,0 +1,172 @@
+"""AvatarSession on the real clock with the bar test engine: audio and video of one slot are
+the same content index, the lip-sync delay is lookahead + margin, events fire when the audio is
+sent, interrupt drops audio and motion together, close() releases everything, tracks are paced
+and drop frames for a slow consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from engines.base import SAMPLES_PER_FRAME, Portrait
+from realtime.clock import AUDIO_SAMPLES_PER_FRAME, VIDEO_PTS_PER_FRAME
+from realtime.media_tracks import AvatarAudioTrack, AvatarVideoTrack
+from realtime.session import AvatarSession, SessionOptions
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def portrait() -> Portrait:
+    return Portrait(np.full((128, 128, 3), 128, np.uint8))
+
+
+def bursts(seconds: float, rate: int = 16000) -> np.ndarray:
+    """A 220 Hz tone gated on/off every 200 ms: a clear envelope."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * 220 * t) * ((t // 0.2) % 2 == 0)).astype(np.float32)
+
+
+async def next_event(q: asyncio.Queue, type_: str, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = await asyncio.wait_for(q.get(), deadline - time.monotonic())
+        if ev.type == type_:
+            return ev
+
+
+@pytest.fixture
+async def session(bar_engine):
+    s = AvatarSession(bar_engine, portrait(), engine_name="bar", options=SessionOptions(size=128, margin_frames=2))
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def test_delay_is_lookahead_plus_margin_and_slots_pair_audio_with_its_frame(session):
+    assert session.lookahead_frames == 1 and session.delay_frames == 3
+    session.push_audio(bursts(1.0))
+    session.end_utterance()
+    await asyncio.sleep(1.0)
+    last = session.clock.current_frame() - session.delay_frames
+    checked = 0
+    for c in range(max(0, last - 20), last):
+        slot = session._ring.get(c)
+        if slot is None or slot.frame is None:
+            continue
+        assert slot.frame.index == c
+        rms = float(np.sqrt(np.mean(slot.audio16k.astype(np.float64) ** 2)))
+        assert slot.frame.mouth_open == pytest.approx(min(1.0, rms * 8), abs=1e-6)
+        up = slot.audio48k.astype(np.float64) / 32767
+        assert np.sqrt(np.mean(up ** 2)) == pytest.approx(rms, abs=0.05)  # + the 0.6 ms filter tail
+        checked += 1
+    assert checked >= 15
+
+
+async def test_events_fire_when_audio_is_sent(session):
+    q = session.subscribe_events()
+    t_push = time.time()
+    session.push_audio(bursts(0.5))
+    session.end_utterance()
+    started = await next_event(q, "playback_started")
+    # the first sample is taken at the next tick, then sent delay_frames later
+    assert started.wall_time - t_push >= (session.delay_frames - 0.5) * 0.04
+    assert started.data == {"utterance": 1}
+    finished = await next_event(q, "playback_finished")
+    assert finished.data["interrupted"] is False
+    assert finished.data["playback_position"] == pytest.approx(0.5, abs=0.001)
+    assert finished.wall_time - started.wall_time == pytest.approx(0.5, abs=0.1)
+    assert finished.frame - started.frame in (12, 13)
+
+
+async def test_interrupt_drops_audio_and_motion_together(session, bar_engine):
+    q = session.subscribe_events()
+    session.push_audio(bursts(5.0))
+    await next_event(q, "playback_started")
+    await asyncio.sleep(0.3)
+    t0 = time.time()
+    dropped = session.interrupt()
+    ev = await next_event(q, "playback_finished", timeout=2.0)
+    assert time.time() - t0 < 0.2
+    assert ev.data["interrupted"] is True
+    assert 0.2 < ev.data["playback_position"] < 0.6
+    assert dropped > 4 * 16000
+    await asyncio.sleep(0.1)
+    assert bar_engine.streams[0].interrupts == 1
+    now = session.clock.current_frame() - session.delay_frames
+    for c in range(now, now + session.delay_frames):  # taken but not yet sent: silenced
+        slot = session._ring.get(c)
+        if slot is not None:
+            assert not slot.audio48k.any()
+    assert session.queued_seconds == 0
+
+
+async def test_close_cancels_tasks_and_ends_event_streams(bar_engine):
+    s = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64))
+    await s.start()
+    q = s.subscribe_events()
+    s.push_audio(bursts(2.0))
+    await asyncio.sleep(0.2)
+    await s.close()
+    assert s.closed and not s._tasks
+    assert await asyncio.wait_for(q.get(), 1) is None or None in [q.get_nowait() for _ in range(q.qsize())]
+    await s.close()  # idempotent
+
+
+async def test_tracks_are_paced_on_one_clock_and_drop_for_slow_consumers(session):
+    video, audio = AvatarVideoTrack(session), AvatarAudioTrack(session)
+    t0 = time.monotonic()
+    vpts = [(await video.recv()).pts for _ in range(10)]
+    elapsed = time.monotonic() - t0
+    assert np.all(np.diff(vpts) == VIDEO_PTS_PER_FRAME)
+    assert 0.3 < elapsed < 0.6  # 10 frames at 25 fps
+    apts = []
+    for _ in range(6):
+        f = await audio.recv()
+        assert f.samples == AUDIO_SAMPLES_PER_FRAME and f.sample_rate == 48000
+        apts.append(f.pts)
+    assert np.all(np.diff(apts) == AUDIO_SAMPLES_PER_FRAME)
+    # both pts derive from the same clock: audio frame k and video frame k // 2 start together
+    f = await video.recv()
+    assert abs(f.pts / 90000 - (apts[-1] + AUDIO_SAMPLES_PER_FRAME) / 48000) < 0.1
+    # slow consumer: it sleeps 0.2 s between frames -> skips ticks instead of queueing them
+    last = f.pts
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        f = await video.recv()
+        assert f.pts - last >= 4 * VIDEO_PTS_PER_FRAME
+        last = f.pts
+    assert video.frames_skipped >= 9
+    video.stop()
+    audio.stop()
+
+
+async def test_mic_audio_is_resampled_into_the_buffer(session):
+    import av
+    from aiortc.mediastreams import MediaStreamError
+
+    class FakeMic:
+        kind = "audio"
+
+        def __init__(self):
+            self.k = 0
+
+        async def recv(self):
+            if self.k >= 50:
+                raise MediaStreamError
+            t = (self.k * 960 + np.arange(960)) / 48000
+            pcm = (0.3 * np.sin(2 * np.pi * 300 * t) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
+            frame.sample_rate = 48000
+            frame.pts = self.k * 960
+            self.k += 1
+            return frame
+
+    q = session.subscribe_events()
+    session.attach_input(FakeMic())
+    await next_event(q, "playback_started")
+    ev = await next_event(q, "playback_finished")
+    assert ev.data["playback_position"] == pytest.approx(1.0, abs=0.02)  # 50 x 20 ms at 16 kHz
+    assert SAMPLES_PER_FRAME == 640
