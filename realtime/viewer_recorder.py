@@ -85,8 +85,9 @@ class Recording:
 class RecordingViewer:
     """Join a session as a WHEP viewer and record everything received until ``close()``."""
 
-    def __init__(self, keep_images: bool = True, max_video_frames: int = 3000) -> None:
+    def __init__(self, keep_images: bool = True, max_video_frames: int = 3000, image_size: int | None = None) -> None:
         self.keep_images = keep_images
+        self.image_size = image_size  # store images resized to image_size x image_size (memory)
         self.max_video_frames = max_video_frames
         self.recording = Recording()
         self.pc = RTCPeerConnection(ice_configuration([]))  # no STUN: host candidates only
@@ -168,7 +169,10 @@ class RecordingViewer:
                 frame = await track.recv()
                 now = time.monotonic()
                 if len(self.recording.video) < self.max_video_frames:
-                    image = frame.to_ndarray(format="rgb24") if self.keep_images else None
+                    image = None
+                    if self.keep_images:
+                        image = frame.to_ndarray(format="rgb24", width=self.image_size, height=self.image_size) \
+                            if self.image_size else frame.to_ndarray(format="rgb24")
                     self.recording.video.append(ReceivedVideo(now, int(frame.pts), image))
                 self.first_video.set()
         except MediaStreamError:
