@@ -164,17 +164,11 @@ async def _bench(opts) -> dict:
 
 def _mouth_latencies(rec, pushes, t_idle_end: float):
     """Per utterance: first frame after the push whose mouth opening clearly exceeds idle motion."""
-    from engines.face import detect_face, mouth_opening
+    from realtime.viewer_recorder import mouth_openings
 
     arrivals = np.array([v.t for v in rec.video])
     sent = rec.video_times()  # sender wall clock (time.time)
-    mouth = np.full(len(rec.video), np.nan)
-    face = None
-    for i, v in enumerate(tqdm(rec.video, desc="mouth", unit="frame", leave=False)):
-        if face is None or i % 50 == 0:
-            face = detect_face(v.image) or face
-        if face is not None:
-            mouth[i] = mouth_opening(v.image, face)
+    mouth = mouth_openings([v.image for v in tqdm(rec.video, desc="mouth", unit="frame", leave=False)])
     idle = mouth[arrivals < t_idle_end]
     idle_top = float(np.nanpercentile(idle, 98)) if np.isfinite(idle).any() else 0.0
     speaking_top = float(np.nanpercentile(mouth, 95))

@@ -82,6 +82,30 @@ class Recording:
         return out, t0 + np.arange(out.size) / rate, rate
 
 
+def mouth_openings(images: list[np.ndarray], redetect_every: int = 25) -> np.ndarray:
+    """Mouth opening (``engines.face``, inner-lip gap / eye distance) re-measured on received frames.
+
+    The face is detected now and then; in between, landmarks are fitted in the last box (the head
+    only sways a little). NaN where no face was found.
+    """
+    from engines.face import NoFaceError, detect_face, landmarks_in_box, mouth_opening
+
+    out = np.full(len(images), np.nan)
+    face = None
+    for i, image in enumerate(images):
+        if image is None:
+            continue
+        if face is None or i % redetect_every == 0:
+            try:
+                face = detect_face(image)
+            except NoFaceError:
+                pass
+        if face is not None:
+            points = face.points if i % redetect_every == 0 else landmarks_in_box(image, face.box, face.kind).points
+            out[i] = mouth_opening(points)
+    return out
+
+
 class RecordingViewer:
     """Join a session as a WHEP viewer and record everything received until ``close()``."""
 

@@ -15,23 +15,9 @@ import pytest
 
 from realtime.av_sync import cross_correlate, rms_envelope
 from realtime.client import AvatarClient
-from realtime.viewer_recorder import RecordingViewer
+from realtime.viewer_recorder import RecordingViewer, mouth_openings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def mouth_series(images: list[np.ndarray]) -> np.ndarray:
-    """Mouth opening re-measured on received frames (NaN where no face was found)."""
-    from engines.face import detect_face, mouth_opening
-
-    out = np.full(len(images), np.nan)
-    face = None
-    for i, image in enumerate(images):
-        if face is None or i % 25 == 0:  # re-detect now and then; landmarks follow the head in between
-            face = detect_face(image) or face
-        if face is not None:
-            out[i] = mouth_opening(image, face)
-    return out
 
 
 def av_offset(mouth: np.ndarray, video_times: np.ndarray, audio: np.ndarray, audio_t0: float, rate: int):
@@ -120,7 +106,7 @@ async def test_faster_than_real_time_plays_at_real_time_in_sync(server, speech_w
 
     # A/V offset measured on what the viewer received
     video_times = rec.video_times()
-    mouth = mouth_series([v.image for v in rec.video])
+    mouth = mouth_openings([v.image for v in rec.video])
     assert np.isfinite(mouth).mean() > 0.9, "face not re-detected on most received frames"
     sync = av_offset(mouth, video_times, received, times[0], rx_rate)
     print(f"A/V offset at the viewer: {sync.lag_s * 1000:+.0f} ms (r = {sync.r:.2f}), pushed {duration:.1f} s in {push_seconds:.2f} s")
@@ -168,7 +154,7 @@ async def test_interrupt_drops_audio_and_motion_together(server, speech_wav):
     assert np.abs(received[after]).max() < 0.01  # then nothing
 
     video_times = rec.video_times()
-    mouth = mouth_series([v.image for v in rec.video])
+    mouth = mouth_openings([v.image for v in rec.video])
     idle_ref = np.nanpercentile(mouth[video_times < started["wall_time"]], 90)  # idle motion before speech
     speaking = mouth[(video_times > t_interrupt - 1.5) & (video_times < t_interrupt)]
     assert np.nanmax(speaking) > idle_ref * 1.5
