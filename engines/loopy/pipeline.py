@@ -90,7 +90,9 @@ class LoopyPipeline:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.cfg = weights.config
         self.model = weights.model.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.vae = weights.vae.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.vae = weights.vae.to(self.device).eval().requires_grad_(False)
+        if self.dtype != torch.float32:
+            self.vae = self.vae.to(self.dtype)
         self.audio = AudioFeatureExtractor(weights.wav2vec2, self.device, torch.float32)
         self.scheduler = sampling_scheduler()
         self.times = StageTimes()

@@ -1,0 +1,69 @@
+"""``LoopyEngine``: the offline high-quality engine behind ``avatar render --engine loopy``.
+
+Loopy is a video diffusion model (25 DDIM steps x 3 guidance passes per 12-frame clip), far
+from real time, so it renders files only; ``open_stream`` explains that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from engines.base import EngineError, MissingWeightsError, Portrait, check_audio
+from engines.loopy.checkpoint import load_weights_dir
+from engines.loopy.pipeline import LoopyPipeline, RenderResult
+
+
+def resolve_device(device: str | None) -> str:
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise EngineError(f"unknown device {device!r}; use cpu, cuda or auto")
+    return device
+
+
+class LoopyEngine:
+    name = "loopy"
+    offline_only = True
+
+    def __init__(self, weights: str | Path | None = None, device: str | None = "auto", steps: int | None = None,
+                 seed: int = 0, work_dir: str | Path | None = None, **_: Any) -> None:
+        if weights is None:
+            raise MissingWeightsError(
+                "the loopy engine needs --weights DIR: a Loopy weights directory (loopy.json, loopy.safetensors, "
+                "vae/, wav2vec2/) written by 'avatar train loopy'; see docs/loopy.md")
+        self.device = resolve_device(device)
+        self.steps = steps
+        self.seed = seed
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.pipeline = LoopyPipeline(load_weights_dir(Path(weights)), self.device)
+        self.last_result: RenderResult | None = None
+
+    def open_stream(self, portrait: Portrait, *, size: int = 512, controls: Mapping[str, Any] | None = None):
+        raise EngineError(
+            "the loopy engine is offline-only (video diffusion, far slower than real time) and cannot stream; "
+            "render a file with: avatar render --engine loopy --weights DIR IMAGE AUDIO OUT.mp4, "
+            "or stream with --engine joyvasa or lite")
+
+    def render_file(self, portrait: Portrait | np.ndarray, audio16k: np.ndarray, out_path: str | Path,
+                    progress: Callable[[int, int], None] | bool | None = True) -> Path:
+        """Render ``audio16k`` (mono float32 16 kHz) spoken by ``portrait`` into the MP4 ``out_path``.
+
+        ``progress``: True/None shows a tqdm bar, False shows nothing, a callable receives
+        (frames done, frames total). Re-running after an interruption resumes finished clips.
+        """
+        if not isinstance(portrait, Portrait):
+            portrait = Portrait(np.asarray(portrait))
+        audio = check_audio(audio16k)
+        if audio.size == 0:
+            raise EngineError("audio is empty")
+        self.last_result = self.pipeline.render(
+            portrait.image, audio, Path(out_path), work_dir=self.work_dir, seed=self.seed, num_steps=self.steps,
+            progress=True if progress is None else progress)
+        return Path(out_path)

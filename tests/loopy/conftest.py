@@ -1,0 +1,62 @@
+"""Fixtures for the Loopy tests: the tiny config with random weights (tiny wav2vec2 built
+locally) and a synthetic 25 fps talking-blob clip with audio and landmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the loopy engine needs torch")
+pytest.importorskip("diffusers", reason="the loopy engine needs diffusers")
+pytest.importorskip("transformers", reason="the loopy engine needs transformers")
+
+
+def synthetic_clip(path: Path, frames: int = 30, size: int = 64, seed: int = 0) -> Path:
+    """A moving, breathing disc with a tone whose loudness follows the disc; landmarks on its rim."""
+    from engines.loopy.mp4 import write_mp4
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    imgs, lms = [], []
+    for t in range(frames):
+        cx, cy = size / 2 + size / 8 * np.sin(t / 4), size / 2
+        r = size / 6 + size / 16 * np.sin(t / 2)
+        img = np.zeros((size, size, 3), np.uint8)
+        img[..., 2] = 80
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (220, 180, 140)
+        imgs.append(img)
+        ang = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+        lms.append(np.stack([cx + r * np.cos(ang), cy + r * np.sin(ang) * (1 + 0.2 * np.sin(t))], 1))
+    n = frames * 640
+    t = np.arange(n) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
+             + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    write_mp4(path, imgs, audio)
+    np.save(path.with_name(path.stem + ".landmarks.npy"), np.array(lms, np.float32))
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("loopy_data")
+    synthetic_clip(d / "talk.mp4")
+    return d
+
+
+@pytest.fixture()
+def tiny_weights():
+    from engines.loopy.checkpoint import random_weights
+    from engines.loopy.config import tiny_config
+
+    return random_weights(tiny_config(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_dir(tmp_path_factory) -> Path:
+    from engines.loopy.checkpoint import random_weights, save_weights_dir
+    from engines.loopy.config import tiny_config
+
+    d = tmp_path_factory.mktemp("loopy_weights")
+    return save_weights_dir(d, random_weights(tiny_config(), seed=0))
