@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -64,7 +65,7 @@ async def main(argv: list[str] | None = None) -> int:
     async with AvatarClient(args.server) as client:
         info = await client.create_session(image=image, engine=args.engine, size=args.size)
         print(f"session {info.id}\n  watch (WHEP): {info.whep_url}\n  token: {info.token}", flush=True)
-        client.on("*", lambda ev: print("  event:", ev, flush=True))
+        client.on("*", lambda ev: print("  event:", json.dumps(ev), flush=True))
         await client.connect(sample_rate=24000)
         for i, line in enumerate(args.lines):
             pcm, rate = espeak_pcm(line)

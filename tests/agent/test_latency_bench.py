@@ -1,0 +1,21 @@
+"""``avatar bench --engine api --quick`` runs end to end and writes its JSON and plot (smoke)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from realtime.cli import main as avatar
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
+def test_api_latency_benchmark_writes_json_and_plot(tmp_path):
+    assert avatar(["bench", "--engine", "api", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "api.json").read_text())["result"]
+    for key in ("create_to_first_frame_ms", "push_to_playback_started_ms"):
+        assert report[key]["n"] >= 1 and report[key]["p50"] > 0
+    assert report["push_to_mouth_ms"]["viewer"]["n"] >= 1
+    assert Path(report["plot"]).is_file()
