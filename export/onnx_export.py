@@ -1,0 +1,123 @@
+"""torch -> ONNX for one graph: opset 20, named inputs/outputs, dynamic axes, ``onnx.checker`` and a model hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import onnx
+import torch
+
+OPSET = 20
+
+
+@dataclass(frozen=True)
+class OnnxGraph:
+    """One exported graph on disk, with what a runtime needs to feed it."""
+
+    path: Path
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: Mapping[str, Mapping[int, str]]
+    sha256: str
+    opset: int = OPSET
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path.name,
+            "inputs": list(self.input_names),
+            "outputs": list(self.output_names),
+            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in self.dynamic_axes.items()},
+            "sha256": self.sha256,
+            "opset": self.opset,
+            "metadata": dict(self.metadata),
+        }
+
+
+def model_hash(path: Path) -> str:
+    """SHA-256 of the serialized model (the protobuf file; graphs here stay below the 2 GB single-file limit)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    opset: int = OPSET,
+    dynamo: bool = False,
+) -> OnnxGraph:
+    """Export ``module`` (already in eval mode, on CPU, FP32) and check the result.
+
+    ``dynamo=False`` uses the TorchScript tracer, which is several times faster on these convolution-heavy graphs;
+    ``dynamo=True`` uses ``torch.export`` (dynamic axes become ``dynamic_shapes``). Both write standard opset-20
+    nodes, so a 5-D grid sample becomes a native ``GridSample``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic_axes = {k: dict(v) for k, v in (dynamic_axes or {}).items()}
+    if len(example_inputs) != len(input_names):
+        raise ValueError(f"{len(example_inputs)} example inputs for {len(input_names)} input names")
+    module = module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            shapes = tuple(
+                {axis: torch.export.Dim.DYNAMIC for axis in dynamic_axes.get(name, {})} or None for name in input_names
+            )
+            torch.onnx.export(
+                module, tuple(example_inputs), str(path), opset_version=opset, dynamo=True,
+                input_names=list(input_names), output_names=list(output_names), dynamic_shapes=shapes,
+                external_data=False, optimize=True, verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                module, tuple(example_inputs), str(path), opset_version=opset, dynamo=False,
+                input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+    model = onnx.load(str(path))
+    meta = dict(metadata or {})
+    if meta:
+        onnx.helper.set_model_props(model, meta)
+        onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    got_inputs = tuple(i.name for i in model.graph.input)
+    if got_inputs != tuple(input_names):
+        raise RuntimeError(f"exported graph has inputs {got_inputs}, expected {tuple(input_names)} (an input unused?)")
+    return OnnxGraph(
+        path=path, input_names=tuple(input_names), output_names=tuple(output_names), dynamic_axes=dynamic_axes,
+        sha256=model_hash(path), opset=opset, metadata=meta,
+    )
+
+
+def write_manifest(graphs: Mapping[str, OnnxGraph], path: Path, extra: Mapping[str, object] | None = None) -> Path:
+    """``manifest.json`` next to the graphs: stage name -> file, IO names, dynamic axes, hash."""
+    doc = {"opset": OPSET, "stages": {name: g.to_json() for name, g in graphs.items()}, **(extra or {})}
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def read_manifest(path: Path) -> dict[str, OnnxGraph]:
+    doc = json.loads(Path(path).read_text())
+    out = {}
+    for name, g in doc["stages"].items():
+        out[name] = OnnxGraph(
+            path=Path(path).parent / g["path"], input_names=tuple(g["inputs"]), output_names=tuple(g["outputs"]),
+            dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in g["dynamic_axes"].items()},
+            sha256=g["sha256"], opset=g["opset"], metadata=g.get("metadata", {}),
+        )
+    return out
