@@ -39,6 +39,8 @@ from realtime.playback import PlaybackBuffer, PlaybackMarker
 
 log = logging.getLogger(__name__)
 
+MAX_LIVE_BACKLOG_S = 0.3  # live microphone audio queued beyond this is dropped (bounded latency)
+
 
 @dataclass(frozen=True)
 class SessionEvent:
@@ -119,6 +121,7 @@ class SessionStats:
     frames_missing: int = 0  # output ticks whose frame was not ready (previous frame repeated)
     engine_ms: float = 0.0  # total time in EngineStream.feed
     late_ticks: int = 0  # ticks processed more than one frame late (engine slower than real time)
+    mic_dropped_samples: int = 0  # live input dropped to keep its latency bounded
     sent_log: deque = field(default_factory=lambda: deque(maxlen=3000))  # (index, wall, rms, mouth_open, has_frame)
 
 
@@ -292,6 +295,9 @@ class AvatarSession:
             while True:
                 frame = await track.recv()
                 pcm = resample(frame)
+                if self._buffer.queued_samples > MAX_LIVE_BACKLOG_S * self._buffer.sample_rate:
+                    self.stats.mic_dropped_samples += pcm.size  # sender clock faster than ours: catch up
+                    continue
                 if pcm.size:
                     try:
                         self.push_audio(pcm)

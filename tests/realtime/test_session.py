@@ -156,6 +156,7 @@ async def test_mic_audio_is_resampled_into_the_buffer(session):
         async def recv(self):
             if self.k >= 50:
                 raise MediaStreamError
+            await asyncio.sleep(0.02)  # a live source: real time
             t = (self.k * 960 + np.arange(960)) / 48000
             pcm = (0.3 * np.sin(2 * np.pi * 300 * t) * 32767).astype(np.int16)
             frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
