@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from engines.base import EngineError
+from realtime.playback import BufferFull
 from realtime.agent_protocol import (
     MAX_FRAME_SECONDS,
     ControlMessage,
@@ -58,7 +59,7 @@ class AgentConnection:
             await self.ws.send_str(text)
 
     async def error(self, exc: ProtocolError | EngineError) -> None:
-        code = getattr(exc, "code", "rejected")
+        code = getattr(exc, "code", None) or ("buffer_full" if isinstance(exc, BufferFull) else "rejected")
         await self.send(error_message(code, str(exc)))
 
     async def ready(self) -> None:

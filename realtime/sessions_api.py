@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from realtime.session_registry import SessionLimitError
 log = logging.getLogger(__name__)
 
 SIZES = (256, 512)
+API_KEY_ENV = "AVATARSTREAM_API_KEY"
 
 
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
@@ -315,10 +317,13 @@ SESSIONS_API = web.AppKey("sessions_api", SessionsApi)
 
 
 def register(app: web.Application, registry: Any, *, api_key: str | None = None) -> SessionsApi:
-    """Add the ``/v1/sessions`` routes and the agent WebSocket to ``app``."""
+    """Add the ``/v1/sessions`` routes and the agent WebSocket to ``app``.
+
+    ``api_key`` (or the environment variable ``AVATARSTREAM_API_KEY``) protects ``POST /v1/sessions``.
+    """
     from realtime import agent_socket
 
-    api = SessionsApi(registry, api_key=api_key)
+    api = SessionsApi(registry, api_key=api_key or os.environ.get(API_KEY_ENV) or None)
     app[SESSIONS_API] = api
     app.router.add_post("/v1/sessions", api.create)
     app.router.add_get("/v1/sessions/{id}", api.describe)

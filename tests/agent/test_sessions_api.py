@@ -155,3 +155,21 @@ async def test_idle_timeout_and_keepalive(make_server):
             assert resp.status == 404
     finally:
         await stop()
+
+
+async def test_api_key_protects_session_creation(make_server, monkeypatch):
+    monkeypatch.setenv("AVATARSTREAM_API_KEY", "s3cret")
+    srv, stop = await make_server()
+    try:
+        async with srv.http.post(f"{srv.url}/v1/sessions", json={"size": 256}) as resp:
+            assert resp.status == 401
+        async with srv.http.post(f"{srv.url}/v1/sessions", json={"size": 256}, headers=srv.auth("nope")) as resp:
+            assert resp.status == 401
+        async with srv.http.post(f"{srv.url}/v1/sessions", json={"size": 256}, headers=srv.auth("s3cret")) as resp:
+            assert resp.status == 201
+            info = await resp.json()
+        # the session itself is then reached with its own token, not the API key
+        async with srv.http.get(f"{srv.url}/v1/sessions/{info['id']}", headers=srv.auth("s3cret")) as resp:
+            assert resp.status == 401
+    finally:
+        await stop()
