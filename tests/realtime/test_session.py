@@ -171,3 +171,12 @@ async def test_mic_audio_is_resampled_into_the_buffer(session):
     ev = await next_event(q, "playback_finished")
     assert ev.data["playback_position"] == pytest.approx(1.0, abs=0.02)  # 50 x 20 ms at 16 kHz
     assert SAMPLES_PER_FRAME == 640
+
+
+async def test_slow_event_subscriber_loses_oldest_events(session):
+    q = session.subscribe_events(maxsize=3)
+    for i in range(10):
+        session._emit("speaking_started", {"i": i}, i)
+    assert q.qsize() == 3
+    assert [q.get_nowait().data["i"] for _ in range(3)] == [7, 8, 9]
+    session.unsubscribe_events(q)
