@@ -4,8 +4,8 @@ Start a server (``avatar serve``), then:
 
     python examples/espeak_agent.py --server http://127.0.0.1:8080 "Hello!" "How can I help you today?"
 
-It creates a session, prints the WHEP URL to watch (open ``/?session=<id>&token=<token>`` in a browser
-or any WHEP player), pushes each line as one utterance as fast as espeak-ng produces it,
+It creates a session, prints where to watch it (the printed ``/watch?...`` page in a browser, or
+any WHEP player with the WHEP URL and token), pushes each line as one utterance as fast as espeak-ng produces it,
 and prints the playback events. ``--interrupt-after 1.5`` shows barge-in: the first line is cut
 short after 1.5 s of playback.
 """
@@ -64,7 +64,8 @@ async def main(argv: list[str] | None = None) -> int:
     image = Path(args.image) if Path(args.image).is_file() else args.image
     async with AvatarClient(args.server) as client:
         info = await client.create_session(image=image, engine=args.engine, size=args.size)
-        print(f"session {info.id}\n  watch (WHEP): {info.whep_url}\n  token: {info.token}", flush=True)
+        print(f"session {info.id}\n  watch in a browser: {info.extra['watch_url']}\n"
+              f"  or with a WHEP player: {info.whep_url} (bearer token {info.token})", flush=True)
         client.on("*", lambda ev: print("  event:", json.dumps(ev), flush=True))
         await client.connect(sample_rate=24000)
         for i, line in enumerate(args.lines):

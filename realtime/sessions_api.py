@@ -9,6 +9,7 @@
     POST   /v1/sessions/{id}/keepalive     resets the idle timer
     DELETE /v1/sessions/{id}               ends the session
     GET    /v1/sessions/{id}/agent         WebSocket for agent audio + events (``realtime/agent_socket.py``)
+    GET    /watch?session=ID&token=TOKEN   browser page that watches a session (``web/watch.html``)
 
 Every ``/v1/sessions/{id}...`` route needs ``Authorization: Bearer <token>`` (or ``?token=`` where a
 header cannot be set, e.g. a browser WebSocket): no or a wrong token -> 401, the token of another
@@ -25,6 +26,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SIZES = (256, 512)
 API_KEY_ENV = "AVATARSTREAM_API_KEY"
+WATCH_PAGE = Path(__file__).resolve().parents[1] / "web" / "watch.html"
 
 
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
@@ -132,6 +135,7 @@ class SessionsApi:
             "whep_url": str(base.join(URL(f"{prefix}/whep"))),
             "offer_url": str(base.join(URL(f"{prefix}/offer"))),
             "agent_url": str(ws_base.join(URL(f"{prefix}/agent"))),
+            "watch_url": str(base.join(URL("/watch")).with_query(session=session.id, token=session.token)),
             "engine": spec.engine,
             "size": spec.size,
             "fps": spec.fps,
@@ -338,4 +342,9 @@ def register(app: web.Application, registry: Any, *, api_key: str | None = None)
         return await agent_socket.handle(api, request)
 
     app.router.add_get("/v1/sessions/{id}/agent", agent)
+
+    async def watch_page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WATCH_PAGE)
+
+    app.router.add_get("/watch", watch_page)  # browser viewer: /watch?session=ID&token=TOKEN
     return api

@@ -19,6 +19,7 @@ async def test_create_returns_urls_and_token(server, cat_portrait):
     assert info["whep_url"].endswith(f"/v1/sessions/{info['id']}/whep")
     assert info["agent_url"].startswith("ws://") and info["agent_url"].endswith("/agent")
     assert info["size"] == 256 and info["fps"] == 25
+    assert info["watch_url"].endswith(f"/watch?session={info['id']}&token={info['token']}")
     assert isinstance(info["unsupported_controls"], dict)
     # multipart upload of a portrait file (the cat) works too
     form = aiohttp.FormData()
