@@ -1,0 +1,141 @@
+"""The official JoyVASA motion-generator file: ``torch.save({'args': Namespace, 'model': state_dict, 'iter': int})``.
+
+``load_motion_generator`` reads it without executing arbitrary pickles (``weights_only=True`` with
+an allow-list for ``argparse.Namespace`` and ``pathlib`` paths), builds ``DitTalkingHead`` from
+``ckpt['args']`` and the state_dict shapes, and loads **strictly**: any missing, unexpected or
+mis-shaped key is an ``EngineError`` naming the keys. Two tolerated differences, both from the
+reference loader: ``denoising_net.TE.pe`` is dropped and recomputed (the official loader pops it),
+and the HuBERT positional-conv weight norm may be stored with the old ``weight_g`` / ``weight_v``
+names (renamed to ``parametrizations.weight.original0/1``).
+
+``write_random_checkpoint`` writes a file of the same format, keys and shapes with seeded random
+values, for tests and benchmarks where the real weights are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from engines.base import EngineError, MissingWeightsError
+from engines.joyvasa.network import DitConfig, DitTalkingHead
+
+TE_KEY = "denoising_net.TE.pe"
+POS_CONV = "audio_encoder.encoder.pos_conv_embed.conv."
+LEGACY_WEIGHT_NORM = {POS_CONV + "weight_g": POS_CONV + "parametrizations.weight.original0",
+                      POS_CONV + "weight_v": POS_CONV + "parametrizations.weight.original1"}
+ARG_NAMES = ("motion_feat_dim", "n_motions", "n_prev_motions", "feature_dim", "audio_model", "n_diff_steps")
+DEFAULT_FILE_NAME = "motion_generator_hubert_chinese.pt"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    config: DitConfig
+    iteration: int | None
+    args: dict[str, Any]
+
+
+def read_checkpoint_file(path: str | Path) -> dict:
+    """``torch.load`` the official dict safely; clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"JoyVASA motion generator not found: {path} "
+                                  f"(expected motion_generator/{DEFAULT_FILE_NAME} from jdh-algo/JoyVASA)")
+    safe = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
+    try:
+        with torch.serialization.safe_globals(safe):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not this format"
+        raise EngineError(f"cannot read {path} as a JoyVASA checkpoint: {exc}") from exc
+    if not isinstance(ckpt, Mapping) or "model" not in ckpt or "args" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise EngineError(f"{path} is not an official JoyVASA checkpoint: expected a dict with 'args' and 'model', got {keys}")
+    return dict(ckpt)
+
+
+def config_from_checkpoint(ckpt: Mapping, pe_mode: str = "constant") -> DitConfig:
+    """``DitConfig`` from ``ckpt['args']``, cross-checked against the state_dict shapes."""
+    args = ckpt["args"]
+    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    sd = ckpt["model"]
+    missing = [k for k in ARG_NAMES if k not in args]
+    if missing:
+        raise EngineError(f"checkpoint args lack {missing}")
+    layers = {int(k.split(".")[3]) for k in sd if k.startswith("denoising_net.transformer.layers.")}
+    te = sd.get(TE_KEY)
+    cfg = DitConfig(**{k: args[k] for k in ARG_NAMES}, n_layers=len(layers) or DitConfig.n_layers,
+                    te_max_len=int(te.shape[1]) if te is not None else DitConfig.te_max_len, pe_mode=pe_mode)
+    betas = sd.get("diffusion_sched.betas")
+    if betas is not None and betas.shape[0] - 1 != cfg.n_diff_steps:
+        raise EngineError(f"checkpoint args say n_diff_steps={cfg.n_diff_steps} but diffusion_sched.betas has "
+                          f"{betas.shape[0]} entries ({betas.shape[0] - 1} steps)")
+    return cfg
+
+
+def _normalise_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {LEGACY_WEIGHT_NORM.get(k, k): v for k, v in sd.items()}
+    out.pop(TE_KEY, None)
+    return out
+
+
+def load_state_dict_strict(model: DitTalkingHead, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load every key; raise ``EngineError`` naming missing, unexpected and mis-shaped keys."""
+    sd = _normalise_keys(state_dict)
+    own = {k: v for k, v in model.state_dict().items() if k != TE_KEY}
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(sd) if tuple(sd[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        def _list(xs: list[str]) -> str:
+            return ", ".join(xs[:8]) + (f" ... (+{len(xs) - 8} more)" if len(xs) > 8 else "")
+        parts = [f"{len(missing)} missing keys: {_list(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected keys: {_list(unexpected)}" if unexpected else "",
+                 f"{len(shapes)} shape mismatches: {_list(shapes)}" if shapes else ""]
+        raise EngineError(f"{source} does not match the JoyVASA DitTalkingHead: " + "; ".join(p for p in parts if p))
+    result = model.load_state_dict(sd, strict=False)
+    leftover = [k for k in result.missing_keys if k != TE_KEY] + list(result.unexpected_keys)
+    if leftover:
+        raise EngineError(f"{source}: keys not loaded: {leftover}")
+
+
+def load_motion_generator(path: str | Path, *, pe_mode: str = "constant", audio_config_dir: str | Path | None = None,
+                          device: str | torch.device = "cpu") -> tuple[DitTalkingHead, CheckpointInfo]:
+    """Build ``DitTalkingHead`` from an official checkpoint file and load it strictly (eval mode)."""
+    ckpt = read_checkpoint_file(path)
+    cfg = config_from_checkpoint(ckpt, pe_mode)
+    model = DitTalkingHead(cfg, None if audio_config_dir is None else str(audio_config_dir))
+    load_state_dict_strict(model, ckpt["model"], str(path))
+    args = ckpt["args"]
+    info = CheckpointInfo(Path(path), cfg, ckpt.get("iter"), vars(args) if isinstance(args, argparse.Namespace) else dict(args))
+    return model.to(device).eval(), info
+
+
+def random_motion_generator(seed: int = 0, config: DitConfig = DitConfig()) -> DitTalkingHead:
+    """``DitTalkingHead`` of the real shapes with seeded random weights (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DitTalkingHead(config).eval()
+
+
+def write_random_checkpoint(path: str | Path, seed: int = 0, *, config: DitConfig = DitConfig(),
+                            iteration: int = 20000) -> Path:
+    """Write a fake official checkpoint: same format, keys and shapes as the release, seeded random values.
+
+    ``ckpt['args']`` is an ``argparse.Namespace`` with the six architecture args plus a few training
+    paths as ``pathlib.Path`` (like the real file). Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = random_motion_generator(seed, config)
+    args = argparse.Namespace(**{k: getattr(config, k) for k in ARG_NAMES}, fps=25, pad_mode="zero",
+                              exp_name="random-weights", data_root=pathlib.Path("datasets/random"),
+                              save_dir=pathlib.Path("experiments/random"), seed=seed)
+    torch.save({"args": args, "model": model.state_dict(), "iter": iteration}, path)
+    return path
