@@ -1,7 +1,8 @@
-"""``avatar bench --engine loopy``: per-frame render time of the Loopy pipeline with random weights.
+"""``avatar bench --engine loopy``: per-frame render time of the Loopy pipeline.
 
-Always measures the tiny config (64x64) on the CPU; with ``--device cuda`` also the full
-SD-1.5-sized config (512x512, fp16). Timings cover everything per frame: wav2vec2 features,
+Without ``--weights``: random weights; always the tiny config (64x64) on the CPU, and with
+``--device cuda`` also the tiny and the full SD-1.5-sized config (512x512, fp16). With
+``--weights DIR``: that trained model on ``--device``. Timings cover everything per frame: wav2vec2 features,
 reference net, 25 DDIM steps x 3 guidance passes, VAE decode, MP4 mux. Writes a PNG of the
 per-stage split next to the JSON.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from engines.base import SAMPLE_RATE
-from engines.loopy.checkpoint import random_weights
+from engines.loopy.checkpoint import load_weights_dir, random_weights
 from engines.loopy.config import get_config
 from engines.loopy.pipeline import LoopyPipeline
 
@@ -27,9 +28,13 @@ def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.3 * envelope * tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def bench_config(name: str, device: str, seconds: float, steps: int, out_dir) -> dict:
-    cfg = get_config(name)
-    weights = random_weights(cfg, seed=0)
+def bench_config(name: str, device: str, seconds: float, steps: int, out_dir, weights_dir=None) -> dict:
+    if weights_dir is not None:
+        weights = load_weights_dir(weights_dir)
+        cfg = weights.config
+    else:
+        cfg = get_config(name)
+        weights = random_weights(cfg, seed=0)
     pipe = LoopyPipeline(weights, device)
     portrait = (np.random.default_rng(1).random((cfg.resolution, cfg.resolution, 3)) * 255).astype(np.uint8)
     audio = _speechlike(seconds)
@@ -43,15 +48,20 @@ def bench_config(name: str, device: str, seconds: float, steps: int, out_dir) ->
     wall = time.perf_counter() - t0
     frames = result.num_frames
     entry = {
-        "config": name, "device": device, "dtype": str(pipe.dtype).replace("torch.", ""),
+        "config": cfg.name, "device": device, "dtype": str(pipe.dtype).replace("torch.", ""),
         "resolution": cfg.resolution, "frames": frames, "clip_frames": cfg.clip_frames, "ddim_steps": steps,
         "guidance_passes": 3, "wall_s": round(wall, 3), "ms_per_frame": round(1000 * wall / frames, 2),
         "stage_ms_per_frame": {k: round(v / frames, 2) for k, v in result.stage_ms.items()},
+        "weights": str(weights_dir) if weights_dir is not None else "random",
         "parameters_m": round(sum(p.numel() for p in weights.model.parameters()) / 1e6, 2),
     }
     if device == "cuda":
         entry["gpu_peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return entry
+
+
+def _label(e: dict) -> str:
+    return f"{e['config']} {e['resolution']}px\n{e['device']} {e['dtype']}"
 
 
 def _plot(entries: list[dict], path) -> None:
@@ -62,7 +72,7 @@ def _plot(entries: list[dict], path) -> None:
 
     stages = sorted({s for e in entries for s in e["stage_ms_per_frame"]})
     fig, ax = plt.subplots(figsize=(7, 3 + 0.4 * len(entries)))
-    labels = [f"{e['config']} {e['resolution']}px\n{e['device']} {e['dtype']}" for e in entries]
+    labels = [_label(e) for e in entries]
     left = np.zeros(len(entries))
     for s in stages:
         vals = np.array([e["stage_ms_per_frame"].get(s, 0.0) for e in entries])
@@ -71,7 +81,7 @@ def _plot(entries: list[dict], path) -> None:
     ax.set_xscale("log" if left.max() / max(left.min(), 1e-9) > 50 else "linear")
     ax.set_xlabel("ms per output frame (25 DDIM steps x 3 passes)")
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Loopy render time per frame (random weights)")
+    ax.set_title("Loopy render time per frame")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -82,6 +92,10 @@ def run_bench(opts) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = 5 if opts.quick else 25
     seconds = 0.48 if opts.quick else min(float(opts.seconds), 2.0)
+    if opts.weights:  # a trained weights directory on the chosen device
+        entries = [bench_config("weights", opts.device, seconds, steps, out_dir, opts.weights)]
+        _plot(entries, out_dir / "loopy.png")
+        return {"runs": entries, "plot": str(out_dir / "loopy.png")}
     entries = [bench_config("tiny", "cpu", seconds, steps, out_dir)]
     if opts.device == "cuda":
         if not torch.cuda.is_available():
