@@ -1,0 +1,171 @@
+"""The lite engine: CPU only, no torch, no downloaded weights.
+
+portrait -> face landmarks (dlib / cat cascade) -> framed square -> precomputed warp maps;
+audio -> per-frame features -> motion (``FacePose``) -> warp render -> ``AvatarFrame``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Mapping
+
+import numpy as np
+
+from engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio)
+from engines.face import FaceLandmarks, detect_face
+from engines.lite.audio_features import AudioFeatureExtractor, FrameFeatures
+from engines.lite.framing import frame_portrait
+from engines.lite.motion import FacePose, MotionControls, MotionGenerator
+from engines.lite.warp_renderer import WarpRenderer
+
+SUPPORTED_CONTROLS = {
+    "expression_intensity": (0.0, 2.0),  # mouth / brow gain
+    "head_motion_scale": (0.0, 3.0),
+    "blink_rate": (0.0, 5.0),  # 1 = a blink every 2-6 s
+}
+
+
+def _apply_controls(target: MotionControls, controls: Mapping[str, Any]) -> dict[str, str]:
+    rejected = {}
+    for name, value in controls.items():
+        if name not in SUPPORTED_CONTROLS:
+            rejected[name] = f"not supported by the lite engine (supported: {', '.join(SUPPORTED_CONTROLS)})"
+            continue
+        lo, hi = SUPPORTED_CONTROLS[name]
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            rejected[name] = f"must be a number in [{lo}, {hi}]"
+            continue
+        if not np.isfinite(v) or not lo <= v <= hi:
+            rejected[name] = f"must be in [{lo}, {hi}], got {value!r}"
+            continue
+        setattr(target, name, v)
+    return rejected
+
+
+class LiteStream:
+    """One session's audio -> frames stream (``engines.base.EngineStream``)."""
+
+    lookahead_frames = 1
+
+    def __init__(self, renderer: WarpRenderer, face: FaceLandmarks, *, seed: int = 0,
+                 controls: Mapping[str, Any] | None = None) -> None:
+        self.renderer = renderer
+        self.face = face  # landmarks in the output frame's pixels
+        self.size = renderer.size
+        self.motion_controls = MotionControls()
+        if controls:
+            bad = _apply_controls(self.motion_controls, controls)
+            if bad:
+                raise EngineError("; ".join(f"control {k}: {v}" for k, v in bad.items()))
+        self._features = AudioFeatureExtractor()
+        self._motion = MotionGenerator(seed=seed, controls=self.motion_controls)
+        self._audio = np.zeros(0, np.float32)  # samples from frame ``_featured`` on
+        self._featured = 0  # frames whose features are computed
+        self._pending: deque[FrameFeatures] = deque()  # features of frames not yet rendered
+        self._next = 0  # next frame index to emit
+        self._total_samples = 0
+        self.stage_times = StageTimes()
+        self.last_pose = FacePose()
+
+    # --- EngineStream -------------------------------------------------------------------------
+    def feed(self, audio: np.ndarray) -> list[AvatarFrame]:
+        a = check_audio(audio)
+        self._total_samples += a.size
+        self._audio = np.concatenate([self._audio, a]) if self._audio.size else a.copy()
+        t = time.perf_counter()
+        n_full = self._audio.size // SAMPLES_PER_FRAME
+        for i in range(n_full):
+            self._pending.append(self._features.frame(self._audio[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME]))
+        if n_full:
+            self._audio = self._audio[n_full * SAMPLES_PER_FRAME:]
+            self._featured += n_full
+            self.stage_times.add("features", (time.perf_counter() - t) * 1000 / n_full)
+        out = []
+        while self._next + self.lookahead_frames < self._featured:
+            out.append(self._emit())
+        return out
+
+    def flush(self) -> list[AvatarFrame]:
+        """Render every frame the audio fed so far covers (the last one may be partial)."""
+        total_frames = -(-self._total_samples // SAMPLES_PER_FRAME)
+        pad = (-self._audio.size) % SAMPLES_PER_FRAME
+        out = []
+        if pad or self._audio.size:
+            out += self.feed(np.zeros(pad, np.float32))
+            self._total_samples -= pad
+        while self._next < total_frames:
+            if self._next + self.lookahead_frames >= self._featured:
+                # no audio after the end: the lookahead sees silence
+                self._pending.append(self._features.frame(np.zeros(SAMPLES_PER_FRAME, np.float32)))
+                self._featured += 1
+            out.append(self._emit())
+        return out
+
+    def interrupt(self) -> None:
+        # frames already featured but not rendered are dropped; the clock keeps counting
+        dropped = self._featured - self._next
+        self._pending.clear()
+        self._audio = np.zeros(0, np.float32)
+        self._featured = self._next
+        self._total_samples = self._next * SAMPLES_PER_FRAME
+        self._motion.idle()
+        self._features.reset()
+        self._dropped = dropped
+
+    def set_controls(self, controls: Mapping[str, Any]) -> dict[str, str]:
+        return _apply_controls(self.motion_controls, controls)
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._audio = np.zeros(0, np.float32)
+
+    # --- internals ----------------------------------------------------------------------------
+    def _emit(self) -> AvatarFrame:
+        now = self._pending.popleft()
+        ahead = self._pending[0] if self._pending else None
+        t = time.perf_counter()
+        pose = self._motion.step(self._next, now, ahead)
+        t1 = time.perf_counter()
+        image = self.renderer.render(pose)
+        t2 = time.perf_counter()
+        self.stage_times.add("motion", (t1 - t) * 1000)
+        self.stage_times.add("render", (t2 - t1) * 1000)
+        self.last_pose = pose
+        frame = AvatarFrame(self._next, image, speaking=pose.speaking, mouth_open=float(min(1.0, pose.jaw)))
+        self._next += 1
+        return frame
+
+    def idle_frame(self) -> np.ndarray:
+        return self.renderer.render(FacePose())
+
+
+class LiteEngine:
+    """``engines.base.AvatarEngine`` for the lite engine. Options: ``seed``."""
+
+    name = "lite"
+
+    def __init__(self, seed: int = 0, **_: Any) -> None:
+        self.seed = int(seed)
+        self._cache: dict[tuple, tuple] = {}
+
+    def prepare(self, portrait: Portrait, size: int = 512):
+        """Face detection, framing and warp maps for ``portrait`` at ``size`` (cached per image)."""
+        if not 64 <= int(size) <= 2048:
+            raise EngineError(f"output size must be between 64 and 2048 pixels, got {size}")
+        key = (portrait.image.shape, hash(portrait.image[::7, ::7].tobytes()), portrait.kind, int(size))
+        if key not in self._cache:
+            face = detect_face(portrait.image, portrait.kind)
+            framed = frame_portrait(portrait.image, face, int(size))
+            renderer = WarpRenderer(framed, teeth=face.kind == "human")
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (framed, renderer)
+        return self._cache[key]
+
+    def open_stream(self, portrait: Portrait, *, size: int = 512,
+                    controls: Mapping[str, Any] | None = None) -> LiteStream:
+        framed, renderer = self.prepare(portrait, size)
+        return LiteStream(renderer, framed.face, seed=self.seed, controls=controls)

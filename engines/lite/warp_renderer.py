@@ -1,0 +1,148 @@
+"""The lite engine's renderer: piecewise-affine warps of the framed portrait, precomputed as
+dense backward maps at stream open; a frame is a weighted sum of those maps + one ``cv2.remap``
+of the face region + the painted mouth interior.
+
+Head motion (roll about the neck, shifts) is a small similarity transform weighted by a feathered
+face mask that is exactly zero outside the static ring around the face, so the background is
+untouched (pixels outside the ring are copied, not resampled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engines.lite.face_mesh import FaceMesh, build_mesh, motion_bases
+from engines.lite.framing import FramedPortrait
+from engines.lite.motion import FacePose
+from engines.lite.mouth_interior import paint_mouth
+
+JAW_LEVELS = (0.5, 1.0)  # exact piecewise-affine maps at these openings, linear in between
+FIELDS = ("jaw_a", "jaw_b", "width", "blink", "brows", "roll", "dx", "dy")
+
+
+def _backward_field(points: np.ndarray, triangles: np.ndarray, disp: np.ndarray,
+                    roi: tuple[int, int, int, int]) -> np.ndarray:
+    """(2, h, w) float32 backward displacement (source - output) inside ``roi`` for the mesh moved by ``disp``."""
+    x0, y0, x1, y1 = roi
+    field = np.zeros((2, y1 - y0, x1 - x0), np.float32)
+    dst = points + disp
+    moving = np.abs(disp).sum(axis=1) > 1e-9
+    for tri in triangles:
+        if not moving[tri].any():
+            continue
+        d, s = dst[tri], points[tri]
+        bx0, by0 = np.floor(d.min(axis=0)).astype(int)
+        bx1, by1 = np.ceil(d.max(axis=0)).astype(int) + 1
+        bx0, by0, bx1, by1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
+        if bx1 <= bx0 or by1 <= by0:
+            continue
+        m = np.array([[d[1, 0] - d[0, 0], d[2, 0] - d[0, 0]], [d[1, 1] - d[0, 1], d[2, 1] - d[0, 1]]])
+        det = np.linalg.det(m)
+        if abs(det) < 1e-9:
+            continue
+        inv = np.linalg.inv(m)
+        yy, xx = np.mgrid[by0:by1, bx0:bx1].astype(np.float64)
+        px, py = xx - d[0, 0], yy - d[0, 1]
+        b1 = inv[0, 0] * px + inv[0, 1] * py
+        b2 = inv[1, 0] * px + inv[1, 1] * py
+        inside = (b1 >= -1e-7) & (b2 >= -1e-7) & (b1 + b2 <= 1 + 1e-7)
+        if not inside.any():
+            continue
+        sx = s[0, 0] + b1 * (s[1, 0] - s[0, 0]) + b2 * (s[2, 0] - s[0, 0])
+        sy = s[0, 1] + b1 * (s[1, 1] - s[0, 1]) + b2 * (s[2, 1] - s[0, 1])
+        fx = field[0, by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
+        fy = field[1, by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
+        fx[inside] = (sx - xx)[inside]
+        fy[inside] = (sy - yy)[inside]
+    return field
+
+
+@dataclass(frozen=True)
+class RenderStats:
+    roi: tuple[int, int, int, int]
+    fields: int
+    triangles: int
+
+
+class WarpRenderer:
+    """Renders ``FacePose`` -> size x size RGB frames of one framed portrait."""
+
+    def __init__(self, framed: FramedPortrait, teeth: bool = True) -> None:
+        self.base = framed.image
+        self.size = framed.image.shape[0]
+        self.face = framed.face
+        self.teeth = teeth
+        self.mesh: FaceMesh = build_mesh(framed.face, self.size)
+        m = self.mesh
+        self.bases = motion_bases(m)
+        # the face region: the static ring's bounding box
+        ang = np.linspace(0, 2 * np.pi, 64)
+        ring = m.ring_center + np.outer(m.ring_axes[0] * np.cos(ang), m.ex) + np.outer(m.ring_axes[1] * np.sin(ang), m.ey)
+        x0, y0 = np.maximum(np.floor(ring.min(axis=0)).astype(int) - 1, 0)
+        x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 2, self.size)
+        self.roi = (int(x0), int(y0), int(x1), int(y1))
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        self._grid = np.stack([xx, yy])
+        self.head_mask = self._head_mask(xx, yy)
+        fields = []
+        for level in JAW_LEVELS:
+            fields.append(_backward_field(m.points, m.triangles, level * self.bases["jaw"], self.roi) / 1.0)
+        for name in ("width", "blink", "brows"):
+            fields.append(_backward_field(m.points, m.triangles, self.bases[name], self.roi))
+        # head motion, forward displacement f(p) per unit parameter; backward ~ -f for small motions
+        pivot = m.ring_center + 0.85 * m.ring_axes[1] * m.ey
+        d = m.eye_distance
+        fields.append(-np.stack([-(yy - pivot[1]), xx - pivot[0]]) * self.head_mask)  # roll (per radian)
+        fields.append(-np.stack([np.full_like(xx, d), np.zeros_like(xx)]) * self.head_mask)  # dx (per eye distance)
+        fields.append(-np.stack([np.zeros_like(xx), np.full_like(xx, d)]) * self.head_mask)  # dy
+        self._pivot = pivot
+        k = len(fields)
+        self._fields = np.ascontiguousarray(np.stack(fields).reshape(k, -1).astype(np.float32))
+        self.stats = RenderStats(self.roi, k, len(m.triangles))
+
+    def _head_mask(self, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+        m = self.mesh
+        rx, ry = xx - m.ring_center[0], yy - m.ring_center[1]
+        u = (rx * m.ex[0] + ry * m.ex[1]) / m.ring_axes[0]
+        v = (rx * m.ey[0] + ry * m.ey[1]) / m.ring_axes[1]
+        r = np.sqrt(u * u + v * v)
+        # 1 inside 70% of the ring, smooth fall-off to exactly 0 at 95%
+        t = np.clip((0.95 - r) / 0.25, 0, 1)
+        return (t * t * (3 - 2 * t)).astype(np.float32)
+
+    def coefficients(self, pose: FacePose) -> np.ndarray:
+        j = float(np.clip(pose.jaw, 0.0, 1.2))
+        lo, hi = JAW_LEVELS
+        if j <= lo:
+            ja, jb = j / lo, 0.0
+        else:
+            f = (j - lo) / (hi - lo)
+            ja, jb = 1.0 - f, f
+        return np.array([ja, jb, pose.width, pose.blink, pose.brows, pose.roll, pose.dx, pose.dy], np.float32)
+
+    def landmarks(self, pose: FacePose) -> np.ndarray:
+        """Where the 68 landmarks are drawn for ``pose`` (forward motion, head motion included)."""
+        b = self.bases
+        pts = (self.mesh.points + pose.jaw * b["jaw"] + pose.width * b["width"] + pose.blink * b["blink"]
+               + pose.brows * b["brows"])[:68]
+        d = self.mesh.eye_distance
+        rel = pts - self._pivot
+        head = pose.roll * np.stack([-rel[:, 1], rel[:, 0]], 1) + d * np.array([pose.dx, pose.dy])
+        return pts + head  # the mask is 1 over the inner face
+
+    def render(self, pose: FacePose) -> np.ndarray:
+        x0, y0, x1, y1 = self.roi
+        h, w = y1 - y0, x1 - x0
+        disp = (self.coefficients(pose) @ self._fields).reshape(2, h, w)
+        maps = self._grid + disp
+        out = self.base.copy()
+        out[y0:y1, x0:x1] = cv2.remap(self.base, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        gap_px = pose.jaw * 0.42 * self.mesh.eye_distance
+        strength = float(np.clip(gap_px / (0.06 * self.mesh.eye_distance), 0, 1))
+        if strength > 0.01:
+            paint_mouth(out, self.landmarks(pose), self.mesh.ex, self.mesh.ey, self.mesh.eye_distance, strength,
+                        teeth=self.teeth)
+        return out
