@@ -1,0 +1,118 @@
+"""Source preparation: the face crop LivePortrait expects, and pasting rendered crops back.
+
+The crop follows the reference ``crop_image`` (ARCHITECTURE.md 1.5): an eye-centre -> mouth-centre
+axis sets the roll, the landmarks' bounding box in that rotated frame sets the centre and size
+(``scale`` x the longer side), the centre moves by ``vy_ratio`` x size along the face's vertical
+axis, and a similarity transform maps it to a 512 x 512 crop; the network input is that crop
+resized to 256 with INTER_AREA. Landmarks are the 68-point layout of ``engines.face`` (eye centres
+= mean of each eye's six points, mouth centre = midpoint of the mouth corners), which plays the role
+of the reference's 106-point eye/mouth rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engines.base import EngineError
+
+CROP_SIZE = 512
+INPUT_SIZE = 256
+EYE_LEFT = list(range(36, 42))
+EYE_RIGHT = list(range(42, 48))
+MOUTH_CORNERS = [48, 54]
+
+
+@dataclass(frozen=True)
+class SourceCrop:
+    """A portrait prepared for LivePortrait, with the transforms between picture and crop."""
+
+    image: np.ndarray  # H x W x 3 uint8, the picture the crop was cut from
+    crop: np.ndarray  # 512 x 512 x 3 uint8
+    network_input: np.ndarray  # 256 x 256 x 3 uint8 (what F and M see)
+    image_to_crop: np.ndarray  # 2x3 affine, picture pixels -> crop pixels
+    crop_to_image: np.ndarray  # 2x3 affine, crop pixels -> picture pixels
+
+
+def resize_to_limit(image: np.ndarray, max_side: int = 1280, multiple: int = 2) -> np.ndarray:
+    """Shrink so the longer side is at most ``max_side``, then trim H and W to multiples of ``multiple``."""
+    h, w = image.shape[:2]
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+    return np.ascontiguousarray(image[: h - h % multiple, : w - w % multiple])
+
+
+def crop_transform(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float = 2.3,
+                   vy_ratio: float = -0.125) -> np.ndarray:
+    """2x3 similarity transform picture -> ``dsize`` crop from 68-point landmarks (reference ``crop_image``)."""
+    pts = np.asarray(points, np.float64)
+    if pts.shape != (68, 2) or not np.isfinite(pts).all():
+        raise EngineError(f"source crop needs 68 finite (x, y) landmarks, got shape {pts.shape}")
+    eye_center = (pts[EYE_LEFT].mean(0) + pts[EYE_RIGHT].mean(0)) / 2
+    mouth = pts[MOUTH_CORNERS].mean(0)
+    uy = mouth - eye_center
+    norm = np.linalg.norm(uy)
+    if norm < 1e-6:
+        raise EngineError("degenerate face landmarks: eyes and mouth coincide")
+    uy = uy / norm
+    ux = np.array([uy[1], -uy[0]])
+    mean = pts.mean(0)
+    rotated = (pts - mean) @ np.stack([ux, uy]).T  # coordinates along (ux, uy)
+    lo, hi = rotated.min(0), rotated.max(0)
+    mid = (lo + hi) / 2
+    size = float((hi - lo).max() * scale)
+    center = mean + ux * mid[0] + uy * mid[1] + uy * (vy_ratio * size)
+    s = dsize / size
+    cos, sin = ux[0], ux[1]
+    tc = dsize / 2
+    return np.array([[s * cos, s * sin, tc - s * (cos * center[0] + sin * center[1])],
+                     [-s * sin, s * cos, tc - s * (-sin * center[0] + cos * center[1])]], np.float64)
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(m, np.float64))
+
+
+def crop_source(image: np.ndarray, points: np.ndarray, *, scale: float = 2.3, vy_ratio: float = -0.125) -> SourceCrop:
+    """Crop the face of ``image`` (H x W x 3 uint8) around its 68 landmarks."""
+    m = crop_transform(points, scale=scale, vy_ratio=vy_ratio)
+    crop = cv2.warpAffine(image, m, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    net_in = cv2.resize(crop, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)
+    return SourceCrop(image=image, crop=crop, network_input=net_in, image_to_crop=m, crop_to_image=invert_affine(m))
+
+
+def whole_image_source(image: np.ndarray) -> SourceCrop:
+    """JoyVASA's default (``flag_do_crop=False``): the whole picture resized to 256 (INTER_LINEAR), no crop."""
+    h, w = image.shape[:2]
+    m = np.array([[CROP_SIZE / w, 0, 0], [0, CROP_SIZE / h, 0]], np.float64)
+    crop = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR)
+    net_in = cv2.resize(image, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+    return SourceCrop(image=image, crop=crop, network_input=net_in, image_to_crop=m, crop_to_image=invert_affine(m))
+
+
+def soft_mask(size: int = CROP_SIZE, margin: float = 0.06, feather: float = 0.12) -> np.ndarray:
+    """A size x size float32 mask: 1 in the middle, 0 within ``margin`` of the border, a smooth ramp of
+    width ``feather`` between (both as fractions of the side). Stands in for the reference's
+    ``mask_template.png`` so seams never show where the crop ends."""
+    t = (np.arange(size, dtype=np.float64) + 0.5) / size
+    edge = np.minimum(t, 1 - t)  # distance to the nearest border, per axis
+    ramp = np.clip((edge - margin) / feather, 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def paste_back(generated: np.ndarray, source: SourceCrop, mask: np.ndarray | None = None) -> np.ndarray:
+    """Blend a rendered 512 x 512 crop into the source picture: mask * warped + (1 - mask) * picture."""
+    h, w = source.image.shape[:2]
+    mask = soft_mask(generated.shape[0]) if mask is None else mask
+    warped = cv2.warpAffine(generated, source.crop_to_image, (w, h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    m = cv2.warpAffine(mask, source.crop_to_image, (w, h), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+    out = m * warped.astype(np.float32) + (1 - m) * source.image.astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
