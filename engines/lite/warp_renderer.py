@@ -20,7 +20,6 @@ from engines.lite.motion import FacePose
 from engines.lite.mouth_interior import paint_mouth
 
 JAW_LEVELS = (0.5, 1.0)  # exact piecewise-affine maps at these openings, linear in between
-FIELDS = ("jaw_a", "jaw_b", "width", "blink", "brows", "roll", "dx", "dy")
 
 
 def _backward_field(points: np.ndarray, triangles: np.ndarray, disp: np.ndarray,
@@ -85,23 +84,29 @@ class WarpRenderer:
         x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 2, self.size)
         self.roi = (int(x0), int(y0), int(x1), int(y1))
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        self._grid = np.stack([xx, yy])
+        self._gx, self._gy = xx, yy
         self.head_mask = self._head_mask(xx, yy)
-        fields = []
+        # facial motions: exact piecewise-affine backward maps, each kept only on its own support
+        self._fields: list[tuple[tuple[slice, slice], np.ndarray, np.ndarray]] = []
         for level in JAW_LEVELS:
-            fields.append(_backward_field(m.points, m.triangles, level * self.bases["jaw"], self.roi) / 1.0)
+            self._fields.append(self._sparse(_backward_field(m.points, m.triangles, level * self.bases["jaw"], self.roi)))
         for name in ("width", "blink", "brows"):
-            fields.append(_backward_field(m.points, m.triangles, self.bases[name], self.roi))
-        # head motion, forward displacement f(p) per unit parameter; backward ~ -f for small motions
-        pivot = m.ring_center + 0.85 * m.ring_axes[1] * m.ey
-        d = m.eye_distance
-        fields.append(-np.stack([-(yy - pivot[1]), xx - pivot[0]]) * self.head_mask)  # roll (per radian)
-        fields.append(-np.stack([np.full_like(xx, d), np.zeros_like(xx)]) * self.head_mask)  # dx (per eye distance)
-        fields.append(-np.stack([np.zeros_like(xx), np.full_like(xx, d)]) * self.head_mask)  # dy
-        self._pivot = pivot
-        k = len(fields)
-        self._fields = np.ascontiguousarray(np.stack(fields).reshape(k, -1).astype(np.float32))
-        self.stats = RenderStats(self.roi, k, len(m.triangles))
+            self._fields.append(self._sparse(_backward_field(m.points, m.triangles, self.bases[name], self.roi)))
+        # head motion (roll about the neck, shifts), weighted by the mask; for small motions the
+        # backward displacement is minus the forward one
+        self._pivot = m.ring_center + 0.85 * m.ring_axes[1] * m.ey
+        self._mask_ry = np.ascontiguousarray(self.head_mask * (yy - self._pivot[1]), dtype=np.float32)
+        self._mask_rx = np.ascontiguousarray(self.head_mask * (xx - self._pivot[0]), dtype=np.float32)
+        self.stats = RenderStats(self.roi, len(self._fields) + 3, len(m.triangles))
+
+    @staticmethod
+    def _sparse(field: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+        nz = np.abs(field).sum(axis=0) > 1e-6
+        if not nz.any():
+            return (slice(0, 0), slice(0, 0)), field[0, :0, :0], field[1, :0, :0]
+        ys, xs = np.nonzero(nz.any(axis=1))[0], np.nonzero(nz.any(axis=0))[0]
+        sl = (slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
+        return sl, np.ascontiguousarray(field[0][sl]), np.ascontiguousarray(field[1][sl])
 
     def _head_mask(self, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
         m = self.mesh
@@ -114,6 +119,7 @@ class WarpRenderer:
         return (t * t * (3 - 2 * t)).astype(np.float32)
 
     def coefficients(self, pose: FacePose) -> np.ndarray:
+        """Weights of the facial-motion maps: two jaw levels, width, blink, brows."""
         j = float(np.clip(pose.jaw, 0.0, 1.2))
         lo, hi = JAW_LEVELS
         if j <= lo:
@@ -121,7 +127,7 @@ class WarpRenderer:
         else:
             f = (j - lo) / (hi - lo)
             ja, jb = 1.0 - f, f
-        return np.array([ja, jb, pose.width, pose.blink, pose.brows, pose.roll, pose.dx, pose.dy], np.float32)
+        return np.array([ja, jb, pose.width, pose.blink, pose.brows], np.float32)
 
     def landmarks(self, pose: FacePose) -> np.ndarray:
         """Where the 68 landmarks are drawn for ``pose`` (forward motion, head motion included)."""
@@ -133,13 +139,25 @@ class WarpRenderer:
         head = pose.roll * np.stack([-rel[:, 1], rel[:, 0]], 1) + d * np.array([pose.dx, pose.dy])
         return pts + head  # the mask is 1 over the inner face
 
+    def maps(self, pose: FacePose) -> tuple[np.ndarray, np.ndarray]:
+        """Backward maps (source x, source y) over the face region for ``pose``."""
+        d = self.mesh.eye_distance
+        # cv2.scaleAdd: alpha * a + b, single pass, no BLAS threads
+        map_x = cv2.scaleAdd(self._mask_ry, float(pose.roll), self._gx)
+        map_x = cv2.scaleAdd(self.head_mask, float(-pose.dx * d), map_x)
+        map_y = cv2.scaleAdd(self._mask_rx, float(-pose.roll), self._gy)
+        map_y = cv2.scaleAdd(self.head_mask, float(-pose.dy * d), map_y)
+        for c, (sl, fx, fy) in zip(self.coefficients(pose), self._fields):
+            if abs(c) > 1e-4 and fx.size:
+                map_x[sl] += c * fx
+                map_y[sl] += c * fy
+        return map_x, map_y
+
     def render(self, pose: FacePose) -> np.ndarray:
         x0, y0, x1, y1 = self.roi
-        h, w = y1 - y0, x1 - x0
-        disp = (self.coefficients(pose) @ self._fields).reshape(2, h, w)
-        maps = self._grid + disp
+        map_x, map_y = self.maps(pose)
         out = self.base.copy()
-        out[y0:y1, x0:x1] = cv2.remap(self.base, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        out[y0:y1, x0:x1] = cv2.remap(self.base, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         gap_px = pose.jaw * 0.42 * self.mesh.eye_distance
         strength = float(np.clip(gap_px / (0.06 * self.mesh.eye_distance), 0, 1))
         if strength > 0.01:
