@@ -38,7 +38,7 @@ class LevelTracker:
 
     floor_db: float = -60.0
     peak_db: float = -22.0
-    range_db: float = 32.0  # level 0..1 spans the top ``range_db`` below the peak
+    range_db: float = 28.0  # level 0..1 spans the top ``range_db`` below the peak
     min_peak_db: float = -40.0
     peak_decay_db: float = 0.03  # per frame (~0.75 dB/s)
     floor_rise_db: float = 0.05

@@ -65,7 +65,10 @@ def build_mesh(face: FaceLandmarks, size: int) -> FaceMesh:
     return FaceMesh(pts, tri, centre, ax, ex, ey, d)
 
 
-def motion_bases(mesh: FaceMesh) -> dict[str, np.ndarray]:
+JAW_TRAVEL = {"human": 0.38, "animal": 0.26}  # lower-lip travel at jaw = 1, in eye distances
+
+
+def motion_bases(mesh: FaceMesh, kind: str = "human") -> dict[str, np.ndarray]:
     """Full-strength point displacements (N, 2) for each facial motion (head motion is separate)."""
     n = len(mesh.points)
     ex, ey, d = mesh.ex, mesh.ey, mesh.eye_distance
@@ -73,7 +76,7 @@ def motion_bases(mesh: FaceMesh) -> dict[str, np.ndarray]:
     out = {}
 
     jaw = np.zeros((n, 2))
-    open_ = 0.42 * d  # lower-lip travel at jaw = 1 (mouth_opening ~ 0.45)
+    open_ = JAW_TRAVEL.get(kind, 0.38) * d
     for i, w in {57: 1.0, 56: 0.95, 58: 0.95, 55: 0.8, 59: 0.8, 66: 1.0, 65: 0.92, 67: 0.92,
                  48: 0.45, 54: 0.45, 60: 0.45, 64: 0.45,
                  8: 0.9, 7: 0.82, 9: 0.82, 6: 0.62, 10: 0.62, 5: 0.38, 11: 0.38, 4: 0.14, 12: 0.14}.items():

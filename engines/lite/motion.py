@@ -120,7 +120,7 @@ class MotionGenerator:
         # the mouth anticipates the sound a little (shapes form before the voice starts)
         level = max(now.level, 0.6 * now.level + 0.4 * ahead.level)
         speaking = now.speech or ahead.speech
-        target = min(1.0, level ** 0.8) if speaking or level > 0 else 0.0
+        target = min(1.0, level ** 1.1) if speaking or level > 0 else 0.0
         jaw = self._jaw.step(target)
         width_target = (now.brightness - 0.45) * 2.0 * min(1.0, 0.3 + level) if speaking else 0.0
         width = self._width.step(float(np.clip(width_target, -1, 1)))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines.lite.face_mesh import FaceMesh, build_mesh, motion_bases
+from engines.lite.face_mesh import JAW_TRAVEL, FaceMesh, build_mesh, motion_bases
 from engines.lite.framing import FramedPortrait
 from engines.lite.motion import FacePose
 from engines.lite.mouth_interior import paint_mouth
@@ -76,7 +76,8 @@ class WarpRenderer:
         self.teeth = teeth
         self.mesh: FaceMesh = build_mesh(framed.face, self.size)
         m = self.mesh
-        self.bases = motion_bases(m)
+        self.bases = motion_bases(m, framed.face.kind)
+        self.jaw_travel = JAW_TRAVEL.get(framed.face.kind, 0.38) * m.eye_distance
         # the face region: the static ring's bounding box
         ang = np.linspace(0, 2 * np.pi, 64)
         ring = m.ring_center + np.outer(m.ring_axes[0] * np.cos(ang), m.ex) + np.outer(m.ring_axes[1] * np.sin(ang), m.ey)
@@ -158,7 +159,7 @@ class WarpRenderer:
         map_x, map_y = self.maps(pose)
         out = self.base.copy()
         out[y0:y1, x0:x1] = cv2.remap(self.base, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-        gap_px = pose.jaw * 0.42 * self.mesh.eye_distance
+        gap_px = pose.jaw * self.jaw_travel
         strength = float(np.clip(gap_px / (0.06 * self.mesh.eye_distance), 0, 1))
         if strength > 0.01:
             paint_mouth(out, self.landmarks(pose), self.mesh.ex, self.mesh.ey, self.mesh.eye_distance, strength,
