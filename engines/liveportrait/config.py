@@ -32,6 +32,7 @@ class LivePortraitConfig:
         return cls(
             appearance_feature_extractor=dict(block_expansion=8, max_features=64, reshape_channel=16, reshape_depth=4,
                                               num_resblocks=1),
+            motion_extractor=dict(num_kp=21, num_bins=66, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
             warping_module=dict(block_expansion=8, max_features=64, reshape_channel=16, dense_motion_params=dict(
                 block_expansion=4, max_features=32, num_blocks=5, reshape_depth=4, compress=1)),
             spade_generator=dict(block_expansion=8, max_features=64, out_channels=8, spade_hidden=16),

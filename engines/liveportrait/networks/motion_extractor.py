@@ -79,9 +79,9 @@ class ConvNeXtV2(nn.Module):
 class MotionExtractor(nn.Module):
     """Image (B,3,256,256) in [0,1] -> raw heads {pitch, yaw, roll (B,66), t (B,3), exp (B,63), scale (B,1), kp (B,63)}."""
 
-    def __init__(self, num_kp: int = 21, num_bins: int = 66):
+    def __init__(self, num_kp: int = 21, num_bins: int = 66, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)):
         super().__init__()
-        self.detector = ConvNeXtV2(num_bins=num_bins, num_kp=num_kp)
+        self.detector = ConvNeXtV2(depths=tuple(depths), dims=tuple(dims), num_bins=num_bins, num_kp=num_kp)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.detector(x)

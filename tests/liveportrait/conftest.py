@@ -1,0 +1,34 @@
+"""Fixtures for the LivePortrait tests: random weights in the official layout, small renderers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the LivePortrait renderer needs torch (pip install 'avatarstream[neural]')")
+
+
+@pytest.fixture(scope="session")
+def lp_weights(tmp_path_factory):
+    """Full-size random human weights written in the official directory layout (about 520 MB)."""
+    from engines.liveportrait.checkpoint import write_random_checkpoints
+
+    root = tmp_path_factory.mktemp("lp_weights")
+    write_random_checkpoints(root, seed=0, variants=("human",))
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_networks():
+    from engines.liveportrait.checkpoint import LivePortraitNetworks
+    from engines.liveportrait.config import LivePortraitConfig
+
+    return LivePortraitNetworks.random(seed=3, config=LivePortraitConfig.small())
+
+
+@pytest.fixture(scope="session")
+def source_image256():
+    """A smooth, face-sized test pattern (256 x 256 uint8 RGB)."""
+    yy, xx = np.mgrid[0:256, 0:256] / 255.0
+    img = np.stack([0.5 + 0.4 * np.sin(6 * xx), 0.5 + 0.4 * np.cos(5 * yy), 0.5 + 0.3 * np.sin(4 * (xx + yy))], -1)
+    return (img * 255).astype(np.uint8)
