@@ -127,3 +127,31 @@ async def test_client_controls_and_interrupt_when_idle(server):
         with pytest.raises(ClientError):
             await client.wait_for("error", start=client.mark(), timeout=0.2)
     assert server.registry.get(info.id) is None  # the client deleted its session on exit
+
+
+async def test_live_controls_change_the_running_stream(server):
+    """expression_intensity 0 set mid-session keeps the mouth still while speech plays."""
+    async with AvatarClient(server.url, http=server.http) as client:
+        info = await client.create_session(size=256)
+        session = server.registry.get(info.id)
+        await client.connect(sample_rate=16000)
+        t = np.arange(16000) / 16000
+        speech_like = (0.5 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
+        async def mouth_during_utterance() -> float:
+            mark = client.mark()
+            await client.push_audio(speech_like)
+            await client.end_utterance()
+            started = await client.wait_for("playback_started", start=mark, timeout=10)
+            finished = await client.wait_for("playback_finished", start=mark, timeout=10)
+            opens = [m for (c, _, _, m, ok) in session.stats.sent_log
+                     if ok and m is not None and started["frame"] <= c < finished["frame"]]
+            assert len(opens) >= 20
+            return float(np.mean(opens))
+
+        natural = await mouth_during_utterance()
+        reply = await client.set_controls({"expression_intensity": 0.0, "blink_rate": 99, "gaze": [0.2, 0.0]})
+        assert reply["applied"] == {"expression_intensity": 0.0}
+        assert "blink_rate" in reply["unsupported"] and "gaze" in reply["unsupported"]
+        muted = await mouth_during_utterance()
+        assert muted < 0.3 * natural, (natural, muted)
