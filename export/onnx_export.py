@@ -72,6 +72,29 @@ def export_onnx(
     if len(example_inputs) != len(input_names):
         raise ValueError(f"{len(example_inputs)} example inputs for {len(input_names)} input names")
     module = module.eval()
+    # The nn.MultiheadAttention inference fast path is a fused op without an ONNX translation.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _export(module, example_inputs, path, input_names, output_names, dynamic_axes, opset, dynamo)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    model = onnx.load(str(path))
+    meta = dict(metadata or {})
+    if meta:
+        onnx.helper.set_model_props(model, meta)
+        onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    got_inputs = tuple(i.name for i in model.graph.input)
+    if got_inputs != tuple(input_names):
+        raise RuntimeError(f"exported graph has inputs {got_inputs}, expected {tuple(input_names)} (an input unused?)")
+    return OnnxGraph(
+        path=path, input_names=tuple(input_names), output_names=tuple(output_names), dynamic_axes=dynamic_axes,
+        sha256=model_hash(path), opset=opset, metadata=meta,
+    )
+
+
+def _export(module, example_inputs, path, input_names, output_names, dynamic_axes, opset, dynamo) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -89,19 +112,6 @@ def export_onnx(
                 input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
-    model = onnx.load(str(path))
-    meta = dict(metadata or {})
-    if meta:
-        onnx.helper.set_model_props(model, meta)
-        onnx.save(model, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
-    got_inputs = tuple(i.name for i in model.graph.input)
-    if got_inputs != tuple(input_names):
-        raise RuntimeError(f"exported graph has inputs {got_inputs}, expected {tuple(input_names)} (an input unused?)")
-    return OnnxGraph(
-        path=path, input_names=tuple(input_names), output_names=tuple(output_names), dynamic_axes=dynamic_axes,
-        sha256=model_hash(path), opset=opset, metadata=meta,
-    )
 
 
 def write_manifest(graphs: Mapping[str, OnnxGraph], path: Path, extra: Mapping[str, object] | None = None) -> Path:

@@ -1,0 +1,120 @@
+"""Export a set of stages to ``ENGINES_DIR``: ONNX graphs (+ TensorRT engines), ``manifest.json``, with progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tqdm import tqdm
+
+from engines.base import EngineError
+from export.grid_sample_5d import GRID_SAMPLE_MODES, grid_sample_mode
+from export.onnx_export import OnnxGraph, export_onnx, read_manifest
+from export.stages import NetworkSource, StageSpec, get_stage, stage_names
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    graphs: dict[str, OnnxGraph] = field(default_factory=dict)
+    engines: dict[str, Path] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def export_stage(spec: StageSpec, source: NetworkSource, out_dir: Path, *, grid_sample: str = "native",
+                 dynamo: bool = False) -> OnnxGraph:
+    module = spec.build(source)
+    inputs = spec.example_inputs(1, torch.Generator().manual_seed(source.seed))
+    metadata = {"stage": spec.name, "weights": "random" if source.weights is None else str(source.weights),
+                "seed": str(source.seed)}
+    if spec.uses_grid_sample:
+        metadata["grid_sample"] = grid_sample
+    with grid_sample_mode(grid_sample):
+        return export_onnx(module, inputs, out_dir / f"{spec.name}.onnx", input_names=spec.input_names,
+                           output_names=spec.output_names, dynamic_axes=spec.dynamic_axes, metadata=metadata,
+                           dynamo=dynamo)
+
+
+def export_all(
+    source: NetworkSource,
+    out_dir: Path,
+    *,
+    stages: Iterable[str] | None = None,
+    backend: str = "onnx",
+    fp16: bool = False,
+    grid_sample: str = "native",
+    dynamo: bool = False,
+    progress: bool = True,
+) -> ExportResult:
+    """ONNX for every stage; with ``backend='tensorrt'`` also one engine per stage (FP16 unless FP32-only)."""
+    if backend not in ("onnx", "tensorrt"):
+        raise EngineError(f"unknown export backend {backend!r}; choose onnx or tensorrt")
+    if grid_sample not in GRID_SAMPLE_MODES:
+        raise EngineError(f"unknown --grid-sample {grid_sample!r}; choose {' or '.join(GRID_SAMPLE_MODES)}")
+    if fp16 and backend != "tensorrt":
+        raise EngineError("--fp16 builds FP16 TensorRT engines; ONNX graphs are exported in FP32 (add --backend tensorrt)")
+    names = list(stages) if stages is not None else stage_names()
+    specs = [get_stage(n) for n in names]
+    if backend == "tensorrt":  # fail before the long ONNX exports
+        from export.tensorrt_build import gpu_name, import_tensorrt
+
+        import_tensorrt()
+        gpu_name()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(out_dir)
+    steps = len(specs) * (2 if backend == "tensorrt" else 1)
+    with tqdm(total=steps, desc="export", unit="step", disable=not progress) as bar:
+        for spec in specs:
+            bar.set_postfix_str(f"{spec.name} -> onnx")
+            t0 = time.perf_counter()
+            result.graphs[spec.name] = export_stage(spec, source, out_dir, grid_sample=grid_sample, dynamo=dynamo)
+            result.seconds[f"{spec.name}.onnx"] = round(time.perf_counter() - t0, 2)
+            bar.update(1)
+            if backend == "tensorrt":
+                from export.tensorrt_build import build_engine
+
+                bar.set_postfix_str(f"{spec.name} -> tensorrt")
+                built = build_engine(result.graphs[spec.name], out_dir / "tensorrt", name=spec.name,
+                                     profiles=spec.profiles(), fp16=fp16 and not spec.fp32_only)
+                result.engines[spec.name] = built.path
+                result.seconds[f"{spec.name}.engine"] = round(built.build_s, 2)
+                bar.update(1)
+    write_export_manifest(result, source, grid_sample=grid_sample, fp16=fp16)
+    return result
+
+
+def write_export_manifest(result: ExportResult, source: NetworkSource, *, grid_sample: str, fp16: bool) -> Path:
+    path = result.out_dir / MANIFEST
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    stages = dict(previous.get("stages", {}))
+    for name, graph in result.graphs.items():
+        entry = graph.to_json()
+        if name in result.engines:
+            entry["tensorrt"] = str(result.engines[name].relative_to(result.out_dir))
+            entry["tensorrt_fp16"] = fp16 and not get_stage(name).fp32_only
+        stages[name] = entry
+    doc = {
+        "opset": 20, "grid_sample": grid_sample, "torch": torch.__version__,
+        "weights": "random" if source.weights is None else str(source.weights), "seed": source.seed,
+        "stages": stages,
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def load_export(out_dir: Path) -> tuple[dict[str, OnnxGraph], dict[str, Path]]:
+    """Graphs and TensorRT engines recorded in ``out_dir/manifest.json``."""
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise EngineError(f"{out_dir} has no {MANIFEST}; run 'avatar export --out {out_dir}' first")
+    graphs = read_manifest(path)
+    doc = json.loads(path.read_text())
+    engines = {n: Path(out_dir) / e["tensorrt"] for n, e in doc["stages"].items() if "tensorrt" in e}
+    return graphs, engines
