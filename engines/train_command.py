@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--save-every", type=int, default=500, help="save the weights directory every N steps")
     p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
+    p.add_argument("--train-all", action="store_true", help="stage 2: also fine-tune the stage-1 weights")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, stage=args.stage, config=args.config, base=args.base, wav2vec2=args.wav2vec2,
         init=args.init, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=resolve_device(args.device), save_every=args.save_every,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, train_all=args.train_all,
     )
     result = train(opts)
     first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])

@@ -4,7 +4,8 @@
   frame of the same clip train the reference net and the denoising U-Net's spatial layers.
 * Stage 2 (video level): 12-frame clips with 20 TSM motion frames (from up to 124 preceding
   frames); trains the inter-/intra-clip temporal layers, the audio cross-attention, the audio
-  projection and the audio-to-latents module; the stage-1 weights stay frozen.
+  projection and the audio-to-latents module; the stage-1 weights stay frozen unless
+  ``train_all`` is set (``--train-all``).
 
 Condition masking (per sample): audio together with the audio-to-latents output 10 %, the
 reference image together with its motion frames 15 %, the motion frames alone 40 %. The
@@ -57,6 +58,7 @@ class TrainOptions:
     device: str = "cpu"
     save_every: int = 500
     gradient_checkpointing: bool = False
+    train_all: bool = False  # stage 2: also fine-tune the stage-1 weights
 
 
 @dataclass
@@ -127,7 +129,7 @@ def build_weights(opts: TrainOptions) -> LoopyWeights:
 
 class LoopyTrainer:
     def __init__(self, weights: LoopyWeights, dataset: LoopyVideoDataset, stage: int, lr: float = 1e-5,
-                 device: str = "cpu", seed: int = 0, batch_size: int = 1) -> None:
+                 device: str = "cpu", seed: int = 0, batch_size: int = 1, train_all: bool = False) -> None:
         if stage not in (1, 2):
             raise EngineError(f"stage must be 1 or 2, got {stage}")
         self.weights = weights
@@ -142,7 +144,8 @@ class LoopyTrainer:
         self.vae = weights.vae.to(self.device).eval().requires_grad_(False)
         self.audio = AudioFeatureExtractor(weights.wav2vec2, self.device)
         self._audio_cache: dict[str, torch.Tensor] = {}
-        trainable = set(self.model.parameter_groups()[str(stage)])
+        groups = self.model.parameter_groups()
+        trainable = set(groups["2"] + groups["1"] if stage == 2 and train_all else groups[str(stage)])
         params = []
         for name, p in self.model.named_parameters():
             p.requires_grad_(name in trainable)
@@ -257,7 +260,8 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     weights = build_weights(opts)
     dataset = LoopyVideoDataset(opts.data, weights.config.resolution,
                                 min_frames=1 if opts.stage == 1 else weights.config.clip_frames)
-    trainer = LoopyTrainer(weights, dataset, opts.stage, opts.lr, opts.device, opts.seed, opts.batch_size)
+    trainer = LoopyTrainer(weights, dataset, opts.stage, opts.lr, opts.device, opts.seed, opts.batch_size,
+                           opts.train_all)
     if opts.gradient_checkpointing:
         trainer.model.reference_net.unet.enable_gradient_checkpointing()
         trainer.model.denoising_unet.unet.enable_gradient_checkpointing()

@@ -77,7 +77,15 @@ def test_train_command_writes_loadable_weights(clip_dir, tmp_path):
     out = tmp_path / "w"
     assert main(["train", "loopy", "--data", str(clip_dir), "--config", "tiny", "--steps", "2", "--out", str(out),
                  "--device", "cpu"]) == 0
-    assert main(["train", "loopy", "--data", str(clip_dir), "--stage", "2", "--init", str(out), "--steps", "2",
+    assert main(["train", "loopy", "--data", str(clip_dir), "--stage", "2", "--init", str(out), "--steps", "2", "--train-all",
                  "--out", str(tmp_path / "w2"), "--device", "cpu"]) == 0
     assert load_weights_dir(tmp_path / "w2").config.name == "tiny"
     assert main(["train", "loopy", "--data", str(tmp_path / "empty"), "--config", "tiny", "--steps", "1"]) == 1
+
+
+def test_stage_two_train_all_unfreezes_everything(tiny_weights, clip_dir):
+    dataset = LoopyVideoDataset(clip_dir, tiny_weights.config.resolution)
+    trainer = LoopyTrainer(tiny_weights, dataset, 2, train_all=True)
+    assert all(p.requires_grad for p in trainer.model.parameters())
+    trainer = LoopyTrainer(tiny_weights, dataset, 2)
+    assert not tiny_weights.model.reference_net.unet.conv_in.weight.requires_grad
