@@ -78,3 +78,29 @@ def coarse_offset(t_a: np.ndarray, a: np.ndarray, t_b: np.ndarray, b: np.ndarray
     c = np.correlate(xb, xa, "full")  # index k <-> shift (k - (len(xa) - 1)) grid steps
     shifts = (np.arange(c.size) - (xa.size - 1)) * GRID_STEP + (gb[0] - ga[0])
     return float(shifts[int(np.argmax(c))])
+
+
+def segment_correlation(t_ref: np.ndarray, ref: np.ndarray, t_x: np.ndarray, x: np.ndarray, *,
+                        segment_s: float = 2.0, max_lag: float = 0.3, min_activity: float = 0.2) -> float:
+    """Median over ``segment_s`` windows of the best-lag Pearson r between ``ref`` and ``x``.
+
+    For a signal that passed through a live path (``x``: received audio vs ``ref``: the speech
+    sent) small hiccups shift later parts a little; each window finds its own lag within
+    ``max_lag``. Windows where ``ref`` is nearly silent (peak below ``min_activity`` of the
+    overall peak) are skipped.
+    """
+    t_ref, ref, t_x, x = (np.asarray(v, float) for v in (t_ref, ref, t_x, x))
+    lo, hi = max(t_ref[0], t_x[0]) + max_lag, min(t_ref[-1], t_x[-1]) - max_lag
+    peak = ref.max()
+    rs = []
+    for start in np.arange(lo, hi - segment_s / 2, segment_s):
+        grid = np.arange(start, min(start + segment_s, hi), GRID_STEP)
+        r_seg = np.interp(grid, t_ref, ref)
+        if r_seg.max() < min_activity * peak or r_seg.std() == 0:
+            continue
+        best = max((_pearson(r_seg, np.interp(grid + lag, t_x, x)) for lag in np.arange(-max_lag, max_lag + 1e-9, GRID_STEP)),
+                   key=lambda r: -1 if np.isnan(r) else r)
+        rs.append(best)
+    if not rs:
+        raise ValueError("no segment with activity in the reference signal")
+    return float(np.median(rs))

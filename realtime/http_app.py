@@ -142,7 +142,8 @@ async def _session_stats(request: web.Request) -> web.Response:
         "session_id": session.id, "engine": session.engine_name, "size": session.size, "fps": session.fps,
         "lookahead_frames": session.lookahead_frames, "delay_frames": session.delay_frames,
         "ticks": st.ticks, "frames_rendered": st.frames_rendered, "frames_missing": st.frames_missing,
-        "late_ticks": st.late_ticks, "engine_ms_per_tick": st.engine_ms / max(1, st.ticks),
+        "late_ticks": st.late_ticks, "mic_dropped_samples": st.mic_dropped_samples,
+        "engine_ms_per_tick": st.engine_ms / max(1, st.ticks),
         "viewers": session.viewer_count,
     })
 
@@ -175,7 +176,7 @@ def create_app(config: ServerConfig) -> web.Application:
     sessions_api.register(app, registry)
 
     async def _startup(app: web.Application) -> None:
-        await registry.engine()  # load the engine before the first request
+        await registry.warm_up()  # load the engine and prepare the portrait before the first call
         registry.start_reaper()
 
     async def _shutdown(app: web.Application) -> None:

@@ -34,6 +34,8 @@ def check_portrait(config) -> None:
     stream = engine.open_stream(portrait, size=config.size)  # raises NoFaceError
     stream.close()
     config.portrait = portrait
+    # serve with this engine instance: it has already analysed the portrait
+    config.engine_loader = lambda name, **opts: engine if name == config.engine else load_engine(name, **opts)
 
 
 def run(args: argparse.Namespace) -> int:

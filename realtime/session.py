@@ -39,7 +39,8 @@ from realtime.playback import PlaybackBuffer, PlaybackMarker
 
 log = logging.getLogger(__name__)
 
-MAX_LIVE_BACKLOG_S = 0.3  # live microphone audio queued beyond this is dropped (bounded latency)
+MAX_LIVE_BACKLOG_S = 0.2  # live microphone audio is dropped while the queue stayed above this ...
+LIVE_BACKLOG_WINDOW = 100  # ... for this many input frames (2 s of 20 ms frames): bounded latency
 
 
 @dataclass(frozen=True)
@@ -291,12 +292,16 @@ class AvatarSession:
         from aiortc.mediastreams import MediaStreamError
 
         resample = MicResampler()
+        levels: deque[int] = deque(maxlen=LIVE_BACKLOG_WINDOW)
         try:
             while True:
                 frame = await track.recv()
                 pcm = resample(frame)
-                if self._buffer.queued_samples > MAX_LIVE_BACKLOG_S * self._buffer.sample_rate:
-                    self.stats.mic_dropped_samples += pcm.size  # sender clock faster than ours: catch up
+                levels.append(self._buffer.queued_samples)
+                if len(levels) == levels.maxlen and min(levels) > MAX_LIVE_BACKLOG_S * self._buffer.sample_rate:
+                    # a backlog that persisted for the whole window: the sender's clock runs faster
+                    # than ours (or audio piled up); drop this frame to keep the latency bounded
+                    self.stats.mic_dropped_samples += pcm.size
                     continue
                 if pcm.size:
                     try:

@@ -60,6 +60,17 @@ class SessionRegistry:
                     None, lambda: self._load_engine(name, weights=self.config.weights))
             return self._engines[name]
 
+    async def warm_up(self) -> None:
+        """Load the default engine and prepare the default portrait once (engines cache the
+        face analysis), so the first call does not wait for it. Raises NoFaceError."""
+        engine = await self.engine()
+        loop = asyncio.get_running_loop()
+
+        def open_and_close() -> None:
+            engine.open_stream(self.default_portrait, size=self.config.options.size).close()
+
+        await loop.run_in_executor(None, open_and_close)
+
     # -- sessions ------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._sessions)

@@ -1,0 +1,153 @@
+"""Headless Chromium end-to-end: the page's fake microphone plays real speech (espeak-ng), the
+server animates the demo portrait with the lite engine, the page shows video + audio.
+
+Alignment method (what the viewer actually sees and hears, on the page's clock):
+* video: ``requestVideoFrameCallback`` gives each presented frame's ``expectedDisplayTime``
+  (performance clock); the page draws the frame into a canvas and keeps it as JPEG, and the
+  test re-detects the mouth opening on it with ``engines.face``;
+* audio: ``RTCRtpReceiver.getSynchronizationSources()`` gives, for every played-out audio
+  packet, its playout time and audio level (the RFC 6464 level the server computed from the
+  PCM it sent).
+Both go on one clock (epoch ms); the mouth opening is cross-correlated with the audio-level
+envelope. The speech starts after a few seconds of silence, which lets Chromium's A/V
+synchronisation (from RTCP sender reports) settle first, as it would in any real call.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
+from realtime.http_app import ServerConfig
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+LEAD_SILENCE_S = 3.0
+
+
+def chromium_args(wav_path) -> list[str]:
+    return [
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav_path}%noloop", "--headless=new", "--no-sandbox",
+        "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync",
+    ]
+
+
+def _load_helpers():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("aiortc_e2e", Path(__file__).with_name("test_aiortc_e2e.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+async def browser_call(base_url: str, wav_path, seconds: float) -> dict:
+    """Open the page in headless Chromium, press Start, record for ``seconds``; returns recordings."""
+    import asyncio
+
+    from playwright.async_api import async_playwright
+
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    user_data = tempfile.mkdtemp(prefix="avatar-chromium-")
+    try:
+        async with async_playwright() as p:
+            ctx = await p.chromium.launch_persistent_context(
+                user_data, executable_path=CHROMIUM, headless=True, args=chromium_args(wav_path))
+            page = await ctx.new_page()
+            await page.goto(base_url + "/")
+            await page.evaluate("window.avatarRecorder.start(true)")
+            await page.click("#start")
+            await page.wait_for_function("window.avatarStats.framesDecoded > 0", timeout=15000)
+            stats0 = await page.evaluate("({...window.avatarStats, events: undefined})")
+            await asyncio.sleep(seconds)
+            stats1 = await page.evaluate("({...window.avatarStats, events: undefined})")
+            rec = await page.evaluate("window.avatarRecorder.stop()")
+            status = await page.inner_text("#status")
+            await page.click("#start")  # stop: closes the peer connection
+            await ctx.close()
+    finally:
+        shutil.rmtree(user_data, ignore_errors=True)
+    return {"rec": rec, "stats0": stats0, "stats1": stats1, "status": status}
+
+
+def decode_jpeg(data_url: str) -> np.ndarray:
+    raw = base64.b64decode(data_url.split(",", 1)[1])
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def browser_report(result: dict, speech: np.ndarray, rate: int, mouth_signal) -> dict:
+    rec, s0, s1 = result["rec"], result["stats0"], result["stats1"]
+    frames = [f for f in rec["frames"] if f.get("jpeg")]
+    decoded_fps = (s1["framesDecoded"] - s0["framesDecoded"]) / ((s1["statsTime"] - s0["statsTime"]) / 1000)
+    t_video = (rec["timeOrigin"] + np.array([f["display"] for f in frames])) / 1000
+    presented_fps = (len(frames) - 1) / (t_video[-1] - t_video[0])
+    mouth = mouth_signal([decode_jpeg(f["jpeg"]) for f in frames])
+    audio = [a for a in rec["audio"] if a["level"] is not None]
+    t_audio = np.array([a["time"] for a in audio]) / 1000
+    level = np.array([a["level"] for a in audio])
+    t_speech, env_speech = rms_envelope(speech, rate, hop_s=0.02, window_s=0.02)
+    offset = coarse_offset(t_speech, env_speech, t_audio, level)
+    audio_vs_speech_r = segment_correlation(t_speech + offset, env_speech, t_audio, level)
+    ok = np.isfinite(mouth)
+    mouth_vs_audio = cross_correlate(t_video[ok], mouth[ok], t_audio, level, max_lag=0.2)
+    return {
+        "decoded_fps": round(decoded_fps, 2), "presented_fps": round(float(presented_fps), 2),
+        "frames_recorded": len(frames), "face_found": round(float(ok.mean()), 3),
+        "audio_packets": len(audio), "audio_level_max": float(level.max()),
+        "audio_energy": s1["audioEnergy"],
+        "audio_vs_speech_r": round(audio_vs_speech_r, 3),
+        "mouth_vs_audio_r": round(mouth_vs_audio.r, 3),
+        "mouth_vs_audio_lag_ms": round(mouth_vs_audio.lag_s * 1000),
+        "mouth_vs_audio_r_at_0": round(mouth_vs_audio.r_at(0.0), 3),
+    }
+
+
+@pytest.mark.timeout(240)
+async def test_browser_sees_and_hears_lip_synced_avatar(speech_wav, tmp_path):
+    e2e = _load_helpers()
+    speech, rate = e2e.read_wav_mono(speech_wav)
+    call_wav = tmp_path / "call.wav"
+    e2e_write_wav(call_wav, np.concatenate([np.zeros(int(LEAD_SILENCE_S * rate), np.float32), speech]), rate)
+    runner, url = await e2e.start_server(ServerConfig(max_sessions=2))
+    try:
+        result = await browser_call(url, call_wav, LEAD_SILENCE_S + speech.size / rate + 1.5)
+        sessions_left = len(runner.app[_registry_key()])
+    finally:
+        await runner.cleanup()
+    report = browser_report(result, speech, rate, e2e.mouth_signal)
+    print("browser lip sync:", report)
+    assert result["status"].startswith("connection: connected"), result["status"]
+    assert report["decoded_fps"] >= 20
+    assert report["face_found"] >= 0.9
+    assert report["audio_energy"] > 0 and report["audio_level_max"] > 0.05, "no audio reached the page"
+    assert report["audio_vs_speech_r"] >= 0.7, "the audio played by the page does not follow the speech"
+    assert report["mouth_vs_audio_r"] >= 0.5
+    assert abs(report["mouth_vs_audio_lag_ms"]) <= 40, "lips and sound are more than one frame apart"
+    assert sessions_left <= 1
+
+
+def _registry_key():
+    from realtime.http_app import REGISTRY_KEY
+
+    return REGISTRY_KEY
+
+
+def e2e_write_wav(path, audio: np.ndarray, rate: int) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
