@@ -109,7 +109,10 @@ class MotionGenerator:
         self._frames_since_nod = 1000
 
     def idle(self) -> None:
-        """Drop the speech state (interrupt): the mouth closes over the next frames, the head calms."""
+        """Drop the speech state (interrupt): the mouth closes at once (the voice stops abruptly too,
+        and the face must be idle within 200 ms), the head calms over the next frames."""
+        self._jaw.value = 0.0
+        self._width.value = 0.0
         self._talk.value *= 0.5
         self._brows.value = 0.0
         self._prev_level = 0.0
