@@ -113,9 +113,11 @@ async def test_faster_than_real_time_plays_at_real_time_in_sync(server, speech_w
     assert sync.r >= 0.5
     assert abs(sync.lag_s) <= 0.040
 
-    # the browser viewer got the same events over its data channel
+    # the agent heard the engine's voice-activity events; the viewer got every event over its data channel
+    agent_kinds = [e["type"] for e in client.events[mark:]]
+    assert agent_kinds.index("speaking_started") < agent_kinds.index("speaking_stopped")
     kinds = [e["type"] for _, e in rec.events]
-    assert "playback_started" in kinds and "playback_finished" in kinds
+    assert "playback_started" in kinds and "playback_finished" in kinds and "speaking_started" in kinds
     await client.close()
     await asyncio.sleep(0.1)
     assert tasks_of(sid) == []

@@ -57,6 +57,34 @@ async def test_unreadable_upload_is_400(server):
         assert "could not decode image" in (await resp.json())["message"]
 
 
+async def test_portrait_without_face_is_422(server):
+    import cv2
+    import numpy as np
+
+    ok, png = cv2.imencode(".png", np.full((256, 256, 3), 128, np.uint8))
+    form = aiohttp.FormData()
+    form.add_field("image", png.tobytes(), filename="wall.png", content_type="image/png")
+    async with server.http.post(f"{server.url}/v1/sessions", data=form) as resp:
+        assert resp.status == 422
+        body = await resp.json()
+    assert body["error"] == "no_face" and "face" in body["message"]
+
+
+async def test_session_limit_is_503_with_retry_after(make_server):
+    srv, stop = await make_server(max_sessions=1)
+    try:
+        first = await srv.create()
+        async with srv.http.post(f"{srv.url}/v1/sessions", json={"size": 256}) as resp:
+            assert resp.status == 503
+            assert int(resp.headers["Retry-After"]) > 0
+            assert "limit" in (await resp.json())["message"]
+        async with srv.http.delete(f"{srv.url}/v1/sessions/{first['id']}", headers=srv.auth(first["token"])) as resp:
+            assert resp.status == 204
+        await srv.create()  # the slot is free again
+    finally:
+        await stop()
+
+
 async def test_auth_on_every_session_route(server):
     a = await server.create()
     b = await server.create()
