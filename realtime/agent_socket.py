@@ -134,16 +134,18 @@ async def forward_events(queue: asyncio.Queue, conn: AgentConnection) -> None:
 
 
 async def handle(api: Any, request: web.Request) -> web.StreamResponse:
+    from realtime.sessions_api import json_error
+
     session = api.authorize(request)
     links = api.links_of(session)
     if links.agent is not None and not links.agent.closed:
-        raise web.HTTPConflict(text='{"error": "an agent is already connected to this session"}', content_type="application/json")
+        raise json_error(web.HTTPConflict, "an agent is already connected to this session (one at a time)")
     rate = None
     if "sample_rate" in request.query:
         try:
             rate = check_sample_rate(request.query["sample_rate"])
         except ProtocolError as exc:
-            raise web.HTTPBadRequest(text=f'{{"error": "{exc}"}}', content_type="application/json") from None
+            raise json_error(web.HTTPBadRequest, str(exc)) from None
 
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=SOCKET_MAX_MSG_BYTES)
     await ws.prepare(request)
