@@ -42,10 +42,10 @@ def speechlike_audio(seconds: float, seed: int = 0) -> np.ndarray:
         for f, bw in ((f1, 90.0), (f2, 120.0)):
             r = np.exp(-np.pi * bw / SAMPLE_RATE)
             x = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / SAMPLE_RATE), r * r], x)
-        out[start:start + seg] = x
+        out[start:start + seg] = x / (np.sqrt(np.mean(x ** 2)) + 1e-9)  # formant gains vary; keep syllables even
     syllables = np.clip(np.sin(2 * np.pi * 4.0 * t), 0, None) ** 0.7
     phrases = (np.sin(2 * np.pi * 0.25 * t) > -0.5).astype(np.float64)  # speech 2/3 of the time
-    audio = out / (np.abs(out).max() + 1e-9) * syllables * phrases * 0.5 + 0.002 * rng.standard_normal(n)
+    audio = out * 0.12 * syllables * phrases + 0.002 * rng.standard_normal(n)
     return audio.astype(np.float32)
 
 
