@@ -78,11 +78,15 @@ def audio_encoder_config(audio_model: str, config_dir: str | Path | None = None)
     return cls(**kwargs)
 
 
-def build_audio_encoder(audio_model: str, config_dir: str | Path | None = None) -> nn.Module:
-    """A randomly initialised ``HubertModel`` / ``Wav2Vec2Model``; weights come from the JoyVASA checkpoint."""
-    from transformers import HubertModel, Wav2Vec2Model
+def build_audio_encoder(audio_model: str, config=None) -> nn.Module:
+    """A randomly initialised ``HubertModel`` / ``Wav2Vec2Model``; weights come from the JoyVASA checkpoint.
 
-    config = audio_encoder_config(audio_model, config_dir)
+    ``config``: a local model directory (its config.json), a transformers config object, or None.
+    """
+    from transformers import HubertModel, PretrainedConfig, Wav2Vec2Model
+
+    if not isinstance(config, PretrainedConfig):
+        config = audio_encoder_config(audio_model, config)
     cls = HubertModel if encoder_family(audio_model) == "hubert" else Wav2Vec2Model
     return cls(config).eval()
 

@@ -110,18 +110,18 @@ def load_motion_generator(path: str | Path, *, pe_mode: str = "constant", audio_
     """Build ``DitTalkingHead`` from an official checkpoint file and load it strictly (eval mode)."""
     ckpt = read_checkpoint_file(path)
     cfg = config_from_checkpoint(ckpt, pe_mode)
-    model = DitTalkingHead(cfg, None if audio_config_dir is None else str(audio_config_dir))
+    model = DitTalkingHead(cfg, audio_config_dir)
     load_state_dict_strict(model, ckpt["model"], str(path))
     args = ckpt["args"]
     info = CheckpointInfo(Path(path), cfg, ckpt.get("iter"), vars(args) if isinstance(args, argparse.Namespace) else dict(args))
     return model.to(device).eval(), info
 
 
-def random_motion_generator(seed: int = 0, config: DitConfig = DitConfig()) -> DitTalkingHead:
-    """``DitTalkingHead`` of the real shapes with seeded random weights (global RNG untouched)."""
+def random_motion_generator(seed: int = 0, config: DitConfig = DitConfig(), audio_config=None) -> DitTalkingHead:
+    """``DitTalkingHead`` (real shapes by default) with seeded random weights (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DitTalkingHead(config).eval()
+        return DitTalkingHead(config, audio_config).eval()
 
 
 def write_random_checkpoint(path: str | Path, seed: int = 0, *, config: DitConfig = DitConfig(),
@@ -139,3 +139,24 @@ def write_random_checkpoint(path: str | Path, seed: int = 0, *, config: DitConfi
                               save_dir=pathlib.Path("experiments/random"), seed=seed)
     torch.save({"args": args, "model": model.state_dict(), "iter": iteration}, path)
     return path
+
+
+# A miniature of the same architecture (same code paths, same file format) for fast tests and smoke
+# benches: real shapes cost ~100 M parameters and ~4 GFLOP per diffusion step.
+SMALL_CONFIG = DitConfig(feature_dim=64, n_heads=4, n_layers=2, n_diff_steps=4)
+
+
+def small_audio_config(audio_model: str = "hubert_zh"):
+    """A 2-layer, 32-wide HuBERT / wav2vec2 config with the real 320-sample stride."""
+    from engines.joyvasa.audio_encoder import audio_encoder_config
+
+    cfg = audio_encoder_config(audio_model)
+    for name, value in dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4).items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+def small_motion_generator(seed: int = 0, config: DitConfig = SMALL_CONFIG) -> DitTalkingHead:
+    """A seeded random miniature ``DitTalkingHead`` (see ``SMALL_CONFIG``)."""
+    return random_motion_generator(seed, config, small_audio_config(config.audio_model))

@@ -30,9 +30,10 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from engines.joyvasa.audio_encoder import HIDDEN_SIZE, build_audio_encoder, encode_audio
+from engines.joyvasa.audio_encoder import build_audio_encoder, encode_audio
 from engines.joyvasa.schedule import VarianceSchedule, cosine_schedule
 
 PE_MODES = ("constant", "per_position")
@@ -114,13 +115,48 @@ class DenoisingNetwork(nn.Module):
             return self.PE.pe[:, self.cfg.window_len].unsqueeze(1)
         return self.PE.pe[:, :length]
 
-    def forward(self, motion: torch.Tensor, audio: torch.Tensor, prev_motion: torch.Tensor,
-                prev_audio: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """motion (N, M, 70) noisy, audio (N, M, d), prev_* (N, P, .), step (N,) int -> (N, M, 70) x0."""
+    def cross_attention_terms(self, memory: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer, the cross-attention output for memory (N, L, d), independent of the queries.
+
+        With the alignment mask (width 1) query frame i sees only memory frame i, so the softmax is
+        1 on that key and the attention reduces exactly to out_proj(W_v mem_i + b_v). The terms are
+        constant over the diffusion steps of one window, so they are computed once per window.
+        """
+        d = self.cfg.feature_dim
+        terms = []
+        for layer in self.transformer.layers:
+            attn = layer.multihead_attn
+            v = F.linear(memory, attn.in_proj_weight[2 * d:], attn.in_proj_bias[2 * d:])
+            terms.append(attn.out_proj(v))
+        return terms
+
+    def _embed(self, motion, prev_motion, step) -> torch.Tensor:
         step_emb = self.diff_step_map(self.TE.pe[0, step]).unsqueeze(1)  # (N, 1, d)
         tokens = self.feature_proj(torch.cat([prev_motion, motion], 1))
+        return tokens + self.positional(tokens.shape[1]) + step_emb
+
+    def forward(self, motion: torch.Tensor, audio: torch.Tensor, prev_motion: torch.Tensor,
+                prev_audio: torch.Tensor, step: torch.Tensor, cross: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """motion (N, M, 70) noisy, audio (N, M, d), prev_* (N, P, .), step (N,) int -> (N, M, 70) x0.
+
+        ``cross``: precomputed ``cross_attention_terms`` of cat[prev_audio, audio] (optional).
+        """
+        if self.cfg.align_mask_width != 1:
+            return self.reference_forward(motion, audio, prev_motion, prev_audio, step)
+        if cross is None:
+            cross = self.cross_attention_terms(torch.cat([prev_audio, audio], 1))
+        x = self._embed(motion, prev_motion, step)
+        for layer, c in zip(self.transformer.layers, cross):
+            x = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
+            x = layer.norm2(x + c)
+            x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+        return self.motion_dec(x)[:, -motion.shape[1]:]
+
+    def reference_forward(self, motion: torch.Tensor, audio: torch.Tensor, prev_motion: torch.Tensor,
+                          prev_audio: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """The literal reference: ``nn.TransformerDecoder`` with ``alignment_mask`` as memory mask."""
+        tokens = self._embed(motion, prev_motion, step)
         length = tokens.shape[1]
-        tokens = tokens + self.positional(length) + step_emb
         memory = torch.cat([prev_audio, audio], 1)
         out = self.transformer(tokens, memory, memory_mask=self.alignment_mask[:length, :length])
         return self.motion_dec(out)[:, -motion.shape[1]:]
@@ -140,12 +176,13 @@ class DiffusionScheduleBuffers(nn.Module):
 
 
 class DitTalkingHead(nn.Module):
-    def __init__(self, cfg: DitConfig = DitConfig(), audio_config_dir: str | None = None) -> None:
+    def __init__(self, cfg: DitConfig = DitConfig(), audio_config=None) -> None:
+        """``audio_config``: a local encoder directory, a transformers config, or None (base-model config)."""
         super().__init__()
         self.cfg = cfg
         d = cfg.feature_dim
-        self.audio_encoder = build_audio_encoder(cfg.audio_model, audio_config_dir)
-        self.audio_feature_map = nn.Linear(HIDDEN_SIZE, d)
+        self.audio_encoder = build_audio_encoder(cfg.audio_model, audio_config)
+        self.audio_feature_map = nn.Linear(self.audio_encoder.config.hidden_size, d)
         self.start_motion_feat = nn.Parameter(torch.randn(1, cfg.n_prev_motions, cfg.motion_feat_dim))
         self.start_audio_feat = nn.Parameter(torch.randn(1, cfg.n_prev_motions, d))
         self.null_audio_feat = nn.Parameter(torch.randn(1, 1, d))
@@ -163,20 +200,25 @@ class DitTalkingHead(nn.Module):
     def audio_features(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, L) 16 kHz audio, L a multiple of 640 -> (B, L / 640, feature_dim)."""
         hidden = encode_audio(self.audio_encoder, audio.to(self.device, self.audio_feature_map.weight.dtype))
-        return self.audio_feature_map(hidden)
+        return self.audio_feature_map(hidden).float()
 
     def guided_denoiser(self, audio: torch.Tensor, prev_motion: torch.Tensor, prev_audio: torch.Tensor):
         """The sampler callback for one window: batch [unconditional (null audio), conditional (audio)].
 
         audio (1, M, d); prev_motion (1, P, 70) and prev_audio (1, P, d) are real in both halves.
         """
-        null = self.null_audio_feat.expand(audio.shape[0], audio.shape[1], -1).to(audio.dtype)
+        dtype, device = self.audio_feature_map.weight.dtype, self.device
+        audio = audio.to(device, dtype)
+        null = self.null_audio_feat.expand(audio.shape[0], audio.shape[1], -1)
         audio_in = torch.cat([null, audio], 0)
-        prev_motion_in = torch.cat([prev_motion, prev_motion], 0)
-        prev_audio_in = torch.cat([prev_audio, prev_audio], 0)
+        prev_motion_in = torch.cat([prev_motion, prev_motion], 0).to(device, dtype)
+        prev_audio_in = torch.cat([prev_audio, prev_audio], 0).to(device, dtype)
+        net = self.denoising_net
+        cross = net.cross_attention_terms(torch.cat([prev_audio_in, audio_in], 1)) if net.cfg.align_mask_width == 1 else None
 
         def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            step = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-            return self.denoising_net(x_t, audio_in, prev_motion_in, prev_audio_in, step)
+            """Float32 in and out, whatever the network's dtype (the sampler's arithmetic stays fp32)."""
+            step = torch.full((x_t.shape[0],), t, dtype=torch.long, device=device)
+            return net(x_t.to(device, dtype), audio_in, prev_motion_in, prev_audio_in, step, cross).float()
 
         return denoise
