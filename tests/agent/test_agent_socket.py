@@ -155,3 +155,22 @@ async def test_live_controls_change_the_running_stream(server):
         assert "blink_rate" in reply["unsupported"] and "gaze" in reply["unsupported"]
         muted = await mouth_during_utterance()
         assert muted < 0.3 * natural, (natural, muted)
+
+
+async def test_huge_frame_closes_with_1009_and_frees_the_connection(server, tasks_of):
+    from realtime.agent_socket import SOCKET_MAX_MSG_BYTES
+
+    s = await server.create()
+    ws = await server.http.ws_connect(s["agent_url"] + "?sample_rate=16000", headers=server.auth(s["token"]))
+    assert (await ws.receive_json())["type"] == "ready"
+    await ws.send_bytes(bytes(SOCKET_MAX_MSG_BYTES + 2))
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009  # "message too big"
+    session = server.registry.get(s["id"])
+    for _ in range(40):
+        if server.api.links_of(session).agent is None:
+            break
+        await asyncio.sleep(0.05)
+    assert server.api.links_of(session).agent is None and session.queued_seconds == 0
+    assert not any("agent-events" in t.get_name() for t in tasks_of(s["id"]))
+    await server.http.delete(f"{server.url}/v1/sessions/{s['id']}", headers=server.auth(s["token"]))
