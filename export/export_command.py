@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-sample", default="native", choices=list(GRID_SAMPLE_MODES),
                    help="5-D grid sample as one opset-20 GridSample (native) or two 4-D GridSamples + blend (decomposed)")
     p.add_argument("--stages", default=None, help="comma-separated subset of stages (default: all)")
-    p.add_argument("--variant", default="human", choices=["human", "animal", "animal_v1.1"],
+    p.add_argument("--variant", default="human", choices=["human", "animal-v1.0", "animal-v1.1"],
                    help="LivePortrait weights variant under --weights")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and parity inputs")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against eager torch")

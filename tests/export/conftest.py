@@ -1,0 +1,24 @@
+"""Shared fixtures: every stage exported once per session with random weights of the real shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
+
+@pytest.fixture(scope="session")
+def network_source():
+    from export.stages import NetworkSource
+
+    return NetworkSource(seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported(network_source, tmp_path_factory):
+    """All stages as ONNX (native 5-D GridSample) in one directory; built once for the session."""
+    from export.exporter import export_all
+
+    torch.set_num_threads(2)
+    return export_all(network_source, tmp_path_factory.mktemp("engines"), progress=False)
