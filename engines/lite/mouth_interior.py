@@ -1,4 +1,4 @@
-"""Paint a synthetic mouth interior (dark cavity, upper teeth, a hint of lower teeth and tongue)
+"""Paint a synthetic mouth interior (dark cavity, upper teeth, a hint of lower teeth and the tongue)
 inside the inner-lip polygon of an opened mouth."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ CAVITY_DEEP = np.array([38, 12, 16], np.float32)
 CAVITY_EDGE = np.array([92, 34, 40], np.float32)
 TEETH = np.array([226, 220, 208], np.float32)
 TONGUE = np.array([150, 62, 72], np.float32)
+ANIMAL_EDGE = np.array([58, 24, 28], np.float32)  # an animal's mouth reads as a dark slit
+ANIMAL_TONGUE = np.array([190, 95, 105], np.float32)
 UPPER = [60, 61, 62, 63, 64]
 LOWER = [60, 67, 66, 65, 64]
 
 
 def paint_mouth(image: np.ndarray, lips: np.ndarray, ex: np.ndarray, ey: np.ndarray, eye_distance: float,
-                strength: float, teeth: bool = True) -> None:
+                strength: float, teeth: bool = True, animal: bool = False) -> None:
     """Blend the interior into ``image`` (in place) inside the inner lips ``lips`` ((68, 2) or the
     8 inner points at 60-67 of a 68-point array). ``strength`` in [0, 1] fades it in for small gaps."""
     if strength <= 0.01:
@@ -49,19 +51,21 @@ def paint_mouth(image: np.ndarray, lips: np.ndarray, ex: np.ndarray, ey: np.ndar
     half = max(float(pu.max() - pu.min()) / 2, 1e-3)
     un = np.abs(u) / half
     depth = np.clip(1.0 - 2.2 * np.minimum(v, 1 - v) - 0.0, 0, 1)  # 1 near the lips, 0 in the middle
-    color = CAVITY_DEEP + (CAVITY_EDGE - CAVITY_DEEP) * (0.5 * depth + 0.5 * un ** 2)[..., None]
+    edge = ANIMAL_EDGE if animal else CAVITY_EDGE
+    color = CAVITY_DEEP + (edge - CAVITY_DEEP) * (0.5 * depth + 0.5 * un ** 2)[..., None]
     max_gap = float(gap.max())
     tongue = np.clip((v - 0.62) / 0.3, 0, 1) * np.clip(1.2 - un, 0, 1) * min(1.0, max_gap / (0.25 * eye_distance))
-    color = color + (TONGUE - color) * (0.7 * tongue)[..., None]
+    color = color + ((ANIMAL_TONGUE if animal else TONGUE) - color) * (0.7 * tongue)[..., None]
     if teeth:
         teeth_v = min(0.45, 0.11 * eye_distance / max(max_gap, 1e-3))
         side_fade = np.clip((0.8 - un) / 0.2, 0, 1)
         upper = np.clip((teeth_v - v) / (0.25 * teeth_v), 0, 1) * side_fade
         shade = (0.78 + 0.22 * np.clip(1 - un, 0, 1))[..., None]
         color = color + (TEETH * shade - color) * upper[..., None]
-        lower_v = 0.5 * teeth_v
-        lower = np.clip((v - (1 - lower_v)) / (0.3 * lower_v), 0, 1) * side_fade * 0.7
-        color = color + (TEETH * 0.8 * shade - color) * lower[..., None]
+        # lower teeth: a faint edge just behind the lower lip, only in the middle of the mouth
+        lower_v = 0.35 * teeth_v
+        lower = np.clip((v - (1 - lower_v)) / (0.5 * lower_v), 0, 1) * np.clip((0.5 - un) / 0.2, 0, 1) * 0.35
+        color = color + (TEETH * 0.75 * shade - color) * lower[..., None]
     roi = image[y0:y1, x0:x1].astype(np.float32)
     a = alpha[..., None]
     image[y0:y1, x0:x1] = np.clip(roi * (1 - a) + color * a, 0, 255).astype(np.uint8)

@@ -162,6 +162,9 @@ class WarpRenderer:
         gap_px = pose.jaw * self.jaw_travel
         strength = float(np.clip(gap_px / (0.06 * self.mesh.eye_distance), 0, 1))
         if strength > 0.01:
-            paint_mouth(out, self.landmarks(pose), self.mesh.ex, self.mesh.ey, self.mesh.eye_distance, strength,
-                        teeth=self.teeth)
+            lips = self.landmarks(pose)
+            # the lower inner-lip landmarks sit slightly above the lip's edge: cover the seam
+            lips[[65, 66, 67]] += 0.035 * self.mesh.eye_distance * strength * self.mesh.ey
+            paint_mouth(out, lips, self.mesh.ex, self.mesh.ey, self.mesh.eye_distance, strength,
+                        teeth=self.teeth, animal=self.face.kind == "animal")
         return out
