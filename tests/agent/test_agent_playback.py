@@ -112,6 +112,9 @@ async def test_faster_than_real_time_plays_at_real_time_in_sync(server, speech_w
     print(f"A/V offset at the viewer: {sync.lag_s * 1000:+.0f} ms (r = {sync.r:.2f}), pushed {duration:.1f} s in {push_seconds:.2f} s")
     assert sync.r >= 0.5
     assert abs(sync.lag_s) <= 0.040
+    # the method sees offsets: audio delayed by 80 ms more would be measured as such
+    delayed = av_offset(mouth, video_times, received, times[0] + 0.08, rx_rate)
+    assert delayed.lag_s == pytest.approx(sync.lag_s + 0.08, abs=0.02)
 
     # the agent heard the engine's voice-activity events; the viewer got every event over its data channel
     agent_kinds = [e["type"] for e in client.events[mark:]]
