@@ -45,7 +45,7 @@ def detect_face(image_rgb: np.ndarray, kind: str = "auto") -> FaceLandmarks:
             return face
     what = {"auto": "human or cat", "human": "human", "animal": "cat"}[kind]
     raise NoFaceError(f"no {what} face found in the image; use a front-facing portrait where the face "
-                      f"is clearly visible (at least about 80 pixels wide)")
+                      f"is clearly visible (at least about 40 pixels wide)")
 
 
 def landmarks_in_box(image_rgb: np.ndarray, box, kind: str = "human") -> FaceLandmarks:

@@ -55,9 +55,12 @@ def detect_human_boxes(image_rgb: np.ndarray) -> list[tuple[tuple[float, float, 
                                                       interpolation=cv2.INTER_AREA)
     gray = np.ascontiguousarray(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
     with _lock:
-        rects, scores, _ = detector.run(gray, 0, 0.0)
-        if not rects and max(small.shape[:2]) < 500:  # small faces in small images: look at 2x
-            rects, scores, _ = detector.run(gray, 1, 0.0)
+        rects, scores, _ = detector.run(gray, 0, 0.0)  # faces >= ~80 px
+        # small pictures: look again at 2x (faces >= ~40 px) and, for thumbnails, at 4x
+        for upsample, below in ((1, 500), (2, 250)):
+            if rects or max(small.shape[:2]) >= below:
+                break
+            rects, scores, _ = detector.run(gray, upsample, 0.0)
     found = [((r.left() / scale, r.top() / scale, r.width() / scale, r.height() / scale), float(s))
              for r, s in zip(rects, scores)]
     return sorted(found, key=lambda f: (f[1], f[0][2]), reverse=True)
