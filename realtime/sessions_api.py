@@ -116,7 +116,7 @@ class SessionsApi:
                                  **{"WWW-Authenticate": 'Bearer realm="avatarstream"'})
         spec = await parse_session_request(request)
         try:
-            session = await self.registry.create(spec.portrait, engine=spec.engine, size=spec.size, controls=spec.controls)
+            session = await self.registry.create(spec.portrait, engine=spec.engine, size=spec.size)
         except SessionLimitError as exc:
             raise json_error(web.HTTPServiceUnavailable, str(exc), **{"Retry-After": str(exc.retry_after)}) from None
         except NoFaceError as exc:
@@ -125,6 +125,8 @@ class SessionsApi:
             raise json_error(web.HTTPBadRequest, str(exc)) from None
         self.links[session.id] = SessionLinks()
         session.on_close(lambda s: self._forget(s.id))
+        # controls go through set_controls (before any speech), so unsupported ones are reported
+        # in the reply like live ones instead of failing the creation
         unsupported = await session.set_controls_async(spec.controls) if spec.controls else {}
         base = request.url.origin()
         ws_base = base.with_scheme("wss" if base.scheme == "https" else "ws")

@@ -112,9 +112,12 @@ async def test_abrupt_disconnect_frees_everything(server, tasks_of):
     assert tasks_of(s["id"]) == []
 
 
-async def test_client_controls_and_interrupt_when_idle(server):
+async def test_client_controls_and_interrupt_when_idle(server, cat_portrait):
     async with AvatarClient(server.url) as client:
-        info = await client.create_session(size=256)
+        # multipart upload through the client, with creation-time controls
+        info = await client.create_session(image=cat_portrait, size=256, controls={"head_motion_scale": 0.5, "cfg_scale": 3})
+        assert "cfg_scale" in info.extra["unsupported_controls"]
+        assert "head_motion_scale" not in info.extra["unsupported_controls"]
         await client.connect(sample_rate=16000)
         reply = await client.set_controls({"head_motion_scale": 0.7, "laser_eyes": True})
         assert "laser_eyes" in reply["unsupported"]
