@@ -2,8 +2,8 @@
 
 * level: RMS energy in dB, normalised to [0, 1] against an adaptive floor and peak
   (so a quiet microphone and a loud TTS voice both use the mouth's full range);
-* brightness: spectral centroid mapped to [0, 1] (0 = dark/rounded vowels such as /o/ /u/,
-  1 = bright/spread sounds such as /i/ /e/ and fricatives);
+* brightness: spectral centroid on a log scale, 400 Hz -> 0 .. 4 kHz -> 1 (low = dark/rounded
+  vowels such as /o/ /u/, high = bright/spread sounds such as /i/ /e/ and fricatives);
 * low_ratio: share of energy below 1 kHz (voiced, open vowels);
 * speech: webrtcvad on the two 20 ms halves, confirmed by energy above the floor.
 """
@@ -74,7 +74,7 @@ class AudioFeatureExtractor:
         band = spec[_BAND]
         total = float(band.sum()) + 1e-12
         centroid = float((band * _FREQS[_BAND]).sum() / total)
-        brightness = float(np.clip((centroid - 500.0) / 2500.0, 0.0, 1.0))
+        brightness = float(np.clip(np.log10(max(centroid, 1.0) / 400.0), 0.0, 1.0))  # 400 Hz -> 0, 4 kHz -> 1
         low_ratio = float(spec[_LOW].sum() / total)
         pcm = (np.clip(x, -1, 1) * 32767).astype(np.int16)
         half = SAMPLES_PER_FRAME // 2

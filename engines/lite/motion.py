@@ -125,7 +125,7 @@ class MotionGenerator:
         speaking = now.speech or ahead.speech
         target = min(1.0, level ** 1.1) if speaking or level > 0 else 0.0
         jaw = self._jaw.step(target)
-        width_target = (now.brightness - 0.45) * 2.0 * min(1.0, 0.3 + level) if speaking else 0.0
+        width_target = (now.brightness - 0.35) * 2.5 * min(1.0, 0.3 + level) if speaking else 0.0
         width = self._width.step(float(np.clip(width_target, -1, 1)))
         talk = self._talk.step(1.0 if speaking else 0.0)
 
