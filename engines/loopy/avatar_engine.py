@@ -52,11 +52,13 @@ class LoopyEngine:
             "or stream with --engine joyvasa or lite")
 
     def render_file(self, portrait: Portrait | np.ndarray, audio16k: np.ndarray, out_path: str | Path,
-                    progress: Callable[[int, int], None] | bool | None = True) -> Path:
+                    progress: Callable[[int, int], None] | bool | object | None = True) -> Path:
         """Render ``audio16k`` (mono float32 16 kHz) spoken by ``portrait`` into the MP4 ``out_path``.
 
-        ``progress``: True/None shows a tqdm bar, False shows nothing, a callable receives
-        (frames done, frames total). Re-running after an interruption resumes finished clips.
+        ``progress``: True/None shows a tqdm bar, False shows nothing, an object with
+        ``update(n)`` (the caller's tqdm, as ``avatar render`` passes) is advanced by the frames
+        made, a callable receives (frames done, frames total). The output is the model's
+        resolution (512x512 for the full model). Re-running after an interruption resumes finished clips.
         """
         if not isinstance(portrait, Portrait):
             portrait = Portrait(np.asarray(portrait))
@@ -65,5 +67,5 @@ class LoopyEngine:
             raise EngineError("audio is empty")
         self.last_result = self.pipeline.render(
             portrait.image, audio, Path(out_path), work_dir=self.work_dir, seed=self.seed, num_steps=self.steps,
-            progress=True if progress is None else progress)
+            progress=progress)
         return Path(out_path)

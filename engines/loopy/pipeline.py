@@ -35,6 +35,8 @@ from engines.loopy.noise_schedule import sampling_scheduler
 from engines.loopy.temporal_segment import gather_motion_latents
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
+# ``progress`` arguments: True/None -> own tqdm bar, False -> silent, an object with
+# ``update(n)`` (e.g. the caller's tqdm) -> advanced by frames made, a ProgressFn -> called per clip.
 
 
 def square_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -148,7 +150,7 @@ class LoopyPipeline:
 
     # -- whole render ------------------------------------------------------------------------
     def render(self, image: np.ndarray, audio: np.ndarray, out_path: Path, *, work_dir: Path | None = None,
-               seed: int = 0, num_steps: int | None = None, progress: ProgressFn | bool | None = True,
+               seed: int = 0, num_steps: int | None = None, progress: ProgressFn | bool | object | None = True,
                keep_work_dir: bool = False) -> RenderResult:
         """Render ``audio`` (16 kHz mono float32) with the portrait ``image`` (H x W x 3 uint8) to ``out_path``."""
         cfg = self.cfg
@@ -170,7 +172,7 @@ class LoopyPipeline:
         prepared = self.audio.prepare(audio, num_clips * clip_len)  # silence pads the last clip
         history = _LatentWindow(cfg.tsm.total_frames)
         latent_shape = tuple(reference_latent.shape)
-        bar = tqdm(total=num_frames, unit="frame", desc="loopy", disable=progress is not True)
+        bar = tqdm(total=num_frames, unit="frame", desc="loopy", disable=progress is not True and progress is not None)
         rendered = resumed = frames_rendered = 0
         try:
             for c in range(num_clips):
@@ -196,7 +198,9 @@ class LoopyPipeline:
                     frames_rendered += shown
                 history.extend(latents)
                 bar.update(shown)
-                if callable(progress):
+                if hasattr(progress, "update"):  # a caller's tqdm bar
+                    progress.update(shown)
+                elif callable(progress):
                     progress(start + shown, num_frames)
         finally:
             bar.close()

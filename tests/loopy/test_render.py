@@ -102,3 +102,21 @@ def test_engine_renders_files_and_refuses_streaming(tiny_weights_dir, tmp_path):
         load_engine("loopy")
     with pytest.raises(EngineError, match="incomplete|not found"):
         load_engine("loopy", weights=str(tmp_path))
+
+
+def test_avatar_render_cli_with_loopy(tiny_weights_dir, human_portrait, tmp_path):
+    import wave
+
+    from realtime.cli import main
+
+    wav = tmp_path / "a.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((_audio(0.44) * 32767).astype(np.int16).tobytes())  # 11 frames: one clip
+    out = tmp_path / "cli.mp4"
+    assert main(["render", "--engine", "loopy", "--weights", str(tiny_weights_dir), "--device", "cpu",
+                 "--image", str(human_portrait), "--audio", str(wav), "-o", str(out), "--no-progress"]) == 0
+    kinds, size, n_video, _ = _probe(out)
+    assert kinds == ["audio", "video"] and n_video == 11 and size == (64, 64)
