@@ -17,6 +17,7 @@ Each is reported as p50/p90/p99 over several sessions / utterances; a PNG plot g
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import time
@@ -97,7 +98,8 @@ async def _bench(opts) -> dict:
     speech = [espeak_16k(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
     url, registry, runner = await _start_server()
     http = aiohttp.ClientSession()
-    result: dict = {"size": SIZE, "engine": "lite", "sessions": n_sessions, "utterances": n_utterances}
+    result: dict = {"size": SIZE, "engine": "lite", "sessions": n_sessions, "utterances": n_utterances,
+                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     try:
         # 1) session create -> first video frame at the viewer
         create, join, first = [], [], []
@@ -148,6 +150,7 @@ async def _bench(opts) -> dict:
         await http.close()
         await runner.cleanup()
 
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews timings
     rec = viewer.recording
     mouth_viewer, mouth_sender, mouth_info = _mouth_latencies(rec, pushes, t_idle_end)
     result.update({
