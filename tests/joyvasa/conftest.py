@@ -24,3 +24,12 @@ def speech_audio(speech_wav) -> np.ndarray:
         assert w.getframerate() == 16000 and w.getnchannels() == 1
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
     return pcm.astype(np.float32) / 32768.0
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The small models run fastest single-threaded, and the CI machine is shared (2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
