@@ -169,10 +169,12 @@ def keep_grid_coordinates_fp32(trt, network) -> int:
         if layer.name in pinned:
             return
         pinned.add(layer.name)
+        float_outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in float_types]
+        if not float_outputs:  # shape / index arithmetic: nothing to pin
+            return
         layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype in float_types:
-                layer.set_output_type(j, trt.float32)
+        for j in float_outputs:
+            layer.set_output_type(j, trt.float32)
 
     def walk_back(tensor) -> None:
         stack = [tensor]
