@@ -87,8 +87,10 @@ def run_bench(opts, stages: Sequence[str] | None = None) -> dict:
     budget_s = 2.0 if opts.quick else 20.0
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
+    from tqdm import tqdm
+
     results: dict[str, dict] = {}
-    for name in names:
+    for name in tqdm(names, desc="bench", unit="stage"):
         spec = get_stage(name)
         batches = spec.bench_batches[:1] if opts.quick else spec.bench_batches
         if device == "cpu":
