@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--save-every", type=int, default=500, help="save the weights directory every N steps")
     p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
+    p.add_argument("--prepare", type=Path, default=None, metavar="RAW_DIR",
+                   help="first turn the raw talking-head videos in RAW_DIR into the dataset format in --data")
+    p.add_argument("--prepare-only", action="store_true", help="with --prepare: stop after preparing the data")
     p.add_argument("--train-all", action="store_true", help="stage 2: also fine-tune the stage-1 weights")
 
 
@@ -38,6 +41,21 @@ def run(args: argparse.Namespace) -> int:
         raise EngineError("--steps must be >= 1")
     from engines.loopy.avatar_engine import resolve_device
     from engines.loopy.train import TrainOptions, train
+
+    if args.prepare is not None:
+        from engines.loopy.checkpoint import config_for_base
+        from engines.loopy.config import get_config
+        from engines.loopy.prepare_data import prepare_dataset
+
+        cfg = get_config(args.config)
+        if args.base is not None:
+            cfg = config_for_base(cfg, args.base)
+        clips = prepare_dataset(args.prepare, args.data, resolution=cfg.resolution)
+        print(f"prepared {len(clips)} clips in {args.data}")
+        if args.prepare_only:
+            return 0
+    elif args.prepare_only:
+        raise EngineError("--prepare-only needs --prepare RAW_DIR")
 
     opts = TrainOptions(
         data=args.data, out=args.out, stage=args.stage, config=args.config, base=args.base, wav2vec2=args.wav2vec2,

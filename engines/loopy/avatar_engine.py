@@ -14,6 +14,7 @@ import torch
 
 from engines.base import EngineError, MissingWeightsError, Portrait, check_audio
 from engines.loopy.checkpoint import load_weights_dir
+from engines.loopy.face_crop import crop_square, face_square
 from engines.loopy.pipeline import LoopyPipeline, RenderResult
 
 
@@ -48,7 +49,7 @@ class LoopyEngine:
     def open_stream(self, portrait: Portrait, *, size: int = 512, controls: Mapping[str, Any] | None = None):
         raise EngineError(
             "the loopy engine is offline-only (video diffusion, far slower than real time) and cannot stream; "
-            "render a file with: avatar render --engine loopy --weights DIR IMAGE AUDIO OUT.mp4, "
+            "render a file with: avatar render --engine loopy --weights DIR --image IMAGE --audio AUDIO -o OUT.mp4, "
             "or stream with --engine joyvasa or lite")
 
     def render_file(self, portrait: Portrait | np.ndarray, audio16k: np.ndarray, out_path: str | Path,
@@ -57,7 +58,8 @@ class LoopyEngine:
 
         ``progress``: True/None shows a tqdm bar, False shows nothing, an object with
         ``update(n)`` (the caller's tqdm, as ``avatar render`` passes) is advanced by the frames
-        made, a callable receives (frames done, frames total). The output is the model's
+        made, a callable receives (frames done, frames total). The portrait is cropped to a
+        face-centred square (centre square if no face is found); the output is the model's
         resolution (512x512 for the full model). Re-running after an interruption resumes finished clips.
         """
         if not isinstance(portrait, Portrait):
@@ -65,7 +67,9 @@ class LoopyEngine:
         audio = check_audio(audio16k)
         if audio.size == 0:
             raise EngineError("audio is empty")
+        square = face_square(portrait.image, kind=portrait.kind)
+        image = crop_square(portrait.image, square, self.pipeline.cfg.resolution)
         self.last_result = self.pipeline.render(
-            portrait.image, audio, Path(out_path), work_dir=self.work_dir, seed=self.seed, num_steps=self.steps,
+            image, audio, Path(out_path), work_dir=self.work_dir, seed=self.seed, num_steps=self.steps,
             progress=progress)
         return Path(out_path)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from engines.base import SAMPLES_PER_FRAME, EngineError, StageTimes
 from engines.loopy.audio_conditioning import AudioFeatureExtractor
 from engines.loopy.checkpoint import LoopyWeights
+from engines.loopy.face_crop import crop_square
 from engines.loopy.guidance import pass_masks, split_and_combine
 from engines.loopy.loopy_model import ReferenceConditioning
 from engines.loopy.mp4 import write_mp4
@@ -37,16 +37,6 @@ from engines.loopy.temporal_segment import gather_motion_latents
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 # ``progress`` arguments: True/None -> own tqdm bar, False -> silent, an object with
 # ``update(n)`` (e.g. the caller's tqdm) -> advanced by frames made, a ProgressFn -> called per clip.
-
-
-def square_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop resized to ``size`` (H x W x 3 uint8)."""
-    h, w = image.shape[:2]
-    s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
-    crop = image[y: y + s, x: x + s]
-    interp = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
-    return cv2.resize(crop, (size, size), interpolation=interp)
 
 
 @dataclass
@@ -163,7 +153,7 @@ class LoopyPipeline:
         num_frames = math.ceil(audio.size / SAMPLES_PER_FRAME)
         clip_len = cfg.clip_frames
         num_clips = math.ceil(num_frames / clip_len)
-        crop = square_crop(np.ascontiguousarray(image), cfg.resolution)
+        crop = crop_square(np.ascontiguousarray(image), None, cfg.resolution)  # engine passes a face-centred crop
         _open_work_dir(work, _fingerprint(crop, audio, cfg, seed, steps))
 
         t_start = time.perf_counter()
