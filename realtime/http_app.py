@@ -144,7 +144,7 @@ async def _session_stats(request: web.Request) -> web.Response:
         "ticks": st.ticks, "frames_rendered": st.frames_rendered, "frames_missing": st.frames_missing,
         "late_ticks": st.late_ticks, "mic_dropped_samples": st.mic_dropped_samples,
         "engine_ms_per_tick": st.engine_ms / max(1, st.ticks),
-        "viewers": session.viewer_count,
+        "viewers": session.viewer_stats(), "senders": session.sender_clock_samples(),
     })
 
 

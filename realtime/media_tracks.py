@@ -24,7 +24,8 @@ from realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDEO_FRAME, AUDI
 if TYPE_CHECKING:
     from realtime.session import AvatarSession
 
-MAX_AUDIO_LAG_FRAMES = 3  # an audio sender more than 60 ms behind the clock skips ahead
+MAX_AUDIO_LAG_FRAMES = 10  # an audio sender more than 200 ms behind the clock skips ahead;
+# less than that it catches up by sending back to back (a gap is worse than a short burst)
 
 
 class AvatarVideoTrack(MediaStreamTrack):

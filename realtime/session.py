@@ -353,6 +353,26 @@ class AvatarSession:
         for t in self._viewers.pop(pc, []):
             t.stop()
 
+    def sender_clock_samples(self) -> list[dict]:
+        """For each viewer's video/audio sender: the (RTP timestamp, send time) pair of its last
+        packet, i.e. what its next RTCP sender report will say. Diagnostics for lip-sync
+        measurements on the sender's clock (reads aiortc sender state; empty if unavailable)."""
+        out = []
+        for i, pc in enumerate(list(self._viewers)):
+            for sender in pc.getSenders():
+                ntp = getattr(sender, "_RTCRtpSender__ntp_timestamp", 0)
+                rtp = getattr(sender, "_RTCRtpSender__rtp_timestamp", None)
+                if not ntp or rtp is None or sender.track is None:
+                    continue
+                unix = (ntp >> 32) - 2208988800 + (ntp & 0xFFFFFFFF) / 2**32
+                out.append({"viewer": i, "kind": sender.track.kind, "rtp_timestamp": rtp, "time": unix})
+        return out
+
+    def viewer_stats(self) -> list[dict]:
+        """Per viewer: frames its tracks sent and clock ticks they skipped (slow sender)."""
+        return [{t.kind: {"sent": t.frames_sent, "skipped": t.frames_skipped} for t in tracks}
+                for tracks in self._viewers.values()]
+
     @property
     def viewer_count(self) -> int:
         return len(self._viewers)

@@ -134,7 +134,8 @@ button.addEventListener("click", () => (pc ? stop() : start()));
 // timestamp, the playout time (same clock) and the sender's RFC 6464 audio level.
 window.avatarRecorder = {
   frames: [], audio: [], recording: false, _timer: null,
-  start(grab = true) {
+  // grab: keep each frame as JPEG; crop: [x, y, w, h] in video pixels to keep only that region
+  start(grab = true, crop = null) {
     this.frames = []; this.audio = []; this.recording = true;
     const canvas = document.createElement("canvas");
     const ctx = canvas.getContext("2d");
@@ -143,9 +144,11 @@ window.avatarRecorder = {
       const rec = { display: meta.expectedDisplayTime, now, rtp: meta.rtpTimestamp,
         presented: meta.presentedFrames, mediaTime: meta.mediaTime, width: meta.width, height: meta.height };
       if (grab) {
-        canvas.width = meta.width; canvas.height = meta.height;
-        ctx.drawImage(video, 0, 0, meta.width, meta.height);
+        const [x, y, w, h] = crop || [0, 0, meta.width, meta.height];
+        canvas.width = w; canvas.height = h;
+        ctx.drawImage(video, x, y, w, h, 0, 0, w, h);
         rec.jpeg = canvas.toDataURL("image/jpeg", 0.92);
+        rec.crop = [x, y, w, h];
       }
       this.frames.push(rec);
       video.requestVideoFrameCallback(onFrame);

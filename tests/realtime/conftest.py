@@ -80,3 +80,19 @@ class BarEngine:
 @pytest.fixture
 def bar_engine() -> BarEngine:
     return BarEngine()
+
+
+@pytest.fixture(scope="session")
+def engine_loader():
+    """``load_engine`` that keeps one instance per engine name for the whole test run: the real
+    engines, but a portrait is analysed once instead of once per test server."""
+    from engines.registry import load_engine
+
+    cache: dict[str, object] = {}
+
+    def load(name: str, **options):
+        if name not in cache:
+            cache[name] = load_engine(name, **options)
+        return cache[name]
+
+    return load

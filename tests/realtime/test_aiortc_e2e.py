@@ -199,9 +199,9 @@ def lip_sync_report(video, audio, clocks, speech: np.ndarray, speech_rate: int) 
 
 
 @pytest.mark.timeout(180)
-async def test_aiortc_client_lip_sync(speech_wav):
+async def test_aiortc_client_lip_sync(speech_wav, engine_loader):
     speech, rate = read_wav_mono(speech_wav)
-    runner, url = await start_server(ServerConfig(max_sessions=2))
+    runner, url = await start_server(ServerConfig(max_sessions=2, engine_loader=engine_loader))
     try:
         video, audio, clocks, _ = await call_avatar(url, speech_wav, speech.size / rate + 2.0)
     finally:

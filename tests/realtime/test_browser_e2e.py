@@ -1,16 +1,25 @@
 """Headless Chromium end-to-end: the page's fake microphone plays real speech (espeak-ng), the
 server animates the demo portrait with the lite engine, the page shows video + audio.
 
-Alignment method (what the viewer actually sees and hears, on the page's clock):
-* video: ``requestVideoFrameCallback`` gives each presented frame's ``expectedDisplayTime``
-  (performance clock); the page draws the frame into a canvas and keeps it as JPEG, and the
+What the page records:
+* video: ``requestVideoFrameCallback`` gives each presented frame's RTP timestamp and
+  ``expectedDisplayTime``; the page draws the frame into a canvas and keeps it as JPEG, and the
   test re-detects the mouth opening on it with ``engines.face``;
 * audio: ``RTCRtpReceiver.getSynchronizationSources()`` gives, for every played-out audio
-  packet, its playout time and audio level (the RFC 6464 level the server computed from the
-  PCM it sent).
-Both go on one clock (epoch ms); the mouth opening is cross-correlated with the audio-level
-envelope. The speech starts after a few seconds of silence, which lets Chromium's A/V
-synchronisation (from RTCP sender reports) settle first, as it would in any real call.
+  packet, its RTP timestamp, playout time and audio level (the RFC 6464 level the server
+  computed from the PCM it sent).
+
+Alignment (asserted): both streams' RTP timestamps are put on the *sender's* clock with the
+(RTP timestamp, send time) pairs the server's senders put in their RTCP sender reports (sampled
+from ``/stats/{id}``; lower envelope, as in the aiortc test), which is the information a
+WebRTC receiver synchronises audio and video with. The mouth opening of the frames Chromium
+decoded is cross-correlated with the level envelope of the audio Chromium played.
+
+Also reported (not asserted): the same correlation on the page's presentation clock
+(display time vs playout time). It depends on Chromium's own A/V synchronisation and
+scheduling: close to the sender-clock value on an idle machine, but it wanders by +-100 ms
+when the CPU is heavily oversubscribed. The speech starts after a few seconds of silence so
+that synchronisation has settled.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import tempfile
 import cv2
 import numpy as np
 import pytest
+from aiohttp import ClientSession
 
 from realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
 from realtime.http_app import ServerConfig
@@ -51,8 +61,25 @@ def _load_helpers():
     return mod
 
 
-async def browser_call(base_url: str, wav_path, seconds: float) -> dict:
-    """Open the page in headless Chromium, press Start, record for ``seconds``; returns recordings."""
+def face_crop(engine, size: int = 512) -> list[int]:
+    """The region of the avatar video around the face (2x the face box), so the page only has to
+    grab and JPEG-encode that part of each frame."""
+    from engines.face import detect_face
+    from realtime.portrait_io import load_portrait
+
+    stream = engine.open_stream(load_portrait(None), size=size)
+    frame = stream.feed(np.zeros(16000, np.float32))[0].image
+    stream.close()
+    x, y, w, h = detect_face(frame).box
+    cx, cy, half = x + w / 2, y + h / 2, max(w, h)
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    return [x0, y0, int(min(size, cx + half)) - x0, int(min(size, cy + half)) - y0]
+
+
+async def browser_call(base_url: str, wav_path, seconds: float, sample_senders=None, crop=None) -> dict:
+    """Open the page in headless Chromium, press Start, record for ``seconds``; returns recordings.
+
+    ``sample_senders(session_id)`` returns the server's sender clock samples; polled every 10 ms."""
     import asyncio
 
     from playwright.async_api import async_playwright
@@ -66,19 +93,28 @@ async def browser_call(base_url: str, wav_path, seconds: float) -> dict:
                 user_data, executable_path=CHROMIUM, headless=True, args=chromium_args(wav_path))
             page = await ctx.new_page()
             await page.goto(base_url + "/")
-            await page.evaluate("window.avatarRecorder.start(true)")
+            await page.evaluate("crop => window.avatarRecorder.start(true, crop)", crop)
             await page.click("#start")
             await page.wait_for_function("window.avatarStats.framesDecoded > 0", timeout=15000)
             stats0 = await page.evaluate("({...window.avatarStats, events: undefined})")
-            await asyncio.sleep(seconds)
+            senders = []
+            t_end = asyncio.get_running_loop().time() + seconds
+            while asyncio.get_running_loop().time() < t_end:
+                if sample_senders is not None:
+                    senders += sample_senders(stats0["sessionId"])
+                await asyncio.sleep(0.01)
             stats1 = await page.evaluate("({...window.avatarStats, events: undefined})")
+            async with ClientSession() as http:
+                server_stats = await (await http.get(f"{base_url}/stats/{stats0['sessionId']}")).json()
+                server_stats.pop("senders", None)
             rec = await page.evaluate("window.avatarRecorder.stop()")
             status = await page.inner_text("#status")
             await page.click("#start")  # stop: closes the peer connection
             await ctx.close()
     finally:
         shutil.rmtree(user_data, ignore_errors=True)
-    return {"rec": rec, "stats0": stats0, "stats1": stats1, "status": status}
+    return {"rec": rec, "stats0": stats0, "stats1": stats1, "status": status, "senders": senders,
+            "server": server_stats}
 
 
 def decode_jpeg(data_url: str) -> np.ndarray:
@@ -86,7 +122,15 @@ def decode_jpeg(data_url: str) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def browser_report(result: dict, speech: np.ndarray, rate: int, mouth_signal) -> dict:
+def sender_clock(senders: list[dict], kind: str, rate: int, SenderClock):
+    clock = SenderClock(rate)
+    clock.origin = 0  # the page reports absolute RTP timestamps
+    clock.reports = [(s["rtp_timestamp"], s["time"]) for s in senders if s["kind"] == kind]
+    assert clock.reports, f"the server reported no {kind} sender clock"
+    return clock
+
+
+def browser_report(result: dict, speech: np.ndarray, rate: int, mouth_signal, SenderClock) -> dict:
     rec, s0, s1 = result["rec"], result["stats0"], result["stats1"]
     frames = [f for f in rec["frames"] if f.get("jpeg")]
     decoded_fps = (s1["framesDecoded"] - s0["framesDecoded"]) / ((s1["statsTime"] - s0["statsTime"]) / 1000)
@@ -100,7 +144,13 @@ def browser_report(result: dict, speech: np.ndarray, rate: int, mouth_signal) ->
     offset = coarse_offset(t_speech, env_speech, t_audio, level)
     audio_vs_speech_r = segment_correlation(t_speech + offset, env_speech, t_audio, level)
     ok = np.isfinite(mouth)
-    mouth_vs_audio = cross_correlate(t_video[ok], mouth[ok], t_audio, level, max_lag=0.2)
+    on_page = cross_correlate(t_video[ok], mouth[ok], t_audio, level, max_lag=0.2)
+    video_clock = sender_clock(result["senders"], "video", 90_000, SenderClock)
+    audio_clock = sender_clock(result["senders"], "audio", 48_000, SenderClock)
+    ts_video = np.array([video_clock.time_of(f["rtp"]) for f in frames])
+    ts_audio = np.array([audio_clock.time_of(a["rtp"]) for a in audio])
+    order = np.argsort(ts_audio)
+    mouth_vs_audio = cross_correlate(ts_video[ok], mouth[ok], ts_audio[order], level[order], max_lag=0.2)
     return {
         "decoded_fps": round(decoded_fps, 2), "presented_fps": round(float(presented_fps), 2),
         "frames_recorded": len(frames), "face_found": round(float(ok.mean()), 3),
@@ -110,23 +160,31 @@ def browser_report(result: dict, speech: np.ndarray, rate: int, mouth_signal) ->
         "mouth_vs_audio_r": round(mouth_vs_audio.r, 3),
         "mouth_vs_audio_lag_ms": round(mouth_vs_audio.lag_s * 1000),
         "mouth_vs_audio_r_at_0": round(mouth_vs_audio.r_at(0.0), 3),
+        "page_clock_r": round(on_page.r, 3), "page_clock_lag_ms": round(on_page.lag_s * 1000),
     }
 
 
 @pytest.mark.timeout(240)
-async def test_browser_sees_and_hears_lip_synced_avatar(speech_wav, tmp_path):
+async def test_browser_sees_and_hears_lip_synced_avatar(speech_wav, tmp_path, engine_loader):
     e2e = _load_helpers()
     speech, rate = e2e.read_wav_mono(speech_wav)
     call_wav = tmp_path / "call.wav"
     e2e_write_wav(call_wav, np.concatenate([np.zeros(int(LEAD_SILENCE_S * rate), np.float32), speech]), rate)
-    runner, url = await e2e.start_server(ServerConfig(max_sessions=2))
+    runner, url = await e2e.start_server(ServerConfig(max_sessions=2, engine_loader=engine_loader))
+    registry = runner.app[_registry_key()]
+
+    def sample_senders(session_id: str) -> list[dict]:
+        session = registry.get(session_id)
+        return session.sender_clock_samples() if session is not None else []
+
     try:
-        result = await browser_call(url, call_wav, LEAD_SILENCE_S + speech.size / rate + 1.5)
-        sessions_left = len(runner.app[_registry_key()])
+        result = await browser_call(url, call_wav, LEAD_SILENCE_S + speech.size / rate + 1.5,
+                                    sample_senders, crop=face_crop(engine_loader("lite")))
+        sessions_left = len(registry)
     finally:
         await runner.cleanup()
-    report = browser_report(result, speech, rate, e2e.mouth_signal)
-    print("browser lip sync:", report)
+    report = browser_report(result, speech, rate, e2e.mouth_signal, e2e.SenderClock)
+    print("browser lip sync:", report, "server:", result["server"])
     assert result["status"].startswith("connection: connected"), result["status"]
     assert report["decoded_fps"] >= 20
     assert report["face_found"] >= 0.9

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-async def server():
-    runner = web.AppRunner(create_app(ServerConfig(max_sessions=1)))
+async def server(engine_loader):
+    runner = web.AppRunner(create_app(ServerConfig(max_sessions=1, engine_loader=engine_loader)))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
