@@ -4,7 +4,7 @@ A runtime takes named torch tensors and returns named torch tensors on its devic
 host round trips: on CUDA the onnxruntime runtime binds torch memory directly (I/O binding) and the TensorRT
 runtime owns preallocated device buffers (sized for the profile's largest shapes) whose addresses are set once;
 a caller can write the next stage's inputs straight into :meth:`TensorRTRuntime.input_buffer`. The TensorRT
-runtime also captures each input-shape set into a CUDA graph and replays it.
+runtime captures the current input-shape set into a CUDA graph and replays it until the shapes change.
 """
 
 from __future__ import annotations
@@ -191,6 +191,8 @@ class TensorRTRuntime:
             if not self.context.set_input_shape(name, shape):
                 raise EngineError(f"shape {shape} of {name} is outside the engine's optimisation profile")
         self._current = shapes
+        # A captured graph may hold host-staged shape data of the context; keep graphs of the current shapes only.
+        self._graphs.clear()
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         _check_inputs(self.input_names, inputs)
