@@ -1,0 +1,30 @@
+"""``avatar bench --engine joyvasa --quick`` smoke run: JSON fields and plots exist and are consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib", reason="the bench plots need matplotlib")
+
+
+def test_quick_bench_writes_json_and_plots(tmp_path):
+    from realtime.bench_command import add_arguments, run
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--engine", "joyvasa", "--quick", "--seconds", "2", "--out", str(tmp_path)])
+    assert run(args) == 0
+    report = json.loads((tmp_path / "joyvasa.json").read_text())["result"]
+    study = report["streaming_vs_offline"]
+    assert study["frames"] == (32000 + 1920) // 640 - 2  # one window: the chunk-100 runs see no left context
+    exact = [r for r in study["runs"] if r["chunk_frames"] == 100 and r["lookahead_ms"] == 0]
+    assert exact and all(r["mean_normalized"] == 0.0 for r in exact)  # chunk = window reproduces offline
+    assert all(len(r["per_dim_normalized"]) == 70 for r in study["runs"])
+    lat = report["latency_cpu"]["threads_1"]
+    assert lat["window"]["window_ms"] > lat["window"]["denoise_step_ms"] > 0
+    for path in report["plots"]:
+        assert Path(path).stat().st_size > 1000
