@@ -34,7 +34,7 @@ class FaceProportions:
 HUMAN = FaceProportions()
 # A cat: short muzzle (mouth close under the nose), small mouth, wide cheeks, round eyes.
 CAT = FaceProportions(eye_half_width=0.22, eye_half_height=0.18, brow_y=-0.32, nose_tip_y=0.80,
-                      nostril_half_width=0.10, mouth_y=1.02, mouth_half_width=0.27, upper_lip_height=0.07,
+                      nostril_half_width=0.10, mouth_y=1.02, mouth_half_width=0.23, upper_lip_height=0.07,
                       lower_lip_height=0.09, jaw_top_y=0.20, jaw_half_width=1.0, chin_y=1.30)
 
 

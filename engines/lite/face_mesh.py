@@ -65,7 +65,7 @@ def build_mesh(face: FaceLandmarks, size: int) -> FaceMesh:
     return FaceMesh(pts, tri, centre, ax, ex, ey, d)
 
 
-JAW_TRAVEL = {"human": 0.38, "animal": 0.26}  # lower-lip travel at jaw = 1, in eye distances
+JAW_TRAVEL = {"human": 0.38, "animal": 0.22}  # lower-lip travel at jaw = 1, in eye distances
 
 
 def motion_bases(mesh: FaceMesh, kind: str = "human") -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Frame the portrait once per stream: a square around the face, resized to the output size.
 
 Where the square runs past the picture (close-ups, faces near an edge) the missing part is filled
-with a mirrored, strongly blurred continuation so it reads as out-of-focus background.
+with the edge pixels, increasingly blurred, so it reads as an out-of-focus continuation.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def frame_portrait(image_rgb: np.ndarray, face: FaceLandmarks, size: int) -> Fra
     s = size / side
     matrix = np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], np.float64)
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
-    out = cv2.warpAffine(image_rgb, matrix, (size, size), flags=interp, borderMode=cv2.BORDER_REFLECT101)
+    out = cv2.warpAffine(image_rgb, matrix, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
     inside = cv2.warpAffine(np.full((h, w), 255, np.uint8), matrix, (size, size), flags=cv2.INTER_NEAREST,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     if (inside < 255).any():
         dist = cv2.distanceTransform((inside < 255).astype(np.uint8), cv2.DIST_L2, 5)
-        alpha = np.clip(dist / (0.06 * size), 0, 1)[..., None]
-        blurred = cv2.GaussianBlur(out, (0, 0), 0.04 * size)
+        alpha = np.clip(dist / (0.12 * size), 0, 1)[..., None]
+        alpha = alpha * alpha * (3 - 2 * alpha)
+        blurred = cv2.GaussianBlur(out, (0, 0), 0.05 * size)
         out = (out * (1 - alpha) + blurred * alpha).astype(np.uint8)
     return FramedPortrait(np.ascontiguousarray(out), face.transformed(matrix), matrix)

@@ -32,7 +32,13 @@ def paint_mouth(image: np.ndarray, lips: np.ndarray, ex: np.ndarray, ey: np.ndar
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     poly = np.round((inner - [x0, y0]) * 8).astype(np.int32)
     cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=3)
-    alpha = (mask.astype(np.float32) / 255.0) * float(min(strength, 1.0))
+    alpha = mask.astype(np.float32) / 255.0
+    soft = 0.012 * eye_distance  # feather the cut-out edge a little (more for fur than for lips)
+    if animal:
+        soft *= 2.5
+    if soft > 0.6:
+        alpha = cv2.GaussianBlur(alpha, (0, 0), soft)
+    alpha *= float(min(strength, 1.0))
     if not alpha.any():
         return
     # face-frame coordinates of every pixel: u along the mouth, t down the face
