@@ -6,6 +6,8 @@ audio -> per-frame features -> motion (``FacePose``) -> warp render -> ``AvatarF
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from collections import deque
 from typing import Any, Mapping
@@ -69,6 +71,7 @@ class LiteStream:
         self._total_samples = 0
         self.stage_times = StageTimes()
         self.last_pose = FacePose()
+        self.dropped_frames = 0  # frames of audio discarded by interrupt()
 
     # --- EngineStream -------------------------------------------------------------------------
     def feed(self, audio: np.ndarray) -> list[AvatarFrame]:
@@ -113,7 +116,7 @@ class LiteStream:
         self._total_samples = self._next * SAMPLES_PER_FRAME
         self._motion.idle()
         self._features.reset()
-        self._dropped = dropped
+        self.dropped_frames += dropped
 
     def set_controls(self, controls: Mapping[str, Any]) -> dict[str, str]:
         return _apply_controls(self.motion_controls, controls)
@@ -150,20 +153,22 @@ class LiteEngine:
     def __init__(self, seed: int = 0, **_: Any) -> None:
         self.seed = int(seed)
         self._cache: dict[tuple, tuple] = {}
+        self._lock = threading.Lock()  # sessions open streams from their own worker threads
 
     def prepare(self, portrait: Portrait, size: int = 512):
         """Face detection, framing and warp maps for ``portrait`` at ``size`` (cached per image)."""
         if not 64 <= int(size) <= 2048:
             raise EngineError(f"output size must be between 64 and 2048 pixels, got {size}")
-        key = (portrait.image.shape, hash(portrait.image[::7, ::7].tobytes()), portrait.kind, int(size))
-        if key not in self._cache:
-            face = detect_face(portrait.image, portrait.kind)
-            framed = frame_portrait(portrait.image, face, int(size))
-            renderer = WarpRenderer(framed, teeth=face.kind == "human")
-            if len(self._cache) >= 4:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = (framed, renderer)
-        return self._cache[key]
+        key = (portrait.image.shape, hashlib.sha1(portrait.image.tobytes()).hexdigest(), portrait.kind, int(size))
+        with self._lock:
+            if key not in self._cache:
+                face = detect_face(portrait.image, portrait.kind)
+                framed = frame_portrait(portrait.image, face, int(size))
+                renderer = WarpRenderer(framed, teeth=face.kind == "human")
+                if len(self._cache) >= 4:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = (framed, renderer)
+            return self._cache[key]
 
     def open_stream(self, portrait: Portrait, *, size: int = 512,
                     controls: Mapping[str, Any] | None = None) -> LiteStream:
