@@ -105,4 +105,14 @@ def motion_bases(mesh: FaceMesh, kind: str = "human") -> dict[str, np.ndarray]:
     brows[17:27] = -0.09 * d * ey
     brows[[18, 19, 20, 23, 24, 25]] *= 1.2
     out["brows"] = brows
+
+    # a slight turn (yaw), faked in 2-D: the features slide sideways over the face, the nose most
+    yaw = np.zeros((n, 2))
+    turn = 0.07 * d
+    weights = {**{i: 0.55 for i in range(17, 27)}, **{i: 1.0 for i in range(27, 36)},
+               **{i: 0.65 for i in range(36, 48)}, **{i: 0.75 for i in range(48, 68)},
+               **{i: 0.2 for i in range(0, 17)}, **{i: 0.3 for i in range(68, 74)}}
+    for i, w in weights.items():
+        yaw[i] = w * turn * ex
+    out["yaw"] = yaw
     return out

@@ -25,6 +25,7 @@ class FacePose:
     width: float = 0.0  # -1 rounded .. +1 spread
     blink: float = 0.0  # 0 open .. 1 shut
     brows: float = 0.0  # eyebrow raise, 0 .. 1
+    yaw: float = 0.0  # slight turn, -1 .. 1 (features slide sideways)
     roll: float = 0.0  # head roll, radians
     dx: float = 0.0  # head shift, fractions of the eye distance
     dy: float = 0.0
@@ -99,8 +100,8 @@ class MotionGenerator:
         self._width = _Smoother(attack=0.4, release=0.3)
         self._talk = _Smoother(attack=0.15, release=0.03)  # "in conversation" envelope for head liveliness
         self._brows = _Smoother(attack=0.3, release=0.08)
-        self._sway = [_Wander(self.rng, f) for f in (0.11, 0.07, 0.09)]
-        self._talk_sway = [_Wander(self.rng, f) for f in (0.45, 0.35, 0.6)]
+        self._sway = [_Wander(self.rng, f) for f in (0.11, 0.07, 0.09, 0.05)]
+        self._talk_sway = [_Wander(self.rng, f) for f in (0.45, 0.35, 0.6, 0.25)]
         self._blinker = _Blinker(self.rng)
         self._blinker.schedule(0, self.controls.blink_rate)
         self._nod = 0.0
@@ -144,7 +145,8 @@ class MotionGenerator:
         roll = hs * (0.012 * self._sway[0].at(t) + 0.02 * talk * self._talk_sway[0].at(t))
         dx = hs * (0.015 * self._sway[1].at(t) + 0.03 * talk * self._talk_sway[1].at(t))
         dy = hs * (0.008 * self._sway[2].at(t) + 0.015 * talk * self._talk_sway[2].at(t) + 0.5 * self._nod)
+        yaw = hs * (0.25 * self._sway[3].at(t) + 0.45 * talk * self._talk_sway[3].at(t))
         gain = c.expression_intensity
         return FacePose(jaw=float(np.clip(jaw * gain, 0, 1.2)), width=float(np.clip(width * gain, -1, 1)),
                         blink=self._blinker.step(n, c.blink_rate), brows=brows * gain,
-                        roll=roll, dx=dx, dy=dy, speaking=speaking)
+                        yaw=float(np.clip(yaw, -1, 1)), roll=roll, dx=dx, dy=dy, speaking=speaking)

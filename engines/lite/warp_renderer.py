@@ -91,7 +91,7 @@ class WarpRenderer:
         self._fields: list[tuple[tuple[slice, slice], np.ndarray, np.ndarray]] = []
         for level in JAW_LEVELS:
             self._fields.append(self._sparse(_backward_field(m.points, m.triangles, level * self.bases["jaw"], self.roi)))
-        for name in ("width", "blink", "brows"):
+        for name in ("width", "blink", "brows", "yaw"):
             self._fields.append(self._sparse(_backward_field(m.points, m.triangles, self.bases[name], self.roi)))
         # head motion (roll about the neck, shifts), weighted by the mask; for small motions the
         # backward displacement is minus the forward one
@@ -120,7 +120,7 @@ class WarpRenderer:
         return (t * t * (3 - 2 * t)).astype(np.float32)
 
     def coefficients(self, pose: FacePose) -> np.ndarray:
-        """Weights of the facial-motion maps: two jaw levels, width, blink, brows."""
+        """Weights of the facial-motion maps: two jaw levels, width, blink, brows, yaw."""
         j = float(np.clip(pose.jaw, 0.0, 1.2))
         lo, hi = JAW_LEVELS
         if j <= lo:
@@ -128,13 +128,13 @@ class WarpRenderer:
         else:
             f = (j - lo) / (hi - lo)
             ja, jb = 1.0 - f, f
-        return np.array([ja, jb, pose.width, pose.blink, pose.brows], np.float32)
+        return np.array([ja, jb, pose.width, pose.blink, pose.brows, pose.yaw], np.float32)
 
     def landmarks(self, pose: FacePose) -> np.ndarray:
         """Where the 68 landmarks are drawn for ``pose`` (forward motion, head motion included)."""
         b = self.bases
         pts = (self.mesh.points + pose.jaw * b["jaw"] + pose.width * b["width"] + pose.blink * b["blink"]
-               + pose.brows * b["brows"])[:68]
+               + pose.brows * b["brows"] + pose.yaw * b["yaw"])[:68]
         d = self.mesh.eye_distance
         rel = pts - self._pivot
         head = pose.roll * np.stack([-rel[:, 1], rel[:, 0]], 1) + d * np.array([pose.dx, pose.dy])
