@@ -249,7 +249,8 @@ class AvatarSession:
         first_unsent = self._next_tick - self.delay_frames
         self._upsampler.reset()
         for slot in self._ring.silence_from(first_unsent):
-            dropped += slot.audio16k.size
+            if slot.utterance is not None or slot.markers:
+                dropped += slot.audio16k.size
             for m in slot.markers:
                 if m.kind == "started" or m.kind == "finished":
                     utterances.add(m.utterance)
