@@ -106,8 +106,7 @@ class Mp4Writer:
         self.container.close()
 
 
-def render_streaming(engine, portrait, audio: np.ndarray, writer: Mp4Writer, size: int, progress) -> int:
-    stream = engine.open_stream(portrait, size=size)
+def render_streaming(stream, audio: np.ndarray, writer: Mp4Writer, progress) -> int:
     try:
         step = CHUNK_FRAMES * SAMPLES_PER_FRAME
         for start in range(0, audio.size, step):
@@ -136,15 +135,20 @@ def run(args: argparse.Namespace) -> int:
     n_frames = -(-audio.size // SAMPLES_PER_FRAME)
     out = Path(args.output)
     tmp = out.with_name(out.stem + ".part" + out.suffix)
-    with tqdm(total=n_frames, unit="frame", desc=f"render {out.name}", disable=args.no_progress) as progress:
-        if hasattr(engine, "render_file"):
-            engine.render_file(portrait, audio, tmp, progress)
-        else:
-            writer = Mp4Writer(tmp, args.size, audio)
-            try:
-                render_streaming(engine, portrait, audio, writer, args.size, progress)
-            finally:
-                writer.close()
+    stream = None if hasattr(engine, "render_file") else engine.open_stream(portrait, size=args.size)  # finds the face
+    try:
+        with tqdm(total=n_frames, unit="frame", desc=f"render {out.name}", disable=args.no_progress) as progress:
+            if stream is None:
+                engine.render_file(portrait, audio, tmp, progress)
+            else:
+                writer = Mp4Writer(tmp, args.size, audio)
+                try:
+                    render_streaming(stream, audio, writer, progress)
+                finally:
+                    writer.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)
     print(f"wrote {out} ({n_frames} frames, {audio.size / SAMPLE_RATE:.2f} s)")
     return 0
