@@ -170,6 +170,14 @@ class DiffusionScheduleBuffers(nn.Module):
         for name in ("betas", "alphas", "alpha_bars", "sigmas_flex", "sigmas_inflex"):
             self.register_buffer(name, getattr(schedule, name).clone())
 
+    def _apply(self, fn, recurse=True):
+        """Device moves apply, dtype casts do not: the schedule stays float32 under ``model.half()``."""
+        saved = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, original in saved.items():
+            self._buffers[name] = original.to(self._buffers[name].device)
+        return self
+
     def schedule(self) -> VarianceSchedule:
         return VarianceSchedule(self.betas.float().cpu(), self.alphas.float().cpu(), self.alpha_bars.float().cpu(),
                                 self.sigmas_flex.float().cpu(), self.sigmas_inflex.float().cpu())

@@ -67,3 +67,12 @@ def test_base_encoder_configs_need_no_network():
         assert type(cfg).__name__ == family
         assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (768, 12, 12, 3072)
         assert cfg.conv_kernel == (10, 3, 3, 3, 3, 2, 2) and cfg.conv_stride == (5, 2, 2, 2, 2, 2, 2)
+
+
+def test_schedule_buffers_stay_float32_under_half(small_model):
+    import copy
+
+    m = copy.deepcopy(small_model).half()
+    assert m.diffusion_sched.alpha_bars.dtype == torch.float32
+    assert m.audio_feature_map.weight.dtype == torch.float16
+    torch.testing.assert_close(m.schedule().alpha_bars, small_model.schedule().alpha_bars, rtol=0, atol=0)
