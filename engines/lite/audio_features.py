@@ -1,7 +1,7 @@
 """Per-video-frame speech features from the raw signal (40 ms = 640 samples at 16 kHz).
 
-* level: RMS energy in dB, normalised to [0, 1] against an adaptive floor and peak
-  (so a quiet microphone and a loud TTS voice both use the mouth's full range);
+* level: RMS energy in dB, normalised to [0, 1] between an adaptive floor and peak
+  (``LevelTracker``: a quiet microphone and a loud TTS voice both use the mouth's full range);
 * brightness: spectral centroid on a log scale, 400 Hz -> 0 .. 4 kHz -> 1 (low = dark/rounded
   vowels such as /o/ /u/, high = bright/spread sounds such as /i/ /e/ and fricatives);
 * low_ratio: share of energy below 1 kHz (voiced, open vowels);
@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,23 +33,40 @@ class FrameFeatures:
     speech: bool  # voice activity
 
 
-@dataclass
 class LevelTracker:
-    """Adaptive floor/peak in dB: the floor follows quiet stretches, the peak loud syllables."""
+    """Adaptive floor and peak in dB.
 
-    floor_db: float = -60.0
-    peak_db: float = -22.0
-    range_db: float = 28.0  # level 0..1 spans the top ``range_db`` below the peak
-    min_peak_db: float = -40.0
-    peak_decay_db: float = 0.03  # per frame (~0.75 dB/s)
-    floor_rise_db: float = 0.05
+    floor: the minimum over the last ~1.6 s (minimum statistics: even fluent speech has quiet gaps,
+    stationary noise has none), so steady background noise never opens the mouth;
+    peak: jumps up with loud frames, sinks ~3 dB/s while the signal is above the floor, holds in
+    silence, so quiet microphones and loud TTS both use the mouth's full range within a sentence.
+    """
+
+    def __init__(self, range_db: float = 28.0, window: int = 40, start_peak_db: float = -30.0,
+                 peak_decay_db: float = 0.12) -> None:
+        self.range_db = range_db
+        self.peak_decay_db = peak_decay_db
+        self.peak_db = start_peak_db
+        self._recent: deque[float] = deque(maxlen=window)
+        self._seen = 0
+
+    @property
+    def floor_db(self) -> float:
+        # for the first 0.12 s assume a quiet room; from then on trust what was heard
+        prior = -70.0 if self._seen < 3 else np.inf
+        return float(min(min(self._recent, default=np.inf), prior))
 
     def update(self, db: float) -> float:
-        self.floor_db = db if db < self.floor_db else min(db, self.floor_db + self.floor_rise_db)
-        self.peak_db = max(db, self.peak_db - self.peak_decay_db, self.min_peak_db)
-        bottom = max(self.peak_db - self.range_db, self.floor_db + 6.0)
-        top = max(self.peak_db, bottom + 6.0)
-        return float(np.clip((db - bottom) / (top - bottom), 0.0, 1.0))
+        self._recent.append(db)
+        self._seen += 1
+        floor = self.floor_db
+        if db > self.peak_db:
+            self.peak_db = db
+        elif db > floor + 8.0:
+            self.peak_db -= self.peak_decay_db
+        self.peak_db = max(self.peak_db, floor + 20.0)
+        bottom = max(self.peak_db - self.range_db, floor + 6.0)
+        return float(np.clip((db - bottom) / max(self.peak_db - bottom, 1e-6), 0.0, 1.0))
 
 
 class AudioFeatureExtractor:
@@ -80,5 +98,5 @@ class AudioFeatureExtractor:
         half = SAMPLES_PER_FRAME // 2
         voiced = self._vad.is_speech(pcm[:half].tobytes(), SAMPLE_RATE) or \
             self._vad.is_speech(pcm[half:].tobytes(), SAMPLE_RATE)
-        speech = bool(voiced and db > self.levels.floor_db + 8.0 and db > -55.0)
-        return FrameFeatures(db, level if speech or level > 0.35 else 0.0, brightness, low_ratio, speech)
+        speech = bool(voiced and db > self.levels.floor_db + 8.0 and db > -60.0)
+        return FrameFeatures(db, level if speech else 0.0, brightness, low_ratio, speech)
