@@ -142,6 +142,7 @@ def chunk_latency(model: DitTalkingHead, template: MotionTemplate, config: Strea
     ms = gen.chunk_ms[1:] or gen.chunk_ms
     mean = float(np.mean(ms))
     return {"chunk_frames": config.chunk_frames, "lookahead_ms": config.lookahead_ms, "future_fill": config.future_fill,
+            "cuda_graphs": config.cuda_graphs,
             "chunk_ms": mean, "stage_ms": gen.times.mean_ms(), "realtime_factor": mean / (config.chunk_frames * FRAME_MS),
             "algorithmic_latency_ms": gen.lookahead_frames * FRAME_MS + FRAME_MS}
 
@@ -172,8 +173,9 @@ def cuda_latency(model: DitTalkingHead, template: MotionTemplate, audio: np.ndar
     m16 = m32.half()
     out["fp16_eager"] = window_latency(m16, reps=5, sync=sync)
     out["fp16_cuda_graph"] = window_latency(m16, reps=5, sync=sync, graphed=GraphedDenoiser(m16))
-    out["fp16_stream_chunks"] = [chunk_latency(m16, template, StreamingConfig(chunk_frames=n, future_fill="null"), audio)
-                                 for n in (5, 10)]
+    out["fp16_stream_chunks"] = [chunk_latency(m16, template, StreamingConfig(chunk_frames=n, future_fill="null",
+                                                                               cuda_graphs=graphs), audio)
+                                 for n in (5, 10) for graphs in (False, True)]
     model.float().cpu()
     return out
 

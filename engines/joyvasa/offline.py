@@ -50,9 +50,13 @@ def initial_noise(model: DitTalkingHead, length: int, generator: torch.Generator
 
 @torch.no_grad()
 def sample_window(model: DitTalkingHead, audio_feat: torch.Tensor, prev_motion: torch.Tensor, prev_audio: torch.Tensor,
-                  x_T: torch.Tensor, *, cfg_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """One motion window: (1, M, d) audio features + (1, P, .) context -> (1, M, 70) normalised motion."""
-    denoise = model.guided_denoiser(audio_feat, prev_motion, prev_audio)
+                  x_T: torch.Tensor, *, cfg_scale: float, generator: torch.Generator, graphed=None) -> torch.Tensor:
+    """One motion window: (1, M, d) audio features + (1, P, .) context -> (1, M, 70) normalised motion.
+
+    ``graphed``: an optional ``cuda_graphs.GraphedDenoiser`` for windows of this length.
+    """
+    source = graphed if graphed is not None else model
+    denoise = source.guided_denoiser(audio_feat, prev_motion, prev_audio)
     return sample(denoise, x_T.to(model.device), model.schedule(), cfg_scale=cfg_scale, generator=generator).cpu()
 
 

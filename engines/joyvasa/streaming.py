@@ -48,6 +48,7 @@ class StreamingConfig:
     cfg_scale: float = DEFAULT_CFG_SCALE
     seed: int = 0
     smooth: bool = True
+    cuda_graphs: bool = False  # replay the denoising step as a CUDA graph (model on CUDA, future_fill "null")
 
     @property
     def lookahead_audio_frames(self) -> int:
@@ -92,6 +93,13 @@ class StreamingMotionGenerator:
         self.times = StageTimes()
         self.chunk_ms: list[float] = []  # wall time of each generated chunk
         self._smoother = PoseSmoother(enabled=config.smooth)
+        self._graphed = None
+        if config.cuda_graphs:
+            if model.device.type != "cuda" or config.future_fill != "null":
+                raise EngineError("cuda_graphs needs the model on a CUDA device and future_fill='null'")
+            from engines.joyvasa.cuda_graphs import GraphedDenoiser
+
+            self._graphed = GraphedDenoiser(model)
         self.reset()
 
     # -- MotionGenerator -------------------------------------------------------------------------
@@ -194,7 +202,7 @@ class StreamingMotionGenerator:
             audio_in, x_T = feats, self._x_T[:, : n + la]
         prev_motion, prev_audio = self._context()
         motion = sample_window(model, audio_in, prev_motion, prev_audio, x_T, cfg_scale=cfg.cfg_scale,
-                               generator=self._generator)[0, :n]
+                               generator=self._generator, graphed=self._graphed)[0, :n]
         t2 = time.perf_counter()
         self.times.add("diffusion", 1000 * (t2 - t1))
         self.chunk_ms.append(1000 * (t2 - t0))

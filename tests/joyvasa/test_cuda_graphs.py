@@ -26,3 +26,19 @@ def test_graphed_window_matches_eager():
     replay = sample(graphed.guided_denoiser(audio, prev_m, prev_a), x_T, model.schedule(),
                     generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(replay, eager, rtol=1e-3, atol=1e-3)
+
+
+def test_streaming_with_cuda_graphs_matches_eager():
+    import numpy as np
+
+    from engines.joyvasa.checkpoint import random_motion_generator
+    from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
+
+    model = random_motion_generator(0).cuda()
+    audio = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.1).astype(np.float32)
+    out = []
+    for graphs in (False, True):
+        gen = StreamingMotionGenerator(model, config=StreamingConfig(chunk_frames=10, cuda_graphs=graphs))
+        gen.push_audio(audio)
+        out.append(np.stack([f.vector() for f in gen.pull_motion() + gen.flush()]))
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-3, atol=1e-3)
