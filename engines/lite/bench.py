@@ -19,7 +19,7 @@ from fractions import Fraction
 import numpy as np
 import psutil
 
-from engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Portrait
+from engines.base import FPS, SAMPLE_RATE, Portrait
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as WebRTC delivers microphone audio
 
