@@ -32,3 +32,21 @@ def source_image256():
     yy, xx = np.mgrid[0:256, 0:256] / 255.0
     img = np.stack([0.5 + 0.4 * np.sin(6 * xx), 0.5 + 0.4 * np.cos(5 * yy), 0.5 + 0.3 * np.sin(4 * (xx + yy))], -1)
     return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def joyvasa_weights(lp_weights):
+    """``lp_weights`` plus a random JoyVASA motion generator and a motion template (official layout).
+
+    The generator has the release's shapes except a 4-step diffusion schedule (the step count is read
+    from the file's ``args``), so CPU tests sample in seconds rather than minutes.
+    """
+    from engines.joyvasa.checkpoint import write_random_checkpoint
+    from engines.joyvasa.motion import MotionTemplate
+    from engines.joyvasa.network import DitConfig
+
+    write_random_checkpoint(lp_weights / "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt", seed=0,
+                            config=DitConfig(n_diff_steps=4))
+    (lp_weights / "JoyVASA/motion_template").mkdir(parents=True, exist_ok=True)
+    MotionTemplate.synthetic().save(lp_weights / "JoyVASA/motion_template/motion_template.pkl")
+    return lp_weights

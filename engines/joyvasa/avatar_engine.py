@@ -1,0 +1,268 @@
+"""``JoyVasaEngine``: the neural real-time engine, JoyVASA audio -> motion + the LivePortrait renderer.
+
+    avatar serve  --engine joyvasa --weights DIR
+    avatar render --engine joyvasa --weights DIR IMAGE AUDIO OUT.mp4
+
+``DIR`` is the official ``pretrained_weights/`` tree (``avatar weights download --dest DIR``):
+LivePortrait human (and optionally animal v1.0) networks, the JoyVASA motion generator and its
+motion template, and optionally ``chinese-hubert-base/config.json``.
+
+Per stream: the portrait is framed as a square around the face (``engines.lite.framing``), the
+face is cropped LivePortrait-style from the 68 landmarks (``engines.liveportrait.source``), F and
+M run once, and every motion frame from the ``StreamingMotionGenerator`` becomes driving keypoints
+(``KeypointDriver``, JoyVASA's post-processing) rendered by W + G in batches, then pasted back into
+the framed portrait with a soft mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+import torch
+
+from engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, MissingWeightsError, Portrait, StageTimes,
+                          check_audio)
+from engines.joyvasa.checkpoint import load_motion_generator
+from engines.joyvasa.motion import DRIVING_MULTIPLIER, LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion
+from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
+from engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
+from engines.liveportrait.config import LivePortraitConfig
+from engines.liveportrait.renderer import PreparedAvatar, Renderer
+from engines.liveportrait.source import SourceCrop, crop_source, paste_back, soft_mask, whole_image_source
+
+log = logging.getLogger(__name__)
+
+MOTION_GENERATOR_FILE = "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt"
+MOTION_TEMPLATE_FILE = "JoyVASA/motion_template/motion_template.pkl"
+AUDIO_CONFIG_DIR = "chinese-hubert-base"
+ANIMAL_VARIANT = "animal-v1.0"  # JoyVASA's animal mode uses LivePortrait animals v1.0
+SPEECH_RMS = 0.01  # a frame whose audio RMS exceeds this counts as speech (AvatarFrame.speaking)
+CONTROLS = {"expression_intensity": (0.0, 2.0)}  # scales the JoyVASA driving multiplier (1.10)
+
+
+def required_files() -> list[str]:
+    return variant_files("human") + [MOTION_GENERATOR_FILE, MOTION_TEMPLATE_FILE]
+
+
+def resolve_device(device: str | None) -> str:
+    device = (device or "cpu").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise EngineError(f"unknown device {device!r}; use cpu, cuda or auto")
+    return device
+
+
+class JoyVasaEngine:
+    name = "joyvasa"
+
+    def __init__(self, weights: str | Path | None = None, device: str | None = "cpu", backend: str = "torch", *,
+                 crop: bool = True, fp16: bool | None = None, batch_size: int | None = None,
+                 chunk_frames: int = 10, lookahead_ms: float = 80.0, cfg_scale: float | None = None,
+                 pe_mode: str = "constant", seed: int = 0, liveportrait_config: LivePortraitConfig | None = None,
+                 **_: Any) -> None:
+        if backend != "torch":
+            raise EngineError(f"the joyvasa engine runs with backend 'torch' here; got {backend!r}")
+        if weights is None:
+            raise MissingWeightsError(
+                "the joyvasa engine needs --weights DIR holding: " + ", ".join(required_files())
+                + " (fetch them with: avatar weights download --dest DIR)")
+        self.root = Path(weights)
+        missing = [rel for rel in required_files() if not (self.root / rel).is_file()]
+        if missing:
+            raise MissingWeightsError(
+                f"joyvasa weights missing in {self.root}: {', '.join(missing)} "
+                f"(fetch them with: avatar weights download --dest {self.root})")
+        self.device = resolve_device(device)
+        self.fp16 = (self.device != "cpu") if fp16 is None else bool(fp16)
+        self.batch_size = batch_size or (8 if self.device != "cpu" else 1)
+        self.crop = crop
+        self.liveportrait_config = liveportrait_config  # None: the official network sizes
+        audio_dir = self.root / AUDIO_CONFIG_DIR
+        self.model, self.checkpoint_info = load_motion_generator(
+            self.root / MOTION_GENERATOR_FILE, pe_mode=pe_mode, device=self.device,
+            audio_config_dir=audio_dir if (audio_dir / "config.json").is_file() else None)
+        self.template = MotionTemplate.load(self.root / MOTION_TEMPLATE_FILE)
+        kwargs = dict(chunk_frames=chunk_frames, lookahead_ms=lookahead_ms, seed=seed)
+        if cfg_scale is not None:
+            kwargs["cfg_scale"] = cfg_scale
+        self.stream_config = StreamingConfig(**kwargs)
+        self.stream_config.validate(self.model.cfg.n_motions)
+        self._renderers: dict[str, Renderer] = {}
+        self._lock = threading.Lock()
+
+    def renderer(self, variant: str) -> Renderer:
+        """The shared renderer for one LivePortrait variant (loaded on first use)."""
+        with self._lock:
+            if variant not in self._renderers:
+                nets = load_networks(self.root, variant, device=self.device, config=self.liveportrait_config)
+                self._renderers[variant] = Renderer(nets, device=self.device, fp16=self.fp16)
+            return self._renderers[variant]
+
+    def _variant_for(self, kind: str) -> str:
+        if kind != "animal":
+            return "human"
+        if missing_files(self.root, ANIMAL_VARIANT):
+            log.warning("LivePortrait animal v1.0 weights not in %s; rendering the animal with the human networks",
+                        self.root)
+            return "human"
+        return ANIMAL_VARIANT
+
+    def open_stream(self, portrait: Portrait, *, size: int = 512,
+                    controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
+        from engines.face import detect_face
+        from engines.lite.framing import frame_portrait
+
+        if size not in (256, 512):
+            raise EngineError(f"the joyvasa engine renders 256 or 512 pixel frames, got {size}")
+        face = detect_face(portrait.image, portrait.kind)  # raises NoFaceError
+        framed = frame_portrait(portrait.image, face, size)
+        source = crop_source(framed.image, framed.face.points) if self.crop else whole_image_source(framed.image)
+        variant = self._variant_for(face.kind)
+        renderer = self.renderer(variant)
+        avatar = renderer.prepare(source.network_input)
+        generator = StreamingMotionGenerator(self.model, self.template, self.stream_config)
+        mode = "animal" if face.kind == "animal" else "human"
+        return JoyVasaStream(renderer, avatar, source, generator, mode=mode, size=size, paste=self.crop,
+                             batch_size=self.batch_size, controls=controls)
+
+
+def source_motion(avatar: PreparedAvatar) -> SourceMotion:
+    m = avatar.motion
+    return SourceMotion(kp=m.kp[0].cpu().numpy(), exp=m.exp[0].cpu().numpy(), pitch=float(m.pitch[0]),
+                        yaw=float(m.yaw[0]), roll=float(m.roll[0]), t=m.t[0].cpu().numpy(), scale=float(m.scale[0, 0]))
+
+
+def _check_controls(controls: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    ok, rejected = {}, {}
+    for name, value in controls.items():
+        if name not in CONTROLS:
+            rejected[name] = f"not supported by the joyvasa engine (supported: {', '.join(CONTROLS)})"
+            continue
+        lo, hi = CONTROLS[name]
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            rejected[name] = f"must be a number in [{lo}, {hi}]"
+            continue
+        if not np.isfinite(v) or not lo <= v <= hi:
+            rejected[name] = f"must be in [{lo}, {hi}], got {value!r}"
+            continue
+        ok[name] = v
+    return ok, rejected
+
+
+class JoyVasaStream:
+    """One session: audio in, LivePortrait frames out (``engines.base.EngineStream``)."""
+
+    def __init__(self, renderer: Renderer, avatar: PreparedAvatar, source: SourceCrop,
+                 generator: StreamingMotionGenerator, *, mode: str, size: int, paste: bool, batch_size: int,
+                 controls: Mapping[str, Any] | None = None) -> None:
+        self.renderer = renderer
+        self.avatar = avatar
+        self.source = source
+        self.generator = generator
+        self.mode = mode
+        self.size = size
+        self.paste = paste
+        self.batch_size = max(1, batch_size)
+        self.lookahead_frames = generator.lookahead_frames
+        self.times = StageTimes()
+        self.expression_intensity = 1.0
+        if controls:
+            ok, bad = _check_controls(controls)
+            if bad:
+                raise EngineError("; ".join(f"control {k}: {v}" for k, v in bad.items()))
+            self.expression_intensity = ok.get("expression_intensity", 1.0)
+        self._source_motion = source_motion(avatar)
+        self._driver: KeypointDriver | None = None
+        self._mask = soft_mask()
+        self._rms: dict[int, float] = {}  # frame index -> audio RMS, for frames not rendered yet
+        self._partial = np.zeros(0, np.float32)
+        self._next_audio_frame = 0
+        self._last_index = -1
+
+    # -- audio bookkeeping (speaking flags) ----------------------------------------------------
+
+    def _track_audio(self, audio: np.ndarray) -> None:
+        buf = np.concatenate([self._partial, audio])
+        n = buf.size // SAMPLES_PER_FRAME
+        for i in range(n):
+            chunk = buf[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME]
+            self._rms[self._next_audio_frame + i] = float(np.sqrt(np.mean(chunk * chunk)))
+        self._next_audio_frame += n
+        self._partial = buf[n * SAMPLES_PER_FRAME:]
+
+    # -- EngineStream ---------------------------------------------------------------------------
+
+    def feed(self, audio: np.ndarray) -> list[AvatarFrame]:
+        a = check_audio(audio)
+        self._track_audio(a)
+        self.generator.push_audio(a)
+        return self._render(self.generator.pull_motion())
+
+    def flush(self) -> list[AvatarFrame]:
+        return self._render(self.generator.flush())
+
+    def interrupt(self) -> None:
+        self.generator.interrupt()
+        self._rms.clear()
+        self._partial = np.zeros(0, np.float32)
+        self._next_audio_frame = self._last_index + 1
+
+    def set_controls(self, controls: Mapping[str, Any]) -> dict[str, str]:
+        ok, rejected = _check_controls(controls)
+        if "expression_intensity" in ok:
+            self.expression_intensity = ok["expression_intensity"]
+            if self._driver is not None:
+                self._driver.multiplier = DRIVING_MULTIPLIER * self.expression_intensity
+        return rejected
+
+    def close(self) -> None:
+        self._rms.clear()
+        self.avatar = None  # type: ignore[assignment]
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def _keypoints(self, motion: MotionFrame) -> np.ndarray:
+        if self._driver is None:
+            reference = self.generator.reference_frame or motion
+            self._driver = KeypointDriver(self._source_motion, reference, self.mode,
+                                          multiplier=DRIVING_MULTIPLIER * self.expression_intensity)
+        return self._driver(motion)
+
+    def _mouth_open(self, motion: MotionFrame) -> float:
+        ref = self._driver.reference if self._driver is not None else motion
+        lips = list(LIP_KEYPOINTS)
+        return float(np.clip(np.abs(motion.exp[lips, 1] - ref.exp[lips, 1]).mean() * 20.0, 0.0, 1.0))
+
+    def _finish(self, generated: np.ndarray) -> np.ndarray:
+        image = paste_back(generated, self.source, self._mask) if self.paste else generated
+        if image.shape[0] != self.size or image.shape[1] != self.size:
+            interp = cv2.INTER_AREA if image.shape[0] > self.size else cv2.INTER_LINEAR
+            image = cv2.resize(image, (self.size, self.size), interpolation=interp)
+        return np.ascontiguousarray(image)
+
+    def _render(self, motions: list[MotionFrame]) -> list[AvatarFrame]:
+        if self.avatar is None:
+            raise EngineError("the stream is closed")
+        out: list[AvatarFrame] = []
+        for start in range(0, len(motions), self.batch_size):
+            batch = motions[start:start + self.batch_size]
+            keypoints = [self._keypoints(m) for m in batch]
+            images = self.renderer.render([(self.avatar, kp) for kp in keypoints])
+            for motion, generated in zip(batch, images):
+                rms = self._rms.pop(motion.index, 0.0)
+                out.append(AvatarFrame(index=motion.index, image=self._finish(generated), speaking=rms > SPEECH_RMS,
+                                       mouth_open=self._mouth_open(motion)))
+                self._last_index = motion.index
+        for k in [k for k in self._rms if k <= self._last_index]:
+            del self._rms[k]
+        return out

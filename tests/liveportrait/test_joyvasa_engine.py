@@ -1,0 +1,81 @@
+"""The joyvasa server engine end to end on random weights of the real shapes (CPU, a few frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.base import EngineStream, MissingWeightsError
+from engines.registry import load_engine
+from realtime.portrait_io import load_portrait
+
+
+def test_missing_weights_name_the_files(tmp_path):
+    with pytest.raises(MissingWeightsError) as err:
+        load_engine("joyvasa")
+    assert "liveportrait/base_models/warping_module.pth" in str(err.value)
+    assert "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt" in str(err.value)
+    (tmp_path / "JoyVASA/motion_template").mkdir(parents=True)
+    (tmp_path / "JoyVASA/motion_template/motion_template.pkl").write_bytes(b"x")
+    with pytest.raises(MissingWeightsError) as err:
+        load_engine("joyvasa", weights=str(tmp_path))
+    msg = str(err.value)
+    assert "liveportrait/retargeting_models/stitching_retargeting_module.pth" in msg and str(tmp_path) in msg
+    assert "motion_template.pkl" not in msg  # present files are not listed
+
+
+@pytest.fixture(scope="module")
+def engine(joyvasa_weights):
+    return load_engine("joyvasa", weights=str(joyvasa_weights), device="cpu", chunk_frames=2, lookahead_ms=40)
+
+
+def test_source_own_motion_frame_at_full_size(engine, human_portrait):
+    from engines.face import detect_face
+    from engines.liveportrait.source import crop_source
+
+    image = load_portrait(human_portrait).image
+    src = crop_source(image, detect_face(image).points)
+    renderer = engine.renderer("human")
+    avatar = renderer.prepare(src.network_input)
+    assert avatar.feature_3d.shape == (1, 32, 16, 64, 64)
+    frame = renderer.render_avatar(avatar, avatar.keypoints)
+    assert frame.shape == (1, 512, 512, 3) and frame.dtype == np.uint8 and frame.std() > 0
+
+
+@pytest.fixture(scope="module")
+def small_engine(joyvasa_weights, tmp_path_factory):
+    """The same JoyVASA files with narrow LivePortrait networks (official layout): many frames in CPU time."""
+    from engines.liveportrait.checkpoint import write_random_checkpoints
+    from engines.liveportrait.config import LivePortraitConfig
+
+    root = tmp_path_factory.mktemp("small_weights")
+    write_random_checkpoints(root, seed=5, variants=("human",), config=LivePortraitConfig.small())
+    (root / "JoyVASA").symlink_to(joyvasa_weights / "JoyVASA")
+    return load_engine("joyvasa", weights=str(root), chunk_frames=3, lookahead_ms=40,
+                       liveportrait_config=LivePortraitConfig.small())
+
+
+def test_stream_renders_frames_end_to_end(small_engine, human_portrait, speech_wav):
+    from conftest import read_wav
+
+    audio, sr = read_wav(speech_wav)
+    speech = audio[8000:8000 + 3 * 640]  # three frames of real speech
+    stream = small_engine.open_stream(load_portrait(human_portrait), size=256)
+    assert isinstance(stream, EngineStream)
+    assert stream.lookahead_frames == 3 and stream.size == 256
+    assert stream.set_controls({"expression_intensity": 1.5, "blink_rate": 1}) == {
+        "blink_rate": "not supported by the joyvasa engine (supported: expression_intensity)"}
+    frames = stream.feed(speech)
+    assert frames and frames[0].index == 0
+    frames += stream.flush()  # the rest, plus the reference's one-frame tail
+    assert [f.index for f in frames] == list(range(len(frames))) and len(frames) >= 3
+    for f in frames:
+        assert f.image.shape == (256, 256, 3) and f.image.dtype == np.uint8
+        assert 0.0 <= f.mouth_open <= 1.0
+    assert any(f.speaking for f in frames[:3])
+    assert not np.array_equal(frames[0].image, frames[1].image)  # the face moves
+    stream.interrupt()
+    more = stream.feed(np.zeros(2 * 640, np.float32)) + stream.flush()
+    assert more and more[0].index == frames[-1].index + 1  # the clock never goes backwards
+    assert not any(f.speaking for f in more)
+    stream.close()
