@@ -50,7 +50,7 @@ def required_files() -> list[str]:
 
 
 def resolve_device(device: str | None) -> str:
-    device = (device or "cpu").lower()
+    device = (device or "auto").lower()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -63,7 +63,7 @@ def resolve_device(device: str | None) -> str:
 class JoyVasaEngine:
     name = "joyvasa"
 
-    def __init__(self, weights: str | Path | None = None, device: str | None = "cpu", backend: str = "torch", *,
+    def __init__(self, weights: str | Path | None = None, device: str | None = "auto", backend: str = "torch", *,
                  crop: bool = True, fp16: bool | None = None, batch_size: int | None = None,
                  chunk_frames: int = 10, lookahead_ms: float = 80.0, cfg_scale: float | None = None,
                  pe_mode: str = "constant", seed: int = 0, liveportrait_config: LivePortraitConfig | None = None,
