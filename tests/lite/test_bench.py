@@ -19,6 +19,7 @@ def test_bench_quick_writes_json_with_stage_keys(tmp_path, capsys):
     for run in ("engine", "engine_vp8"):
         assert result["realtime_25fps"][run]["frames"] == 49
         assert 0 < result["realtime_25fps"][run]["cpu_cores"] < 16
+    assert result["cat"]["stage_ms"]["render"] > 0
     assert (tmp_path / "lite.png").stat().st_size > 10_000
     assert "wrote" in capsys.readouterr().out
 
