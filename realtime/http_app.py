@@ -143,6 +143,7 @@ async def _session_stats(request: web.Request) -> web.Response:
         "lookahead_frames": session.lookahead_frames, "delay_frames": session.delay_frames,
         "ticks": st.ticks, "frames_rendered": st.frames_rendered, "frames_missing": st.frames_missing,
         "late_ticks": st.late_ticks, "mic_dropped_samples": st.mic_dropped_samples,
+        "engine_dropped_frames": st.engine_dropped_frames,
         "engine_ms_per_tick": st.engine_ms / max(1, st.ticks),
         "viewers": session.viewer_stats(), "senders": session.sender_clock_samples(),
     })

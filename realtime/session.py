@@ -39,8 +39,14 @@ from realtime.playback import PlaybackBuffer, PlaybackMarker
 
 log = logging.getLogger(__name__)
 
-MAX_LIVE_BACKLOG_S = 0.2  # live microphone audio is dropped while the queue stayed above this ...
-LIVE_BACKLOG_WINDOW = 100  # ... for this many input frames (2 s of 20 ms frames): bounded latency
+MAX_ENGINE_BACKLOG_FRAMES = 25  # audio not yet fed to a lagging engine; beyond, the oldest is skipped
+# Live microphone latency: a network stall followed by a burst leaves a standing backlog (and a
+# sender clock faster than ours builds one slowly). While the queue has stayed above the target
+# for a whole window, quiet input frames are dropped (speech is kept); above the max, any are.
+LIVE_BACKLOG_TARGET_S = 0.1
+LIVE_BACKLOG_MAX_S = 1.0
+LIVE_BACKLOG_WINDOW = 50  # input frames (1 s of 20 ms frames)
+QUIET_RMS = 0.01  # -40 dBFS
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class OutputRing:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._slots: dict[int, OutputSlot] = {}
-        self.latest_frame: AvatarFrame | None = None
+        self.latest: tuple[int, AvatarFrame] | None = None  # (slot index, frame) of the newest frame
 
     def put(self, slot: OutputSlot) -> None:
         self._slots[slot.index] = slot
@@ -89,20 +95,21 @@ class OutputRing:
     def get(self, index: int) -> OutputSlot | None:
         return self._slots.get(index)
 
-    def set_frame(self, frame: AvatarFrame) -> None:
-        slot = self._slots.get(frame.index)
+    def set_frame(self, index: int, frame: AvatarFrame) -> None:
+        slot = self._slots.get(index)
         if slot is not None:
             slot.frame = frame
-        if self.latest_frame is None or frame.index >= self.latest_frame.index:
-            self.latest_frame = frame
+        if self.latest is None or index >= self.latest[0]:
+            self.latest = (index, frame)
 
     def frame_at_or_before(self, index: int) -> AvatarFrame | None:
         for i in range(index, index - self.capacity, -1):
             slot = self._slots.get(i)
             if slot is not None and slot.frame is not None:
                 return slot.frame
-        latest = self.latest_frame
-        return latest if latest is not None and latest.index <= index else None
+        if self.latest is not None and self.latest[0] <= index:
+            return self.latest[1]
+        return None
 
     def silence_from(self, index: int) -> list[OutputSlot]:
         """Silence the audio (and drop the markers) of every slot >= index; return those slots."""
@@ -121,6 +128,7 @@ class SessionStats:
     frames_rendered: int = 0
     frames_missing: int = 0  # output ticks whose frame was not ready (previous frame repeated)
     engine_ms: float = 0.0  # total time in EngineStream.feed
+    engine_dropped_frames: int = 0  # audio frames the engine never saw (it fell > 1 s behind)
     late_ticks: int = 0  # ticks processed more than one frame late (engine slower than real time)
     mic_dropped_samples: int = 0  # live input dropped to keep its latency bounded
     sent_log: deque = field(default_factory=lambda: deque(maxlen=3000))  # (index, wall, rms, mouth_open, has_frame)
@@ -149,6 +157,10 @@ class AvatarSession:
         self.delay_frames = 0  # D: lip-sync delay between taking audio and sending it
         self._ring = OutputRing(self.options.ring_frames)
         self._next_tick = 0
+        self._engine_pending: deque[tuple[int, np.ndarray]] = deque()  # (tick, audio) not yet fed
+        self._engine_wakeup = asyncio.Event()
+        self._fed_ticks: deque[int] = deque()  # slot index of engine frame _fed_base + i
+        self._fed_base = 0
         self._tasks: set[asyncio.Task] = set()
         self._subscribers: list[asyncio.Queue] = []
         self._viewers: dict[Any, list] = {}  # pc -> its tracks
@@ -170,6 +182,7 @@ class AvatarSession:
         self._ring = OutputRing(self.options.ring_frames + self.delay_frames)
         self.clock = SessionClock.start_now()
         self._spawn(self._run_clock(), "clock")
+        self._spawn(self._run_engine(), "engine")
         self.started.set()
 
     @property
@@ -258,6 +271,9 @@ class AvatarSession:
             if slot.utterance is not None:
                 utterances.add(slot.utterance)
             slot.utterance = None
+        for i, (tick, samples) in enumerate(self._engine_pending):  # not yet rendered: render idle
+            if tick >= first_unsent:
+                self._engine_pending[i] = (tick, np.zeros_like(samples))
         for u in sorted(utterances):
             self._pending_output_markers.append(
                 PlaybackMarker("interrupted", u, 0, self._sent_position.get(u, 0)))
@@ -298,10 +314,12 @@ class AvatarSession:
             while True:
                 frame = await track.recv()
                 pcm = resample(frame)
-                levels.append(self._buffer.queued_samples)
-                if len(levels) == levels.maxlen and min(levels) > MAX_LIVE_BACKLOG_S * self._buffer.sample_rate:
-                    # a backlog that persisted for the whole window: the sender's clock runs faster
-                    # than ours (or audio piled up); drop this frame to keep the latency bounded
+                queued = self._buffer.queued_samples
+                levels.append(queued)
+                standing = min(levels) / self._buffer.sample_rate if len(levels) == levels.maxlen else 0.0
+                standing = min(standing, queued / self._buffer.sample_rate)  # count what we just dropped
+                quiet = pcm.size == 0 or float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) < QUIET_RMS
+                if (standing > LIVE_BACKLOG_TARGET_S and quiet) or standing > LIVE_BACKLOG_MAX_S:
                     self.stats.mic_dropped_samples += pcm.size
                     continue
                 if pcm.size:
@@ -405,7 +423,8 @@ class AvatarSession:
 
     # -- the clock -----------------------------------------------------------------------
     async def _run_clock(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Every 40 ms: take the next audio frame into the ring (whatever the engine is doing, so
+        the audio never has gaps), emit the events of the slot being sent, wake the engine."""
         clock = self.clock
         assert clock is not None
         while True:
@@ -413,24 +432,44 @@ class AvatarSession:
             due = clock.current_frame()
             if due > self._next_tick + 1:
                 self.stats.late_ticks += 1
-            chunks = []
             while self._next_tick <= due:
                 n = self._next_tick
                 block = self._buffer.take_block(SAMPLES_PER_FRAME)
                 self._ring.put(OutputSlot(n, block.samples, self._upsampler(block.samples),
                                           block.markers, block.utterance, block.position))
-                chunks.append(block.samples)
+                self._engine_pending.append((n, block.samples))
+                if len(self._engine_pending) > MAX_ENGINE_BACKLOG_FRAMES:
+                    self._engine_pending.popleft()
+                    self.stats.engine_dropped_frames += 1
                 self._next_tick = n + 1
                 self.stats.ticks += 1
                 self._on_sent(n - self.delay_frames)
+            self._engine_wakeup.set()
+
+    async def _run_engine(self) -> None:
+        """Feed the engine all audio taken since its last call (one call: a lagging engine
+        catches up in batches) on the session's worker thread; file its frames by slot."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._engine_wakeup.wait()
+            self._engine_wakeup.clear()
             stream = self._stream
             if stream is None:
                 return
+            if not self._engine_pending:
+                continue
+            batch = list(self._engine_pending)
+            self._engine_pending.clear()
+            self._fed_ticks.extend(tick for tick, _ in batch)
             t = time.perf_counter()
-            frames = await loop.run_in_executor(self._executor, stream.feed, np.concatenate(chunks))
+            frames = await loop.run_in_executor(self._executor, stream.feed, np.concatenate([a for _, a in batch]))
             self.stats.engine_ms += (time.perf_counter() - t) * 1000
             for f in frames:
-                self._ring.set_frame(f)
+                self._ring.set_frame(self._fed_ticks[f.index - self._fed_base], f)
+            if frames:
+                while self._fed_base <= frames[-1].index:
+                    self._fed_ticks.popleft()
+                    self._fed_base += 1
             self.stats.frames_rendered += len(frames)
 
     def _on_sent(self, c: int) -> None:

@@ -180,3 +180,86 @@ async def test_slow_event_subscriber_loses_oldest_events(session):
     assert q.qsize() == 3
     assert [q.get_nowait().data["i"] for _ in range(3)] == [7, 8, 9]
     session.unsubscribe_events(q)
+
+
+async def test_slow_engine_never_stalls_the_loop_or_the_audio(bar_engine):
+    """An engine slower than real time (60 ms per 40 ms frame): the event loop stays responsive, the
+    audio keeps flowing on the clock (no gaps), and video repeats frames instead of queueing."""
+    original_open = bar_engine.open_stream
+
+    def open_slow(portrait, **kw):
+        stream = original_open(portrait, **kw)
+        feed = stream.feed
+
+        def slow_feed(audio):
+            time.sleep(0.06 * len(audio) / SAMPLES_PER_FRAME)  # blocking work, like a CPU-bound renderer
+            return feed(audio)
+
+        stream.feed = slow_feed
+        return stream
+
+    bar_engine.open_stream = open_slow
+    s = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64))
+    await s.start()
+    try:
+        s.push_audio(bursts(3.0))
+        audio = AvatarAudioTrack(s)
+        loop_lag, pts, energy = [], [], []
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            t = time.monotonic()
+            await asyncio.sleep(0)
+            loop_lag.append(time.monotonic() - t)
+            frame = await audio.recv()
+            pts.append(frame.pts)
+            energy.append(float(np.abs(frame.to_ndarray()).mean()))
+        assert max(loop_lag) < 0.03
+        assert np.all(np.diff(pts) == AUDIO_SAMPLES_PER_FRAME)  # continuous: never paused or skipped
+        assert len(pts) >= 70  # 1.5 s of 20 ms frames
+        # the speech itself came through (tone bursts: on half the time), not silence
+        assert np.mean(np.array(energy[10:]) > 100) > 0.3
+        assert s.stats.frames_missing > 0  # the video repeated frames while the engine lagged
+        assert s.stats.ticks >= 35  # but the clock (and the audio it takes) kept real time
+        assert s.stats.frames_rendered < s.stats.ticks - 5
+    finally:
+        await s.close()
+
+
+async def test_live_input_backlog_is_trimmed_in_silence_not_in_speech(session):
+    """A stall then a burst leaves a standing backlog on the microphone path: it is worked off by
+    dropping quiet input frames while speech frames are all kept."""
+    import av
+    from aiortc.mediastreams import MediaStreamError
+
+    class BurstyMic:
+        kind = "audio"
+
+        def __init__(self):
+            self.k = 0
+            self.t0 = time.monotonic()
+
+        async def recv(self):
+            if self.k >= 250:  # 5 s
+                raise MediaStreamError
+            # the first 0.5 s arrive at once (a stall, then a burst), then real time
+            await asyncio.sleep(max(0.0, self.t0 + (self.k - 25) * 0.02 - time.monotonic()))
+            speech = (self.k // 25) % 2 == 0  # 0.5 s speech / 0.5 s silence
+            t = (self.k * 960 + np.arange(960)) / 48000
+            pcm = (0.3 * speech * np.sin(2 * np.pi * 300 * t) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
+            frame.sample_rate = 48000
+            frame.pts = self.k * 960
+            self.k += 1
+            return frame
+
+    q = session.subscribe_events()
+    session.attach_input(BurstyMic())
+    ev = await next_event(q, "playback_finished", timeout=10)
+    dropped = session.stats.mic_dropped_samples
+    assert 0.2 * 16000 < dropped < 0.55 * 16000  # the backlog was worked off ...
+    assert ev.data["playback_position"] * 16000 + dropped == pytest.approx(5 * 16000, abs=400)
+    assert session.queued_seconds < 0.05
+    # ... and only silence went: every speech frame was played (2.5 s of the 5 s were speech)
+    sent = [rms for (_, _, rms, _, _) in session.stats.sent_log]
+    speech_s = sum(r > 0.1 for r in sent) * 0.04  # frames straddling a speech edge count whole
+    assert 2.45 <= speech_s <= 2.5 + 5 * 0.04
