@@ -33,7 +33,9 @@ from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 from engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
 from engines.liveportrait.config import LivePortraitConfig
 from engines.liveportrait.renderer import PreparedAvatar, Renderer
-from engines.liveportrait.source import SourceCrop, crop_source, paste_back, soft_mask, whole_image_source
+from engines.liveportrait.face_models import FaceModels
+from engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_with_transform, paste_back,
+                                         soft_mask, whole_image_source)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class JoyVasaEngine:
         self.stream_config.validate(self.model.cfg.n_motions)
         self._renderers: dict[str, Renderer] = {}
         self._lock = threading.Lock()
+        self._face_models: FaceModels | None = None
 
     def renderer(self, variant: str) -> Renderer:
         """The shared renderer for one LivePortrait variant (loaded on first use)."""
@@ -105,6 +108,21 @@ class JoyVasaEngine:
                 nets = load_networks(self.root, variant, device=self.device, config=self.liveportrait_config)
                 self._renderers[variant] = Renderer(nets, device=self.device, fp16=self.fp16)
             return self._renderers[variant]
+
+    def face_models(self) -> FaceModels | None:
+        """The official insightface detector + 106-point model when the weights directory has them."""
+        with self._lock:
+            if self._face_models is None and FaceModels.available(self.root):
+                self._face_models = FaceModels(self.root)
+            return self._face_models
+
+    def crop_face(self, image: np.ndarray, face) -> SourceCrop:
+        """LivePortrait's source crop: from insightface 106 points when available (humans), else the 68 points."""
+        models = self.face_models() if face.kind == "human" else None
+        points106 = models.face_106(image) if models is not None else None
+        if points106 is not None:
+            return crop_with_transform(image, crop_transform_106(points106))
+        return crop_source(image, face.points)
 
     def _variant_for(self, kind: str) -> str:
         if kind != "animal":
@@ -124,7 +142,7 @@ class JoyVasaEngine:
             raise EngineError(f"the joyvasa engine renders 256 or 512 pixel frames, got {size}")
         face = detect_face(portrait.image, portrait.kind)  # raises NoFaceError
         framed = frame_portrait(portrait.image, face, size)
-        source = crop_source(framed.image, framed.face.points) if self.crop else whole_image_source(framed.image)
+        source = self.crop_face(framed.image, framed.face) if self.crop else whole_image_source(framed.image)
         variant = self._variant_for(face.kind)
         renderer = self.renderer(variant)
         avatar = renderer.prepare(source.network_input)

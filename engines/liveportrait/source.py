@@ -52,9 +52,25 @@ def crop_transform(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float =
     pts = np.asarray(points, np.float64)
     if pts.shape != (68, 2) or not np.isfinite(pts).all():
         raise EngineError(f"source crop needs 68 finite (x, y) landmarks, got shape {pts.shape}")
-    eye_center = (pts[EYE_LEFT].mean(0) + pts[EYE_RIGHT].mean(0)) / 2
-    mouth = pts[MOUTH_CORNERS].mean(0)
-    uy = mouth - eye_center
+    return crop_transform_from(pts, pts[EYE_LEFT].mean(0), pts[EYE_RIGHT].mean(0), pts[MOUTH_CORNERS].mean(0),
+                               dsize=dsize, scale=scale, vy_ratio=vy_ratio)
+
+
+def crop_transform_106(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float = 2.3,
+                       vy_ratio: float = -0.125) -> np.ndarray:
+    """The same from insightface 106-point landmarks: eyes [33,35,40,39] / [87,89,94,93], mouth (52+61)/2."""
+    pts = np.asarray(points, np.float64)
+    if pts.shape != (106, 2) or not np.isfinite(pts).all():
+        raise EngineError(f"expected 106 finite (x, y) landmarks, got shape {pts.shape}")
+    return crop_transform_from(pts, pts[[33, 35, 40, 39]].mean(0), pts[[87, 89, 94, 93]].mean(0),
+                               (pts[52] + pts[61]) / 2, dsize=dsize, scale=scale, vy_ratio=vy_ratio)
+
+
+def crop_transform_from(pts: np.ndarray, eye_left: np.ndarray, eye_right: np.ndarray, mouth: np.ndarray, *,
+                        dsize: int = CROP_SIZE, scale: float = 2.3, vy_ratio: float = -0.125) -> np.ndarray:
+    """Crop transform from all landmark points plus the two eye centres and the mouth centre."""
+    eye_center = (np.asarray(eye_left, np.float64) + np.asarray(eye_right, np.float64)) / 2
+    uy = np.asarray(mouth, np.float64) - eye_center
     norm = np.linalg.norm(uy)
     if norm < 1e-6:
         raise EngineError("degenerate face landmarks: eyes and mouth coincide")
@@ -73,17 +89,21 @@ def crop_transform(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float =
                      [-s * sin, s * cos, tc - s * (-sin * center[0] + cos * center[1])]], np.float64)
 
 
+def crop_with_transform(image: np.ndarray, m: np.ndarray) -> SourceCrop:
+    """Cut the 512 crop and the 256 network input of ``image`` with the transform ``m``."""
+    crop = cv2.warpAffine(image, m, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    net_in = cv2.resize(crop, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)
+    return SourceCrop(image=image, crop=crop, network_input=net_in, image_to_crop=m, crop_to_image=invert_affine(m))
+
+
 def invert_affine(m: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(m, np.float64))
 
 
 def crop_source(image: np.ndarray, points: np.ndarray, *, scale: float = 2.3, vy_ratio: float = -0.125) -> SourceCrop:
     """Crop the face of ``image`` (H x W x 3 uint8) around its 68 landmarks."""
-    m = crop_transform(points, scale=scale, vy_ratio=vy_ratio)
-    crop = cv2.warpAffine(image, m, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    net_in = cv2.resize(crop, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)
-    return SourceCrop(image=image, crop=crop, network_input=net_in, image_to_crop=m, crop_to_image=invert_affine(m))
+    return crop_with_transform(image, crop_transform(points, scale=scale, vy_ratio=vy_ratio))
 
 
 def whole_image_source(image: np.ndarray) -> SourceCrop:
