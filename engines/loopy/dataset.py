@@ -30,7 +30,7 @@ from engines.base import FPS, SAMPLE_RATE, EngineError
 
 @dataclass(frozen=True)
 class VideoClip:
-    name: str
+    name: str  # path relative to the dataset root, without suffix
     frames: np.ndarray  # (T, R, R, 3) uint8 RGB at the model resolution
     audio: np.ndarray  # float32 mono 16 kHz
     landmarks: np.ndarray | None  # (T, K, 2) in pixels of the original crop, or None
@@ -137,4 +137,4 @@ class LoopyVideoDataset:
             landmarks = np.load(lm_path)
             if landmarks.ndim != 3 or landmarks.shape[2] != 2 or landmarks.shape[0] != len(frames):
                 raise EngineError(f"{lm_path}: shape {landmarks.shape}; expected ({len(frames)}, K, 2)")
-        return VideoClip(path.stem, frames, audio, landmarks)
+        return VideoClip(str(path.relative_to(self.root).with_suffix("")), frames, audio, landmarks)

@@ -68,8 +68,7 @@ class LoopyModel(nn.Module):
         motion = {k: v.reshape(b, 1 + m, *v.shape[1:])[:, 1:].flatten(0, 1) for k, v in feats.temporal.items()}
         return ReferenceConditioning(spatial, motion, m)
 
-    def motion_embedding(self, audio_windows: torch.Tensor | None, frames: int, batch: int,
-                         source: str = "audio", variance: torch.Tensor | None = None) -> torch.Tensor | None:
+    def motion_embedding(self, audio_windows: torch.Tensor | None, frames: int, source: str = "audio", variance: torch.Tensor | None = None) -> torch.Tensor | None:
         """Audio-to-latents output per frame ``(B * F, time_embed_dim)``."""
         if source == "audio":
             if audio_windows is None:
@@ -94,7 +93,7 @@ class LoopyModel(nn.Module):
             keep = audio_keep.to(noisy.device, dtype).repeat_interleave(f)
         if audio_windows is not None:
             tokens = self.audio_projection(audio_windows.flatten(0, 1).to(dtype))
-        emb = self.motion_embedding(None if audio_windows is None else audio_windows.to(dtype), f, b,
+        emb = self.motion_embedding(None if audio_windows is None else audio_windows.to(dtype), f,
                                     motion_source, variance)
         if emb is None:
             emb = torch.zeros(b * f, self.cfg.time_embed_dim, device=noisy.device, dtype=dtype)

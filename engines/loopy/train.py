@@ -16,7 +16,6 @@ Noise-prediction (epsilon) MSE on SD-1.5's DDPM schedule.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from engines.base import EngineError
-from engines.loopy.audio_conditioning import AudioFeatureExtractor
+from engines.loopy.audio_conditioning import AudioFeatureExtractor, audio_windows
 from engines.loopy.audio_to_latents import QUERY_SOURCES
 from engines.loopy.checkpoint import (
     LoopyWeights, config_for_base, load_base_unet_state, load_state_strict, load_vae, load_wav2vec2,
@@ -39,7 +38,7 @@ from engines.loopy.loopy_model import LoopyModel
 from engines.loopy.noise_schedule import training_scheduler
 from engines.loopy.temporal_segment import sample_indices, segment_groups
 
-log = logging.getLogger(__name__)
+AUDIO_CACHE_CLIPS = 32  # wav2vec2 features kept in memory (about 10 MB per 10 s clip for wav2vec2-base)
 
 
 @dataclass
@@ -163,12 +162,14 @@ class LoopyTrainer:
         return torch.cat(out) * self.vae.config.scaling_factor
 
     def _clip_audio(self, clip: VideoClip) -> torch.Tensor:
-        if clip.name not in self._audio_cache:
-            feats = self.audio(clip.audio, clip.num_frames)
-            from engines.loopy.audio_conditioning import audio_windows
-
-            self._audio_cache[clip.name] = audio_windows(feats, self.cfg.audio_window).cpu()
-        return self._audio_cache[clip.name]
+        """Audio windows ``(T, W, D)`` of a clip; features cached for the last ``AUDIO_CACHE_CLIPS`` clips."""
+        feats = self._audio_cache.pop(clip.name, None)
+        if feats is None:
+            feats = self.audio(clip.audio, clip.num_frames).cpu()
+        self._audio_cache[clip.name] = feats
+        while len(self._audio_cache) > AUDIO_CACHE_CLIPS:
+            self._audio_cache.pop(next(iter(self._audio_cache)))
+        return audio_windows(feats, self.cfg.audio_window)
 
     def _sample_one(self, clip: VideoClip, rng: np.random.Generator) -> dict:
         cfg = self.cfg
