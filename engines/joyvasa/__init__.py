@@ -11,6 +11,7 @@ Modules, kept apart in the diffusers way:
 * ``checkpoint``     the official ``{'args','model','iter'}`` file: strict loading, random writer.
 * ``offline``        whole audio -> motion, window by window (the reference algorithm).
 * ``streaming``      20 ms audio pieces -> motion chunks with bounded lookahead.
+* ``cuda_graphs``    one denoising step replayed as a CUDA graph (GPU).
 * ``bench``          ``avatar bench --engine joyvasa``.
 
 See ``docs/joyvasa.md``.
