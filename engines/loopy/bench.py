@@ -9,6 +9,7 @@ per-stage split next to the JSON.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -47,12 +48,14 @@ def bench_config(name: str, device: str, seconds: float, steps: int, out_dir, we
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     frames = result.num_frames
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     entry = {
         "config": cfg.name, "device": device, "dtype": str(pipe.dtype).replace("torch.", ""),
         "resolution": cfg.resolution, "frames": frames, "clip_frames": cfg.clip_frames, "ddim_steps": steps,
         "guidance_passes": 3, "wall_s": round(wall, 3), "ms_per_frame": round(1000 * wall / frames, 2),
         "stage_ms_per_frame": {k: round(v / frames, 2) for k, v in result.stage_ms.items()},
         "weights": str(weights_dir) if weights_dir is not None else "random",
+        "load_avg_1min_after": None if load is None else round(load, 2),
         "parameters_m": round(sum(p.numel() for p in weights.model.parameters()) / 1e6, 2),
     }
     if device == "cuda":

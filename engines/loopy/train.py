@@ -258,6 +258,8 @@ class _nullcontext:
 
 
 def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
+    if not Path(opts.data).is_dir():
+        raise EngineError(f"dataset directory not found: {opts.data}")
     weights = build_weights(opts)
     dataset = LoopyVideoDataset(opts.data, weights.config.resolution,
                                 min_frames=1 if opts.stage == 1 else weights.config.clip_frames)
