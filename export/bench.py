@@ -183,8 +183,9 @@ def _plot(results: dict, backends: list[str], path: Path) -> Path:
             ys = [results[name][b][backend]["items_per_s"] for b in batches if backend in results[name][b]]
             if xs:
                 ax_fps.plot(xs, ys, marker="o", label=f"{name} / {backend}")
+    ax_fps.set_yscale("log")
     ax_fps.set_xlabel("batch")
-    ax_fps.set_ylabel("items per second (frames; windows for dit_denoise)")
+    ax_fps.set_ylabel("items per second, log (frames; windows for dit_denoise)")
     ax_fps.set_title("throughput vs batch")
     if ax_fps.lines:
         ax_fps.legend(fontsize=7)
