@@ -11,6 +11,7 @@ audio. The lag of the best correlation is the A/V offset a synchronising player 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from fractions import Fraction
 
@@ -83,6 +84,48 @@ async def start_server(config: ServerConfig):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serve_subprocess(*args: str):
+    """``avatar serve`` in its own process (as deployed: the client below does not share its
+    interpreter); yields the base URL once ``/health`` answers."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), *args],
+                            cwd=repo, stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    log.seek(0)
+                    raise AssertionError(f"avatar serve did not start: {log.read()}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 class WavMicrophone(AudioStreamTrack):
@@ -199,13 +242,10 @@ def lip_sync_report(video, audio, clocks, speech: np.ndarray, speech_rate: int) 
 
 
 @pytest.mark.timeout(180)
-async def test_aiortc_client_lip_sync(speech_wav, engine_loader):
+async def test_aiortc_client_lip_sync(speech_wav):
     speech, rate = read_wav_mono(speech_wav)
-    runner, url = await start_server(ServerConfig(max_sessions=2, engine_loader=engine_loader))
-    try:
+    with serve_subprocess("--max-sessions", "2") as url:
         video, audio, clocks, _ = await call_avatar(url, speech_wav, speech.size / rate + 2.0)
-    finally:
-        await runner.cleanup()
     report = lip_sync_report(video, audio, clocks, speech, rate)
     print("aiortc client lip sync:", report, "server:", clocks["server_stats"])
     assert report["fps"] >= 20

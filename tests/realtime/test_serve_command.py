@@ -31,10 +31,11 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(90)
-def test_avatar_serve_with_no_arguments_serves_the_page():
+def test_avatar_serve_with_no_arguments_serves_the_page(tmp_path):
     port = free_port()
+    log = open(tmp_path / "serve.log", "w+")  # a file, not a pipe nobody reads
     proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -43,7 +44,7 @@ def test_avatar_serve_with_no_arguments_serves_the_page():
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start: {proc.stdout.read()}")
+                    raise AssertionError(f"server did not start: {(tmp_path / 'serve.log').read_text()}")
                 time.sleep(0.3)
         assert '"engine": "lite"' in health
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
@@ -53,6 +54,7 @@ def test_avatar_serve_with_no_arguments_serves_the_page():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        log.close()
 
 
 def test_avatar_serve_refuses_an_image_without_face(tmp_path):
