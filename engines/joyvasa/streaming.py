@@ -9,9 +9,9 @@ arrived:
   new and lookahead frames are kept.
 * The motion window is conditioned, as offline, on the last 25 generated frames and their audio
   features (initially the learned start features, rolled as frames arrive).
-* The window positions after the known audio are either filled with the learned ``null_audio_feat``
-  (``future_fill="null"``, the network always sees the 100-frame windows it was trained on) or
-  dropped (``"truncate"``, a window of N + la frames; cheaper).
+* The window positions after the known audio are either dropped (``future_fill="truncate"``, the
+  default: a window of N + la frames) or filled with the learned ``null_audio_feat``
+  (``"null"``: the network sees the 100-frame windows it was trained on, at ~2x the CPU cost).
 * Only the first N frames are kept; x_T is drawn once per stream and reused, like offline.
 
 With N = 100, no lookahead and no left context this is exactly the offline algorithm (tested).
@@ -44,11 +44,11 @@ class StreamingConfig:
     chunk_frames: int = 10  # N: frames generated per step
     lookahead_ms: float = 80.0  # audio after the chunk that conditions it (rounded up to 40 ms frames)
     audio_context_ms: float = 1000.0  # audio before the chunk given to the encoder
-    future_fill: str = "null"
+    future_fill: str = "truncate"  # measured closer to offline and ~2x cheaper than "null" (docs/joyvasa.md)
     cfg_scale: float = DEFAULT_CFG_SCALE
     seed: int = 0
     smooth: bool = True
-    cuda_graphs: bool = False  # replay the denoising step as a CUDA graph (model on CUDA, future_fill "null")
+    cuda_graphs: bool = False  # replay the denoising step as a CUDA graph (model on CUDA)
 
     @property
     def lookahead_audio_frames(self) -> int:
@@ -95,11 +95,12 @@ class StreamingMotionGenerator:
         self._smoother = PoseSmoother(enabled=config.smooth)
         self._graphed = None
         if config.cuda_graphs:
-            if model.device.type != "cuda" or config.future_fill != "null":
-                raise EngineError("cuda_graphs needs the model on a CUDA device and future_fill='null'")
+            if model.device.type != "cuda":
+                raise EngineError("cuda_graphs needs the model on a CUDA device")
             from engines.joyvasa.cuda_graphs import GraphedDenoiser
 
-            self._graphed = GraphedDenoiser(model)
+            window = model.cfg.n_motions if config.future_fill == "null" else config.chunk_frames + config.lookahead_audio_frames
+            self._graphed = GraphedDenoiser(model, window)
         self.reset()
 
     # -- MotionGenerator -------------------------------------------------------------------------

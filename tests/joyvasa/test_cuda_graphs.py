@@ -28,7 +28,8 @@ def test_graphed_window_matches_eager():
     torch.testing.assert_close(replay, eager, rtol=1e-3, atol=1e-3)
 
 
-def test_streaming_with_cuda_graphs_matches_eager():
+@pytest.mark.parametrize("fill", ["truncate", "null"])
+def test_streaming_with_cuda_graphs_matches_eager(fill):
     import numpy as np
 
     from engines.joyvasa.checkpoint import random_motion_generator
@@ -38,7 +39,7 @@ def test_streaming_with_cuda_graphs_matches_eager():
     audio = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.1).astype(np.float32)
     out = []
     for graphs in (False, True):
-        gen = StreamingMotionGenerator(model, config=StreamingConfig(chunk_frames=10, cuda_graphs=graphs))
+        gen = StreamingMotionGenerator(model, config=StreamingConfig(chunk_frames=10, future_fill=fill, cuda_graphs=graphs))
         gen.push_audio(audio)
         out.append(np.stack([f.vector() for f in gen.pull_motion() + gen.flush()]))
     np.testing.assert_allclose(out[1], out[0], rtol=1e-3, atol=1e-3)
