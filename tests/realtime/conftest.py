@@ -1,10 +1,8 @@
-"""Fixtures for the real-time server tests: a running server (real aiohttp + aiortc) and a
-small test-double engine for timing tests that do not need the real face pipeline."""
+"""Fixtures for the real-time server tests: a shared real-engine loader, and a small
+test-double engine for exact timing tests that do not need the real face pipeline."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any, Mapping
 
 import numpy as np

@@ -19,13 +19,12 @@ import av
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtp import RtcpSrPacket
 
 from realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
-from realtime.http_app import ServerConfig, create_app
 
 NTP_EPOCH_OFFSET = 2208988800
 
@@ -75,15 +74,6 @@ class SenderClock:
         least-delayed report (lower envelope) gives the sender's intended timeline."""
         rtp = self.origin + pts
         return min(t + _signed32(rtp - r) / self.rate for r, t in self.reports)
-
-
-async def start_server(config: ServerConfig):
-    runner = web.AppRunner(create_app(config))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
