@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -223,11 +224,17 @@ class JoyVasaStream:
     def feed(self, audio: np.ndarray) -> list[AvatarFrame]:
         a = check_audio(audio)
         self._track_audio(a)
+        t0 = time.perf_counter()
         self.generator.push_audio(a)
-        return self._render(self.generator.pull_motion())
+        motions = self.generator.pull_motion()
+        self.times.add("motion", (time.perf_counter() - t0) * 1000)
+        return self._render(motions)
 
     def flush(self) -> list[AvatarFrame]:
-        return self._render(self.generator.flush())
+        t0 = time.perf_counter()
+        motions = self.generator.flush()
+        self.times.add("motion", (time.perf_counter() - t0) * 1000)
+        return self._render(motions)
 
     def interrupt(self) -> None:
         self.generator.interrupt()
@@ -275,7 +282,9 @@ class JoyVasaStream:
         for start in range(0, len(motions), self.batch_size):
             batch = motions[start:start + self.batch_size]
             keypoints = [self._keypoints(m) for m in batch]
+            t0 = time.perf_counter()
             images = self.renderer.render([(self.avatar, kp) for kp in keypoints])
+            self.times.add("render", (time.perf_counter() - t0) * 1000 / len(batch))
             for motion, generated in zip(batch, images):
                 rms = self._rms.pop(motion.index, 0.0)
                 out.append(AvatarFrame(index=motion.index, image=self._finish(generated), speaking=rms > SPEECH_RMS,

@@ -19,6 +19,14 @@ def lp_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lp_networks(lp_weights):
+    """``lp_weights`` loaded strictly (full size)."""
+    from engines.liveportrait.checkpoint import load_networks
+
+    return load_networks(lp_weights, "human")
+
+
+@pytest.fixture(scope="session")
 def small_networks():
     from engines.liveportrait.checkpoint import LivePortraitNetworks
     from engines.liveportrait.config import LivePortraitConfig

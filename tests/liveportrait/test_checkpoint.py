@@ -28,14 +28,14 @@ def test_stitching_networks_match_official_manifest():
         assert shapes == {k: v for k, v in OFFICIAL_KEYS["stitching_retargeting"].items() if k.startswith(part + "/")}
 
 
-def test_written_files_have_manifest_keys_and_load_strictly(lp_weights):
+def test_written_files_have_manifest_keys_and_load_strictly(lp_weights, lp_networks):
     for name in ckpt.BASE_NETWORKS:
         sd = torch.load(lp_weights / "liveportrait/base_models" / f"{name}.pth", weights_only=True)
         assert {k: list(v.shape) for k, v in sd.items()} == OFFICIAL_KEYS[name]
     stitching = torch.load(lp_weights / ckpt.HUMAN_STITCHING, weights_only=True)
     assert set(stitching) == set(ckpt.STITCHING_PARTS)
     assert all(k.startswith("module.mlp.") for part in stitching.values() for k in part)  # DDP layout
-    nets = ckpt.load_networks(lp_weights, "human")
+    nets = lp_networks
     ref = ckpt.LivePortraitNetworks.random(seed=0)  # write_random_checkpoints(seed=0) wrote these weights
     for got, want in zip(nets.modules(), ref.modules()):
         for (k, a), (k2, b) in zip(got.state_dict().items(), want.state_dict().items()):

@@ -25,24 +25,6 @@ def test_missing_weights_name_the_files(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def engine(joyvasa_weights):
-    return load_engine("joyvasa", weights=str(joyvasa_weights), device="cpu", chunk_frames=2, lookahead_ms=40)
-
-
-def test_source_own_motion_frame_at_full_size(engine, human_portrait):
-    from engines.face import detect_face
-    from engines.liveportrait.source import crop_source
-
-    image = load_portrait(human_portrait).image
-    src = crop_source(image, detect_face(image).points)
-    renderer = engine.renderer("human")
-    avatar = renderer.prepare(src.network_input)
-    assert avatar.feature_3d.shape == (1, 32, 16, 64, 64)
-    frame = renderer.render_avatar(avatar, avatar.keypoints)
-    assert frame.shape == (1, 512, 512, 3) and frame.dtype == np.uint8 and frame.std() > 0
-
-
-@pytest.fixture(scope="module")
 def small_engine(joyvasa_weights, tmp_path_factory):
     """The same JoyVASA files with narrow LivePortrait networks (official layout): many frames in CPU time."""
     from engines.liveportrait.checkpoint import write_random_checkpoints

@@ -53,3 +53,21 @@ def test_bad_inputs(renderer, avatar):
         renderer.render([(avatar, np.zeros((20, 3), np.float32))])
     with pytest.raises(EngineError, match="CUDA"):
         Renderer(renderer.networks, fp16=True)
+
+
+def test_source_own_motion_frame_at_full_size(lp_networks, human_portrait):
+    """Random weights of the real shapes: the source crop rendered with its own motion."""
+    from engines.face import detect_face
+    from engines.liveportrait.source import crop_source, paste_back
+    from realtime.portrait_io import load_portrait
+
+    image = load_portrait(human_portrait).image
+    src = crop_source(image, detect_face(image).points)
+    renderer = Renderer(lp_networks)
+    avatar = renderer.prepare(src.network_input)
+    assert avatar.feature_3d.shape == (1, 32, 16, 64, 64) and avatar.keypoints.shape == (1, 21, 3)
+    assert avatar.motion.pitch.abs().item() <= 97.5
+    frame = renderer.render_avatar(avatar, avatar.keypoints)
+    assert frame.shape == (1, 512, 512, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    pasted = paste_back(frame[0], src)
+    assert pasted.shape == image.shape

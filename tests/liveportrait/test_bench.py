@@ -1,0 +1,31 @@
+"""The liveportrait bench suite's measurement and plot (narrow networks, batches 1 and 2)."""
+
+from __future__ import annotations
+
+import json
+
+from engines.liveportrait import bench
+
+
+def test_bench_device_and_plot(small_networks, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "BATCHES", (1, 2))
+    monkeypatch.setattr(bench, "_inputs", _small_inputs(bench._inputs))
+    result = bench.bench_device(small_networks, "cpu", False, quick=True)
+    for name in bench.NETWORKS:
+        for b in (1, 2):
+            entry = result[name][f"batch_{b}"]
+            assert entry["ms"] > 0 and abs(entry["ms_per_frame"] - entry["ms"] / b) < 1e-2 and entry["runs"] == 1
+    assert result["render_frame_w_plus_g"]["batch_2"]["fps"] > 0
+    bench.plot({"cpu_fp32": result}, tmp_path / "lp.png")
+    assert (tmp_path / "lp.png").stat().st_size > 1000
+    json.dumps(result)
+
+
+def _small_inputs(inputs):
+    """The bench's inputs reshaped for the narrow test networks (16 x 4 feature volume, 32-channel warp)."""
+    def make(batch, device, g):
+        x = inputs(batch, device, g)
+        x["feature_3d"] = x["feature_3d"][:, :16, :4].contiguous()
+        x["warped"] = x["warped"][:, :32].contiguous()
+        return x
+    return make
