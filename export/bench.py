@@ -85,7 +85,6 @@ def run_bench(opts, stages: Sequence[str] | None = None) -> dict:
                               fp16=bool(opts.fp16) and "tensorrt" in backends)
     repeats = 3 if opts.quick else 20
     budget_s = 2.0 if opts.quick else 20.0
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from tqdm import tqdm
 
@@ -103,6 +102,7 @@ def run_bench(opts, stages: Sequence[str] | None = None) -> dict:
                 onnx_path=exported.graphs[name].path if exported else None,
                 engine_path=exported.engines.get(name) if exported else None,
                 fp16=bool(opts.fp16) and backend == "torch" and device == "cuda" and not spec.fp32_only,
+                threads=torch.get_num_threads() if device == "cpu" else None,  # same CPU threads as eager torch
             )
         stage_result: dict[str, dict] = {}
         for batch in batches:

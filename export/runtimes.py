@@ -254,6 +254,7 @@ def open_runtime(
     onnx_path: Path | None = None,
     engine_path: Path | None = None,
     fp16: bool = False,
+    threads: int | None = None,
 ) -> StageRuntime:
     """The runtime for one stage on ``backend`` (``torch``, ``onnxruntime`` or ``tensorrt``)."""
     if backend == "torch":
@@ -263,7 +264,7 @@ def open_runtime(
     if backend == "onnxruntime":
         if onnx_path is None or not Path(onnx_path).exists():
             raise EngineError(f"no ONNX graph at {onnx_path}; run 'avatar export' first")
-        return OnnxRuntime(onnx_path, device=device)
+        return OnnxRuntime(onnx_path, device=device, threads=threads)
     if backend == "tensorrt":
         if engine_path is None or not Path(engine_path).exists():
             raise EngineError(f"no TensorRT engine at {engine_path}; run 'avatar export --backend tensorrt' first")
