@@ -142,7 +142,7 @@ class JoyVasaEngine:
         if size not in (256, 512):
             raise EngineError(f"the joyvasa engine renders 256 or 512 pixel frames, got {size}")
         face = detect_face(portrait.image, portrait.kind)  # raises NoFaceError
-        framed = frame_portrait(portrait.image, face, size)
+        framed = frame_portrait(portrait.image, face, max(size, 512))  # paste back at >= 512, then resize
         source = self.crop_face(framed.image, framed.face) if self.crop else whole_image_source(framed.image)
         variant = self._variant_for(face.kind)
         renderer = self.renderer(variant)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from engines.base import EngineError
 from engines.liveportrait.renderer import Renderer
@@ -71,3 +72,14 @@ def test_source_own_motion_frame_at_full_size(lp_networks, human_portrait):
     assert frame.shape == (1, 512, 512, 3) and frame.dtype == np.uint8 and frame.std() > 0
     pasted = paste_back(frame[0], src)
     assert pasted.shape == image.shape
+
+
+def test_warping_spade_equals_w_then_g(renderer, avatar, own_motion_frame):
+    from engines.liveportrait.networks.warping_spade import WarpingSpade
+    from engines.liveportrait.renderer import tensor_to_images
+
+    nets = renderer.networks
+    fused = WarpingSpade(nets.warping_module, nets.spade_generator).eval()
+    with torch.inference_mode():
+        image = fused(avatar.feature_3d, avatar.keypoints, avatar.keypoints)
+    assert np.array_equal(tensor_to_images(image), own_motion_frame)
