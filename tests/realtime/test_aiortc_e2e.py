@@ -132,6 +132,7 @@ class WavMicrophone(AudioStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self._t0 is None:
             self._t0 = time.monotonic()
+            self.t0_wall = time.time()  # when the first sample left (the sender clock is wall time)
         delay = self._t0 + self._k * 0.02 - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -148,7 +149,8 @@ class WavMicrophone(AudioStreamTrack):
 async def call_avatar(base_url: str, speech_path, seconds: float):
     """Send ``speech_path`` as the microphone; return received video + audio with sender times."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(WavMicrophone(speech_path))
+    mic = WavMicrophone(speech_path)
+    pc.addTrack(mic)
     pc.addTransceiver("video", direction="recvonly")
     clocks = {"video": SenderClock(90_000), "audio": SenderClock(48_000)}
     video, audio, tasks = [], [], []
@@ -179,6 +181,7 @@ async def call_avatar(base_url: str, speech_path, seconds: float):
         resp = await http.get(f"{base_url}/stats/{answer['session_id']}")
         clocks["server_stats"] = await resp.json()
     await pc.close()
+    clocks["mic_t0"] = mic.t0_wall
     for t in tasks:
         t.cancel()
     return video, audio, clocks, answer["session_id"]
@@ -227,7 +230,8 @@ def lip_sync_report(video, audio, clocks, speech: np.ndarray, speech_rate: int) 
         "audio_vs_speech_r": round(audio_vs_speech_r, 3),
         "mouth_vs_audio_r": round(mouth_vs_audio.r, 3), "mouth_vs_audio_lag_ms": round(mouth_vs_audio.lag_s * 1000),
         "mouth_vs_audio_r_at_0": round(mouth_vs_audio.r_at(0.0), 3),
-        "path_latency_s": round(offset, 3),
+        # speech sample sent -> the same sample sent back with the avatar (both on wall time)
+        "speech_to_avatar_latency_ms": round((offset - clocks["mic_t0"]) * 1000),
     }
 
 
