@@ -123,7 +123,7 @@ class WarpingNetwork(nn.Module):
 
     def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
         dense = self.dense_motion_network(feature_3d, kp_driving, kp_source)
-        out = grid_sample_3d(feature_3d, dense["deformation"])
+        out = grid_sample_3d(feature_3d, dense["deformation"].to(feature_3d.dtype))  # autocast may give fp16
         b, c, d, h, w = out.shape
         out = self.fourth(self.third(out.reshape(b, c * d, h, w)))
         if "occlusion_map" in dense:
