@@ -114,13 +114,6 @@ def _export(module, example_inputs, path, input_names, output_names, dynamic_axe
             )
 
 
-def write_manifest(graphs: Mapping[str, OnnxGraph], path: Path, extra: Mapping[str, object] | None = None) -> Path:
-    """``manifest.json`` next to the graphs: stage name -> file, IO names, dynamic axes, hash."""
-    doc = {"opset": OPSET, "stages": {name: g.to_json() for name, g in graphs.items()}, **(extra or {})}
-    path.write_text(json.dumps(doc, indent=2))
-    return path
-
-
 def read_manifest(path: Path) -> dict[str, OnnxGraph]:
     doc = json.loads(Path(path).read_text())
     out = {}

@@ -9,7 +9,7 @@ call with the unconditional and conditional halves batched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
