@@ -111,3 +111,21 @@ def test_step_count_must_agree_with_schedule(tmp_path):
         sd["diffusion_sched.betas"] = torch.zeros(11)
     with pytest.raises(EngineError, match="n_diff_steps=4 but diffusion_sched.betas has 11 entries"):
         _load_small(_small_ckpt(tmp_path, mutate))
+
+
+def test_wav2vec2_generator_has_the_same_layout_and_loads(tmp_path):
+    import pathlib
+
+    from engines.joyvasa.checkpoint import config_from_checkpoint, read_checkpoint_file
+
+    cfg = SMALL_CONFIG.with_(audio_model="wav2vec2")
+    model = small_motion_generator(seed=2, config=cfg)
+    assert type(model.audio_encoder).__name__ == "Wav2Vec2Model"
+    assert set(model.state_dict()) == set(small_motion_generator(seed=2).state_dict())
+    args = argparse.Namespace(motion_feat_dim=70, n_motions=100, n_prev_motions=25, feature_dim=64,
+                              audio_model="wav2vec2", n_diff_steps=4, save_dir=pathlib.Path("x"))
+    torch.save({"args": args, "model": model.state_dict(), "iter": 1}, tmp_path / "w2v.pt")
+    ckpt = read_checkpoint_file(tmp_path / "w2v.pt")
+    loaded = DitTalkingHead(config_from_checkpoint(ckpt), small_audio_config("wav2vec2"))
+    load_state_dict_strict(loaded, ckpt["model"])
+    assert torch.equal(loaded.audio_feature_map.weight, model.audio_feature_map.weight)
