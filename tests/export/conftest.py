@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
-pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
-
 
 @pytest.fixture(scope="session")
 def network_source():
@@ -18,6 +15,8 @@ def network_source():
 @pytest.fixture(scope="session")
 def exported(network_source, tmp_path_factory):
     """All stages as ONNX (native 5-D GridSample) in one directory; built once for the session."""
+    import torch
+
     from export.exporter import export_all
 
     torch.set_num_threads(2)

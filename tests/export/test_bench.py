@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
 from realtime.bench_command import BenchOptions
 
 

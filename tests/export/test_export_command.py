@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
+import json
 
 from realtime.cli import main
 

@@ -7,6 +7,11 @@ convolutions and everything behind them are not, and integer shape arithmetic ge
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
 import enum
 from types import SimpleNamespace
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
 import numpy as np
 import onnx
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -7,6 +7,10 @@ also written by ``avatar export`` to parity.json.
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
 import torch
 
 from engines.base import SAMPLES_PER_FRAME

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
 import torch
 
 from engines.base import EngineError

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import onnx
 import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
+import onnx
 import torch
 
 from export.grid_sample_5d import grid_sample_mode

@@ -6,6 +6,10 @@ Runs where ``tensorrt`` and a CUDA GPU exist; skipped otherwise with the missing
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+
 import torch
 import torch.nn.functional as F
 
