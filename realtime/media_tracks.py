@@ -1,8 +1,9 @@
 """aiortc tracks that send one session's avatar to one viewer, paced by the session clock.
 
 Each viewer gets its own pair of tracks reading the session's shared ``OutputRing`` by clock
-index, so there is no per-viewer queue at all: a viewer whose sender falls behind (slow
-encoder or network) skips to the current tick, i.e. drops frames, and memory never grows.
+index, so there is no per-viewer queue at all: a viewer whose sender falls more than a frame
+behind (slow encoder or network) skips to the current tick, i.e. drops frames, and memory
+never grows.
 
 * ``AvatarVideoTrack``: at tick ``m`` sends the frame of content index ``m - D`` (the last
   rendered one if that frame is late), pts ``m * 3600`` at 90 kHz.
@@ -24,6 +25,7 @@ from realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDEO_FRAME, AUDI
 if TYPE_CHECKING:
     from realtime.session import AvatarSession
 
+MAX_VIDEO_LAG_FRAMES = 1  # a video sender may run up to one frame late (it catches up) before skipping
 MAX_AUDIO_LAG_FRAMES = 10  # an audio sender more than 200 ms behind the clock skips ahead;
 # less than that it catches up by sending back to back (a gap is worse than a short burst)
 
@@ -47,7 +49,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             raise MediaStreamError
         now = clock.current_frame()
         tick = now + 1 if self._tick is None else self._tick + 1
-        if tick < now:
+        if tick < now - MAX_VIDEO_LAG_FRAMES:  # more than a frame behind: drop, don't queue
             self.frames_skipped += now - tick
             tick = now
         self._tick = tick
