@@ -135,3 +135,29 @@ def check_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray
     if a.size and not np.isfinite(a).all():
         raise EngineError("audio contains NaN or infinite samples")
     return a
+
+
+def validate_controls(
+    controls: Mapping[str, Any], supported: Mapping[str, tuple[float, float]], engine_name: str
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Split live controls into accepted numeric values and {name: reason} for the rejected ones.
+
+    ``supported`` maps each control an engine understands to its inclusive (low, high) range.
+    """
+    ok: dict[str, float] = {}
+    rejected: dict[str, str] = {}
+    for name, value in controls.items():
+        if name not in supported:
+            rejected[name] = f"not supported by the {engine_name} engine (supported: {', '.join(supported)})"
+            continue
+        lo, hi = supported[name]
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            rejected[name] = f"must be a number in [{lo}, {hi}]"
+            continue
+        if not np.isfinite(v) or not lo <= v <= hi:
+            rejected[name] = f"must be in [{lo}, {hi}], got {value!r}"
+            continue
+        ok[name] = v
+    return ok, rejected

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise EngineError("stage 2 starts from the stage-1 weights: pass --init STAGE1_DIR")
     if args.steps < 1:
         raise EngineError("--steps must be >= 1")
-    from engines.loopy.avatar_engine import resolve_device
+    from engines.torch_device import resolve_device
     from engines.loopy.train import TrainOptions, train
 
     if args.prepare is not None:

@@ -57,14 +57,11 @@ def machine_info() -> dict:
         "cpu_count": psutil.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
     }
-    try:
-        import torch  # only for reporting; the lite suite never needs it
-
+    torch = sys.modules.get("torch")  # report torch only where the suite loaded it
+    if torch is not None:
         info["torch"] = torch.__version__
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
     return info
 
 

@@ -24,11 +24,11 @@ from typing import Any, Mapping
 
 import cv2
 import numpy as np
-import torch
 
 from engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, MissingWeightsError, Portrait, StageTimes,
-                          check_audio)
+                          check_audio, validate_controls)
 from engines.joyvasa.checkpoint import load_motion_generator
+from engines.torch_device import resolve_device
 from engines.joyvasa.motion import DRIVING_MULTIPLIER, LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion
 from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 from engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
@@ -50,17 +50,6 @@ CONTROLS = {"expression_intensity": (0.0, 2.0)}  # scales the JoyVASA driving mu
 
 def required_files() -> list[str]:
     return variant_files("human") + [MOTION_GENERATOR_FILE, MOTION_TEMPLATE_FILE]
-
-
-def resolve_device(device: str | None) -> str:
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise EngineError(f"unknown device {device!r}; use cpu, cuda or auto")
-    return device
 
 
 class JoyVasaEngine:
@@ -160,22 +149,7 @@ def source_motion(avatar: PreparedAvatar) -> SourceMotion:
 
 
 def _check_controls(controls: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
-    ok, rejected = {}, {}
-    for name, value in controls.items():
-        if name not in CONTROLS:
-            rejected[name] = f"not supported by the joyvasa engine (supported: {', '.join(CONTROLS)})"
-            continue
-        lo, hi = CONTROLS[name]
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            rejected[name] = f"must be a number in [{lo}, {hi}]"
-            continue
-        if not np.isfinite(v) or not lo <= v <= hi:
-            rejected[name] = f"must be in [{lo}, {hi}], got {value!r}"
-            continue
-        ok[name] = v
-    return ok, rejected
+    return validate_controls(controls, CONTROLS, "joyvasa")
 
 
 class JoyVasaStream:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio)
+from engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio,
+                          validate_controls)
 from engines.face import FaceLandmarks, detect_face
 from engines.lite.audio_features import AudioFeatureExtractor, FrameFeatures
 from engines.lite.framing import frame_portrait
@@ -29,21 +30,9 @@ SUPPORTED_CONTROLS = {
 
 
 def _apply_controls(target: MotionControls, controls: Mapping[str, Any]) -> dict[str, str]:
-    rejected = {}
-    for name, value in controls.items():
-        if name not in SUPPORTED_CONTROLS:
-            rejected[name] = f"not supported by the lite engine (supported: {', '.join(SUPPORTED_CONTROLS)})"
-            continue
-        lo, hi = SUPPORTED_CONTROLS[name]
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            rejected[name] = f"must be a number in [{lo}, {hi}]"
-            continue
-        if not np.isfinite(v) or not lo <= v <= hi:
-            rejected[name] = f"must be in [{lo}, {hi}], got {value!r}"
-            continue
-        setattr(target, name, v)
+    ok, rejected = validate_controls(controls, SUPPORTED_CONTROLS, "lite")
+    for name, value in ok.items():
+        setattr(target, name, value)
     return rejected
 
 

@@ -10,23 +10,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
 
 from engines.base import EngineError, MissingWeightsError, Portrait, check_audio
 from engines.loopy.checkpoint import load_weights_dir
 from engines.loopy.face_crop import crop_square, face_square
 from engines.loopy.pipeline import LoopyPipeline, RenderResult
-
-
-def resolve_device(device: str | None) -> str:
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise EngineError(f"unknown device {device!r}; use cpu, cuda or auto")
-    return device
+from engines.torch_device import resolve_device
 
 
 class LoopyEngine:
