@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
+from realtime.backend_options import add_backend_arguments, backend_options
 
 CHUNK_FRAMES = 10  # audio fed per engine call (0.4 s)
 
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default="auto", choices=["auto", "human", "animal"], help="what the portrait shows")
     p.add_argument("--weights", default=None, help="checkpoint directory for neural engines")
     p.add_argument("--device", default=None, help="cpu or cuda for neural engines")
+    add_backend_arguments(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (motion variation)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -129,9 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 64 <= args.size <= 2048:
         raise EngineError(f"--size must be between 64 and 2048, got {args.size}")
+    options = backend_options(args)
     portrait = load_portrait(args.image, kind=args.kind)
     audio = load_audio_16k(args.audio)
-    engine = load_engine(args.engine, weights=args.weights, device=args.device, seed=args.seed)
+    engine = load_engine(args.engine, weights=args.weights, device=args.device, seed=args.seed, **options)
     n_frames = -(-audio.size // SAMPLES_PER_FRAME)
     out = Path(args.output)
     tmp = out.with_name(out.stem + ".part" + out.suffix)

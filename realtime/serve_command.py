@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from engines.base import EngineError
+from realtime.backend_options import add_backend_arguments, backend_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="portrait image file, or a demo name: 'cat' or 'human' (default: the demo human portrait)")
     p.add_argument("--engine", default="lite", help="avatar engine (default: lite, CPU, no downloads)")
     p.add_argument("--weights", default=None, help="checkpoint directory for neural engines")
+    add_backend_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions; more get HTTP 503")
@@ -24,13 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def check_portrait(config) -> None:
-    """Fail at start-up, with a clear message, if the portrait is unreadable or has no face."""
+def check_portrait(config, engine_options: dict | None = None) -> None:
+    """Fail at start-up, with a clear message, if the portrait is unreadable or has no face.
+
+    ``engine_options`` (``--backend`` / ``--engines-dir``) go to the configured engine only."""
     from engines.registry import load_engine
     from realtime.portrait_io import load_portrait
 
     portrait = load_portrait(config.image)
-    engine = load_engine(config.engine, weights=config.weights)
+    engine = load_engine(config.engine, weights=config.weights, **(engine_options or {}))
     stream = engine.open_stream(portrait, size=config.size)  # raises NoFaceError
     stream.close()
     config.portrait = portrait
@@ -46,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_sessions < 1:
         raise EngineError("--max-sessions must be at least 1")
+    engine_options = backend_options(args)
     config = ServerConfig(image=args.image, engine=args.engine, weights=args.weights, host=args.host, port=args.port,
                           max_sessions=args.max_sessions, size=args.size, idle_timeout=args.idle_timeout,
                           ice_servers=list(args.ice_server))
-    check_portrait(config)
+    check_portrait(config, engine_options)
     app = create_app(config)
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"avatar serve: {config.engine} engine, portrait {config.portrait.name}; open http://{shown}:{args.port}/",

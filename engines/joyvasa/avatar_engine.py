@@ -1,7 +1,11 @@
 """``JoyVasaEngine``: the neural real-time engine, JoyVASA audio -> motion + the LivePortrait renderer.
 
-    avatar serve  --engine joyvasa --weights DIR
+    avatar serve  --engine joyvasa --weights DIR [--backend CHOICE --engines-dir ENGINES_DIR]
     avatar render --engine joyvasa --weights DIR IMAGE AUDIO OUT.mp4
+
+``--backend`` takes ``export.backend_choice`` text (``onnxruntime``, ``warping_spade=tensorrt,default=torch``):
+the renderer's stages (appearance + motion extractors, warping + SPADE) then run on the graphs and engines
+that ``avatar export`` wrote to ``ENGINES_DIR``; the motion generator stays on torch.
 
 ``DIR`` is the official ``pretrained_weights/`` tree (``avatar weights download --dest DIR``):
 LivePortrait human (and optionally animal v1.0) networks, the JoyVASA motion generator and its
@@ -33,7 +37,7 @@ from engines.joyvasa.motion import DRIVING_MULTIPLIER, LIP_KEYPOINTS, KeypointDr
 from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 from engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
 from engines.liveportrait.config import LivePortraitConfig
-from engines.liveportrait.renderer import PreparedAvatar, Renderer
+from engines.liveportrait.renderer import RUNTIME_STAGES, PreparedAvatar, Renderer
 from engines.liveportrait.face_models import FaceModels
 from engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_with_transform, paste_back,
                                          soft_mask, whole_image_source)
@@ -52,16 +56,55 @@ def required_files() -> list[str]:
     return variant_files("human") + [MOTION_GENERATOR_FILE, MOTION_TEMPLATE_FILE]
 
 
+def render_backends(backend: str) -> dict[str, str]:
+    """``--backend`` text -> {renderer stage: backend} for the stages not on torch (empty: all torch).
+
+    ``export`` is imported only here, and only for a backend other than plain ``torch``."""
+    if backend.strip() in ("", "torch"):
+        return {}
+    from export.backend_choice import parse_backend_choice
+
+    choice = parse_backend_choice(backend)
+    ignored = sorted(n for n, b in choice.items() if n not in RUNTIME_STAGES and b != "torch")
+    if ignored:
+        log.info("joyvasa engine: %s stay on torch (the engine runs only %s on exported runtimes)",
+                 ", ".join(ignored), ", ".join(RUNTIME_STAGES))
+    return {n: b for n, b in choice.items() if n in RUNTIME_STAGES and b != "torch"}
+
+
+def check_engines_dir(choice: Mapping[str, str], engines_dir: str | Path | None) -> None:
+    """Non-torch stages need an existing ``engines_dir``."""
+    if not choice:
+        return
+    if engines_dir is None:
+        raise EngineError(f"--backend puts {', '.join(choice)} on {'/'.join(sorted(set(choice.values())))}: "
+                          "give --engines-dir ENGINES_DIR written by 'avatar export'")
+    if not Path(engines_dir).is_dir():
+        raise EngineError(f"--engines-dir {engines_dir} is not a directory; write it with 'avatar export --out DIR'")
+
+
+def open_render_runtimes(choice: Mapping[str, str], engines_dir: str | Path | None, device: str) -> dict:
+    """Open the exported runtimes of ``choice`` (non-torch renderer stages) from ``engines_dir``."""
+    check_engines_dir(choice, engines_dir)
+    if not choice:
+        return {}
+    from export.backend_choice import open_stage_runtimes
+    from export.stages import NetworkSource
+
+    # Only non-torch stages are opened, so the network source is never built from.
+    return open_stage_runtimes(choice, source=NetworkSource(), engines_dir=Path(engines_dir), device=device)
+
+
 class JoyVasaEngine:
     name = "joyvasa"
 
     def __init__(self, weights: str | Path | None = None, device: str | None = "auto", backend: str = "torch", *,
-                 crop: bool = True, fp16: bool | None = None, batch_size: int | None = None,
+                 engines_dir: str | Path | None = None, crop: bool = True, fp16: bool | None = None, batch_size: int | None = None,
                  chunk_frames: int = 10, lookahead_ms: float = 80.0, cfg_scale: float | None = None,
                  pe_mode: str = "constant", seed: int = 0, liveportrait_config: LivePortraitConfig | None = None,
                  **_: Any) -> None:
-        if backend != "torch":
-            raise EngineError(f"the joyvasa engine runs with backend 'torch' here; got {backend!r}")
+        self.backends = render_backends(backend)  # checked before the weights: a bad --backend fails fast
+        check_engines_dir(self.backends, engines_dir)
         if weights is None:
             raise MissingWeightsError(
                 "the joyvasa engine needs --weights DIR holding: " + ", ".join(required_files())
@@ -73,6 +116,8 @@ class JoyVasaEngine:
                 f"joyvasa weights missing in {self.root}: {', '.join(missing)} "
                 f"(fetch them with: avatar weights download --dest {self.root})")
         self.device = resolve_device(device)
+        # The exported graphs hold the human networks; an animal portrait renders on torch (see ``renderer``).
+        self.runtimes = open_render_runtimes(self.backends, engines_dir, self.device)
         self.fp16 = (self.device != "cpu") if fp16 is None else bool(fp16)
         self.batch_size = batch_size or (8 if self.device != "cpu" else 1)
         self.crop = crop
@@ -96,7 +141,10 @@ class JoyVasaEngine:
         with self._lock:
             if variant not in self._renderers:
                 nets = load_networks(self.root, variant, device=self.device, config=self.liveportrait_config)
-                self._renderers[variant] = Renderer(nets, device=self.device, fp16=self.fp16)
+                runtimes = self.runtimes if variant == "human" else {}
+                if self.runtimes and variant != "human":
+                    log.warning("the exported stages hold the human networks; %s renders on torch", variant)
+                self._renderers[variant] = Renderer(nets, device=self.device, fp16=self.fp16, runtimes=runtimes)
             return self._renderers[variant]
 
     def face_models(self) -> FaceModels | None:

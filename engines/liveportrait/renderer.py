@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,20 @@ class PreparedAvatar:
     keypoints: torch.Tensor  # (1,21,3) x_s
 
 
+# Stages a renderer can hand to an exported runtime (names and tensor layouts as in ``export.stages``).
+APPEARANCE_STAGE = "appearance_feature_extractor"  # img (B,3,256,256) -> f_s
+MOTION_STAGE = "motion_extractor"  # img -> pitch, yaw, roll, t, exp, scale, kp
+WARP_STAGE = "warping_spade"  # feature_3d, kp_driving, kp_source -> image (B,3,512,512) in [0, 1]
+RUNTIME_STAGES = (APPEARANCE_STAGE, MOTION_STAGE, WARP_STAGE)
+
+
+class StageRunner(Protocol):
+    """What the renderer needs of an ``export.runtimes.StageRuntime``: named tensors in, named tensors out."""
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ...
+
+
 def image_to_tensor(images: np.ndarray, device, dtype=torch.float32) -> torch.Tensor:
     """uint8 (N,H,W,3) or (H,W,3) RGB -> float (N,3,H,W) in [0,1] (no mean/std normalisation)."""
     arr = np.asarray(images)
@@ -46,13 +60,33 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 
 class Renderer:
-    def __init__(self, networks: LivePortraitNetworks, device: str = "cpu", fp16: bool = False):
+    """F, M, W + G on torch; any stage of ``RUNTIME_STAGES`` found in ``runtimes`` runs there instead
+    (an onnxruntime / TensorRT runtime from ``export.backend_choice.open_stage_runtimes``), same tensors in and out."""
+
+    def __init__(self, networks: LivePortraitNetworks, device: str = "cpu", fp16: bool = False,
+                 runtimes: Mapping[str, StageRunner] | None = None):
         self.device = torch.device(device)
         if fp16 and self.device.type != "cuda":
             raise EngineError("fp16 rendering needs a CUDA device")
+        unknown = sorted(set(runtimes or {}) - set(RUNTIME_STAGES))
+        if unknown:
+            raise EngineError(f"the renderer runs no stage {unknown}; it can hand over {', '.join(RUNTIME_STAGES)}")
         self.networks = networks.to(self.device)
         self.fp16 = fp16
+        self.runtimes: dict[str, StageRunner] = dict(runtimes or {})
         self.times = StageTimes()
+
+    def _run_stage(self, stage: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One stage on its runtime; float32 inputs; outputs copied to the renderer's device (a runtime may
+        reuse its output buffers on the next call, and the avatar cache outlives that)."""
+        out = self.runtimes[stage].run({k: v.float().contiguous() for k, v in inputs.items()})
+        return {k: v.to(self.device, copy=True) for k, v in out.items()}
+
+    def _motion(self, x: torch.Tensor) -> KeypointInfo:
+        if MOTION_STAGE in self.runtimes:
+            return keypoint_info(self._run_stage(MOTION_STAGE, img=x))
+        with self._autocast():
+            return keypoint_info(self.networks.motion_extractor(x))
 
     def _autocast(self):
         if self.fp16:
@@ -75,22 +109,28 @@ class Renderer:
         if np.asarray(image256).shape[:2] != (INPUT_SIZE, INPUT_SIZE):
             raise EngineError(f"the LivePortrait source input must be {INPUT_SIZE}x{INPUT_SIZE}, got {np.shape(image256)}")
         x = image_to_tensor(image256, self.device)
-        with self._autocast():
-            with self._timed("appearance_feature_extractor"):
-                f_s = self.networks.appearance_feature_extractor(x).float()
-            with self._timed("motion_extractor"):
-                info = keypoint_info(self.networks.motion_extractor(x))
+        with self._timed("appearance_feature_extractor"):
+            if APPEARANCE_STAGE in self.runtimes:
+                f_s = self._run_stage(APPEARANCE_STAGE, img=x)["f_s"].float()
+            else:
+                with self._autocast():
+                    f_s = self.networks.appearance_feature_extractor(x).float()
+        with self._timed("motion_extractor"):
+            info = self._motion(x)
         return PreparedAvatar(feature_3d=f_s, motion=info, keypoints=source_keypoints(info))
 
     @torch.inference_mode()
     def extract_motion(self, images256: np.ndarray) -> KeypointInfo:
         """The motion extractor on a batch of 256 x 256 frames (driving video, tests)."""
-        with self._autocast():
-            return keypoint_info(self.networks.motion_extractor(image_to_tensor(images256, self.device)))
+        return self._motion(image_to_tensor(images256, self.device))
 
     @torch.inference_mode()
     def warp_decode(self, feature_3d: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
         """W then G on a batch: -> (B,3,512,512) float in [0,1]."""
+        if WARP_STAGE in self.runtimes:
+            with self._timed(WARP_STAGE):
+                return self._run_stage(WARP_STAGE, feature_3d=feature_3d, kp_driving=kp_driving,
+                                       kp_source=kp_source)["image"].float()
         with self._autocast():
             with self._timed("warping_module"):
                 warped = self.networks.warping_module(feature_3d, kp_driving=kp_driving, kp_source=kp_source)["out"]
