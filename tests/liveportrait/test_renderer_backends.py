@@ -138,3 +138,27 @@ def test_cli_passes_backend_options_only_when_given():
         assert backend_options(parser.parse_args(required + ["--backend", "torch"])) == {}  # lite, torch: fine
         with pytest.raises(EngineError, match="'lite' engine runs none"):
             backend_options(parser.parse_args(required + ["--backend", "onnxruntime"]))
+
+
+def test_renderer_runs_the_extractors_on_onnxruntime(small_networks, source_image256, tmp_path):
+    from export.onnx_export import export_onnx
+    from export.runtimes import OnnxRuntime
+    from export.stages import AppearanceStage, MotionStage, get_stage
+    from engines.liveportrait.renderer import Renderer
+
+    torch.set_num_threads(2)
+    img = torch.from_numpy(source_image256).permute(2, 0, 1)[None].float() / 255
+    runtimes = {}
+    for name, stage in (("appearance_feature_extractor", AppearanceStage(small_networks.appearance_feature_extractor)),
+                        ("motion_extractor", MotionStage(small_networks.motion_extractor))):
+        spec = get_stage(name)
+        graph = export_onnx(stage.eval(), (img,), tmp_path / f"{name}.onnx", input_names=spec.input_names,
+                            output_names=spec.output_names, dynamic_axes=spec.dynamic_axes)
+        runtimes[name] = CountingRuntime(OnnxRuntime(graph.path, threads=2))
+    expected = Renderer(small_networks).prepare(source_image256)
+    got = Renderer(small_networks, runtimes=runtimes).prepare(source_image256)
+    assert all(r.calls == 1 for r in runtimes.values())
+    torch.testing.assert_close(got.feature_3d, expected.feature_3d, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.keypoints, expected.keypoints, rtol=1e-4, atol=1e-4)
+    with pytest.raises(EngineError, match="runs no stage"):
+        Renderer(small_networks, runtimes={"audio_encoder": runtimes["motion_extractor"]})
