@@ -13,6 +13,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY avatarstream avatarstream
 COPY realtime realtime
 COPY engines engines
 COPY export export

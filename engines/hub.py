@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 LIVEPORTRAIT_REPO = "KwaiVGI/LivePortrait"
 JOYVASA_REPO = "jdh-algo/JoyVASA"

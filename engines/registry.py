@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from engines.base import AvatarEngine, EngineError
+from avatarstream.engines.base import AvatarEngine, EngineError
 
 # name -> "module:factory"; factory(**options) -> AvatarEngine
 ENGINES: dict[str, str] = {
-    "lite": "engines.lite.engine:LiteEngine",
-    "joyvasa": "engines.joyvasa.avatar_engine:JoyVasaEngine",
-    "loopy": "engines.loopy.avatar_engine:LoopyEngine",
+    "lite": "avatarstream.engines.lite.engine:LiteEngine",
+    "joyvasa": "avatarstream.engines.joyvasa.avatar_engine:JoyVasaEngine",
+    "loopy": "avatarstream.engines.loopy.avatar_engine:LoopyEngine",
 }
 
 

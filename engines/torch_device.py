@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 
 def resolve_device(device: str | None) -> str:

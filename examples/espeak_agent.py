@@ -22,9 +22,7 @@ import wave
 from io import BytesIO
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from realtime.client import AvatarClient  # noqa: E402
+from avatarstream.realtime.client import AvatarClient 
 
 
 def espeak_pcm(text: str, words_per_minute: int = 160) -> tuple[bytes, int]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from engines.base import EngineError
-from export.runtimes import BACKENDS, StageRuntime, open_runtime
-from export.stages import NetworkSource, get_stage, stage_names
+from avatarstream.engines.base import EngineError
+from avatarstream.export.runtimes import BACKENDS, StageRuntime, open_runtime
+from avatarstream.export.stages import NetworkSource, get_stage, stage_names
 
 
 def parse_backend_choice(text: str, stages: Iterable[str] | None = None) -> dict[str, str]:
@@ -52,7 +52,7 @@ def open_stage_runtimes(
     if any(b != "torch" for b in choice.values()):
         if engines_dir is None:
             raise EngineError("onnxruntime / tensorrt stages need the ENGINES_DIR written by 'avatar export'")
-        from export.exporter import load_export
+        from avatarstream.export.exporter import load_export
 
         graphs, engines = load_export(Path(engines_dir))
     runtimes: dict[str, StageRuntime] = {}

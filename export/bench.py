@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 
-from engines.base import EngineError
-from export.parity import compare_outputs
-from export.runtimes import BACKENDS, StageRuntime, open_runtime
-from export.stages import NetworkSource, get_stage, stage_names
+from avatarstream.engines.base import EngineError
+from avatarstream.export.parity import compare_outputs
+from avatarstream.export.runtimes import BACKENDS, StageRuntime, open_runtime
+from avatarstream.export.stages import NetworkSource, get_stage, stage_names
 
 CPU_MAX_BATCH = 2  # warp + SPADE takes seconds per frame on CPU; larger batches only on a GPU
 
@@ -70,7 +70,7 @@ def _time_runtime(runtime: StageRuntime, feeds: dict[str, torch.Tensor], device:
 
 def run_bench(opts, stages: Sequence[str] | None = None) -> dict:
     """``opts`` is ``realtime.bench_command.BenchOptions``; ``stages`` limits the stages (default: all)."""
-    from export.exporter import export_all
+    from avatarstream.export.exporter import export_all
 
     device = "cuda" if opts.device == "cuda" else "cpu"
     backends, skipped = _backends(opts.backend, device)

@@ -11,10 +11,10 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
-from engines.base import EngineError
-from export.grid_sample_5d import GRID_SAMPLE_MODES, grid_sample_mode
-from export.onnx_export import OnnxGraph, export_onnx, read_manifest
-from export.stages import NetworkSource, StageSpec, get_stage, stage_names
+from avatarstream.engines.base import EngineError
+from avatarstream.export.grid_sample_5d import GRID_SAMPLE_MODES, grid_sample_mode
+from avatarstream.export.onnx_export import OnnxGraph, export_onnx, read_manifest
+from avatarstream.export.stages import NetworkSource, StageSpec, get_stage, stage_names
 
 MANIFEST = "manifest.json"
 
@@ -62,7 +62,7 @@ def export_all(
     names = list(stages) if stages is not None else stage_names()
     specs = [get_stage(n) for n in names]
     if backend == "tensorrt":  # fail before the long ONNX exports
-        from export.tensorrt_build import gpu_name, import_tensorrt
+        from avatarstream.export.tensorrt_build import gpu_name, import_tensorrt
 
         import_tensorrt()
         gpu_name()
@@ -78,7 +78,7 @@ def export_all(
             result.seconds[f"{spec.name}.onnx"] = round(time.perf_counter() - t0, 2)
             bar.update(1)
             if backend == "tensorrt":
-                from export.tensorrt_build import build_engine
+                from avatarstream.export.tensorrt_build import build_engine
 
                 bar.set_postfix_str(f"{spec.name} -> tensorrt")
                 built = build_engine(result.graphs[spec.name], out_dir / "tensorrt", name=spec.name,

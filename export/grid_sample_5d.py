@@ -94,7 +94,7 @@ def _check_shapes(volume: torch.Tensor, grid: torch.Tensor) -> None:
         raise ValueError(f"need volume (N,C,D,H,W) and grid (N,Do,Ho,Wo,3), got {tuple(volume.shape)} and {tuple(grid.shape)}")
 
 
-HELPER_MODULE = "engines.liveportrait.grid_sample"
+HELPER_MODULE = "avatarstream.engines.liveportrait.grid_sample"
 HELPER_FUNCTION = "grid_sample_3d"
 
 
@@ -117,7 +117,7 @@ def grid_sample_mode(mode: str) -> Iterator[None]:
 
     patched: list[object] = []
     for name, module in list(sys.modules.items()):
-        if module is not None and name.startswith("engines.liveportrait") and getattr(module, HELPER_FUNCTION, None) is original:
+        if module is not None and name.startswith("avatarstream.engines.liveportrait") and getattr(module, HELPER_FUNCTION, None) is original:
             setattr(module, HELPER_FUNCTION, replacement)
             patched.append(module)
     try:

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from export.runtimes import StageRuntime
+from avatarstream.export.runtimes import StageRuntime
 
 FP32_RELATIVE_BOUND = 1e-4
 
@@ -100,8 +100,8 @@ def check_export(source, result, *, fp16: bool = False, batch: int = 1, progress
     """
     from tqdm import tqdm
 
-    from export.runtimes import OnnxRuntime, TensorRTRuntime
-    from export.stages import get_stage
+    from avatarstream.export.runtimes import OnnxRuntime, TensorRTRuntime
+    from avatarstream.export.stages import get_stage
 
     reports = []
     for name, graph in tqdm(result.graphs.items(), desc="parity", unit="stage", disable=not progress):

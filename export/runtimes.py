@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -141,7 +141,7 @@ class TensorRTRuntime:
     backend = "tensorrt"
 
     def __init__(self, engine_path: Path, *, device: str = "cuda", use_cuda_graph: bool = True) -> None:
-        from export.tensorrt_build import import_tensorrt
+        from avatarstream.export.tensorrt_build import import_tensorrt
 
         trt = import_tensorrt()
         if not torch.cuda.is_available():

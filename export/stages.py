@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from engines.base import SAMPLES_PER_FRAME, EngineError
-from export.tensorrt_build import ProfileShapes
+from avatarstream.engines.base import SAMPLES_PER_FRAME, EngineError
+from avatarstream.export.tensorrt_build import ProfileShapes
 
 MAX_RENDER_BATCH = 16
 MAX_DIT_WINDOWS = 8  # guided windows per denoising call (2 rows each)
@@ -53,7 +53,7 @@ class NetworkSource:
 
     def liveportrait(self):
         """``engines.liveportrait.checkpoint.LivePortraitNetworks`` (F, M, W, G, stitching, lip, eye)."""
-        from engines.liveportrait.checkpoint import LivePortraitNetworks, load_networks
+        from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks, load_networks
 
         if self._liveportrait is None:
             if self.weights is None:
@@ -64,7 +64,7 @@ class NetworkSource:
 
     def joyvasa(self) -> nn.Module:
         """``engines.joyvasa.network.DitTalkingHead`` (HuBERT audio encoder + denoising transformer)."""
-        from engines.joyvasa.checkpoint import load_motion_generator, random_motion_generator
+        from avatarstream.engines.joyvasa.checkpoint import load_motion_generator, random_motion_generator
 
         if self._joyvasa is None:
             if self.weights is None:
@@ -76,7 +76,7 @@ class NetworkSource:
 
 def find_joyvasa_checkpoint(root: Path) -> Path:
     """The JoyVASA motion generator file under ``root`` (``JoyVASA/motion_generator/*.pt`` in the HF layout)."""
-    from engines.joyvasa.checkpoint import DEFAULT_FILE_NAME
+    from avatarstream.engines.joyvasa.checkpoint import DEFAULT_FILE_NAME
 
     for candidate in (root / "JoyVASA" / "motion_generator" / DEFAULT_FILE_NAME, root / "motion_generator" / DEFAULT_FILE_NAME,
                       root / DEFAULT_FILE_NAME):
@@ -142,7 +142,7 @@ class AudioEncoderStage(nn.Module):
         self.encoder, self.feature_map = model.audio_encoder, model.audio_feature_map
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        from engines.joyvasa.audio_encoder import encode_audio
+        from avatarstream.engines.joyvasa.audio_encoder import encode_audio
 
         return self.feature_map(encode_audio(self.encoder, audio))
 

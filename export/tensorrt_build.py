@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from engines.base import EngineError
-from export.onnx_export import OnnxGraph
+from avatarstream.engines.base import EngineError
+from avatarstream.export.onnx_export import OnnxGraph
 
 Shape = tuple[int, ...]
 

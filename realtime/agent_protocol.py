@@ -26,7 +26,7 @@ from typing import Any
 import av
 import numpy as np
 
-from engines.base import SAMPLE_RATE, EngineError
+from avatarstream.engines.base import SAMPLE_RATE, EngineError
 
 ACCEPTED_RATES: tuple[int, ...] = (16_000, 24_000, 48_000)
 MAX_FRAME_SECONDS = 1.0  # a binary frame may carry at most this much audio

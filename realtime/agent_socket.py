@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from engines.base import EngineError
-from realtime.playback import BufferFull
-from realtime.agent_protocol import (
+from avatarstream.engines.base import EngineError
+from avatarstream.realtime.playback import BufferFull
+from avatarstream.realtime.agent_protocol import (
     MAX_FRAME_SECONDS,
     ControlMessage,
     PcmResampler,
@@ -134,7 +134,7 @@ async def forward_events(queue: asyncio.Queue, conn: AgentConnection) -> None:
 
 
 async def handle(api: Any, request: web.Request) -> web.StreamResponse:
-    from realtime.sessions_api import json_error
+    from avatarstream.realtime.sessions_api import json_error
 
     session = api.authorize(request)
     links = api.links_of(session)

@@ -13,7 +13,7 @@ import av
 import numpy as np
 from scipy.signal import firwin, lfilter
 
-from engines.base import SAMPLE_RATE
+from avatarstream.engines.base import SAMPLE_RATE
 
 
 class MicResampler:

@@ -26,8 +26,8 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
-from engines.base import EngineError
-from realtime.agent_protocol import ACCEPTED_RATES, MAX_FRAME_SECONDS
+from avatarstream.engines.base import EngineError
+from avatarstream.realtime.agent_protocol import ACCEPTED_RATES, MAX_FRAME_SECONDS
 
 log = logging.getLogger(__name__)
 

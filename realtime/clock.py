@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 
-from engines.base import FPS
+from avatarstream.engines.base import FPS
 
 VIDEO_CLOCK_RATE = 90_000
 AUDIO_CLOCK_RATE = 48_000

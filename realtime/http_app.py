@@ -12,20 +12,21 @@ import base64
 import binascii
 import logging
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
 
-from engines.base import AvatarEngine, EngineError, NoFaceError, Portrait
-from realtime.peer import OfferError, check_offer, connect_viewer
-from realtime.portrait_io import UnreadableImageError, load_portrait, portrait_from_bytes
-from realtime.session import SessionOptions
-from realtime.session_registry import RegistryConfig, SessionLimitError, SessionRegistry
+from avatarstream.engines.base import AvatarEngine, EngineError, NoFaceError, Portrait
+from avatarstream.realtime.peer import OfferError, check_offer, connect_viewer
+from avatarstream.realtime.portrait_io import UnreadableImageError, load_portrait, portrait_from_bytes
+from avatarstream.realtime.session import SessionOptions
+from avatarstream.realtime.session_registry import RegistryConfig, SessionLimitError, SessionRegistry
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+WEB_DIR = Path(str(files("avatarstream.web")))
 REGISTRY_KEY = web.AppKey("registry", SessionRegistry)
 CONFIG_KEY = web.AppKey("config", object)
 
@@ -172,7 +173,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_static("/static/", WEB_DIR, show_index=False)
 
-    from realtime import sessions_api
+    from avatarstream.realtime import sessions_api
 
     sessions_api.register(app, registry)
 

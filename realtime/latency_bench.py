@@ -31,7 +31,7 @@ import numpy as np
 from aiohttp import web
 from tqdm import tqdm
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 UTTERANCES = ["papa", "hello there", "mama", "open wide", "baba", "how are you", "yes", "goodbye"]
 SIZE = 512
@@ -78,7 +78,7 @@ def stats_ms(values_s: list[float]) -> dict:
 
 
 async def _start_server():
-    from realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
+    from avatarstream.realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
 
     app = create_app(ServerConfig(engine="lite", size=SIZE, max_sessions=2, port=0))
     runner = web.AppRunner(app)
@@ -90,8 +90,8 @@ async def _start_server():
 
 
 async def _bench(opts) -> dict:
-    from realtime.client import AvatarClient
-    from realtime.viewer_recorder import RecordingViewer
+    from avatarstream.realtime.client import AvatarClient
+    from avatarstream.realtime.viewer_recorder import RecordingViewer
 
     n_sessions = 1 if opts.quick else 5
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
@@ -167,7 +167,7 @@ async def _bench(opts) -> dict:
 
 def _mouth_latencies(rec, pushes, t_idle_end: float):
     """Per utterance: first frame after the push whose mouth opening clearly exceeds idle motion."""
-    from realtime.viewer_recorder import mouth_openings
+    from avatarstream.realtime.viewer_recorder import mouth_openings
 
     arrivals = np.array([v.t for v in rec.video])
     sent = rec.video_times()  # sender wall clock (time.time)

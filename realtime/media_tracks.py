@@ -19,11 +19,11 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDEO_FRAME, AUDIO_SAMPLES_PER_FRAME,
+from avatarstream.realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDEO_FRAME, AUDIO_SAMPLES_PER_FRAME,
                             AUDIO_TIME_BASE, VIDEO_TIME_BASE)
 
 if TYPE_CHECKING:
-    from realtime.session import AvatarSession
+    from avatarstream.realtime.session import AvatarSession
 
 MAX_VIDEO_LAG_FRAMES = 1  # a video sender may run up to one frame late (it catches up) before skipping
 MAX_AUDIO_LAG_FRAMES = 10  # an audio sender more than 200 ms behind the clock skips ahead;

@@ -13,8 +13,8 @@ from typing import Awaitable, Callable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from engines.base import EngineError
-from realtime.session import AvatarSession
+from avatarstream.engines.base import EngineError
+from avatarstream.realtime.session import AvatarSession
 
 log = logging.getLogger(__name__)
 

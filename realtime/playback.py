@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engines.base import SAMPLE_RATE, EngineError, check_audio
+from avatarstream.engines.base import SAMPLE_RATE, EngineError, check_audio
 
 
 class BufferFull(EngineError):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engines.base import EngineError, Portrait
+from avatarstream.engines.base import EngineError, Portrait
 
-PORTRAITS_DIR = Path(__file__).resolve().parents[1] / "engines" / "lite" / "portraits"
+PORTRAITS_DIR = Path(str(files("avatarstream.engines.lite") / "portraits"))
 DEMO_PORTRAITS = {"human": PORTRAITS_DIR / "astronaut.jpg", "astronaut": PORTRAITS_DIR / "astronaut.jpg",
                   "cat": PORTRAITS_DIR / "cat.jpg"}
 MAX_IMAGE_BYTES = 20 * 2**20

@@ -32,10 +32,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from engines.base import SAMPLES_PER_FRAME, FPS, AvatarEngine, AvatarFrame, EngineStream, Portrait
-from realtime.audio_convert import MicResampler, Upsampler16kTo48k
-from realtime.clock import AUDIO_SAMPLES_PER_FRAME, SessionClock
-from realtime.playback import PlaybackBuffer, PlaybackMarker
+from avatarstream.engines.base import SAMPLES_PER_FRAME, FPS, AvatarEngine, AvatarFrame, EngineStream, Portrait
+from avatarstream.realtime.audio_convert import MicResampler, Upsampler16kTo48k
+from avatarstream.realtime.clock import AUDIO_SAMPLES_PER_FRAME, SessionClock
+from avatarstream.realtime.playback import PlaybackBuffer, PlaybackMarker
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ class AvatarSession:
     def add_viewer(self, pc) -> None:
         """Add this session's video + audio tracks to ``pc`` (call after setRemoteDescription)
         and forward events to its data channel named "events" if the viewer opens one."""
-        from realtime.media_tracks import AvatarAudioTrack, AvatarVideoTrack
+        from avatarstream.realtime.media_tracks import AvatarAudioTrack, AvatarVideoTrack
 
         self.last_activity = time.monotonic()
         tracks = [AvatarVideoTrack(self), AvatarAudioTrack(self)]

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
-from engines.base import AvatarEngine, EngineError, Portrait
-from realtime.session import AvatarSession, SessionOptions
+from avatarstream.engines.base import AvatarEngine, EngineError, Portrait
+from avatarstream.realtime.session import AvatarSession, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class RegistryConfig:
 class SessionRegistry:
     def __init__(self, config: RegistryConfig, default_portrait: Portrait,
                  engine_loader: Callable[..., AvatarEngine] | None = None) -> None:
-        from engines.registry import load_engine
+        from avatarstream.engines.registry import load_engine
 
         self.config = config
         self.default_portrait = default_portrait

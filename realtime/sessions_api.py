@@ -26,6 +26,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,16 @@ from aiohttp import web
 from aiortc import RTCPeerConnection
 from yarl import URL
 
-from engines.base import FPS, EngineError, NoFaceError, Portrait
-from realtime.portrait_io import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
-from realtime.peer import OfferError, check_offer, connect_viewer
-from realtime.session_registry import SessionLimitError
+from avatarstream.engines.base import FPS, EngineError, NoFaceError, Portrait
+from avatarstream.realtime.portrait_io import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
+from avatarstream.realtime.peer import OfferError, check_offer, connect_viewer
+from avatarstream.realtime.session_registry import SessionLimitError
 
 log = logging.getLogger(__name__)
 
 SIZES = (256, 512)
 API_KEY_ENV = "AVATARSTREAM_API_KEY"
-WATCH_PAGE = Path(__file__).resolve().parents[1] / "web" / "watch.html"
+WATCH_PAGE = Path(str(files("avatarstream.web") / "watch.html"))
 
 
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
@@ -194,7 +195,7 @@ class SessionsApi:
     # ---- viewers -----------------------------------------------------------------------------
     async def _answer(self, request: web.Request, session: Any, offer_sdp: object, offer_type: object = "offer") -> tuple[str, Any]:
         """Connect one more viewer to ``session``; returns (viewer id, answer description)."""
-        from realtime.http_app import CONFIG_KEY
+        from avatarstream.realtime.http_app import CONFIG_KEY
 
         cfg = request.app.get(CONFIG_KEY)
         links = self.links_of(session)
@@ -327,7 +328,7 @@ def register(app: web.Application, registry: Any, *, api_key: str | None = None)
 
     ``api_key`` (or the environment variable ``AVATARSTREAM_API_KEY``) protects ``POST /v1/sessions``.
     """
-    from realtime import agent_socket
+    from avatarstream.realtime import agent_socket
 
     api = SessionsApi(registry, api_key=api_key or os.environ.get(API_KEY_ENV) or None)
     app[SESSIONS_API] = api

@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtcpSrPacket
 
-from realtime.peer import ice_configuration
+from avatarstream.realtime.peer import ice_configuration
 
 VIDEO_RATE = 90_000
 NTP_TO_UNIX = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
@@ -88,7 +88,7 @@ def mouth_openings(images: list[np.ndarray], redetect_every: int = 25) -> np.nda
     The face is detected now and then; in between, landmarks are fitted in the last box (the head
     only sways a little). NaN where no face was found.
     """
-    from engines.face import NoFaceError, detect_face, landmarks_in_box, mouth_opening
+    from avatarstream.engines.face import NoFaceError, detect_face, landmarks_in_box, mouth_opening
 
     out = np.full(len(images), np.nan)
     face = None

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
-
+import time
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PORTRAITS = REPO / "engines" / "lite" / "portraits"
@@ -34,7 +40,7 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
 def test_cli_parser_and_lite_engine_need_no_torch():
     r = run_without_torch(
         f"""
-        from realtime.cli import build_parser
+        from avatarstream.cli import build_parser
         build_parser().parse_args(['serve', '--help']) if False else None
         for cmd in ('serve', 'render', 'bench'):
             try:
@@ -42,8 +48,8 @@ def test_cli_parser_and_lite_engine_need_no_torch():
             except SystemExit as e:
                 assert e.code == 0, cmd
         import numpy as np, cv2
-        from engines.registry import load_engine
-        from engines.base import Portrait
+        from avatarstream.engines.registry import load_engine
+        from avatarstream.engines.base import Portrait
         img = cv2.cvtColor(cv2.imread(r'{PORTRAITS / "astronaut.jpg"}'), cv2.COLOR_BGR2RGB)
         stream = load_engine('lite').open_stream(Portrait(img), size=256)
         t = np.arange(16000) / 16000
@@ -60,8 +66,8 @@ def test_cli_parser_and_lite_engine_need_no_torch():
 def test_neural_engine_without_torch_says_what_to_install():
     r = run_without_torch(
         """
-        from engines.registry import load_engine
-        from engines.base import EngineError
+        from avatarstream.engines.registry import load_engine
+        from avatarstream.engines.base import EngineError
         try:
             load_engine('joyvasa', weights='/nonexistent')
         except EngineError as e:
@@ -70,3 +76,91 @@ def test_neural_engine_without_torch_says_what_to_install():
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "pip install" in r.stdout and "neural" in r.stdout
+
+
+# -- one installed namespace ---------------------------------------------------------------------------------------
+
+def _declared_packages() -> tuple[list[str], dict[str, str]]:
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return cfg["packages"], cfg["package-dir"]
+
+
+def test_every_source_folder_is_a_declared_package():
+    packages, package_dir = _declared_packages()
+    found = set()
+    for installed, folder in package_dir.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((installed, *rel)))
+    assert found == set(packages), f"pyproject.toml packages differ from the folders: {sorted(found ^ set(packages))}"
+
+
+def test_public_api_names_resolve():
+    r = run_without_torch(
+        """
+        import avatarstream
+        assert 'torch' not in sys.modules and 'aiortc' not in sys.modules
+        names = avatarstream.__all__
+        for name in names:
+            getattr(avatarstream, name)
+        assert 'torch' not in sys.modules
+        print('ok', len(names))
+        """
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_pip_install_puts_exactly_one_top_level_package_and_serves(tmp_path):
+    """``pip install .`` (non-editable) gives site-packages one name, ``avatarstream``; the installed copy
+    serves the page and the demo portrait from its own package data, run from outside the repository."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(REPO)], check=True, capture_output=True, text=True, timeout=240)
+    names = sorted(p.name for p in target.iterdir() if p.name != "bin")
+    assert [n for n in names if not n.endswith(".dist-info")] == ["avatarstream"], names
+    assert [n for n in names if n.endswith(".dist-info")] == ["avatarstream-0.1.0.dist-info"], names
+    installed = target / "avatarstream"
+    assert (installed / "web" / "index.html").is_file()
+    assert (installed / "engines" / "lite" / "portraits" / "cat.jpg").is_file()
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(port), "--image", "cat"],
+                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        page = _wait_for(f"http://127.0.0.1:{port}/", proc, log)
+        assert "<video" in page
+        health = json.loads(_wait_for(f"http://127.0.0.1:{port}/health", proc, log))
+        assert health["status"] == "ok"
+        where = subprocess.run([sys.executable, "-c", "import avatarstream.engines.base as b; print(b.__file__)"],
+                               cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        assert where.startswith(str(installed)), where
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log) -> str:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in 90 s")

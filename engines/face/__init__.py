@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.base import EngineError, NoFaceError
-from engines.face.landmarks import (FaceLandmarks, eye_centers, eye_distance, eye_openness, face_axes,
+from avatarstream.engines.base import EngineError, NoFaceError
+from avatarstream.engines.face.landmarks import (FaceLandmarks, eye_centers, eye_distance, eye_openness, face_axes,
                                     mouth_opening, mouth_width)
 
 KINDS = ("auto", "human", "animal")
@@ -32,13 +32,13 @@ def detect_face(image_rgb: np.ndarray, kind: str = "auto") -> FaceLandmarks:
         raise EngineError(f"unknown face kind {kind!r}; choose one of {', '.join(KINDS)}")
     img = _check_image(image_rgb)
     if kind in ("auto", "human"):
-        from engines.face.human import detect_human
+        from avatarstream.engines.face.human import detect_human
 
         face = detect_human(img)
         if face is not None:
             return face
     if kind in ("auto", "animal"):
-        from engines.face.animal import detect_cat
+        from avatarstream.engines.face.animal import detect_cat
 
         face = detect_cat(img)
         if face is not None:
@@ -52,10 +52,10 @@ def landmarks_in_box(image_rgb: np.ndarray, box, kind: str = "human") -> FaceLan
     """Landmarks for a face whose box is already known (tracking across video frames)."""
     img = _check_image(image_rgb)
     if kind == "human":
-        from engines.face.human import human_landmarks_in_box
+        from avatarstream.engines.face.human import human_landmarks_in_box
 
         return human_landmarks_in_box(img, box)
-    from engines.face.animal import cat_landmarks_in_box
+    from avatarstream.engines.face.animal import cat_landmarks_in_box
 
     return cat_landmarks_in_box(img, box)
 

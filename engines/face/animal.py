@@ -18,8 +18,8 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from engines.face.landmarks import FaceLandmarks
-from engines.face.layout import CAT, place_layout
+from avatarstream.engines.face.landmarks import FaceLandmarks
+from avatarstream.engines.face.layout import CAT, place_layout
 
 CASCADES = ("haarcascade_frontalcatface_extended.xml", "haarcascade_frontalcatface.xml")
 PADS = (0.0, 0.15, 0.3, 0.45)  # border added on each side, as a fraction of the longer side

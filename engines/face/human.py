@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import EngineError
-from engines.face.landmarks import FaceLandmarks
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.face.landmarks import FaceLandmarks
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 DETECT_MAX_SIDE = 800  # larger images are downscaled for the detector (landmarks use full resolution)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.base import EngineError, SAMPLES_PER_FRAME
+from avatarstream.engines.base import EngineError, SAMPLES_PER_FRAME
 
 # JoyVASA ``audio_model`` argument -> encoder family
 AUDIO_MODELS: dict[str, str] = {

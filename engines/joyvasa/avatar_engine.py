@@ -29,17 +29,17 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, MissingWeightsError, Portrait, StageTimes,
+from avatarstream.engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, MissingWeightsError, Portrait, StageTimes,
                           check_audio, validate_controls)
-from engines.joyvasa.checkpoint import load_motion_generator
-from engines.torch_device import resolve_device
-from engines.joyvasa.motion import DRIVING_MULTIPLIER, LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion
-from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
-from engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
-from engines.liveportrait.config import LivePortraitConfig
-from engines.liveportrait.renderer import RUNTIME_STAGES, PreparedAvatar, Renderer
-from engines.liveportrait.face_models import FaceModels
-from engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_with_transform, paste_back,
+from avatarstream.engines.joyvasa.checkpoint import load_motion_generator
+from avatarstream.engines.torch_device import resolve_device
+from avatarstream.engines.joyvasa.motion import DRIVING_MULTIPLIER, LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion
+from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
+from avatarstream.engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
+from avatarstream.engines.liveportrait.config import LivePortraitConfig
+from avatarstream.engines.liveportrait.renderer import RUNTIME_STAGES, PreparedAvatar, Renderer
+from avatarstream.engines.liveportrait.face_models import FaceModels
+from avatarstream.engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_with_transform, paste_back,
                                          soft_mask, whole_image_source)
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def render_backends(backend: str) -> dict[str, str]:
     ``export`` is imported only here, and only for a backend other than plain ``torch``."""
     if backend.strip() in ("", "torch"):
         return {}
-    from export.backend_choice import parse_backend_choice
+    from avatarstream.export.backend_choice import parse_backend_choice
 
     choice = parse_backend_choice(backend)
     ignored = sorted(n for n, b in choice.items() if n not in RUNTIME_STAGES and b != "torch")
@@ -88,8 +88,8 @@ def open_render_runtimes(choice: Mapping[str, str], engines_dir: str | Path | No
     check_engines_dir(choice, engines_dir)
     if not choice:
         return {}
-    from export.backend_choice import open_stage_runtimes
-    from export.stages import NetworkSource
+    from avatarstream.export.backend_choice import open_stage_runtimes
+    from avatarstream.export.stages import NetworkSource
 
     # Only non-torch stages are opened, so the network source is never built from.
     return open_stage_runtimes(choice, source=NetworkSource(), engines_dir=Path(engines_dir), device=device)
@@ -173,8 +173,8 @@ class JoyVasaEngine:
 
     def open_stream(self, portrait: Portrait, *, size: int = 512,
                     controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
-        from engines.face import detect_face
-        from engines.lite.framing import frame_portrait
+        from avatarstream.engines.face import detect_face
+        from avatarstream.engines.lite.framing import frame_portrait
 
         if size not in (256, 512):
             raise EngineError(f"the joyvasa engine renders 256 or 512 pixel frames, got {size}")

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
-from engines.joyvasa.checkpoint import load_motion_generator, random_motion_generator, small_motion_generator
-from engines.joyvasa.motion import MotionTemplate
-from engines.joyvasa.network import DitTalkingHead
-from engines.joyvasa.offline import generate_offline, initial_noise, sample_window
-from engines.joyvasa.sampler import sample
-from engines.joyvasa.streaming import FRAME_MS, StreamingConfig, StreamingMotionGenerator
+from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
+from avatarstream.engines.joyvasa.checkpoint import load_motion_generator, random_motion_generator, small_motion_generator
+from avatarstream.engines.joyvasa.motion import MotionTemplate
+from avatarstream.engines.joyvasa.network import DitTalkingHead
+from avatarstream.engines.joyvasa.offline import generate_offline, initial_noise, sample_window
+from avatarstream.engines.joyvasa.sampler import sample
+from avatarstream.engines.joyvasa.streaming import FRAME_MS, StreamingConfig, StreamingMotionGenerator
 
 GENERATOR_FILE = "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt"
 TEMPLATE_FILE = "JoyVASA/motion_template/motion_template.pkl"
@@ -164,7 +164,7 @@ def cpu_latency(model, template, audio, quick: bool) -> dict:
 
 
 def cuda_latency(model: DitTalkingHead, template: MotionTemplate, audio: np.ndarray) -> dict:
-    from engines.joyvasa.cuda_graphs import GraphedDenoiser
+    from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
 
     sync = torch.cuda.synchronize
     out = {"gpu": torch.cuda.get_device_name(0)}

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import torch
 
-from engines.base import EngineError, MissingWeightsError
-from engines.joyvasa.network import DitConfig, DitTalkingHead
+from avatarstream.engines.base import EngineError, MissingWeightsError
+from avatarstream.engines.joyvasa.network import DitConfig, DitTalkingHead
 
 TE_KEY = "denoising_net.TE.pe"
 POS_CONV = "audio_encoder.encoder.pos_conv_embed.conv."
@@ -148,7 +148,7 @@ SMALL_CONFIG = DitConfig(feature_dim=64, n_heads=4, n_layers=2, n_diff_steps=4)
 
 def small_audio_config(audio_model: str = "hubert_zh"):
     """A 2-layer, 32-wide HuBERT / wav2vec2 config with the real 320-sample stride."""
-    from engines.joyvasa.audio_encoder import audio_encoder_config
+    from avatarstream.engines.joyvasa.audio_encoder import audio_encoder_config
 
     cfg = audio_encoder_config(audio_model)
     for name, value in dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

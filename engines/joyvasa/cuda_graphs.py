@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from engines.base import EngineError
-from engines.joyvasa.network import DitTalkingHead
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.joyvasa.network import DitTalkingHead
 
 
 class GraphedDenoiser:

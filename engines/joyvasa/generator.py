@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from engines.joyvasa.motion import MotionFrame
+from avatarstream.engines.joyvasa.motion import MotionFrame
 
 
 @runtime_checkable

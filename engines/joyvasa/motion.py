@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 MOTION_DIM = 70
 EXP = slice(0, 63)

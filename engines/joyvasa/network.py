@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.joyvasa.audio_encoder import build_audio_encoder, encode_audio
-from engines.joyvasa.schedule import VarianceSchedule, cosine_schedule
+from avatarstream.engines.joyvasa.audio_encoder import build_audio_encoder, encode_audio
+from avatarstream.engines.joyvasa.schedule import VarianceSchedule, cosine_schedule
 
 PE_MODES = ("constant", "per_position")
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, check_audio
-from engines.joyvasa.motion import MotionFrame, MotionTemplate, PoseSmoother
-from engines.joyvasa.network import DitTalkingHead
-from engines.joyvasa.sampler import DEFAULT_CFG_SCALE, sample
+from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, check_audio
+from avatarstream.engines.joyvasa.motion import MotionFrame, MotionTemplate, PoseSmoother
+from avatarstream.engines.joyvasa.network import DitTalkingHead
+from avatarstream.engines.joyvasa.sampler import DEFAULT_CFG_SCALE, sample
 
 PREROLL_SAMPLES = 1280
 TAIL_SAMPLES = 640

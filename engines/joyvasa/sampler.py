@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from engines.joyvasa.schedule import VarianceSchedule
+from avatarstream.engines.joyvasa.schedule import VarianceSchedule
 
 DEFAULT_CFG_SCALE = 2.0  # JoyVASA README examples
 

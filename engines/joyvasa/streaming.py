@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, StageTimes, check_audio
-from engines.joyvasa.motion import POSE_TERMS, MotionFrame, MotionTemplate, PoseSmoother
-from engines.joyvasa.network import DitTalkingHead
-from engines.joyvasa.offline import PREROLL_FRAMES, PREROLL_SAMPLES, TAIL_SAMPLES, initial_noise, sample_window
-from engines.joyvasa.sampler import DEFAULT_CFG_SCALE
+from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, StageTimes, check_audio
+from avatarstream.engines.joyvasa.motion import POSE_TERMS, MotionFrame, MotionTemplate, PoseSmoother
+from avatarstream.engines.joyvasa.network import DitTalkingHead
+from avatarstream.engines.joyvasa.offline import PREROLL_FRAMES, PREROLL_SAMPLES, TAIL_SAMPLES, initial_noise, sample_window
+from avatarstream.engines.joyvasa.sampler import DEFAULT_CFG_SCALE
 
 FUTURE_FILLS = ("null", "truncate")
 FRAME_MS = 1000 * SAMPLES_PER_FRAME / SAMPLE_RATE  # 40
@@ -97,7 +97,7 @@ class StreamingMotionGenerator:
         if config.cuda_graphs:
             if model.device.type != "cuda":
                 raise EngineError("cuda_graphs needs the model on a CUDA device")
-            from engines.joyvasa.cuda_graphs import GraphedDenoiser
+            from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
 
             window = model.cfg.n_motions if config.future_fill == "null" else config.chunk_frames + config.lookahead_audio_frames
             self._graphed = GraphedDenoiser(model, window)

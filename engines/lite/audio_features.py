@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME
+from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 FFT_SIZE = 1024
 _FREQS = np.fft.rfftfreq(FFT_SIZE, 1.0 / SAMPLE_RATE)

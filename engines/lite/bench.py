@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import psutil
 
-from engines.base import FPS, SAMPLE_RATE, Portrait
+from avatarstream.engines.base import FPS, SAMPLE_RATE, Portrait
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as WebRTC delivers microphone audio
 
@@ -104,8 +104,8 @@ def _run(engine, portrait: Portrait, audio: np.ndarray, size: int, paced: bool, 
 
 
 def run_bench(opts) -> dict:
-    from engines.lite.engine import LiteEngine
-    from realtime.portrait_io import load_portrait
+    from avatarstream.engines.lite.engine import LiteEngine
+    from avatarstream.realtime.portrait_io import load_portrait
 
     size = 512
     seconds = 2.0 if opts.quick else float(opts.seconds)

@@ -14,13 +14,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio,
+from avatarstream.engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio,
                           validate_controls)
-from engines.face import FaceLandmarks, detect_face
-from engines.lite.audio_features import AudioFeatureExtractor, FrameFeatures
-from engines.lite.framing import frame_portrait
-from engines.lite.motion import FacePose, MotionControls, MotionGenerator
-from engines.lite.warp_renderer import WarpRenderer
+from avatarstream.engines.face import FaceLandmarks, detect_face
+from avatarstream.engines.lite.audio_features import AudioFeatureExtractor, FrameFeatures
+from avatarstream.engines.lite.framing import frame_portrait
+from avatarstream.engines.lite.motion import FacePose, MotionControls, MotionGenerator
+from avatarstream.engines.lite.warp_renderer import WarpRenderer
 
 SUPPORTED_CONTROLS = {
     "expression_intensity": (0.0, 2.0),  # mouth / brow gain

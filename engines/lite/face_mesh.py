@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import Delaunay
 
-from engines.face import FaceLandmarks, face_axes
+from avatarstream.engines.face import FaceLandmarks, face_axes
 
 RING_POINTS = 24
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.base import FPS
-from engines.lite.audio_features import FrameFeatures
+from avatarstream.engines.base import FPS
+from avatarstream.engines.lite.audio_features import FrameFeatures
 
 
 @dataclass(frozen=True)

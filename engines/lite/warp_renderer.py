@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines.lite.face_mesh import JAW_TRAVEL, FaceMesh, build_mesh, motion_bases
-from engines.lite.framing import FramedPortrait
-from engines.lite.motion import FacePose
-from engines.lite.mouth_interior import paint_mouth
+from avatarstream.engines.lite.face_mesh import JAW_TRAVEL, FaceMesh, build_mesh, motion_bases
+from avatarstream.engines.lite.framing import FramedPortrait
+from avatarstream.engines.lite.motion import FacePose
+from avatarstream.engines.lite.mouth_interior import paint_mouth
 
 JAW_LEVELS = (0.5, 1.0)  # exact piecewise-affine maps at these openings, linear in between
 

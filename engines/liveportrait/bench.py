@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from engines.liveportrait.checkpoint import LivePortraitNetworks, load_networks
+from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks, load_networks
 
 BATCHES = (1, 8)
 NETWORKS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator", "stitching")

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.base import EngineError, MissingWeightsError
-from engines.liveportrait.config import NETWORK_CLASSES, LivePortraitConfig, build_network, build_stitching
-from engines.liveportrait.networks.stitching_retargeting import StitchingRetargetingNetwork
+from avatarstream.engines.base import EngineError, MissingWeightsError
+from avatarstream.engines.liveportrait.config import NETWORK_CLASSES, LivePortraitConfig, build_network, build_stitching
+from avatarstream.engines.liveportrait.networks.stitching_retargeting import StitchingRetargetingNetwork
 
 BASE_NETWORKS = tuple(NETWORK_CLASSES)  # appearance_feature_extractor, motion_extractor, warping_module, spade_generator
 VARIANT_DIRS: dict[str, str] = {

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from engines.liveportrait.networks import (AppearanceFeatureExtractor, MotionExtractor, SPADEDecoder,
+from avatarstream.engines.liveportrait.networks import (AppearanceFeatureExtractor, MotionExtractor, SPADEDecoder,
                                            StitchingRetargetingNetwork, WarpingNetwork)
-from engines.liveportrait.networks.stitching_retargeting import CONFIGS as STITCHING_CONFIGS
+from avatarstream.engines.liveportrait.networks.stitching_retargeting import CONFIGS as STITCHING_CONFIGS
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from engines.base import EngineError, StageTimes
-from engines.liveportrait.camera import KeypointInfo, keypoint_info, source_keypoints
-from engines.liveportrait.checkpoint import LivePortraitNetworks
-from engines.liveportrait.source import INPUT_SIZE
+from avatarstream.engines.base import EngineError, StageTimes
+from avatarstream.engines.liveportrait.camera import KeypointInfo, keypoint_info, source_keypoints
+from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
+from avatarstream.engines.liveportrait.source import INPUT_SIZE
 
 
 @dataclass

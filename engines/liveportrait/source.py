@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 CROP_SIZE = 512
 INPUT_SIZE = 256

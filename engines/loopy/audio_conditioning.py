@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.base import SAMPLES_PER_FRAME
+from avatarstream.engines.base import SAMPLES_PER_FRAME
 
 
 def audio_feature_dim(wav2vec2_config) -> int:

@@ -11,11 +11,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from engines.base import EngineError, MissingWeightsError, Portrait, check_audio
-from engines.loopy.checkpoint import load_weights_dir
-from engines.loopy.face_crop import crop_square, face_square
-from engines.loopy.pipeline import LoopyPipeline, RenderResult
-from engines.torch_device import resolve_device
+from avatarstream.engines.base import EngineError, MissingWeightsError, Portrait, check_audio
+from avatarstream.engines.loopy.checkpoint import load_weights_dir
+from avatarstream.engines.loopy.face_crop import crop_square, face_square
+from avatarstream.engines.loopy.pipeline import LoopyPipeline, RenderResult
+from avatarstream.engines.torch_device import resolve_device
 
 
 class LoopyEngine:

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
-from engines.base import SAMPLE_RATE
-from engines.loopy.checkpoint import load_weights_dir, random_weights
-from engines.loopy.config import get_config
-from engines.loopy.pipeline import LoopyPipeline
+from avatarstream.engines.base import SAMPLE_RATE
+from avatarstream.engines.loopy.checkpoint import load_weights_dir, random_weights
+from avatarstream.engines.loopy.config import get_config
+from avatarstream.engines.loopy.pipeline import LoopyPipeline
 
 
 def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
@@ -102,7 +102,7 @@ def run_bench(opts) -> dict:
     entries = [bench_config("tiny", "cpu", seconds, steps, out_dir)]
     if opts.device == "cuda":
         if not torch.cuda.is_available():
-            from engines.base import EngineError
+            from avatarstream.engines.base import EngineError
 
             raise EngineError("--device cuda requested but no CUDA GPU is available")
         entries.append(bench_config("tiny", "cuda", seconds, steps, out_dir))

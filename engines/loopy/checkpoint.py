@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.base import EngineError, MissingWeightsError
-from engines.loopy.config import LoopyConfig
+from avatarstream.engines.base import EngineError, MissingWeightsError
+from avatarstream.engines.loopy.config import LoopyConfig
 
 CONFIG_FILE = "loopy.json"
 WEIGHTS_FILE = "loopy.safetensors"
@@ -161,8 +161,8 @@ def check_weights_dir(weights_dir: Path) -> None:
 
 
 def load_weights_dir(weights_dir: Path) -> LoopyWeights:
-    from engines.loopy.audio_conditioning import audio_feature_dim
-    from engines.loopy.loopy_model import LoopyModel
+    from avatarstream.engines.loopy.audio_conditioning import audio_feature_dim
+    from avatarstream.engines.loopy.loopy_model import LoopyModel
 
     d = Path(weights_dir)
     check_weights_dir(d)
@@ -191,8 +191,8 @@ def random_weights(cfg: LoopyConfig, seed: int = 0) -> LoopyWeights:
     from diffusers import AutoencoderKL
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from engines.loopy.audio_conditioning import audio_feature_dim
-    from engines.loopy.loopy_model import LoopyModel
+    from avatarstream.engines.loopy.audio_conditioning import audio_feature_dim
+    from avatarstream.engines.loopy.loopy_model import LoopyModel
 
     if not cfg.vae or cfg.wav2vec2 is None:
         raise EngineError("config has no VAE/wav2vec2 architecture for random weights")

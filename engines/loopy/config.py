@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 
-from engines.base import FPS, SAMPLE_RATE, EngineError
+from avatarstream.engines.base import FPS, SAMPLE_RATE, EngineError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from engines.loopy.reference_net import self_attention, spatial_transformers, transformer_blocks
-from engines.loopy.temporal_layers import InterClipTemporalLayer, IntraClipTemporalLayer
+from avatarstream.engines.loopy.reference_net import self_attention, spatial_transformers, transformer_blocks
+from avatarstream.engines.loopy.temporal_layers import InterClipTemporalLayer, IntraClipTemporalLayer
 
 
 @dataclass

@@ -7,14 +7,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engines.base import NoFaceError
+from avatarstream.engines.base import NoFaceError
 
 CROP_SCALE = 2.0  # crop side / larger side of the detected face box
 
 
 def face_square(image: np.ndarray, kind: str = "auto", scale: float = CROP_SCALE) -> tuple[int, int, int] | None:
     """``(x0, y0, side)`` of a face-centred square inside ``image``, or None without a face."""
-    from engines.face import detect_face
+    from avatarstream.engines.face import detect_face
 
     try:
         face = detect_face(image, kind=kind)

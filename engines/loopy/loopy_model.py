@@ -12,11 +12,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from engines.loopy.audio_conditioning import AudioProjection
-from engines.loopy.audio_to_latents import AudioToLatents
-from engines.loopy.config import LoopyConfig
-from engines.loopy.denoising_unet import DenoisingUNet, FrameConditions
-from engines.loopy.reference_net import ReferenceNet
+from avatarstream.engines.loopy.audio_conditioning import AudioProjection
+from avatarstream.engines.loopy.audio_to_latents import AudioToLatents
+from avatarstream.engines.loopy.config import LoopyConfig
+from avatarstream.engines.loopy.denoising_unet import DenoisingUNet, FrameConditions
+from avatarstream.engines.loopy.reference_net import ReferenceNet
 
 
 def build_unet(cfg: LoopyConfig) -> UNet2DConditionModel:

@@ -9,7 +9,7 @@ from typing import Iterable
 import av
 import numpy as np
 
-from engines.base import FPS, SAMPLE_RATE
+from avatarstream.engines.base import FPS, SAMPLE_RATE
 
 
 def write_mp4(path: Path, frames: Iterable[np.ndarray], audio: np.ndarray, fps: int = FPS,

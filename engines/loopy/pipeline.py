@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from engines.base import SAMPLES_PER_FRAME, EngineError, StageTimes
-from engines.loopy.audio_conditioning import AudioFeatureExtractor
-from engines.loopy.checkpoint import LoopyWeights
-from engines.loopy.face_crop import crop_square
-from engines.loopy.guidance import pass_masks, split_and_combine
-from engines.loopy.loopy_model import ReferenceConditioning
-from engines.loopy.mp4 import write_mp4
-from engines.loopy.noise_schedule import sampling_scheduler
-from engines.loopy.temporal_segment import gather_motion_latents
+from avatarstream.engines.base import SAMPLES_PER_FRAME, EngineError, StageTimes
+from avatarstream.engines.loopy.audio_conditioning import AudioFeatureExtractor
+from avatarstream.engines.loopy.checkpoint import LoopyWeights
+from avatarstream.engines.loopy.face_crop import crop_square
+from avatarstream.engines.loopy.guidance import pass_masks, split_and_combine
+from avatarstream.engines.loopy.loopy_model import ReferenceConditioning
+from avatarstream.engines.loopy.mp4 import write_mp4
+from avatarstream.engines.loopy.noise_schedule import sampling_scheduler
+from avatarstream.engines.loopy.temporal_segment import gather_motion_latents
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 # ``progress`` arguments: True/None -> own tqdm bar, False -> silent, an object with

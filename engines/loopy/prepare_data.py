@@ -15,10 +15,10 @@ import av
 import numpy as np
 from tqdm.auto import tqdm
 
-from engines.base import FPS, SAMPLE_RATE, EngineError
-from engines.loopy.dataset import read_audio
-from engines.loopy.face_crop import CROP_SCALE, crop_square, square_around
-from engines.loopy.mp4 import write_mp4
+from avatarstream.engines.base import FPS, SAMPLE_RATE, EngineError
+from avatarstream.engines.loopy.dataset import read_audio
+from avatarstream.engines.loopy.face_crop import CROP_SCALE, crop_square, square_around
+from avatarstream.engines.loopy.mp4 import write_mp4
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 _DETECT_EVERY = 25  # frames between face detections used to fix the crop
@@ -46,8 +46,8 @@ def read_frames_at_fps(path: Path, fps: int = FPS) -> list[np.ndarray]:
 
 
 def prepare_clip(src: Path, out_dir: Path, resolution: int = 512, kind: str = "human") -> Path:
-    from engines.base import NoFaceError
-    from engines.face import detect_face, landmarks_in_box
+    from avatarstream.engines.base import NoFaceError
+    from avatarstream.engines.face import detect_face, landmarks_in_box
 
     try:
         frames = read_frames_at_fps(src)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engines.loopy.config import TemporalSegmentConfig
+from avatarstream.engines.loopy.config import TemporalSegmentConfig
 
 SAMPLING_MODES = ("uniform", "average", "random")
 

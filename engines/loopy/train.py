@@ -25,18 +25,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from engines.base import EngineError
-from engines.loopy.audio_conditioning import AudioFeatureExtractor, audio_windows
-from engines.loopy.audio_to_latents import QUERY_SOURCES
-from engines.loopy.checkpoint import (
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.loopy.audio_conditioning import AudioFeatureExtractor, audio_windows
+from avatarstream.engines.loopy.audio_to_latents import QUERY_SOURCES
+from avatarstream.engines.loopy.checkpoint import (
     LoopyWeights, config_for_base, load_base_unet_state, load_state_strict, load_vae, load_wav2vec2,
     load_weights_dir, random_weights, save_weights_dir,
 )
-from engines.loopy.config import get_config
-from engines.loopy.dataset import LoopyVideoDataset, VideoClip, motion_variances
-from engines.loopy.loopy_model import LoopyModel
-from engines.loopy.noise_schedule import training_scheduler
-from engines.loopy.temporal_segment import sample_indices, segment_groups
+from avatarstream.engines.loopy.config import get_config
+from avatarstream.engines.loopy.dataset import LoopyVideoDataset, VideoClip, motion_variances
+from avatarstream.engines.loopy.loopy_model import LoopyModel
+from avatarstream.engines.loopy.noise_schedule import training_scheduler
+from avatarstream.engines.loopy.temporal_segment import sample_indices, segment_groups
 
 AUDIO_CACHE_CLIPS = 32  # wav2vec2 features kept in memory (about 10 MB per 10 s clip for wav2vec2-base)
 
@@ -116,7 +116,7 @@ def build_weights(opts: TrainOptions) -> LoopyWeights:
         raise EngineError("training the full model needs --wav2vec2 DIR (a saved Wav2Vec2Model, e.g. wav2vec2-base-960h)")
     weights = random_weights(cfg, opts.seed)
     if opts.wav2vec2 is not None:
-        from engines.loopy.audio_conditioning import audio_feature_dim
+        from avatarstream.engines.loopy.audio_conditioning import audio_feature_dim
 
         weights.wav2vec2 = load_wav2vec2(opts.wav2vec2)
         weights.model = LoopyModel(cfg, audio_feature_dim(weights.wav2vec2.config))

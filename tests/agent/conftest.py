@@ -11,9 +11,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
-from realtime.session_registry import SessionRegistry
-from realtime.sessions_api import SESSIONS_API, SessionsApi
+from avatarstream.realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
+from avatarstream.realtime.session_registry import SessionRegistry
+from avatarstream.realtime.sessions_api import SESSIONS_API, SessionsApi
 
 
 @dataclass

@@ -8,7 +8,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from realtime.client import AvatarClient, ClientError
+from avatarstream.realtime.client import AvatarClient, ClientError
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -161,7 +161,7 @@ async def test_live_controls_change_the_running_stream(server):
 
 
 async def test_huge_frame_closes_with_1009_and_frees_the_connection(server, tasks_of):
-    from realtime.agent_socket import SOCKET_MAX_MSG_BYTES
+    from avatarstream.realtime.agent_socket import SOCKET_MAX_MSG_BYTES
 
     s = await server.create()
     ws = await server.http.ws_connect(s["agent_url"] + "?sample_rate=16000", headers=server.auth(s["token"]))

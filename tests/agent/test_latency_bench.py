@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.cli import main as avatar
+from avatarstream.cli import main as avatar
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from realtime.peer import ice_configuration
+from avatarstream.realtime.peer import ice_configuration
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

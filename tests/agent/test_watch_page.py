@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from realtime.client import AvatarClient
+from avatarstream.realtime.client import AvatarClient
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def network_source():
-    from export.stages import NetworkSource
+    from avatarstream.export.stages import NetworkSource
 
     return NetworkSource(seed=0)
 
@@ -17,7 +17,7 @@ def exported(network_source, tmp_path_factory):
     """All stages as ONNX (native 5-D GridSample) in one directory; built once for the session."""
     import torch
 
-    from export.exporter import export_all
+    from avatarstream.export.exporter import export_all
 
     torch.set_num_threads(2)
     return export_all(network_source, tmp_path_factory.mktemp("engines"), progress=False)

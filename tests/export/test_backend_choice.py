@@ -9,11 +9,11 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 
 import torch
 
-from engines.base import EngineError
-from export.backend_choice import open_stage_runtimes, parse_backend_choice
-from export.exporter import export_all
-from export.parity import compare_outputs
-from export.stages import NetworkSource, get_stage
+from avatarstream.engines.base import EngineError
+from avatarstream.export.backend_choice import open_stage_runtimes, parse_backend_choice
+from avatarstream.export.exporter import export_all
+from avatarstream.export.parity import compare_outputs
+from avatarstream.export.stages import NetworkSource, get_stage
 
 
 def test_parse_forms():

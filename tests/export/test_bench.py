@@ -7,11 +7,11 @@ import pytest
 pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
 
-from realtime.bench_command import BenchOptions
+from avatarstream.cli.bench import BenchOptions
 
 
 def test_bench_small_stages(tmp_path):
-    from export.bench import run_bench
+    from avatarstream.export.bench import run_bench
 
     opts = BenchOptions(out_dir=tmp_path, quick=True, backend="all")
     report = run_bench(opts, stages=["stitching", "stitching_eye"])

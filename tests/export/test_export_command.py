@@ -9,7 +9,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 
 import json
 
-from realtime.cli import main
+from avatarstream.cli import main
 
 
 def test_export_small_stages_with_parity(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_tensorrt_backend_names_what_is_missing(tmp_path, capsys):
 
 def test_export_with_official_layout_weights(tmp_path):
     """--weights reads the official file layout (written here with random values by the LivePortrait helper)."""
-    from engines.liveportrait.checkpoint import write_random_checkpoints
+    from avatarstream.engines.liveportrait.checkpoint import write_random_checkpoints
 
     weights = tmp_path / "pretrained_weights"
     write_random_checkpoints(weights, seed=5)

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 import enum
 from types import SimpleNamespace
 
-from export.tensorrt_build import keep_grid_coordinates_fp32
+from avatarstream.export.tensorrt_build import keep_grid_coordinates_fp32
 
 LayerType = enum.Enum("LayerType", "CONVOLUTION ELEMENTWISE SHUFFLE SOFTMAX REDUCE CONSTANT GRID_SAMPLE SHAPE CONCATENATION")
 FAKE_TRT = SimpleNamespace(LayerType=LayerType, float32="float32", float16="float16", int64="int64")

@@ -12,8 +12,8 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from export.grid_sample_5d import GRID_SAMPLE_MODES, grid_sample_5d, grid_sample_mode
-from export.onnx_export import export_onnx
+from avatarstream.export.grid_sample_5d import GRID_SAMPLE_MODES, grid_sample_5d, grid_sample_mode
+from avatarstream.export.onnx_export import export_onnx
 
 
 def _case(batch: int = 2, seed: int = 0):
@@ -86,7 +86,7 @@ def test_unknown_mode_and_bad_shapes() -> None:
 
 
 def test_mode_swaps_the_liveportrait_helper() -> None:
-    helper = pytest.importorskip("engines.liveportrait.grid_sample", reason="LivePortrait networks not present")
+    helper = pytest.importorskip("avatarstream.engines.liveportrait.grid_sample", reason="LivePortrait networks not present")
     volume, grid = _case()
     original = helper.grid_sample_3d
     ref = original(volume, grid)

@@ -13,10 +13,10 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 
 import torch
 
-from engines.base import SAMPLES_PER_FRAME
-from export.parity import FP32_RELATIVE_BOUND, measure_parity, run_eager
-from export.runtimes import OnnxRuntime
-from export.stages import get_stage
+from avatarstream.engines.base import SAMPLES_PER_FRAME
+from avatarstream.export.parity import FP32_RELATIVE_BOUND, measure_parity, run_eager
+from avatarstream.export.runtimes import OnnxRuntime
+from avatarstream.export.stages import get_stage
 
 
 def _parity(name: str, exported, source, batch: int, inputs=None):
@@ -60,8 +60,8 @@ def test_dit_denoise_cond_uncond_batched(exported, network_source):
 
 
 def test_manifest_records_hashes_and_axes(exported):
-    from export.exporter import load_export
-    from export.onnx_export import model_hash
+    from avatarstream.export.exporter import load_export
+    from avatarstream.export.onnx_export import model_hash
 
     graphs, engines = load_export(exported.out_dir)
     assert set(graphs) == set(exported.graphs)

@@ -9,11 +9,11 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 
 import torch
 
-from engines.base import EngineError
-from export.exporter import export_stage
-from export.parity import FP32_RELATIVE_BOUND, compare_outputs
-from export.runtimes import OnnxRuntime, StageRuntime, TorchRuntime, open_runtime
-from export.stages import NetworkSource, get_stage
+from avatarstream.engines.base import EngineError
+from avatarstream.export.exporter import export_stage
+from avatarstream.export.parity import FP32_RELATIVE_BOUND, compare_outputs
+from avatarstream.export.runtimes import OnnxRuntime, StageRuntime, TorchRuntime, open_runtime
+from avatarstream.export.stages import NetworkSource, get_stage
 
 
 @pytest.fixture(scope="module")

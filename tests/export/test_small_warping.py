@@ -10,16 +10,16 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 import onnx
 import torch
 
-from export.grid_sample_5d import grid_sample_mode
-from export.onnx_export import export_onnx
-from export.parity import FP32_RELATIVE_BOUND, compare_outputs, run_eager
-from export.runtimes import OnnxRuntime
-from export.stages import WarpSpadeStage, get_stage
+from avatarstream.export.grid_sample_5d import grid_sample_mode
+from avatarstream.export.onnx_export import export_onnx
+from avatarstream.export.parity import FP32_RELATIVE_BOUND, compare_outputs, run_eager
+from avatarstream.export.runtimes import OnnxRuntime
+from avatarstream.export.stages import WarpSpadeStage, get_stage
 
 
 @pytest.fixture(scope="module")
 def small_stage():
-    from engines.liveportrait.config import LivePortraitConfig, build_network
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig, build_network
 
     torch.manual_seed(0)
     cfg = LivePortraitConfig.small()

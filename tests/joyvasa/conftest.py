@@ -11,7 +11,7 @@ pytest.importorskip("transformers", reason="the joyvasa engine needs transformer
 
 @pytest.fixture(scope="session")
 def small_model():
-    from engines.joyvasa.checkpoint import small_motion_generator
+    from avatarstream.engines.joyvasa.checkpoint import small_motion_generator
 
     return small_motion_generator(seed=0)
 

@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib", reason="the bench plots need matplotlib")
 
 
 def test_quick_bench_writes_json_and_plots(tmp_path):
-    from realtime.bench_command import add_arguments, run
+    from avatarstream.cli.bench import add_arguments, run
     import argparse
 
     p = argparse.ArgumentParser()

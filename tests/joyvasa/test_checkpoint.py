@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines.base import EngineError, MissingWeightsError
-from engines.joyvasa.checkpoint import (SMALL_CONFIG, load_motion_generator, load_state_dict_strict,
+from avatarstream.engines.base import EngineError, MissingWeightsError
+from avatarstream.engines.joyvasa.checkpoint import (SMALL_CONFIG, load_motion_generator, load_state_dict_strict,
                                         small_audio_config, small_motion_generator, write_random_checkpoint)
-from engines.joyvasa.network import DitTalkingHead
+from avatarstream.engines.joyvasa.network import DitTalkingHead
 
 MANIFEST = json.loads((Path(__file__).parent / "joyvasa_motion_generator_keys.json").read_text())
 
@@ -58,7 +58,7 @@ def _small_ckpt(tmp_path: Path, mutate=None) -> Path:
 
 
 def _load_small(path: Path):
-    from engines.joyvasa.checkpoint import config_from_checkpoint, read_checkpoint_file
+    from avatarstream.engines.joyvasa.checkpoint import config_from_checkpoint, read_checkpoint_file
 
     ckpt = read_checkpoint_file(path)
     model = DitTalkingHead(config_from_checkpoint(ckpt), small_audio_config())
@@ -116,7 +116,7 @@ def test_step_count_must_agree_with_schedule(tmp_path):
 def test_wav2vec2_generator_has_the_same_layout_and_loads(tmp_path):
     import pathlib
 
-    from engines.joyvasa.checkpoint import config_from_checkpoint, read_checkpoint_file
+    from avatarstream.engines.joyvasa.checkpoint import config_from_checkpoint, read_checkpoint_file
 
     cfg = SMALL_CONFIG.with_(audio_model="wav2vec2")
     model = small_motion_generator(seed=2, config=cfg)

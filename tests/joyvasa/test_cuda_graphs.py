@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.joyvasa.sampler import sample
+from avatarstream.engines.joyvasa.sampler import sample
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)", allow_module_level=True)
 
 
 def test_graphed_window_matches_eager():
-    from engines.joyvasa.checkpoint import random_motion_generator
-    from engines.joyvasa.cuda_graphs import GraphedDenoiser
+    from avatarstream.engines.joyvasa.checkpoint import random_motion_generator
+    from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
 
     model = random_motion_generator(0).cuda()
     g = torch.Generator().manual_seed(0)
@@ -32,8 +32,8 @@ def test_graphed_window_matches_eager():
 def test_streaming_with_cuda_graphs_matches_eager(fill):
     import numpy as np
 
-    from engines.joyvasa.checkpoint import random_motion_generator
-    from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
+    from avatarstream.engines.joyvasa.checkpoint import random_motion_generator
+    from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 
     model = random_motion_generator(0).cuda()
     audio = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.1).astype(np.float32)

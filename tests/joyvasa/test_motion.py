@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.base import EngineError
-from engines.joyvasa.motion import (LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, PoseSmoother,
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.joyvasa.motion import (LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, PoseSmoother,
                                     SourceMotion, rotation_matrix)
 
 

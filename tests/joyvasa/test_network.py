@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.joyvasa.audio_encoder import audio_encoder_config, encode_audio, pad_audio
-from engines.joyvasa.network import DenoisingNetwork, DitConfig, alignment_mask
+from avatarstream.engines.joyvasa.audio_encoder import audio_encoder_config, encode_audio, pad_audio
+from avatarstream.engines.joyvasa.network import DenoisingNetwork, DitConfig, alignment_mask
 
 
 @pytest.mark.parametrize("pe_mode", ["constant", "per_position"])

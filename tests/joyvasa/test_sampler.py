@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from engines.joyvasa.sampler import classifier_free_guidance, posterior_coefficients, sample
-from engines.joyvasa.schedule import cosine_schedule
+from avatarstream.engines.joyvasa.sampler import classifier_free_guidance, posterior_coefficients, sample
+from avatarstream.engines.joyvasa.schedule import cosine_schedule
 
 
 def test_cosine_schedule_matches_reference_values():

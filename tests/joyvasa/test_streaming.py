@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.base import EngineError
-from engines.joyvasa.generator import MotionGenerator
-from engines.joyvasa.motion import EMA_ALPHA, POSE_TERMS, MotionTemplate
-from engines.joyvasa.offline import generate_offline
-from engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.joyvasa.generator import MotionGenerator
+from avatarstream.engines.joyvasa.motion import EMA_ALPHA, POSE_TERMS, MotionTemplate
+from avatarstream.engines.joyvasa.offline import generate_offline
+from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 
 
 def stream(gen: StreamingMotionGenerator, audio: np.ndarray, piece: int = 320):

@@ -10,26 +10,26 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engines.base import SAMPLES_PER_FRAME
+from avatarstream.engines.base import SAMPLES_PER_FRAME
 
 
 @pytest.fixture(scope="session")
 def lite_engine():
-    from engines.lite.engine import LiteEngine
+    from avatarstream.engines.lite.engine import LiteEngine
 
     return LiteEngine(seed=7)
 
 
 @pytest.fixture(scope="session")
 def human(human_portrait):
-    from realtime.portrait_io import load_portrait
+    from avatarstream.realtime.portrait_io import load_portrait
 
     return load_portrait(human_portrait)
 
 
 @pytest.fixture(scope="session")
 def cat(cat_portrait):
-    from realtime.portrait_io import load_portrait
+    from avatarstream.realtime.portrait_io import load_portrait
 
     return load_portrait(cat_portrait, kind="animal")
 

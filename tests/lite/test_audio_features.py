@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.base import SAMPLES_PER_FRAME
-from engines.lite.audio_features import AudioFeatureExtractor
-from engines.lite.motion import MotionGenerator
+from avatarstream.engines.base import SAMPLES_PER_FRAME
+from avatarstream.engines.lite.audio_features import AudioFeatureExtractor
+from avatarstream.engines.lite.motion import MotionGenerator
 
 
 def jaw_trace(audio: np.ndarray) -> tuple[np.ndarray, list]:

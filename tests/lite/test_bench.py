@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from realtime.cli import main
+from avatarstream.cli import main
 
 
 def test_bench_quick_writes_json_with_stage_keys(tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_bench_quick_writes_json_with_stage_keys(tmp_path, capsys):
 
 
 def test_speechlike_audio_has_syllables_and_pauses():
-    from engines.lite.bench import speechlike_audio
+    from avatarstream.engines.lite.bench import speechlike_audio
 
     a = speechlike_audio(4.0)
     rms = np.sqrt((a[: 100 * 640].reshape(100, 640) ** 2).mean(axis=1))

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.base import EngineError, NoFaceError
-from engines.face import detect_face, eye_distance, landmarks_in_box, mouth_opening
-from engines.face.human import detect_human_boxes
+from avatarstream.engines.base import EngineError, NoFaceError
+from avatarstream.engines.face import detect_face, eye_distance, landmarks_in_box, mouth_opening
+from avatarstream.engines.face.human import detect_human_boxes
 
 
 def rgb(path) -> np.ndarray:

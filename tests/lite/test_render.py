@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from engines.face import detect_face, landmarks_in_box, mouth_opening
-from realtime.cli import main
+from avatarstream.engines.face import detect_face, landmarks_in_box, mouth_opening
+from avatarstream.cli import main
 
 
 def decode(path) -> tuple[list[np.ndarray], float]:
@@ -120,7 +120,7 @@ def test_cli_module_entry_point(tmp_path, speech_wav):
     import sys
 
     out = tmp_path / "cli.mp4"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "render", "--image", str(tmp_path / "nope.jpg"),
+    proc = subprocess.run([sys.executable, "-m", "avatarstream.cli", "render", "--image", str(tmp_path / "nope.jpg"),
                            "--audio", str(speech_wav), "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "image file not found" in proc.stderr
 
@@ -136,7 +136,7 @@ def test_any_audio_format_is_decoded_to_16k_mono(tmp_path, speech_audio):
     """A 44.1 kHz stereo MP3 (made with PyAV) comes back as 16 kHz mono matching the speech."""
     from fractions import Fraction
 
-    from realtime.render_command import load_audio_16k
+    from avatarstream.cli.render import load_audio_16k
     from scipy.signal import resample_poly
 
     clip = speech_audio[:2 * 16000]

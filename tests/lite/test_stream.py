@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.base import FPS, SAMPLES_PER_FRAME, EngineError, EngineStream
-from engines.face import detect_face, mouth_opening
+from avatarstream.engines.base import FPS, SAMPLES_PER_FRAME, EngineError, EngineStream
+from avatarstream.engines.face import detect_face, mouth_opening
 
 
 
@@ -72,8 +72,8 @@ def test_controls(lite_engine, human, speech_audio):
 
 
 def test_blinks_every_few_seconds_and_head_moves_gently():
-    from engines.lite.audio_features import FrameFeatures
-    from engines.lite.motion import MotionGenerator
+    from avatarstream.engines.lite.audio_features import FrameFeatures
+    from avatarstream.engines.lite.motion import MotionGenerator
 
     silence = FrameFeatures(-80.0, 0.0, 0.0, 0.0, False)
     gen = MotionGenerator(seed=3)

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="the LivePortrait renderer needs tor
 @pytest.fixture(scope="session")
 def lp_weights(tmp_path_factory):
     """Full-size random human weights written in the official directory layout (about 520 MB)."""
-    from engines.liveportrait.checkpoint import write_random_checkpoints
+    from avatarstream.engines.liveportrait.checkpoint import write_random_checkpoints
 
     root = tmp_path_factory.mktemp("lp_weights")
     write_random_checkpoints(root, seed=0, variants=("human",))
@@ -21,15 +21,15 @@ def lp_weights(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lp_networks(lp_weights):
     """``lp_weights`` loaded strictly (full size)."""
-    from engines.liveportrait.checkpoint import load_networks
+    from avatarstream.engines.liveportrait.checkpoint import load_networks
 
     return load_networks(lp_weights, "human")
 
 
 @pytest.fixture(scope="session")
 def small_networks():
-    from engines.liveportrait.checkpoint import LivePortraitNetworks
-    from engines.liveportrait.config import LivePortraitConfig
+    from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig
 
     return LivePortraitNetworks.random(seed=3, config=LivePortraitConfig.small())
 
@@ -49,9 +49,9 @@ def joyvasa_weights(lp_weights):
     The generator has the release's shapes except a 4-step diffusion schedule (the step count is read
     from the file's ``args``), so CPU tests sample in seconds rather than minutes.
     """
-    from engines.joyvasa.checkpoint import write_random_checkpoint
-    from engines.joyvasa.motion import MotionTemplate
-    from engines.joyvasa.network import DitConfig
+    from avatarstream.engines.joyvasa.checkpoint import write_random_checkpoint
+    from avatarstream.engines.joyvasa.motion import MotionTemplate
+    from avatarstream.engines.joyvasa.network import DitConfig
 
     write_random_checkpoint(lp_weights / "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt", seed=0,
                             config=DitConfig(n_diff_steps=4))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.liveportrait import camera
+from avatarstream.engines.liveportrait import camera
 
 
 def test_bins_to_degrees():

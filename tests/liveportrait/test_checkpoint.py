@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines.base import EngineError, MissingWeightsError
-from engines.liveportrait import checkpoint as ckpt
-from engines.liveportrait.config import LivePortraitConfig, build_network
-from engines.liveportrait.networks.stitching_retargeting import StitchingRetargetingNetwork
+from avatarstream.engines.base import EngineError, MissingWeightsError
+from avatarstream.engines.liveportrait import checkpoint as ckpt
+from avatarstream.engines.liveportrait.config import LivePortraitConfig, build_network
+from avatarstream.engines.liveportrait.networks.stitching_retargeting import StitchingRetargetingNetwork
 
 OFFICIAL_KEYS = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())
 

@@ -9,8 +9,8 @@ onnx = pytest.importorskip("onnx", reason="the face-model tests build ONNX graph
 pytest.importorskip("onnxruntime", reason="the official face models run with onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from engines.liveportrait import face_models as fm  # noqa: E402
-from engines.liveportrait.source import crop_transform_106  # noqa: E402
+from avatarstream.engines.liveportrait import face_models as fm  # noqa: E402
+from avatarstream.engines.liveportrait.source import crop_transform_106  # noqa: E402
 
 
 def _constant_model(path, input_name: str, input_shape, outputs: dict[str, np.ndarray]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engines.liveportrait import grid_sample as gs
+from avatarstream.engines.liveportrait import grid_sample as gs
 
 
 def test_gather_equals_torch_grid_sample():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.base import EngineStream, MissingWeightsError
-from engines.registry import load_engine
-from realtime.portrait_io import load_portrait
+from avatarstream.engines.base import EngineStream, MissingWeightsError
+from avatarstream.engines.registry import load_engine
+from avatarstream.realtime.portrait_io import load_portrait
 
 
 def test_missing_weights_name_the_files(tmp_path):
@@ -27,8 +27,8 @@ def test_missing_weights_name_the_files(tmp_path):
 @pytest.fixture(scope="module")
 def small_engine(joyvasa_weights, tmp_path_factory):
     """The same JoyVASA files with narrow LivePortrait networks (official layout): many frames in CPU time."""
-    from engines.liveportrait.checkpoint import write_random_checkpoints
-    from engines.liveportrait.config import LivePortraitConfig
+    from avatarstream.engines.liveportrait.checkpoint import write_random_checkpoints
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig
 
     root = tmp_path_factory.mktemp("small_weights")
     write_random_checkpoints(root, seed=5, variants=("human",), config=LivePortraitConfig.small())

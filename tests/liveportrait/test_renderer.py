@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.base import EngineError
-from engines.liveportrait.renderer import Renderer
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.liveportrait.renderer import Renderer
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,9 @@ def test_bad_inputs(renderer, avatar):
 
 def test_source_own_motion_frame_at_full_size(lp_networks, human_portrait):
     """Random weights of the real shapes: the source crop rendered with its own motion."""
-    from engines.face import detect_face
-    from engines.liveportrait.source import crop_source, paste_back
-    from realtime.portrait_io import load_portrait
+    from avatarstream.engines.face import detect_face
+    from avatarstream.engines.liveportrait.source import crop_source, paste_back
+    from avatarstream.realtime.portrait_io import load_portrait
 
     image = load_portrait(human_portrait).image
     src = crop_source(image, detect_face(image).points)
@@ -75,8 +75,8 @@ def test_source_own_motion_frame_at_full_size(lp_networks, human_portrait):
 
 
 def test_warping_spade_equals_w_then_g(renderer, avatar, own_motion_frame):
-    from engines.liveportrait.networks.warping_spade import WarpingSpade
-    from engines.liveportrait.renderer import tensor_to_images
+    from avatarstream.engines.liveportrait.networks.warping_spade import WarpingSpade
+    from avatarstream.engines.liveportrait.renderer import tensor_to_images
 
     nets = renderer.networks
     fused = WarpingSpade(nets.warping_module, nets.spade_generator).eval()

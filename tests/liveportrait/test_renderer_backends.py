@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 
 import torch
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 
 class CountingRuntime:
@@ -28,8 +28,8 @@ class CountingRuntime:
 
 def export_warping_spade(networks, avatar, engines_dir):
     """``networks``' warping + SPADE stage as ONNX plus the ``manifest.json`` that ``load_export`` reads."""
-    from export.onnx_export import export_onnx
-    from export.stages import WarpSpadeStage, get_stage
+    from avatarstream.export.onnx_export import export_onnx
+    from avatarstream.export.stages import WarpSpadeStage, get_stage
 
     spec = get_stage("warping_spade")
     stage = WarpSpadeStage(networks.warping_module, networks.spade_generator).eval()
@@ -46,8 +46,8 @@ def driving_keypoints(avatar, n: int) -> np.ndarray:
 
 
 def test_renderer_runs_warping_spade_on_onnxruntime(small_networks, source_image256, tmp_path):
-    from engines.joyvasa.avatar_engine import open_render_runtimes
-    from engines.liveportrait.renderer import Renderer
+    from avatarstream.engines.joyvasa.avatar_engine import open_render_runtimes
+    from avatarstream.engines.liveportrait.renderer import Renderer
 
     torch.set_num_threads(2)
     reference = Renderer(small_networks)
@@ -70,11 +70,11 @@ def test_renderer_runs_warping_spade_on_onnxruntime(small_networks, source_image
 def test_joyvasa_engine_backend_onnxruntime_matches_torch(joyvasa_weights, tmp_path, human_portrait, speech_wav):
     from conftest import read_wav
 
-    from engines.liveportrait.checkpoint import load_networks, write_random_checkpoints
-    from engines.liveportrait.config import LivePortraitConfig
-    from engines.liveportrait.renderer import Renderer
-    from engines.registry import load_engine
-    from realtime.portrait_io import load_portrait
+    from avatarstream.engines.liveportrait.checkpoint import load_networks, write_random_checkpoints
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig
+    from avatarstream.engines.liveportrait.renderer import Renderer
+    from avatarstream.engines.registry import load_engine
+    from avatarstream.realtime.portrait_io import load_portrait
 
     torch.set_num_threads(2)
     small = LivePortraitConfig.small()
@@ -108,8 +108,8 @@ def test_joyvasa_engine_backend_onnxruntime_matches_torch(joyvasa_weights, tmp_p
 
 
 def test_backend_errors_are_clear(tmp_path):
-    from engines.joyvasa.avatar_engine import open_render_runtimes
-    from engines.registry import load_engine
+    from avatarstream.engines.joyvasa.avatar_engine import open_render_runtimes
+    from avatarstream.engines.registry import load_engine
 
     with pytest.raises(EngineError, match="--engines-dir"):
         load_engine("joyvasa", weights=str(tmp_path), backend="warping_spade=onnxruntime")
@@ -125,8 +125,8 @@ def test_backend_errors_are_clear(tmp_path):
 
 
 def test_cli_passes_backend_options_only_when_given():
-    from realtime import render_command, serve_command
-    from realtime.backend_options import backend_options
+    from avatarstream.cli import render as render_command, serve as serve_command
+    from avatarstream.cli.backend_options import backend_options
 
     for command in (render_command, serve_command):
         parser = argparse.ArgumentParser()
@@ -141,10 +141,10 @@ def test_cli_passes_backend_options_only_when_given():
 
 
 def test_renderer_runs_the_extractors_on_onnxruntime(small_networks, source_image256, tmp_path):
-    from export.onnx_export import export_onnx
-    from export.runtimes import OnnxRuntime
-    from export.stages import AppearanceStage, MotionStage, get_stage
-    from engines.liveportrait.renderer import Renderer
+    from avatarstream.export.onnx_export import export_onnx
+    from avatarstream.export.runtimes import OnnxRuntime
+    from avatarstream.export.stages import AppearanceStage, MotionStage, get_stage
+    from avatarstream.engines.liveportrait.renderer import Renderer
 
     torch.set_num_threads(2)
     img = torch.from_numpy(source_image256).permute(2, 0, 1)[None].float() / 255

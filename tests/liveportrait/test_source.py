@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.base import EngineError
-from engines.liveportrait import source
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.liveportrait import source
 
 
 def _face_points(cx=200.0, cy=220.0, eye_dist=60.0, angle_deg=0.0) -> np.ndarray:

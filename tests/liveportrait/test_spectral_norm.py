@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engines.liveportrait.networks.spectral_norm import SpectralNormConv2d
+from avatarstream.engines.liveportrait.networks.spectral_norm import SpectralNormConv2d
 
 
 def test_matches_torch_spectral_norm_eval():

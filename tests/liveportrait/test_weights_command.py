@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engines import hub
-from engines.base import EngineError
-from engines.liveportrait.checkpoint import variant_files
-from realtime.cli import main
+from avatarstream.engines import hub
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.liveportrait.checkpoint import variant_files
+from avatarstream.cli import main
 
 
 def test_check_good_dir(joyvasa_weights, capsys):
@@ -43,7 +43,7 @@ def test_official_file_list_matches_the_loaders():
     local = {f.local_path for f in hub.OFFICIAL_FILES}
     for variant in ("human", "animal-v1.0", "animal-v1.1"):
         assert set(variant_files(variant)) <= local
-    from engines.joyvasa.avatar_engine import required_files
+    from avatarstream.engines.joyvasa.avatar_engine import required_files
 
     assert set(required_files()) <= local
     repos = {f.repo_id for f in hub.OFFICIAL_FILES}

@@ -15,7 +15,7 @@ pytest.importorskip("transformers", reason="the loopy engine needs transformers"
 
 def synthetic_clip(path: Path, frames: int = 30, size: int = 64, seed: int = 0) -> Path:
     """A moving, breathing disc with a tone whose loudness follows the disc; landmarks on its rim."""
-    from engines.loopy.mp4 import write_mp4
+    from avatarstream.engines.loopy.mp4 import write_mp4
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -47,16 +47,16 @@ def clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_weights():
-    from engines.loopy.checkpoint import random_weights
-    from engines.loopy.config import tiny_config
+    from avatarstream.engines.loopy.checkpoint import random_weights
+    from avatarstream.engines.loopy.config import tiny_config
 
     return random_weights(tiny_config(), seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_weights_dir(tmp_path_factory) -> Path:
-    from engines.loopy.checkpoint import random_weights, save_weights_dir
-    from engines.loopy.config import tiny_config
+    from avatarstream.engines.loopy.checkpoint import random_weights, save_weights_dir
+    from avatarstream.engines.loopy.config import tiny_config
 
     d = tmp_path_factory.mktemp("loopy_weights")
     return save_weights_dir(d, random_weights(tiny_config(), seed=0))

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from engines.base import MissingWeightsError
-from engines.loopy.checkpoint import (
+from avatarstream.engines.base import MissingWeightsError
+from avatarstream.engines.loopy.checkpoint import (
     WEIGHTS_FILE, load_loopy_weights, load_weights_dir, random_weights, save_loopy_weights, save_weights_dir,
 )
-from engines.loopy.config import tiny_config
-from engines.loopy.train import TrainOptions, build_weights
+from avatarstream.engines.loopy.config import tiny_config
+from avatarstream.engines.loopy.train import TrainOptions, build_weights
 
 
 def test_round_trip_is_exact(tiny_weights, tmp_path):

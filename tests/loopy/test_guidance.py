@@ -1,6 +1,6 @@
 import torch
 
-from engines.loopy.guidance import GUIDANCE_PASSES, combine_guidance, pass_masks, split_and_combine
+from avatarstream.engines.loopy.guidance import GUIDANCE_PASSES, combine_guidance, pass_masks, split_and_combine
 
 
 def test_three_pass_formula():

@@ -2,7 +2,7 @@
 
 import torch
 
-from engines.loopy.audio_to_latents import QUERY_SOURCES
+from avatarstream.engines.loopy.audio_to_latents import QUERY_SOURCES
 
 
 def _inputs(seed=0, b=1, f=3, m=4, d=None):

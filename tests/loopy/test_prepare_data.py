@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from engines.base import EngineError
-from engines.loopy.dataset import LoopyVideoDataset, read_audio
-from engines.loopy.face_crop import face_square, square_around
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.loopy.dataset import LoopyVideoDataset, read_audio
+from avatarstream.engines.loopy.face_crop import face_square, square_around
 
 
 def _raw_video(path, portrait_path, seconds=1.2, fps=30):
@@ -45,7 +45,7 @@ def test_square_around_stays_inside():
 
 
 def test_prepare_raw_video_into_dataset(human_portrait, tmp_path):
-    from engines.loopy.prepare_data import prepare_dataset
+    from avatarstream.engines.loopy.prepare_data import prepare_dataset
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -64,7 +64,7 @@ def test_prepare_raw_video_into_dataset(human_portrait, tmp_path):
     assert np.all(np.abs(centre - 32) < 12), centre
     with pytest.raises(EngineError, match="no videos"):
         prepare_dataset(tmp_path / "data" / "none", tmp_path / "x")
-    from realtime.cli import main
+    from avatarstream.cli import main
 
     assert main(["train", "loopy", "--prepare", str(raw), "--data", str(tmp_path / "d2"), "--config", "tiny",
                  "--prepare-only"]) == 0

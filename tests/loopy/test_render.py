@@ -6,8 +6,8 @@ import av
 import numpy as np
 import pytest
 
-from engines.base import EngineError, Portrait
-from engines.loopy.pipeline import LoopyPipeline
+from avatarstream.engines.base import EngineError, Portrait
+from avatarstream.engines.loopy.pipeline import LoopyPipeline
 
 STEPS = 2  # DDIM steps (the product default is 25); the chaining logic is what is tested here
 
@@ -88,7 +88,7 @@ def test_interrupted_render_resumes_finished_clips(tiny_weights, tmp_path):
 
 
 def test_engine_renders_files_and_refuses_streaming(tiny_weights_dir, tmp_path):
-    from engines.registry import load_engine
+    from avatarstream.engines.registry import load_engine
 
     engine = load_engine("loopy", weights=str(tiny_weights_dir), device="cpu", steps=STEPS)
     with pytest.raises(EngineError, match="offline-only"):
@@ -107,7 +107,7 @@ def test_engine_renders_files_and_refuses_streaming(tiny_weights_dir, tmp_path):
 def test_avatar_render_cli_with_loopy(tiny_weights_dir, human_portrait, tmp_path):
     import wave
 
-    from realtime.cli import main
+    from avatarstream.cli import main
 
     wav = tmp_path / "a.wav"
     with wave.open(str(wav), "wb") as w:

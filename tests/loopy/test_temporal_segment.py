@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.loopy.config import TemporalSegmentConfig
-from engines.loopy.temporal_segment import gather_motion_latents, sample_indices, segment_groups
+from avatarstream.engines.loopy.config import TemporalSegmentConfig
+from avatarstream.engines.loopy.temporal_segment import gather_motion_latents, sample_indices, segment_groups
 
 
 def paper_segments(clip_start: int, s: int, r: int, k_max: int) -> list[tuple[int, int]]:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.loopy.checkpoint import load_weights_dir
-from engines.loopy.dataset import LoopyVideoDataset, motion_variances
-from engines.loopy.train import LoopyTrainer
+from avatarstream.engines.loopy.checkpoint import load_weights_dir
+from avatarstream.engines.loopy.dataset import LoopyVideoDataset, motion_variances
+from avatarstream.engines.loopy.train import LoopyTrainer
 
 
 def _fixed_loss(trainer, batch, seed=0):
@@ -72,7 +72,7 @@ def test_motion_variances_separate_head_motion_from_expression():
 
 
 def test_train_command_writes_loadable_weights(clip_dir, tmp_path):
-    from realtime.cli import main
+    from avatarstream.cli import main
 
     out = tmp_path / "w"
     assert main(["train", "loopy", "--data", str(clip_dir), "--config", "tiny", "--steps", "2", "--out", str(out),

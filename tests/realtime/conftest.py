@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import pytest
 
-from engines.base import SAMPLES_PER_FRAME, AvatarFrame, Portrait
+from avatarstream.engines.base import SAMPLES_PER_FRAME, AvatarFrame, Portrait
 
 
 class BarStream:
@@ -84,7 +84,7 @@ def bar_engine() -> BarEngine:
 def engine_loader():
     """``load_engine`` that keeps one instance per engine name for the whole test run: the real
     engines, but a portrait is analysed once instead of once per test server."""
-    from engines.registry import load_engine
+    from avatarstream.engines.registry import load_engine
 
     cache: dict[str, object] = {}
 

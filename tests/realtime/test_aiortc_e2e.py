@@ -24,7 +24,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtp import RtcpSrPacket
 
-from realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
+from avatarstream.realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
 
 NTP_EPOCH_OFFSET = 2208988800
 
@@ -92,7 +92,7 @@ def serve_subprocess(*args: str):
         port = sock.getsockname()[1]
     repo = Path(__file__).resolve().parents[2]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(port), *args],
                             cwd=repo, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -198,8 +198,8 @@ def read_wav_mono(path) -> tuple[np.ndarray, int]:
 
 def mouth_signal(images) -> np.ndarray:
     """Mouth opening re-detected on each received frame (NaN where no face is found)."""
-    from engines.base import NoFaceError
-    from engines.face import detect_face, mouth_opening
+    from avatarstream.engines.base import NoFaceError
+    from avatarstream.engines.face import detect_face, mouth_opening
 
     out = []
     for img in images:

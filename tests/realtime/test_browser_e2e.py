@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
+from avatarstream.realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
 
 pytestmark = pytest.mark.browser
 
@@ -64,8 +64,8 @@ def _load_helpers():
 def face_crop(engine, size: int = 512) -> list[int]:
     """The region of the avatar video around the face (2x the face box), so the page only has to
     grab and JPEG-encode that part of each frame."""
-    from engines.face import detect_face
-    from realtime.portrait_io import load_portrait
+    from avatarstream.engines.face import detect_face
+    from avatarstream.realtime.portrait_io import load_portrait
 
     stream = engine.open_stream(load_portrait(None), size=size)
     frame = stream.feed(np.zeros(16000, np.float32))[0].image

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import ClientSession, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from engines.base import EngineError
-from realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
+from avatarstream.engines.base import EngineError
+from avatarstream.realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -150,7 +150,7 @@ async def test_session_limit_is_503_with_retry_after_then_serves(server):
 
 
 def test_serve_rejects_bad_portraits_at_startup(tmp_path):
-    from realtime.serve_command import check_portrait
+    from avatarstream.cli.serve import check_portrait
 
     with pytest.raises(EngineError, match="not found"):
         check_portrait(ServerConfig(image=str(tmp_path / "missing.jpg")))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.base import EngineError
-from realtime.playback import BufferFull, PlaybackBuffer
+from avatarstream.engines.base import EngineError
+from avatarstream.realtime.playback import BufferFull, PlaybackBuffer
 
 
 def ramp(n: int, start: float = 0.0) -> np.ndarray:

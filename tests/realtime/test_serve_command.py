@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.cli import build_parser
+from avatarstream.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def free_port() -> int:
 def test_avatar_serve_with_no_arguments_serves_the_page(tmp_path):
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")  # a file, not a pipe nobody reads
-    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", str(port)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(port)], cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -63,7 +63,7 @@ def test_avatar_serve_refuses_an_image_without_face(tmp_path):
 
     flat = tmp_path / "wall.png"
     cv2.imwrite(str(flat), np.full((240, 240, 3), 200, np.uint8))
-    out = subprocess.run([sys.executable, "-m", "realtime.cli", "serve", "--image", str(flat), "--port", "0"],
+    out = subprocess.run([sys.executable, "-m", "avatarstream.cli", "serve", "--image", str(flat), "--port", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "face" in out.stderr.lower() and "avatar serve: error" in out.stderr

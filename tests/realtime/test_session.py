@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from engines.base import SAMPLES_PER_FRAME, Portrait
-from realtime.clock import AUDIO_SAMPLES_PER_FRAME, VIDEO_PTS_PER_FRAME
-from realtime.media_tracks import AvatarAudioTrack, AvatarVideoTrack
-from realtime.session import AvatarSession, SessionOptions
+from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
+from avatarstream.realtime.clock import AUDIO_SAMPLES_PER_FRAME, VIDEO_PTS_PER_FRAME
+from avatarstream.realtime.media_tracks import AvatarAudioTrack, AvatarVideoTrack
+from avatarstream.realtime.session import AvatarSession, SessionOptions
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from engines.liveportrait.networks.blocks import DownBlock2d, ResBlock3d, SameBlock2d
+from avatarstream.engines.liveportrait.networks.blocks import DownBlock2d, ResBlock3d, SameBlock2d
 
 
 class AppearanceFeatureExtractor(nn.Module):

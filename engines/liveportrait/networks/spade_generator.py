@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.liveportrait.networks.spectral_norm import SpectralNormConv2d
+from avatarstream.engines.liveportrait.networks.spectral_norm import SpectralNormConv2d
 
 
 class SPADE(nn.Module):

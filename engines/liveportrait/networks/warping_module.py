@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.liveportrait.grid_sample import grid_sample_3d, make_coordinate_grid
-from engines.liveportrait.networks.blocks import DownBlock3d, SameBlock2d, UpBlock3d
+from avatarstream.engines.liveportrait.grid_sample import grid_sample_3d, make_coordinate_grid
+from avatarstream.engines.liveportrait.networks.blocks import DownBlock3d, SameBlock2d, UpBlock3d
 
 KP_VARIANCE = 0.01
 

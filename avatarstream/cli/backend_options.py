@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engines.base import EngineError
+from avatarstream.engines.base import EngineError
 
 BACKEND_ENGINES = ("joyvasa",)  # engines whose stages can run on exported onnxruntime / TensorRT runtimes
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import psutil
 
 SUITES: dict[str, str] = {
-    "lite": "engines.lite.bench",
-    "joyvasa": "engines.joyvasa.bench",
-    "liveportrait": "engines.liveportrait.bench",
-    "export": "export.bench",
-    "loopy": "engines.loopy.bench",
-    "api": "realtime.latency_bench",
+    "lite": "avatarstream.engines.lite.bench",
+    "joyvasa": "avatarstream.engines.joyvasa.bench",
+    "liveportrait": "avatarstream.engines.liveportrait.bench",
+    "export": "avatarstream.export.bench",
+    "loopy": "avatarstream.engines.loopy.bench",
+    "api": "avatarstream.realtime.latency_bench",
 }
 
 

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from engines.base import EngineError
-from export.grid_sample_5d import GRID_SAMPLE_MODES
+from avatarstream.engines.base import EngineError
+from avatarstream.export.grid_sample_5d import GRID_SAMPLE_MODES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,9 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.exporter import export_all
-    from export.parity import check_export
-    from export.stages import NetworkSource, stage_names
+    from avatarstream.export.exporter import export_all
+    from avatarstream.export.parity import check_export
+    from avatarstream.export.stages import NetworkSource, stage_names
 
     stages = None
     if args.stages:

@@ -33,19 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines.base import EngineError
+    from avatarstream.engines.base import EngineError
 
     if args.stage == 2 and args.init is None and args.config != "tiny":
         raise EngineError("stage 2 starts from the stage-1 weights: pass --init STAGE1_DIR")
     if args.steps < 1:
         raise EngineError("--steps must be >= 1")
-    from engines.torch_device import resolve_device
-    from engines.loopy.train import TrainOptions, train
+    from avatarstream.engines.torch_device import resolve_device
+    from avatarstream.engines.loopy.train import TrainOptions, train
 
     if args.prepare is not None:
-        from engines.loopy.checkpoint import config_for_base
-        from engines.loopy.config import get_config
-        from engines.loopy.prepare_data import prepare_dataset
+        from avatarstream.engines.loopy.checkpoint import config_for_base
+        from avatarstream.engines.loopy.config import get_config
+        from avatarstream.engines.loopy.prepare_data import prepare_dataset
 
         cfg = get_config(args.config)
         if args.base is not None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engines.base import EngineError
-from engines.hub import GROUPS, OFFICIAL_FILES, download, select_files
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.hub import GROUPS, OFFICIAL_FILES, download, select_files
 
 DEFAULT_DEST = Path("pretrained_weights")
 ENGINE_GROUPS = ("liveportrait-human", "joyvasa")  # what ``--engine joyvasa`` needs at minimum
@@ -46,15 +46,15 @@ class GroupReport:
 
 def _load_liveportrait(variant: str) -> Callable[[Path], None]:
     def load(root: Path) -> None:
-        from engines.liveportrait.checkpoint import load_networks
+        from avatarstream.engines.liveportrait.checkpoint import load_networks
 
         load_networks(root, variant)
     return load
 
 
 def _load_joyvasa(root: Path) -> None:
-    from engines.joyvasa.checkpoint import load_motion_generator
-    from engines.joyvasa.motion import MotionTemplate
+    from avatarstream.engines.joyvasa.checkpoint import load_motion_generator
+    from avatarstream.engines.joyvasa.motion import MotionTemplate
 
     load_motion_generator(root / "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt")
     MotionTemplate.load(root / "JoyVASA/motion_template/motion_template.pkl")
@@ -73,7 +73,7 @@ def _load_onnx(paths: list[str]) -> Callable[[Path], None]:
 
 
 def _load_audio_configs(root: Path) -> None:
-    from engines.joyvasa.audio_encoder import audio_encoder_config
+    from avatarstream.engines.joyvasa.audio_encoder import audio_encoder_config
 
     for name, model in (("chinese-hubert-base", "hubert_zh"), ("wav2vec2-base-960h", "wav2vec2")):
         if (root / name / "config.json").is_file():

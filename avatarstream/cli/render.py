@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
-from realtime.backend_options import add_backend_arguments, backend_options
+from avatarstream.engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
+from avatarstream.cli.backend_options import add_backend_arguments, backend_options
 
 CHUNK_FRAMES = 10  # audio fed per engine call (0.4 s)
 
@@ -126,8 +126,8 @@ def render_streaming(stream, audio: np.ndarray, writer: Mp4Writer, progress) -> 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engines.registry import load_engine
-    from realtime.portrait_io import load_portrait
+    from avatarstream.engines.registry import load_engine
+    from avatarstream.realtime.portrait_io import load_portrait
 
     if not 64 <= args.size <= 2048:
         raise EngineError(f"--size must be between 64 and 2048, got {args.size}")

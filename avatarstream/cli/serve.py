@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import logging
 
-from engines.base import EngineError
-from realtime.backend_options import add_backend_arguments, backend_options
+from avatarstream.engines.base import EngineError
+from avatarstream.cli.backend_options import add_backend_arguments, backend_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,8 +30,8 @@ def check_portrait(config, engine_options: dict | None = None) -> None:
     """Fail at start-up, with a clear message, if the portrait is unreadable or has no face.
 
     ``engine_options`` (``--backend`` / ``--engines-dir``) go to the configured engine only."""
-    from engines.registry import load_engine
-    from realtime.portrait_io import load_portrait
+    from avatarstream.engines.registry import load_engine
+    from avatarstream.realtime.portrait_io import load_portrait
 
     portrait = load_portrait(config.image)
     engine = load_engine(config.engine, weights=config.weights, **(engine_options or {}))
@@ -45,7 +45,7 @@ def check_portrait(config, engine_options: dict | None = None) -> None:
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from realtime.http_app import ServerConfig, create_app
+    from avatarstream.realtime.http_app import ServerConfig, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_sessions < 1:

@@ -9,12 +9,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("realtime.serve_command", "serve the avatar over WebRTC (HTTP API + browser page)"),
-    "render": ("realtime.render_command", "render a talking-portrait MP4 from an image and an audio file"),
-    "bench": ("realtime.bench_command", "benchmark an engine or backend; writes JSON and plots"),
-    "weights": ("engines.weights_command", "download or check the official neural-engine weights"),
-    "export": ("export.export_command", "export neural stages to ONNX / TensorRT"),
-    "train": ("engines.train_command", "train a model (loopy)"),
+    "serve": ("avatarstream.cli.serve", "serve the avatar over WebRTC (HTTP API + browser page)"),
+    "render": ("avatarstream.cli.render", "render a talking-portrait MP4 from an image and an audio file"),
+    "bench": ("avatarstream.cli.bench", "benchmark an engine or backend; writes JSON and plots"),
+    "weights": ("avatarstream.cli.weights", "download or check the official neural-engine weights"),
+    "export": ("avatarstream.cli.export", "export neural stages to ONNX / TensorRT"),
+    "train": ("avatarstream.cli.train", "train a model (loopy)"),
 }
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)
         return 2
-    from engines.base import EngineError
+    from avatarstream.engines.base import EngineError
 
     try:
         return int(args._run(args) or 0)

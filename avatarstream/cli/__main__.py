@@ -1,0 +1,5 @@
+import sys
+
+from avatarstream.cli import main
+
+sys.exit(main())
