@@ -68,14 +68,38 @@ class AudioFeatureExtractor:
         """All ``num_frames`` frames of features for ``audio`` (16 kHz mono float)."""
         return self.features(self.prepare(audio, num_frames), 0, num_frames)
 
-    def windows(self, prepared: np.ndarray, start: int, length: int, window: int = 5) -> torch.Tensor:
+
+class ChunkedAudioFeatures:
+    """Features of one audio track computed exactly as ``AudioFeatureExtractor(audio, num_frames)``
+    computes them for training (same normalisation, chunks and context), but chunk by chunk on
+    demand so a long render never holds all of them. Windows replicate the first/last frame
+    beyond the audio's ends, as ``audio_windows`` does at a training clip's ends."""
+
+    def __init__(self, extractor: AudioFeatureExtractor, audio: np.ndarray, num_frames: int, keep_chunks: int = 2) -> None:
+        self.extractor = extractor
+        self.prepared = extractor.prepare(audio, num_frames)
+        self.num_frames = num_frames
+        self.keep_chunks = keep_chunks
+        self._chunks: dict[int, torch.Tensor] = {}
+
+    def _chunk(self, k: int) -> torch.Tensor:
+        if k not in self._chunks:
+            size = self.extractor.chunk_frames
+            self._chunks[k] = self.extractor.features(self.prepared, k * size, min(self.num_frames, (k + 1) * size))
+            while len(self._chunks) > self.keep_chunks:
+                self._chunks.pop(next(iter(self._chunks)))
+        return self._chunks[k]
+
+    def frames(self, f0: int, f1: int) -> torch.Tensor:
+        """Features of frames ``[f0, f1)``, indices clamped to the audio (edge replication)."""
+        size = self.extractor.chunk_frames
+        idx = np.clip(np.arange(f0, f1), 0, self.num_frames - 1)
+        return torch.stack([self._chunk(int(i) // size)[int(i) % size] for i in idx])
+
+    def windows(self, start: int, length: int, window: int = 5) -> torch.Tensor:
         """Audio windows ``(length, window, D)`` for frames ``[start, start + length)``."""
-        num_frames = prepared.size // SAMPLES_PER_FRAME
         half = window // 2
-        f0, f1 = max(0, start - half), min(num_frames, start + length + half)
-        feats = self.features(prepared, f0, f1)
-        lead, tail = f0 - (start - half), (start + length + half) - f1
-        feats = torch.cat([feats[:1].expand(lead, -1), feats, feats[-1:].expand(tail, -1)], dim=0)
+        feats = self.frames(start - half, start + length + half)
         return feats.unfold(0, window, 1).permute(0, 2, 1).contiguous()
 
 

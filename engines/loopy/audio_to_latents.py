@@ -1,10 +1,10 @@
 """Loopy's audio-to-latents module.
 
 A bank of 128 learnable embeddings serves as keys and values of one attention layer
-(256 channels). Queries come from fully connected layers applied to the condition: the
-audio feature window at inference; during training, with equal probability, the audio, the
-clip's head-motion variance or its expression variance. The attended result is pooled,
-projected to the U-Net's time-embedding width (1280 for SD-1.5) and added to the timestep
+(256 channels). One query token (the paper's token count) comes from fully connected layers
+applied to the condition: the frame's whole audio feature window (flattened) at inference;
+during training, with equal probability, the audio, the clip's head-motion variance or its
+expression variance. The attended token is projected to the U-Net's time-embedding width (1280 for SD-1.5) and added to the timestep
 embedding of every frame, so audio and motion-related signals share one latent space.
 The output projection starts at zero (a new module does not disturb a trained U-Net).
 """
@@ -20,10 +20,11 @@ QUERY_SOURCES = ("audio", "head_motion_variance", "expression_variance")
 
 class AudioToLatents(nn.Module):
     def __init__(self, audio_feature_dim: int, out_dim: int, num_embeddings: int = 128, dim: int = 256,
-                 heads: int = 4) -> None:
+                 heads: int = 4, window: int = 5) -> None:
         super().__init__()
+        self.window = window
         self.embeddings = nn.Parameter(torch.randn(num_embeddings, dim) * dim**-0.5)
-        self.audio_query = nn.Sequential(nn.Linear(audio_feature_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.audio_query = nn.Sequential(nn.Linear(window * audio_feature_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.head_motion_query = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.expression_query = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
@@ -32,11 +33,13 @@ class AudioToLatents(nn.Module):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def attend(self, queries: torch.Tensor) -> torch.Tensor:
-        """``(N, Q, dim)`` queries -> ``(N, out_dim)`` motion latents."""
-        kv = self.embeddings.to(queries.dtype)[None].expand(queries.shape[0], -1, -1)
-        out = self.attn(self.norm(queries), encoder_hidden_states=kv)
-        return self.proj_out(out.mean(dim=1))
+    def attend(self, query: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, dim)`` query tokens -> ``(N, out_dim)`` motion latents."""
+        if query.shape[1] != 1:
+            raise ValueError(f"audio-to-latents takes one query token per item, got {query.shape[1]}")
+        kv = self.embeddings.to(query.dtype)[None].expand(query.shape[0], -1, -1)
+        out = self.attn(self.norm(query), encoder_hidden_states=kv)
+        return self.proj_out(out[:, 0])
 
     def forward(self, audio_windows: torch.Tensor | None = None, *, variance: torch.Tensor | None = None,
                 source: str = "audio") -> torch.Tensor:
@@ -44,7 +47,9 @@ class AudioToLatents(nn.Module):
         if source == "audio":
             if audio_windows is None:
                 raise ValueError("audio windows are required for source='audio'")
-            return self.attend(self.audio_query(audio_windows))
+            if audio_windows.shape[1] != self.window:
+                raise ValueError(f"audio windows of {audio_windows.shape[1]} frames; expected {self.window}")
+            return self.attend(self.audio_query(audio_windows.flatten(1)[:, None]))
         if source not in QUERY_SOURCES:
             raise ValueError(f"unknown audio-to-latents source {source!r}; choose one of {QUERY_SOURCES}")
         if variance is None:

@@ -7,8 +7,9 @@ Dataset format (a directory, searched recursively)::
                                 resolution), speech in its audio track
     DATA/<name>.wav             optional: the clip's audio (16 kHz mono preferred; any rate is
                                 resampled); overrides the MP4's audio track
-    DATA/<name>.landmarks.npy   optional: (T, K, 2) float facial landmarks in pixels, one row per
-                                video frame (e.g. dlib's 68 points); enables the head-motion and
+    DATA/<name>.landmarks.npy   optional: (T, 68, 2) float facial landmarks in pixels of the MP4's
+                                frames, one row per video frame, in dlib's 68-point order
+                                (``engines/face/landmarks.py``); enables the head-motion and
                                 expression-variance queries of the audio-to-latents module
 
 Each clip must have at least ``clip_frames`` (12) frames; the first frames of a clip have
@@ -26,6 +27,14 @@ import cv2
 import numpy as np
 
 from avatarstream.engines.base import FPS, SAMPLE_RATE, EngineError
+from avatarstream.engines.face.landmarks import BROWS, EYE_LEFT, EYE_RIGHT
+
+# The paper's audio-to-latents conditions on the 68-point layout (iBUG / dlib order):
+NUM_LANDMARKS = 68
+NOSE_TIP = 30
+NOSE_BRIDGE = np.arange(27, 31)  # 27-30, ending at the nose tip
+UPPER_FACE = np.concatenate([BROWS, NOSE_BRIDGE, EYE_LEFT, EYE_RIGHT])  # brows 17-26, bridge 27-30, eyes 36-47
+VARIANCE_LOG_SCALE = 1e4  # variances are of positions in image widths: log1p(1e4 * v) spreads them over ~0-10
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,8 @@ class VideoClip:
     name: str  # path relative to the dataset root, without suffix
     frames: np.ndarray  # (T, R, R, 3) uint8 RGB at the model resolution
     audio: np.ndarray  # float32 mono 16 kHz
-    landmarks: np.ndarray | None  # (T, K, 2) in pixels of the original crop, or None
+    landmarks: np.ndarray | None  # (T, 68, 2) in pixels of the MP4's frames, or None
+    source_size: int = 0  # side of the MP4's (square) frames in pixels: the landmarks' unit
 
     @property
     def num_frames(self) -> int:
@@ -55,8 +65,9 @@ def read_audio(path: Path, rate: int = SAMPLE_RATE) -> np.ndarray | None:
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
 
 
-def read_video(path: Path, resolution: int) -> tuple[np.ndarray, float]:
-    """All frames of ``path`` resized to ``resolution`` (must be square), and the frame rate."""
+def read_video(path: Path, resolution: int, sizes: list[int] | None = None) -> tuple[np.ndarray, float]:
+    """All frames of ``path`` resized to ``resolution`` (must be square), and the frame rate;
+    the original frame side is appended to ``sizes`` when given."""
     frames = []
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -68,6 +79,8 @@ def read_video(path: Path, resolution: int) -> tuple[np.ndarray, float]:
             h, w = img.shape[:2]
             if h != w:
                 raise EngineError(f"{path}: frames are {w}x{h}; the dataset needs square face crops")
+            if sizes is not None and not sizes:
+                sizes.append(h)
             if h != resolution:
                 img = cv2.resize(img, (resolution, resolution),
                                  interpolation=cv2.INTER_AREA if h > resolution else cv2.INTER_CUBIC)
@@ -77,20 +90,26 @@ def read_video(path: Path, resolution: int) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
-def motion_variances(landmarks: np.ndarray) -> tuple[float, float]:
-    """Head-motion and expression variance of a window of landmarks ``(T, K, 2)`` (log-scaled).
+def motion_variances(landmarks: np.ndarray, image_size: float) -> tuple[float, float]:
+    """The paper's head-motion and expression variance of a clip's landmarks ``(T, 68, 2)``.
 
-    Head motion: temporal variance of the face centre and scale, relative to the face size.
-    Expression: temporal variance of the landmark shape after removing position and scale.
+    Head motion: temporal variance of the nose tip's absolute position.
+    Expression: temporal variance of the upper-face keypoints (brows, nose bridge, eyes) relative
+    to the nose tip, averaged over the keypoints.
+    Positions are in image widths (pixels / ``image_size``); variances are summed over x and y
+    and returned log-scaled, ``log1p(VARIANCE_LOG_SCALE * v)``.
     """
     lm = np.asarray(landmarks, np.float64)
-    centre = lm.mean(axis=1)  # (T, 2)
-    scale = np.sqrt(((lm - centre[:, None]) ** 2).sum(-1).mean(-1)) + 1e-6  # (T,)
-    size = scale.mean()
-    head = float((centre / size).var(axis=0).sum() + (scale / size).var())
-    shape = (lm - centre[:, None]) / scale[:, None, None]
-    expression = float(shape.var(axis=0).sum(-1).mean())
-    return float(np.log1p(100.0 * head)), float(np.log1p(100.0 * expression))
+    if lm.ndim != 3 or lm.shape[1:] != (NUM_LANDMARKS, 2):
+        raise ValueError(f"expected (T, {NUM_LANDMARKS}, 2) landmarks, got {lm.shape}")
+    if image_size <= 0:
+        raise ValueError("image_size must be positive")
+    lm = lm / float(image_size)
+    nose = lm[:, NOSE_TIP]  # (T, 2)
+    head = float(nose.var(axis=0).sum())
+    relative = lm[:, UPPER_FACE] - nose[:, None]  # (T, K, 2)
+    expression = float(relative.var(axis=0).sum(-1).mean())
+    return float(np.log1p(VARIANCE_LOG_SCALE * head)), float(np.log1p(VARIANCE_LOG_SCALE * expression))
 
 
 class LoopyVideoDataset:
@@ -122,7 +141,8 @@ class LoopyVideoDataset:
         return clip
 
     def _load(self, path: Path) -> VideoClip:
-        frames, fps = read_video(path, self.resolution)
+        sizes: list[int] = []
+        frames, fps = read_video(path, self.resolution, sizes)
         if abs(fps - FPS) > 0.01:
             raise EngineError(f"{path}: {fps:g} fps; the dataset needs {FPS} fps (re-encode with: ffmpeg -i IN -r {FPS} OUT)")
         if len(frames) < self.min_frames:
@@ -135,6 +155,7 @@ class LoopyVideoDataset:
         landmarks = None
         if lm_path.is_file():
             landmarks = np.load(lm_path)
-            if landmarks.ndim != 3 or landmarks.shape[2] != 2 or landmarks.shape[0] != len(frames):
-                raise EngineError(f"{lm_path}: shape {landmarks.shape}; expected ({len(frames)}, K, 2)")
-        return VideoClip(str(path.relative_to(self.root).with_suffix("")), frames, audio, landmarks)
+            if landmarks.shape != (len(frames), NUM_LANDMARKS, 2):
+                raise EngineError(f"{lm_path}: shape {landmarks.shape}; expected ({len(frames)}, {NUM_LANDMARKS}, 2) "
+                                  "(68-point landmarks, dlib order)")
+        return VideoClip(str(path.relative_to(self.root).with_suffix("")), frames, audio, landmarks, sizes[0])

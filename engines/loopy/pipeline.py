@@ -1,9 +1,13 @@
 """Loopy inference: long audio -> chained 12-frame clips -> MP4.
 
 For each clip: gather the 20 motion-frame latents from the frames made so far with the
-temporal segment module (frames before the start of the video are zero latents), run the
-reference net once per guidance variant, then 25 DDIM steps with three network passes per
-step combined by ``guidance.combine_guidance``; decode with the VAE. Each finished clip is
+temporal segment module (frames before the start of the video are masked: not concatenated),
+run the reference net once, then 25 DDIM steps with three network passes per step (all
+conditions / audio dropped / audio and reference with its motion frames dropped, where the
+dropped reference contributes no keys or values) combined by ``guidance.combine_guidance``;
+decode with the VAE. Audio features are computed exactly as in training: wav2vec2 over the
+whole (normalised) audio in the same chunks with the same context, windows replicated at the
+audio's ends. Each finished clip is
 saved to the work directory (latents + frames), so an interrupted render resumes where it
 stopped and re-running the same command skips the finished clips. Frames are muxed with the
 audio from the clip files, never all held in memory.
@@ -25,11 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME, EngineError, StageTimes
-from avatarstream.engines.loopy.audio_conditioning import AudioFeatureExtractor
+from avatarstream.engines.loopy.audio_conditioning import AudioFeatureExtractor, ChunkedAudioFeatures
 from avatarstream.engines.loopy.checkpoint import LoopyWeights
 from avatarstream.engines.loopy.face_crop import crop_square
 from avatarstream.engines.loopy.guidance import pass_masks, split_and_combine
-from avatarstream.engines.loopy.loopy_model import ReferenceConditioning
 from avatarstream.engines.loopy.mp4 import write_mp4
 from avatarstream.engines.loopy.noise_schedule import sampling_scheduler
 from avatarstream.engines.loopy.temporal_segment import gather_motion_latents
@@ -112,16 +115,19 @@ class LoopyPipeline:
 
     @torch.no_grad()
     def generate_clip(self, reference_latent: torch.Tensor, motion_latents: torch.Tensor,
-                      audio_windows: torch.Tensor, generator: torch.Generator, num_steps: int) -> torch.Tensor:
-        """One clip of ``audio_windows.shape[0]`` frame latents (F, 4, h, w)."""
+                      audio_windows: torch.Tensor, generator: torch.Generator, num_steps: int,
+                      motion_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """One clip of ``audio_windows.shape[0]`` frame latents (F, 4, h, w); ``motion_valid`` (M,) bool
+        marks the motion latents that exist (None: all)."""
         cfg = self.cfg
         f = audio_windows.shape[0]
         t0 = time.perf_counter()
         ref = reference_latent[None].to(self.device, self.dtype)
         mot = motion_latents[None].to(self.device, self.dtype)
-        both = self.model.encode_reference(torch.cat([ref, torch.zeros_like(ref)]), torch.cat([mot, torch.zeros_like(mot)]))
+        valid = None if motion_valid is None else motion_valid[None].to(self.device, torch.bool)
+        encoded = self.model.encode_reference(ref, mot, motion_keep=valid)
         keep_audio, keep_ref = pass_masks(1)
-        conditioning = _select(both, (~keep_ref).long().tolist())  # pass i uses variant 0 (reference) or 1 (none)
+        conditioning = encoded.select([0] * len(keep_ref), keep_ref.tolist())
         t0 = self._timed("reference_net", t0)
         windows = audio_windows[None].to(self.device, self.dtype).expand(3, -1, -1, -1)
         keep = keep_audio.to(self.device, self.dtype)
@@ -159,7 +165,7 @@ class LoopyPipeline:
         t_start = time.perf_counter()
         self.times = StageTimes()
         reference_latent = self.encode_images(crop[None])[0].float()
-        prepared = self.audio.prepare(audio, num_clips * clip_len)  # silence pads the last clip
+        audio_features = ChunkedAudioFeatures(self.audio, audio, num_frames)
         history = _LatentWindow(cfg.tsm.total_frames)
         latent_shape = tuple(reference_latent.shape)
         bar = tqdm(total=num_frames, unit="frame", desc="loopy", disable=progress is not True and progress is not None)
@@ -175,11 +181,11 @@ class LoopyPipeline:
                     resumed += 1
                 else:
                     t0 = time.perf_counter()
-                    windows = self.audio.windows(prepared, start, clip_len, cfg.audio_window)
+                    windows = audio_features.windows(start, clip_len, cfg.audio_window)
                     self._timed("audio_features", t0)
-                    motion, _ = gather_motion_latents(history, start, cfg.tsm, latent_shape=latent_shape)
+                    motion, valid = gather_motion_latents(history, start, cfg.tsm, latent_shape=latent_shape)
                     generator = torch.Generator().manual_seed(seed * 1_000_003 + c)
-                    latents = self.generate_clip(reference_latent, motion, windows, generator, steps).cpu()
+                    latents = self.generate_clip(reference_latent, motion, windows, generator, steps, valid).cpu()
                     t0 = time.perf_counter()
                     frames = self.decode_latents(latents[:shown].to(self.device))
                     self._timed("vae_decode", t0)
@@ -204,16 +210,6 @@ class LoopyPipeline:
         return RenderResult(out_path, num_frames, num_clips, rendered, resumed, frames_rendered,
                             time.perf_counter() - t_start,
                             dict(self.times.ms))
-
-
-def _select(cond: ReferenceConditioning, variants: list[int]) -> ReferenceConditioning:
-    idx = torch.tensor(variants, device=next(iter(cond.spatial.values())).device)
-    spatial = {k: v.index_select(0, idx) for k, v in cond.spatial.items()}
-    motion = None
-    if cond.motion is not None:
-        m = cond.num_motion
-        motion = {k: v.reshape(-1, m, *v.shape[1:]).index_select(0, idx).flatten(0, 1) for k, v in cond.motion.items()}
-    return ReferenceConditioning(spatial, motion, cond.num_motion)
 
 
 def _fingerprint(crop: np.ndarray, audio: np.ndarray, cfg, seed: int, steps: int) -> str:

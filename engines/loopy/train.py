@@ -3,15 +3,22 @@
 * Stage 1 (image level): no temporal layers and no audio. A target frame and a reference
   frame of the same clip train the reference net and the denoising U-Net's spatial layers.
 * Stage 2 (video level): 12-frame clips with 20 TSM motion frames (from up to 124 preceding
-  frames); trains the inter-/intra-clip temporal layers, the audio cross-attention, the audio
-  projection and the audio-to-latents module; the stage-1 weights stay frozen unless
-  ``train_all`` is set (``--train-all``).
+  frames); adds the inter-/intra-clip temporal layers, the audio attention, the audio
+  projection and the audio-to-latents module and trains the whole model (paper: full
+  training in stage 2). ``freeze_stage1`` keeps the stage-1 weights fixed (less memory).
 
 Condition masking (per sample): audio together with the audio-to-latents output 10 %, the
-reference image together with its motion frames 15 %, the motion frames alone 40 %. The
-audio-to-latents queries come, with equal probability, from the audio, the clip's
-head-motion variance or its expression variance (the latter two need landmarks).
+reference image together with its motion frames 15 %, the motion frames alone 40 %. A
+dropped condition's features are not concatenated (no reference keys/values, no motion
+tokens), exactly like the no-reference guidance pass at inference. The audio-to-latents
+queries come, with equal probability, from the audio, the clip's head-motion variance or its
+expression variance (the latter two need 68-point landmarks).
 Noise-prediction (epsilon) MSE on SD-1.5's DDPM schedule.
+
+VAE: the denoising targets (and the motion frames, which at inference are generated latents,
+i.e. samples) are encoded with ``latent_dist.sample()`` (SD's training convention, a little
+latent augmentation); the reference image is encoded with ``latent_dist.mode()`` as at
+inference, where the reference must be deterministic (resumable renders, per-clip seeds).
 """
 
 from __future__ import annotations
@@ -57,18 +64,21 @@ class TrainOptions:
     device: str = "cpu"
     save_every: int = 500
     gradient_checkpointing: bool = False
-    train_all: bool = False  # stage 2: also fine-tune the stage-1 weights
+    freeze_stage1: bool = False  # stage 2: keep the stage-1 weights fixed (the paper trains everything)
+    train_all: bool = False  # the CLI's --train-all: stage 2 trains everything even with freeze_stage1
 
 
 @dataclass
 class TrainingBatch:
     target: torch.Tensor  # (B, F, 4, h, w) clean latents
-    reference: torch.Tensor  # (B, 4, h, w), zeros where dropped
-    motion: torch.Tensor | None  # (B, M, 4, h, w), zeros where masked/dropped
+    reference: torch.Tensor  # (B, 4, h, w)
+    motion: torch.Tensor | None  # (B, M, 4, h, w), zeros where missing
     audio_windows: torch.Tensor | None  # (B, F, W, D)
     audio_keep: torch.Tensor | None  # (B,)
     motion_source: str = "audio"
     variance: torch.Tensor | None = None  # (B,)
+    reference_keep: torch.Tensor | None = None  # (B,) bool, False = reference + motion frames dropped
+    motion_keep: torch.Tensor | None = None  # (B, M) bool, False = motion latent dropped or missing
 
 
 @dataclass
@@ -93,15 +103,14 @@ def _base_state_for_denoiser(state: dict[str, torch.Tensor], model: LoopyModel) 
 def init_from_base(model: LoopyModel, base_state: dict[str, torch.Tensor]) -> None:
     """Both U-Nets start from the SD weights; Loopy's new layers keep their (identity) init."""
     load_state_strict(model.reference_net.unet, base_state, "base U-Net (reference net)")
-    den = _base_state_for_denoiser(base_state, model)
+    # the denoising U-Net has no text cross-attention (attn2 / its norm2): those SD weights are unused
+    den = {k: v for k, v in _base_state_for_denoiser(base_state, model).items()
+           if not (".transformer_blocks." in k and (".attn2." in k or ".norm2." in k))}
     missing, unexpected = model.denoising_unet.unet.load_state_dict(den, strict=False)
-    bad = [k for k in missing if ".inter_clip." not in k and ".intra_clip." not in k]
+    new = (".inter_clip.", ".intra_clip.", ".audio_attention.")
+    bad = [k for k in missing if not any(n in k for n in new)]
     if bad or unexpected:
         raise EngineError(f"base U-Net does not fit the denoising U-Net: missing {bad[:8]}, unexpected {unexpected[:8]}")
-    for name, module in model.denoising_unet.unet.named_modules():
-        if name.endswith(".attn2"):  # text cross-attention becomes audio attention: start as a no-op
-            torch.nn.init.zeros_(module.to_out[0].weight)
-            torch.nn.init.zeros_(module.to_out[0].bias)
 
 
 def build_weights(opts: TrainOptions) -> LoopyWeights:
@@ -128,7 +137,7 @@ def build_weights(opts: TrainOptions) -> LoopyWeights:
 
 class LoopyTrainer:
     def __init__(self, weights: LoopyWeights, dataset: LoopyVideoDataset, stage: int, lr: float = 1e-5,
-                 device: str = "cpu", seed: int = 0, batch_size: int = 1, train_all: bool = False) -> None:
+                 device: str = "cpu", seed: int = 0, batch_size: int = 1, freeze_stage1: bool = False) -> None:
         if stage not in (1, 2):
             raise EngineError(f"stage must be 1 or 2, got {stage}")
         self.weights = weights
@@ -144,7 +153,8 @@ class LoopyTrainer:
         self.audio = AudioFeatureExtractor(weights.wav2vec2, self.device)
         self._audio_cache: dict[str, torch.Tensor] = {}
         groups = self.model.parameter_groups()
-        trainable = set(groups["2"] + groups["1"] if stage == 2 and train_all else groups[str(stage)])
+        # stage 1: the image-level weights; stage 2: everything (paper), or only the new layers if frozen
+        trainable = set(groups["1"] if stage == 1 else groups["2"] if freeze_stage1 else groups["1"] + groups["2"])
         params = []
         for name, p in self.model.named_parameters():
             p.requires_grad_(name in trainable)
@@ -156,9 +166,11 @@ class LoopyTrainer:
 
     # -- data ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+    def _encode(self, frames: np.ndarray, mode: bool = False) -> torch.Tensor:
+        """VAE latents of ``frames``: samples (targets, motion frames) or the mode (the reference)."""
         x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        out = [self.vae.encode(x[i: i + 8]).latent_dist.sample() for i in range(0, x.shape[0], 8)]
+        dists = [self.vae.encode(x[i: i + 8]).latent_dist for i in range(0, x.shape[0], 8)]
+        out = [d.mode() if mode else d.sample() for d in dists]
         return torch.cat(out) * self.vae.config.scaling_factor
 
     def _clip_audio(self, clip: VideoClip) -> torch.Tensor:
@@ -177,13 +189,13 @@ class LoopyTrainer:
         start = int(rng.integers(0, clip.num_frames - f + 1))
         ref_idx = int(rng.integers(0, clip.num_frames))
         item: dict = {"target": self._encode(clip.frames[start: start + f]),
-                      "reference": self._encode(clip.frames[ref_idx: ref_idx + 1])[0]}
+                      "reference": self._encode(clip.frames[ref_idx: ref_idx + 1], mode=True)[0]}
         drop_ref = rng.random() < cfg.dropout.reference
-        if drop_ref:
-            item["reference"] = torch.zeros_like(item["reference"])
+        item["reference_keep"] = not drop_ref
         if self.stage == 2:
             picks = sample_indices(segment_groups(start, cfg.tsm), cfg.tsm.sampling, rng)
             motion = torch.zeros(len(picks), *item["reference"].shape, device=self.device)
+            keep = torch.zeros(len(picks), dtype=torch.bool)
             if not drop_ref and rng.random() >= cfg.dropout.motion_frames:
                 needed = sorted({j for group in picks for j in group})
                 if needed:
@@ -191,11 +203,13 @@ class LoopyTrainer:
                     for i, group in enumerate(picks):
                         if group:
                             motion[i] = torch.stack([enc[j] for j in group]).mean(0)
+                            keep[i] = True
             item["motion"] = motion
+            item["motion_keep"] = keep
             item["audio"] = self._clip_audio(clip)[start: start + f].to(self.device)
             item["audio_keep"] = 0.0 if rng.random() < cfg.dropout.audio else 1.0
             if clip.landmarks is not None:
-                item["variances"] = motion_variances(clip.landmarks[start: start + f])
+                item["variances"] = motion_variances(clip.landmarks[start: start + f], clip.source_size)
         return item
 
     def sample_batch(self, rng: np.random.Generator | None = None) -> TrainingBatch:
@@ -204,8 +218,9 @@ class LoopyTrainer:
                  for _ in range(self.batch_size)]
         target = torch.stack([it["target"] for it in items])
         reference = torch.stack([it["reference"] for it in items])
+        reference_keep = torch.tensor([it["reference_keep"] for it in items], device=self.device)
         if self.stage == 1:
-            return TrainingBatch(target, reference, None, None, None)
+            return TrainingBatch(target, reference, None, None, None, reference_keep=reference_keep)
         source, variance = "audio", None
         if all("variances" in it for it in items):
             source = QUERY_SOURCES[int(rng.integers(0, len(QUERY_SOURCES)))]
@@ -216,6 +231,7 @@ class LoopyTrainer:
             target, reference, torch.stack([it["motion"] for it in items]),
             torch.stack([it["audio"] for it in items]),
             torch.tensor([it["audio_keep"] for it in items], device=self.device), source, variance,
+            reference_keep, torch.stack([it["motion_keep"] for it in items]).to(self.device),
         )
 
     # -- optimisation ----------------------------------------------------------------------------
@@ -231,7 +247,8 @@ class LoopyTrainer:
                                                timesteps.repeat_interleave(f)).reshape(batch.target.shape)
         ctx = self.autocast if self.autocast is not None else _nullcontext()
         with ctx:
-            eps = self.model(noisy, timesteps, batch.reference, batch.motion, audio_windows=batch.audio_windows,
+            eps = self.model(noisy, timesteps, batch.reference, batch.motion, batch.reference_keep, batch.motion_keep,
+                             audio_windows=batch.audio_windows,
                              audio_keep=batch.audio_keep, temporal=self.stage == 2,
                              motion_source=batch.motion_source, variance=batch.variance)
         return F.mse_loss(eps.float(), noise.float())
@@ -264,7 +281,7 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     dataset = LoopyVideoDataset(opts.data, weights.config.resolution,
                                 min_frames=1 if opts.stage == 1 else weights.config.clip_frames)
     trainer = LoopyTrainer(weights, dataset, opts.stage, opts.lr, opts.device, opts.seed, opts.batch_size,
-                           opts.train_all)
+                           freeze_stage1=opts.freeze_stage1 and not opts.train_all)
     if opts.gradient_checkpointing:
         trainer.model.reference_net.unet.enable_gradient_checkpointing()
         trainer.model.denoising_unet.unet.enable_gradient_checkpointing()

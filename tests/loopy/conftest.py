@@ -14,7 +14,9 @@ pytest.importorskip("transformers", reason="the loopy engine needs transformers"
 
 
 def synthetic_clip(path: Path, frames: int = 30, size: int = 64, seed: int = 0) -> Path:
-    """A moving, breathing disc with a tone whose loudness follows the disc; landmarks on its rim."""
+    """A moving, breathing disc with a tone whose loudness follows the disc; 68-point landmarks
+    (dlib layout) placed on it, moving with the disc, brows rising and falling."""
+    from avatarstream.engines.face.layout import HUMAN, face_frame_points
     from avatarstream.engines.loopy.mp4 import write_mp4
 
     rng = np.random.default_rng(seed)
@@ -27,8 +29,9 @@ def synthetic_clip(path: Path, frames: int = 30, size: int = 64, seed: int = 0) 
         img[..., 2] = 80
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (220, 180, 140)
         imgs.append(img)
-        ang = np.linspace(0, 2 * np.pi, 8, endpoint=False)
-        lms.append(np.stack([cx + r * np.cos(ang), cy + r * np.sin(ang) * (1 + 0.2 * np.sin(t))], 1))
+        face = face_frame_points(HUMAN)
+        face[17:27, 1] -= 0.1 * np.sin(t)  # brows
+        lms.append(face * r + np.array([cx, cy]))
     n = frames * 640
     t = np.arange(n) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
