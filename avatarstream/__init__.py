@@ -36,8 +36,8 @@ _EXPORTS: dict[str, str] = {
     "MissingWeightsError": "avatarstream.engines.base",
     "load_engine": "avatarstream.engines.registry",
     "engine_names": "avatarstream.engines.registry",
-    "load_portrait": "avatarstream.realtime.portrait_io",
-    "portrait_from_bytes": "avatarstream.realtime.portrait_io",
+    "load_portrait": "avatarstream.engines.portraits",
+    "portrait_from_bytes": "avatarstream.engines.portraits",
     # the server and its client
     "ServerConfig": "avatarstream.realtime.http_app",
     "create_app": "avatarstream.realtime.http_app",

@@ -16,9 +16,10 @@ from typing import Sequence
 import torch
 
 from avatarstream.engines.base import EngineError
+from avatarstream.engines.runtimes.network_source import NetworkSource
+from avatarstream.engines.runtimes.stage_registry import get_stage, stage_names
+from avatarstream.engines.runtimes.stage_runtime import BACKENDS, StageRuntime, open_runtime
 from avatarstream.export.parity import compare_outputs
-from avatarstream.export.runtimes import BACKENDS, StageRuntime, open_runtime
-from avatarstream.export.stages import NetworkSource, get_stage, stage_names
 
 CPU_MAX_BATCH = 2  # warp + SPADE takes seconds per frame on CPU; larger batches only on a GPU
 

@@ -12,11 +12,14 @@ import torch
 from tqdm import tqdm
 
 from avatarstream.engines.base import EngineError
+from avatarstream.engines.runtimes.manifest import MANIFEST, OnnxGraph
+from avatarstream.engines.runtimes.network_source import NetworkSource
+from avatarstream.engines.runtimes.stage_registry import get_stage, stage_names
+from avatarstream.engines.runtimes.stage_runtime import import_tensorrt
+from avatarstream.engines.runtimes.stage_spec import StageSpec
 from avatarstream.export.grid_sample_5d import GRID_SAMPLE_MODES, grid_sample_mode
-from avatarstream.export.onnx_export import OnnxGraph, export_onnx, read_manifest
-from avatarstream.export.stages import NetworkSource, StageSpec, get_stage, stage_names
-
-MANIFEST = "manifest.json"
+from avatarstream.export.onnx_export import export_onnx
+from avatarstream.export.tensorrt_build import build_engine, gpu_name
 
 
 @dataclass
@@ -62,8 +65,6 @@ def export_all(
     names = list(stages) if stages is not None else stage_names()
     specs = [get_stage(n) for n in names]
     if backend == "tensorrt":  # fail before the long ONNX exports
-        from avatarstream.export.tensorrt_build import gpu_name, import_tensorrt
-
         import_tensorrt()
         gpu_name()
     out_dir = Path(out_dir)
@@ -78,8 +79,6 @@ def export_all(
             result.seconds[f"{spec.name}.onnx"] = round(time.perf_counter() - t0, 2)
             bar.update(1)
             if backend == "tensorrt":
-                from avatarstream.export.tensorrt_build import build_engine
-
                 bar.set_postfix_str(f"{spec.name} -> tensorrt")
                 built = build_engine(result.graphs[spec.name], out_dir / "tensorrt", name=spec.name,
                                      profiles=spec.profiles(), fp16=fp16 and not spec.fp32_only)
@@ -107,14 +106,3 @@ def write_export_manifest(result: ExportResult, source: NetworkSource, *, grid_s
     }
     path.write_text(json.dumps(doc, indent=2))
     return path
-
-
-def load_export(out_dir: Path) -> tuple[dict[str, OnnxGraph], dict[str, Path]]:
-    """Graphs and TensorRT engines recorded in ``out_dir/manifest.json``."""
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        raise EngineError(f"{out_dir} has no {MANIFEST}; run 'avatar export --out {out_dir}' first")
-    graphs = read_manifest(path)
-    doc = json.loads(path.read_text())
-    engines = {n: Path(out_dir) / e["tensorrt"] for n, e in doc["stages"].items() if "tensorrt" in e}
-    return graphs, engines

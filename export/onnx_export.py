@@ -3,40 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import onnx
 import torch
 
+from avatarstream.engines.runtimes.manifest import OnnxGraph
+
 OPSET = 20
-
-
-@dataclass(frozen=True)
-class OnnxGraph:
-    """One exported graph on disk, with what a runtime needs to feed it."""
-
-    path: Path
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    dynamic_axes: Mapping[str, Mapping[int, str]]
-    sha256: str
-    opset: int = OPSET
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "path": self.path.name,
-            "inputs": list(self.input_names),
-            "outputs": list(self.output_names),
-            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in self.dynamic_axes.items()},
-            "sha256": self.sha256,
-            "opset": self.opset,
-            "metadata": dict(self.metadata),
-        }
 
 
 def model_hash(path: Path) -> str:
@@ -112,15 +88,3 @@ def _export(module, example_inputs, path, input_names, output_names, dynamic_axe
                 input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
-
-
-def read_manifest(path: Path) -> dict[str, OnnxGraph]:
-    doc = json.loads(Path(path).read_text())
-    out = {}
-    for name, g in doc["stages"].items():
-        out[name] = OnnxGraph(
-            path=Path(path).parent / g["path"], input_names=tuple(g["inputs"]), output_names=tuple(g["outputs"]),
-            dynamic_axes={k: {int(a): n for a, n in v.items()} for k, v in g["dynamic_axes"].items()},
-            sha256=g["sha256"], opset=g["opset"], metadata=g.get("metadata", {}),
-        )
-    return out

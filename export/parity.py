@@ -11,7 +11,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from avatarstream.export.runtimes import StageRuntime
+from avatarstream.engines.runtimes.stage_registry import get_stage
+from avatarstream.engines.runtimes.stage_runtime import OnnxRuntime, StageRuntime, TensorRTRuntime
 
 FP32_RELATIVE_BOUND = 1e-4
 
@@ -99,9 +100,6 @@ def check_export(source, result, *, fp16: bool = False, batch: int = 1, progress
     The eager reference runs on CPU in FP32 with the plain ``torch.nn.functional.grid_sample``.
     """
     from tqdm import tqdm
-
-    from avatarstream.export.runtimes import OnnxRuntime, TensorRTRuntime
-    from avatarstream.export.stages import get_stage
 
     reports = []
     for name, graph in tqdm(result.graphs.items(), desc="parity", unit="stage", disable=not progress):

@@ -19,18 +19,9 @@ from pathlib import Path
 from typing import Mapping
 
 from avatarstream.engines.base import EngineError
-from avatarstream.export.onnx_export import OnnxGraph
-
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ProfileShapes:
-    """min / opt / max shape of one dynamic input."""
-
-    min: Shape
-    opt: Shape
-    max: Shape
+from avatarstream.engines.runtimes.manifest import OnnxGraph
+from avatarstream.engines.runtimes.stage_runtime import import_tensorrt
+from avatarstream.engines.runtimes.stage_spec import ProfileShapes
 
 
 @dataclass(frozen=True)
@@ -39,14 +30,6 @@ class BuiltEngine:
     key: str
     cached: bool
     build_s: float
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise EngineError("tensorrt not installed (pip install tensorrt; needs an NVIDIA GPU and driver)") from exc
-    return trt
 
 
 def gpu_name() -> str:

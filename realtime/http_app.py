@@ -20,7 +20,7 @@ from aiohttp import web
 
 from avatarstream.engines.base import AvatarEngine, EngineError, NoFaceError, Portrait
 from avatarstream.realtime.peer import OfferError, check_offer, connect_viewer
-from avatarstream.realtime.portrait_io import UnreadableImageError, load_portrait, portrait_from_bytes
+from avatarstream.engines.portraits import UnreadableImageError, load_portrait, portrait_from_bytes
 from avatarstream.realtime.session import SessionOptions
 from avatarstream.realtime.session_registry import RegistryConfig, SessionLimitError, SessionRegistry
 

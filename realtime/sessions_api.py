@@ -35,7 +35,7 @@ from aiortc import RTCPeerConnection
 from yarl import URL
 
 from avatarstream.engines.base import FPS, EngineError, NoFaceError, Portrait
-from avatarstream.realtime.portrait_io import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
+from avatarstream.engines.portraits import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
 from avatarstream.realtime.peer import OfferError, check_offer, connect_viewer
 from avatarstream.realtime.session_registry import SessionLimitError
 

@@ -35,9 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avatarstream.engines.runtimes.network_source import NetworkSource
+    from avatarstream.engines.runtimes.stage_registry import stage_names
     from avatarstream.export.exporter import export_all
     from avatarstream.export.parity import check_export
-    from avatarstream.export.stages import NetworkSource, stage_names
 
     stages = None
     if args.stages:

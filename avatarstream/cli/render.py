@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from avatarstream.engines.registry import load_engine
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     if not 64 <= args.size <= 2048:
         raise EngineError(f"--size must be between 64 and 2048, got {args.size}")

@@ -31,7 +31,7 @@ def check_portrait(config, engine_options: dict | None = None) -> None:
 
     ``engine_options`` (``--backend`` / ``--engines-dir``) go to the configured engine only."""
     from avatarstream.engines.registry import load_engine
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     portrait = load_portrait(config.image)
     engine = load_engine(config.engine, weights=config.weights, **(engine_options or {}))

@@ -3,7 +3,7 @@
     avatar serve  --engine joyvasa --weights DIR [--backend CHOICE --engines-dir ENGINES_DIR]
     avatar render --engine joyvasa --weights DIR IMAGE AUDIO OUT.mp4
 
-``--backend`` takes ``export.backend_choice`` text (``onnxruntime``, ``warping_spade=tensorrt,default=torch``):
+``--backend`` takes ``engines.runtimes.backend_choice`` text (``onnxruntime``, ``warping_spade=tensorrt,default=torch``):
 the renderer's stages (appearance + motion extractors, warping + SPADE) then run on the graphs and engines
 that ``avatar export`` wrote to ``ENGINES_DIR``; the motion generator stays on torch.
 
@@ -11,7 +11,7 @@ that ``avatar export`` wrote to ``ENGINES_DIR``; the motion generator stays on t
 LivePortrait human (and optionally animal v1.0) networks, the JoyVASA motion generator and its
 motion template, and optionally ``chinese-hubert-base/config.json``.
 
-Per stream: the portrait is framed as a square around the face (``engines.lite.framing``), the
+Per stream: the portrait is framed as a square around the face (``engines.face.framing``), the
 face is cropped LivePortrait-style from the 68 landmarks (``engines.liveportrait.source``), F and
 M run once, and every motion frame from the ``StreamingMotionGenerator`` becomes driving keypoints
 (``KeypointDriver``, JoyVASA's post-processing) rendered by W + G in batches, then pasted back into
@@ -41,6 +41,8 @@ from avatarstream.engines.liveportrait.renderer import RUNTIME_STAGES, PreparedA
 from avatarstream.engines.liveportrait.face_models import FaceModels
 from avatarstream.engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_with_transform, paste_back,
                                          soft_mask, whole_image_source)
+from avatarstream.engines.runtimes.backend_choice import open_stage_runtimes, parse_backend_choice
+from avatarstream.engines.runtimes.network_source import NetworkSource
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,9 @@ def required_files() -> list[str]:
 
 
 def render_backends(backend: str) -> dict[str, str]:
-    """``--backend`` text -> {renderer stage: backend} for the stages not on torch (empty: all torch).
-
-    ``export`` is imported only here, and only for a backend other than plain ``torch``."""
+    """``--backend`` text -> {renderer stage: backend} for the stages not on torch (empty: all torch)."""
     if backend.strip() in ("", "torch"):
         return {}
-    from avatarstream.export.backend_choice import parse_backend_choice
-
     choice = parse_backend_choice(backend)
     ignored = sorted(n for n, b in choice.items() if n not in RUNTIME_STAGES and b != "torch")
     if ignored:
@@ -88,9 +86,6 @@ def open_render_runtimes(choice: Mapping[str, str], engines_dir: str | Path | No
     check_engines_dir(choice, engines_dir)
     if not choice:
         return {}
-    from avatarstream.export.backend_choice import open_stage_runtimes
-    from avatarstream.export.stages import NetworkSource
-
     # Only non-torch stages are opened, so the network source is never built from.
     return open_stage_runtimes(choice, source=NetworkSource(), engines_dir=Path(engines_dir), device=device)
 
@@ -174,7 +169,7 @@ class JoyVasaEngine:
     def open_stream(self, portrait: Portrait, *, size: int = 512,
                     controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
         from avatarstream.engines.face import detect_face
-        from avatarstream.engines.lite.framing import frame_portrait
+        from avatarstream.engines.face.framing import frame_portrait
 
         if size not in (256, 512):
             raise EngineError(f"the joyvasa engine renders 256 or 512 pixel frames, got {size}")

@@ -105,7 +105,7 @@ def _run(engine, portrait: Portrait, audio: np.ndarray, size: int, paced: bool, 
 
 def run_bench(opts) -> dict:
     from avatarstream.engines.lite.engine import LiteEngine
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     size = 512
     seconds = 2.0 if opts.quick else float(opts.seconds)

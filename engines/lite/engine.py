@@ -18,7 +18,7 @@ from avatarstream.engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineErr
                           validate_controls)
 from avatarstream.engines.face import FaceLandmarks, detect_face
 from avatarstream.engines.lite.audio_features import AudioFeatureExtractor, FrameFeatures
-from avatarstream.engines.lite.framing import frame_portrait
+from avatarstream.engines.face.framing import frame_portrait
 from avatarstream.engines.lite.motion import FacePose, MotionControls, MotionGenerator
 from avatarstream.engines.lite.warp_renderer import WarpRenderer
 

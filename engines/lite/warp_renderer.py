@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from avatarstream.engines.lite.face_mesh import JAW_TRAVEL, FaceMesh, build_mesh, motion_bases
-from avatarstream.engines.lite.framing import FramedPortrait
+from avatarstream.engines.face.framing import FramedPortrait
 from avatarstream.engines.lite.motion import FacePose
 from avatarstream.engines.lite.mouth_interior import paint_mouth
 

@@ -30,7 +30,7 @@ class PreparedAvatar:
     keypoints: torch.Tensor  # (1,21,3) x_s
 
 
-# Stages a renderer can hand to an exported runtime (names and tensor layouts as in ``export.stages``).
+# Stages a renderer can hand to an exported runtime (names and tensor layouts as in ``engines.liveportrait.stages``).
 APPEARANCE_STAGE = "appearance_feature_extractor"  # img (B,3,256,256) -> f_s
 MOTION_STAGE = "motion_extractor"  # img -> pitch, yaw, roll, t, exp, scale, kp
 WARP_STAGE = "warping_spade"  # feature_3d, kp_driving, kp_source -> image (B,3,512,512) in [0, 1]
@@ -38,7 +38,7 @@ RUNTIME_STAGES = (APPEARANCE_STAGE, MOTION_STAGE, WARP_STAGE)
 
 
 class StageRunner(Protocol):
-    """What the renderer needs of an ``export.runtimes.StageRuntime``: named tensors in, named tensors out."""
+    """What the renderer needs of an ``engines.runtimes.stage_runtime.StageRuntime``: named tensors in, named tensors out."""
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ...
@@ -61,7 +61,7 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 class Renderer:
     """F, M, W + G on torch; any stage of ``RUNTIME_STAGES`` found in ``runtimes`` runs there instead
-    (an onnxruntime / TensorRT runtime from ``export.backend_choice.open_stage_runtimes``), same tensors in and out."""
+    (an onnxruntime / TensorRT runtime from ``engines.runtimes.backend_choice.open_stage_runtimes``), same tensors in and out."""
 
     def __init__(self, networks: LivePortraitNetworks, device: str = "cpu", fp16: bool = False,
                  runtimes: Mapping[str, StageRunner] | None = None):

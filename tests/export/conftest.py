@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def network_source():
-    from avatarstream.export.stages import NetworkSource
+    from avatarstream.engines.runtimes.network_source import NetworkSource
 
     return NetworkSource(seed=0)
 

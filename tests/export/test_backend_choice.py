@@ -10,10 +10,11 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 import torch
 
 from avatarstream.engines.base import EngineError
-from avatarstream.export.backend_choice import open_stage_runtimes, parse_backend_choice
+from avatarstream.engines.runtimes.backend_choice import open_stage_runtimes, parse_backend_choice
+from avatarstream.engines.runtimes.network_source import NetworkSource
+from avatarstream.engines.runtimes.stage_registry import get_stage
 from avatarstream.export.exporter import export_all
 from avatarstream.export.parity import compare_outputs
-from avatarstream.export.stages import NetworkSource, get_stage
 
 
 def test_parse_forms():

@@ -14,9 +14,9 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 import torch
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME
+from avatarstream.engines.runtimes.stage_registry import get_stage
+from avatarstream.engines.runtimes.stage_runtime import OnnxRuntime
 from avatarstream.export.parity import FP32_RELATIVE_BOUND, measure_parity, run_eager
-from avatarstream.export.runtimes import OnnxRuntime
-from avatarstream.export.stages import get_stage
 
 
 def _parity(name: str, exported, source, batch: int, inputs=None):
@@ -60,7 +60,7 @@ def test_dit_denoise_cond_uncond_batched(exported, network_source):
 
 
 def test_manifest_records_hashes_and_axes(exported):
-    from avatarstream.export.exporter import load_export
+    from avatarstream.engines.runtimes.manifest import load_export
     from avatarstream.export.onnx_export import model_hash
 
     graphs, engines = load_export(exported.out_dir)

@@ -10,10 +10,11 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 import torch
 
 from avatarstream.engines.base import EngineError
+from avatarstream.engines.runtimes.network_source import NetworkSource
+from avatarstream.engines.runtimes.stage_registry import get_stage
+from avatarstream.engines.runtimes.stage_runtime import OnnxRuntime, StageRuntime, TorchRuntime, open_runtime
 from avatarstream.export.exporter import export_stage
 from avatarstream.export.parity import FP32_RELATIVE_BOUND, compare_outputs
-from avatarstream.export.runtimes import OnnxRuntime, StageRuntime, TorchRuntime, open_runtime
-from avatarstream.export.stages import NetworkSource, get_stage
 
 
 @pytest.fixture(scope="module")

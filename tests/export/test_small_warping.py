@@ -10,11 +10,12 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 import onnx
 import torch
 
+from avatarstream.engines.liveportrait.stages import WarpSpadeStage
+from avatarstream.engines.runtimes.stage_registry import get_stage
+from avatarstream.engines.runtimes.stage_runtime import OnnxRuntime
 from avatarstream.export.grid_sample_5d import grid_sample_mode
 from avatarstream.export.onnx_export import export_onnx
 from avatarstream.export.parity import FP32_RELATIVE_BOUND, compare_outputs, run_eager
-from avatarstream.export.runtimes import OnnxRuntime
-from avatarstream.export.stages import WarpSpadeStage, get_stage
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,15 @@ trt = pytest.importorskip("tensorrt", reason="tensorrt not installed")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU", allow_module_level=True)
 
+from avatarstream.engines.runtimes.network_source import NetworkSource  # noqa: E402
+from avatarstream.engines.runtimes.stage_registry import get_stage  # noqa: E402
+from avatarstream.engines.runtimes.stage_runtime import TensorRTRuntime, TorchRuntime  # noqa: E402
+from avatarstream.engines.runtimes.stage_spec import ProfileShapes  # noqa: E402
 from avatarstream.export.exporter import export_stage  # noqa: E402
 from avatarstream.export.grid_sample_5d import grid_sample_5d  # noqa: E402
 from avatarstream.export.onnx_export import export_onnx  # noqa: E402
 from avatarstream.export.parity import FP32_RELATIVE_BOUND, compare_outputs  # noqa: E402
-from avatarstream.export.runtimes import TensorRTRuntime, TorchRuntime  # noqa: E402
-from avatarstream.export.stages import NetworkSource, get_stage  # noqa: E402
-from avatarstream.export.tensorrt_build import ProfileShapes, build_engine  # noqa: E402
+from avatarstream.export.tensorrt_build import build_engine  # noqa: E402
 
 
 class _Sampler(torch.nn.Module):

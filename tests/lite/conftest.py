@@ -22,14 +22,14 @@ def lite_engine():
 
 @pytest.fixture(scope="session")
 def human(human_portrait):
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     return load_portrait(human_portrait)
 
 
 @pytest.fixture(scope="session")
 def cat(cat_portrait):
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     return load_portrait(cat_portrait, kind="animal")
 

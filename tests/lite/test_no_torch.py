@@ -14,7 +14,7 @@ def test_lite_engine_imports_and_runs_without_torch():
         "import sys, numpy as np\n"
         "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
         "from avatarstream.engines.registry import load_engine\n"
-        "from avatarstream.realtime.portrait_io import load_portrait\n"
+        "from avatarstream.engines.portraits import load_portrait\n"
         "import avatarstream.engines.face, avatarstream.engines.lite.bench, avatarstream.cli.render\n"
         "s = load_engine('lite').open_stream(load_portrait('human'), size=128)\n"
         "frames = s.feed(np.zeros(3 * 640, np.float32)) + s.flush()\n"

@@ -7,7 +7,7 @@ import pytest
 
 from avatarstream.engines.base import EngineStream, MissingWeightsError
 from avatarstream.engines.registry import load_engine
-from avatarstream.realtime.portrait_io import load_portrait
+from avatarstream.engines.portraits import load_portrait
 
 
 def test_missing_weights_name_the_files(tmp_path):

@@ -60,7 +60,7 @@ def test_source_own_motion_frame_at_full_size(lp_networks, human_portrait):
     """Random weights of the real shapes: the source crop rendered with its own motion."""
     from avatarstream.engines.face import detect_face
     from avatarstream.engines.liveportrait.source import crop_source, paste_back
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     image = load_portrait(human_portrait).image
     src = crop_source(image, detect_face(image).points)

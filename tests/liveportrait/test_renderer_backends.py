@@ -28,8 +28,9 @@ class CountingRuntime:
 
 def export_warping_spade(networks, avatar, engines_dir):
     """``networks``' warping + SPADE stage as ONNX plus the ``manifest.json`` that ``load_export`` reads."""
+    from avatarstream.engines.liveportrait.stages import WarpSpadeStage
+    from avatarstream.engines.runtimes.stage_registry import get_stage
     from avatarstream.export.onnx_export import export_onnx
-    from avatarstream.export.stages import WarpSpadeStage, get_stage
 
     spec = get_stage("warping_spade")
     stage = WarpSpadeStage(networks.warping_module, networks.spade_generator).eval()
@@ -74,7 +75,7 @@ def test_joyvasa_engine_backend_onnxruntime_matches_torch(joyvasa_weights, tmp_p
     from avatarstream.engines.liveportrait.config import LivePortraitConfig
     from avatarstream.engines.liveportrait.renderer import Renderer
     from avatarstream.engines.registry import load_engine
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     torch.set_num_threads(2)
     small = LivePortraitConfig.small()
@@ -141,9 +142,10 @@ def test_cli_passes_backend_options_only_when_given():
 
 
 def test_renderer_runs_the_extractors_on_onnxruntime(small_networks, source_image256, tmp_path):
+    from avatarstream.engines.liveportrait.stages import AppearanceStage, MotionStage
+    from avatarstream.engines.runtimes.stage_registry import get_stage
+    from avatarstream.engines.runtimes.stage_runtime import OnnxRuntime
     from avatarstream.export.onnx_export import export_onnx
-    from avatarstream.export.runtimes import OnnxRuntime
-    from avatarstream.export.stages import AppearanceStage, MotionStage, get_stage
     from avatarstream.engines.liveportrait.renderer import Renderer
 
     torch.set_num_threads(2)

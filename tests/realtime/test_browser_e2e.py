@@ -65,7 +65,7 @@ def face_crop(engine, size: int = 512) -> list[int]:
     """The region of the avatar video around the face (2x the face box), so the page only has to
     grab and JPEG-encode that part of each frame."""
     from avatarstream.engines.face import detect_face
-    from avatarstream.realtime.portrait_io import load_portrait
+    from avatarstream.engines.portraits import load_portrait
 
     stream = engine.open_stream(load_portrait(None), size=size)
     frame = stream.feed(np.zeros(16000, np.float32))[0].image

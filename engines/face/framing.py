@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatarstream.engines.face import FaceLandmarks
+from avatarstream.engines.face.landmarks import FaceLandmarks
 
 # square side in eye distances: a human portrait shows head and shoulders, an animal its head
 SIDE_IN_EYE_DISTANCES = {"human": 5.6, "animal": 3.3}

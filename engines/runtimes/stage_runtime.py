@@ -20,6 +20,15 @@ from avatarstream.engines.base import EngineError
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
+def import_tensorrt():
+    """The ``tensorrt`` module, imported on first use (it needs an NVIDIA GPU and driver)."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EngineError("tensorrt not installed (pip install tensorrt; needs an NVIDIA GPU and driver)") from exc
+    return trt
+
+
 @runtime_checkable
 class StageRuntime(Protocol):
     """Runs one exported stage. ``run`` returns tensors owned by the runtime until its next call."""
@@ -141,8 +150,6 @@ class TensorRTRuntime:
     backend = "tensorrt"
 
     def __init__(self, engine_path: Path, *, device: str = "cuda", use_cuda_graph: bool = True) -> None:
-        from avatarstream.export.tensorrt_build import import_tensorrt
-
         trt = import_tensorrt()
         if not torch.cuda.is_available():
             raise EngineError("no CUDA GPU: the TensorRT runtime needs one")

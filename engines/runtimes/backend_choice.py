@@ -1,6 +1,6 @@
 """Per-stage backend choice: ``--backend`` text -> {stage: backend} -> opened ``StageRuntime``s.
 
-Accepted forms (stage names as in ``export.stages``)::
+Accepted forms (stage names as in ``engines.runtimes.stage_registry``)::
 
     torch                                      every stage on torch
     tensorrt                                   every stage on TensorRT
@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from avatarstream.engines.base import EngineError
-from avatarstream.export.runtimes import BACKENDS, StageRuntime, open_runtime
-from avatarstream.export.stages import NetworkSource, get_stage, stage_names
+from avatarstream.engines.runtimes.manifest import load_export
+from avatarstream.engines.runtimes.network_source import NetworkSource
+from avatarstream.engines.runtimes.stage_registry import get_stage, stage_names
+from avatarstream.engines.runtimes.stage_runtime import BACKENDS, StageRuntime, open_runtime
 
 
 def parse_backend_choice(text: str, stages: Iterable[str] | None = None) -> dict[str, str]:
@@ -52,8 +54,6 @@ def open_stage_runtimes(
     if any(b != "torch" for b in choice.values()):
         if engines_dir is None:
             raise EngineError("onnxruntime / tensorrt stages need the ENGINES_DIR written by 'avatar export'")
-        from avatarstream.export.exporter import load_export
-
         graphs, engines = load_export(Path(engines_dir))
     runtimes: dict[str, StageRuntime] = {}
     for name, backend in choice.items():
