@@ -14,8 +14,13 @@ Time model (shared by all engines and by ``realtime/``):
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -117,6 +122,155 @@ class AvatarEngine(Protocol):
 
     def open_stream(self, portrait: Portrait, *, size: int = 512, controls: Mapping[str, Any] | None = None) -> EngineStream:
         ...
+
+
+@runtime_checkable
+class OfflineRenderer(Protocol):
+    """An engine that renders a whole audio file at once (``avatar render`` lets it write the MP4 itself)."""
+
+    output_size: int  # the square frame size render_file writes
+
+    def render_file(self, portrait: Portrait, audio16k: np.ndarray, out_path: str | Path,
+                    progress: Any = True) -> Path:
+        """Render mono float32 16 kHz ``audio16k`` spoken by ``portrait`` into the MP4 ``out_path``: one frame per
+        ``SAMPLES_PER_FRAME`` samples (the last one may be partial), H.264 25 fps with the audio track.
+
+        ``progress``: True shows a bar, False nothing, an object with ``update(n)`` is advanced by the frames made."""
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine family does, declared without importing it (``engines.registry.engine_capabilities``).
+
+    ``sizes``: the square frame sizes ``open_stream`` renders, e.g. ``(256, 512)`` or ``range(64, 2049)``;
+    empty for an engine whose output size is fixed by its weights (``OfflineRenderer.output_size``).
+    ``controls``: the live controls ``set_controls`` accepts, each with its inclusive (low, high) range.
+    """
+
+    name: str
+    sizes: Sequence[int] = ()
+    default_size: int | None = None
+    streams: bool = True  # open_stream gives an EngineStream (False: files only)
+    exported_stages: bool = False  # stages can run on exported runtimes (--backend / --engines-dir)
+    offline_render: bool = False  # the engine is an OfflineRenderer
+    needs_weights: bool = False  # --weights DIR is required
+    controls: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "controls", types.MappingProxyType(
+            {k: (float(lo), float(hi)) for k, (lo, hi) in dict(self.controls).items()}))
+        if self.default_size is not None and self.default_size not in self.sizes:
+            raise ValueError(f"{self.name}: default_size {self.default_size} is not one of its sizes")
+        if self.streams and not self.sizes:
+            raise ValueError(f"{self.name}: a streaming engine declares the sizes it renders")
+
+    def describe_sizes(self) -> str:
+        """``"256 or 512"``, ``"64..2048"``, or the weights' resolution."""
+        s = self.sizes
+        if not s:
+            return "the resolution of its weights"
+        if isinstance(s, range) and len(s) > 2:
+            return f"{s[0]}..{s[-1]}" if s.step == 1 else f"{s[0]}..{s[-1]} in steps of {s.step}"
+        return ", ".join(map(str, s[:-1])) + (" or " if len(s) > 1 else "") + str(s[-1])
+
+    def check_size(self, size: Any) -> int:
+        """``size`` as an int if the engine renders it, else EngineError naming the sizes it does render."""
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in self.sizes:
+            raise EngineError(f"the {self.name} engine renders {self.describe_sizes()} pixel frames, got {size!r}")
+        return int(size)
+
+    def validate_controls(self, controls: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+        """``validate_controls`` against this engine's ``controls``."""
+        return validate_controls(controls, self.controls, self.name)
+
+
+_O = TypeVar("_O", bound="EngineOptions")
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` converted to the type ``hint`` (int, float, bool, str, Path, a class, ``X | None``, Any); TypeError if not."""
+    if hint is Any or hint is object:
+        return value
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        for arm in typing.get_args(hint):
+            try:
+                return _coerce(value, arm)
+            except TypeError:
+                continue
+        raise TypeError(" or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None)))
+    if hint is type(None):
+        if value is None:
+            return None
+        raise TypeError("None")
+    if hint is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+    elif hint is int:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+            return float(value)
+    elif hint is Path:
+        if isinstance(value, (str, os.PathLike)):
+            return Path(value)
+    elif isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+    else:
+        raise TypeError(f"unsupported option type {hint!r}")
+    raise TypeError(_type_name(hint))
+
+
+def _type_name(hint: Any) -> str:
+    return {type(None): "None", Path: "a path", bool: "true/false", int: "an integer", float: "a number",
+            str: "text"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+class EngineOptions:
+    """Base of each engine family's frozen options dataclass (``LiteOptions``, ``JoyVasaOptions`` ...).
+
+    The dataclass lists exactly the options the engine accepts, with their types and defaults; ``parse``
+    checks names and types. ``None`` stands for "not given": the option keeps its default.
+    """
+
+    engine: ClassVar[str] = "?"
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    @classmethod
+    def parse(cls: type[_O], options: Mapping[str, Any]) -> _O:
+        """Options from keyword values: unknown names or wrong types -> EngineError naming them."""
+        names = cls.option_names()
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = [k for k in given if k not in names]
+        if unknown:
+            raise EngineError(f"the {cls.engine} engine has no option {', '.join(map(repr, unknown))}; "
+                              f"it accepts: {', '.join(names)}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, value in given.items():
+            try:
+                values[name] = _coerce(value, hints[name])
+            except TypeError as exc:
+                raise EngineError(f"the {cls.engine} engine's option {name!r} must be {exc}, "
+                                  f"got {type(value).__name__} {value!r}") from None
+        return cls(**values)
+
+    @classmethod
+    def build(cls: type[_O], options: "_O | None", overrides: Mapping[str, Any]) -> _O:
+        """An engine constructor's options: an options object and/or keyword values (checked by ``parse``)."""
+        if options is None:
+            return cls.parse(overrides)
+        if not isinstance(options, cls):
+            raise EngineError(f"the {cls.engine} engine takes {cls.__name__}, got {type(options).__name__}")
+        if not overrides:
+            return options
+        current = {name: getattr(options, name) for name in cls.option_names()}
+        return cls.parse({**current, **overrides})
 
 
 def check_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,7 +1,7 @@
 """``avatar render``: an image + an audio file -> a talking-portrait MP4 (H.264 25 fps + AAC), offline.
 
-Engine agnostic: an engine with ``render_file(portrait, audio16k, out_path, progress)`` renders
-itself; any other engine is streamed through ``EngineStream.feed`` in chunks, then ``flush()``.
+Engine agnostic: an ``engines.base.OfflineRenderer`` (``render_file(portrait, audio16k, out_path, progress)``)
+renders itself; any other engine is streamed through ``EngineStream.feed`` in chunks, then ``flush()``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarstream.engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
-from avatarstream.cli.backend_options import add_backend_arguments, backend_options
+from avatarstream.engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, OfflineRenderer
+from avatarstream.engines.registry import engine_capabilities, engine_names
+from avatarstream.cli.backend_options import (add_backend_arguments, backend_options, engine_flag_options,
+                                              engine_sizes, resolve_size)
 
 CHUNK_FRAMES = 10  # audio fed per engine call (0.4 s)
 
@@ -22,8 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="portrait image (JPEG/PNG/...) or a demo name: human, cat")
     p.add_argument("--audio", required=True, help="speech audio (any format FFmpeg/PyAV can decode)")
     p.add_argument("-o", "--output", required=True, type=Path, help="output MP4 path")
-    p.add_argument("--engine", default="lite", help="engine name (see engines/registry.py)")
-    p.add_argument("--size", type=int, default=512, help="output frame size in pixels (square)")
+    p.add_argument("--engine", default="lite", help=f"engine: {', '.join(engine_names())} (default: lite)")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"output frame size in pixels (square; default: the engine's default size; {engine_sizes()})")
     p.add_argument("--kind", default="auto", choices=["auto", "human", "animal"], help="what the portrait shows")
     p.add_argument("--weights", default=None, help="checkpoint directory for neural engines")
     p.add_argument("--device", default=None, help="cpu or cuda for neural engines")
@@ -129,22 +132,28 @@ def run(args: argparse.Namespace) -> int:
     from avatarstream.engines.registry import load_engine
     from avatarstream.engines.portraits import load_portrait
 
-    if not 64 <= args.size <= 2048:
-        raise EngineError(f"--size must be between 64 and 2048, got {args.size}")
-    options = backend_options(args)
+    caps = engine_capabilities(args.engine)  # unknown engine -> EngineError listing the known ones
+    size = None
+    if not caps.offline_render:
+        size = resolve_size(caps, args.size)
+    elif args.size is not None and args.size not in caps.sizes:
+        raise EngineError(f"--size: the {args.engine} engine renders {caps.describe_sizes()}; leave out --size")
+    options = engine_flag_options(args.engine, weights=args.weights, device=args.device, seed=args.seed)
+    options.update(backend_options(args))
     portrait = load_portrait(args.image, kind=args.kind)
     audio = load_audio_16k(args.audio)
-    engine = load_engine(args.engine, weights=args.weights, device=args.device, seed=args.seed, **options)
+    engine = load_engine(args.engine, **options)
     n_frames = -(-audio.size // SAMPLES_PER_FRAME)
     out = Path(args.output)
     tmp = out.with_name(out.stem + ".part" + out.suffix)
-    stream = None if hasattr(engine, "render_file") else engine.open_stream(portrait, size=args.size)  # finds the face
+    offline = isinstance(engine, OfflineRenderer)
+    stream = None if offline else engine.open_stream(portrait, size=size)  # finds the face
     try:
         with tqdm(total=n_frames, unit="frame", desc=f"render {out.name}", disable=args.no_progress) as progress:
-            if stream is None:
+            if offline:
                 engine.render_file(portrait, audio, tmp, progress)
             else:
-                writer = Mp4Writer(tmp, args.size, audio)
+                writer = Mp4Writer(tmp, size, audio)
                 try:
                     render_streaming(stream, audio, writer, progress)
                 finally:

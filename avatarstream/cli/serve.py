@@ -7,20 +7,43 @@ import asyncio
 import logging
 
 from avatarstream.engines.base import EngineError
-from avatarstream.cli.backend_options import add_backend_arguments, backend_options
+from avatarstream.engines.registry import engine_capabilities, engine_names
+from avatarstream.realtime.config import API_KEY_ENV, DEFAULT_ENGINE, ServerConfig
+from avatarstream.cli.backend_options import (add_backend_arguments, backend_options, engine_flag_options,
+                                              engine_sizes, resolve_size)
+
+DEFAULTS = ServerConfig.__dataclass_fields__  # every default is defined once, in realtime/config.py
+
+
+def _default(name: str):
+    return DEFAULTS[name].default
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    streaming = [n for n in engine_names() if engine_capabilities(n).streams]
     p.add_argument("--image", default=None,
                    help="portrait image file, or a demo name: 'cat' or 'human' (default: the demo human portrait)")
-    p.add_argument("--engine", default="lite", help="avatar engine (default: lite, CPU, no downloads)")
+    p.add_argument("--engine", default=DEFAULT_ENGINE,
+                   help=f"avatar engine: {', '.join(streaming)} (default: {DEFAULT_ENGINE}, CPU, no downloads)")
     p.add_argument("--weights", default=None, help="checkpoint directory for neural engines")
     add_backend_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions; more get HTTP 503")
-    p.add_argument("--size", type=int, default=512, choices=[256, 512], help="video width and height in pixels")
-    p.add_argument("--idle-timeout", type=float, default=300.0, help="close sessions without viewers after this many seconds")
+    p.add_argument("--host", default=_default("host"),
+                   help="address to listen on (default: %(default)s; 0.0.0.0 for all interfaces needs an API key)")
+    p.add_argument("--port", type=int, default=_default("port"), help="(default: %(default)s)")
+    p.add_argument("--max-sessions", type=int, default=_default("max_sessions"),
+                   help="concurrent sessions; more get HTTP 503 (default: %(default)s)")
+    p.add_argument("--size", type=int, default=engine_capabilities(DEFAULT_ENGINE).default_size,
+                   help=f"video width and height in pixels (default: %(default)s; {engine_sizes(streaming_only=True)})")
+    p.add_argument("--idle-timeout", type=float, default=_default("idle_timeout"),
+                   help="close sessions without a connected viewer or input after this many seconds (default: %(default)s)")
+    p.add_argument("--viewer-connect-timeout", type=float, default=_default("viewer_connect_timeout"),
+                   help="drop a WebRTC viewer that has not connected after this many seconds (default: %(default)s)")
+    p.add_argument("--max-viewers", type=int, default=_default("max_viewers_per_session"),
+                   help="viewers per session, all transports together (default: %(default)s)")
+    p.add_argument("--api-key", default=None,
+                   help=f"API key needed to create sessions (default: ${API_KEY_ENV}; none on loopback)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve on a non-loopback address without an API key (anyone reaching it can create sessions)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server URL for clients behind NAT (repeatable; none by default)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -34,7 +57,8 @@ def check_portrait(config, engine_options: dict | None = None) -> None:
     from avatarstream.engines.portraits import load_portrait
 
     portrait = load_portrait(config.image)
-    engine = load_engine(config.engine, weights=config.weights, **(engine_options or {}))
+    engine = load_engine(config.engine, **engine_flag_options(config.engine, weights=config.weights),
+                         **(engine_options or {}))
     stream = engine.open_stream(portrait, size=config.size)  # raises NoFaceError
     stream.close()
     config.portrait = portrait
@@ -45,15 +69,26 @@ def check_portrait(config, engine_options: dict | None = None) -> None:
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from avatarstream.realtime.http_app import ServerConfig, create_app
+    from avatarstream.realtime.http.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_sessions < 1:
         raise EngineError("--max-sessions must be at least 1")
+    caps = engine_capabilities(args.engine)  # unknown engine -> EngineError listing the known ones
+    if not caps.streams:
+        raise EngineError(f"the {args.engine} engine renders files only and cannot serve; use 'avatar render "
+                          f"--engine {args.engine}', or serve with one of: "
+                          f"{', '.join(n for n in engine_names() if engine_capabilities(n).streams)}")
+    args.size = resolve_size(caps, args.size)
     engine_options = backend_options(args)
     config = ServerConfig(image=args.image, engine=args.engine, weights=args.weights, host=args.host, port=args.port,
                           max_sessions=args.max_sessions, size=args.size, idle_timeout=args.idle_timeout,
-                          ice_servers=list(args.ice_server))
+                          viewer_connect_timeout=args.viewer_connect_timeout,
+                          max_viewers_per_session=args.max_viewers, ice_servers=list(args.ice_server),
+                          api_key=args.api_key, insecure=args.insecure)
+    if config.binds_beyond_loopback and not config.api_key and not config.insecure:
+        raise EngineError(f"--host {args.host} makes the server reachable from other machines: set an API key "
+                          f"(--api-key or ${API_KEY_ENV}), or pass --insecure to serve without one")
     check_portrait(config, engine_options)
     app = create_app(config)
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host

@@ -30,10 +30,11 @@ import cv2
 import numpy as np
 
 from avatarstream.engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, MissingWeightsError, Portrait, StageTimes,
-                          check_audio, validate_controls)
+                          check_audio)
 from avatarstream.engines.joyvasa.checkpoint import load_motion_generator
 from avatarstream.engines.torch_device import resolve_device
 from avatarstream.engines.joyvasa.motion import DRIVING_MULTIPLIER, LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion
+from avatarstream.engines.joyvasa.options import CAPABILITIES, JoyVasaOptions
 from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 from avatarstream.engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
 from avatarstream.engines.liveportrait.config import LivePortraitConfig
@@ -51,7 +52,6 @@ MOTION_TEMPLATE_FILE = "JoyVASA/motion_template/motion_template.pkl"
 AUDIO_CONFIG_DIR = "chinese-hubert-base"
 ANIMAL_VARIANT = "animal-v1.0"  # JoyVASA's animal mode uses LivePortrait animals v1.0
 SPEECH_RMS = 0.01  # a frame whose audio RMS exceeds this counts as speech (AvatarFrame.speaking)
-CONTROLS = {"expression_intensity": (0.0, 2.0)}  # scales the JoyVASA driving multiplier (1.10)
 
 
 def required_files() -> list[str]:
@@ -91,14 +91,18 @@ def open_render_runtimes(choice: Mapping[str, str], engines_dir: str | Path | No
 
 
 class JoyVasaEngine:
-    name = "joyvasa"
+    """``engines.base.AvatarEngine`` for joyvasa; options: ``JoyVasaOptions`` (engines/joyvasa/options.py)."""
 
-    def __init__(self, weights: str | Path | None = None, device: str | None = "auto", backend: str = "torch", *,
-                 engines_dir: str | Path | None = None, crop: bool = True, fp16: bool | None = None, batch_size: int | None = None,
-                 chunk_frames: int = 10, lookahead_ms: float = 80.0, cfg_scale: float | None = None,
-                 pe_mode: str = "constant", seed: int = 0, liveportrait_config: LivePortraitConfig | None = None,
-                 **_: Any) -> None:
-        self.backends = render_backends(backend)  # checked before the weights: a bad --backend fails fast
+    name = "joyvasa"
+    capabilities = CAPABILITIES
+
+    def __init__(self, options: JoyVasaOptions | None = None, /, **overrides: Any) -> None:
+        self.options = o = JoyVasaOptions.build(options, overrides)
+        weights, engines_dir, liveportrait_config = o.weights, o.engines_dir, o.liveportrait_config
+        if liveportrait_config is not None and not isinstance(liveportrait_config, LivePortraitConfig):
+            raise EngineError(f"the joyvasa engine's option 'liveportrait_config' must be a LivePortraitConfig, "
+                              f"got {type(liveportrait_config).__name__}")
+        self.backends = render_backends(o.backend)  # checked before the weights: a bad --backend fails fast
         check_engines_dir(self.backends, engines_dir)
         if weights is None:
             raise MissingWeightsError(
@@ -110,21 +114,21 @@ class JoyVasaEngine:
             raise MissingWeightsError(
                 f"joyvasa weights missing in {self.root}: {', '.join(missing)} "
                 f"(fetch them with: avatar weights download --dest {self.root})")
-        self.device = resolve_device(device)
+        self.device = resolve_device(o.device)
         # The exported graphs hold the human networks; an animal portrait renders on torch (see ``renderer``).
         self.runtimes = open_render_runtimes(self.backends, engines_dir, self.device)
-        self.fp16 = (self.device != "cpu") if fp16 is None else bool(fp16)
-        self.batch_size = batch_size or (8 if self.device != "cpu" else 1)
-        self.crop = crop
+        self.fp16 = (self.device != "cpu") if o.fp16 is None else o.fp16
+        self.batch_size = o.batch_size or (8 if self.device != "cpu" else 1)
+        self.crop = o.crop
         self.liveportrait_config = liveportrait_config  # None: the official network sizes
         audio_dir = self.root / AUDIO_CONFIG_DIR
         self.model, self.checkpoint_info = load_motion_generator(
-            self.root / MOTION_GENERATOR_FILE, pe_mode=pe_mode, device=self.device,
+            self.root / MOTION_GENERATOR_FILE, pe_mode=o.pe_mode, device=self.device,
             audio_config_dir=audio_dir if (audio_dir / "config.json").is_file() else None)
         self.template = MotionTemplate.load(self.root / MOTION_TEMPLATE_FILE)
-        kwargs = dict(chunk_frames=chunk_frames, lookahead_ms=lookahead_ms, seed=seed)
-        if cfg_scale is not None:
-            kwargs["cfg_scale"] = cfg_scale
+        kwargs = dict(chunk_frames=o.chunk_frames, lookahead_ms=o.lookahead_ms, seed=o.seed)
+        if o.cfg_scale is not None:
+            kwargs["cfg_scale"] = o.cfg_scale
         self.stream_config = StreamingConfig(**kwargs)
         self.stream_config.validate(self.model.cfg.n_motions)
         self._renderers: dict[str, Renderer] = {}
@@ -166,13 +170,12 @@ class JoyVasaEngine:
             return "human"
         return ANIMAL_VARIANT
 
-    def open_stream(self, portrait: Portrait, *, size: int = 512,
+    def open_stream(self, portrait: Portrait, *, size: int = CAPABILITIES.default_size,
                     controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
         from avatarstream.engines.face import detect_face
         from avatarstream.engines.face.framing import frame_portrait
 
-        if size not in (256, 512):
-            raise EngineError(f"the joyvasa engine renders 256 or 512 pixel frames, got {size}")
+        size = CAPABILITIES.check_size(size)
         face = detect_face(portrait.image, portrait.kind)  # raises NoFaceError
         framed = frame_portrait(portrait.image, face, max(size, 512))  # paste back at >= 512, then resize
         source = self.crop_face(framed.image, framed.face) if self.crop else whole_image_source(framed.image)
@@ -192,7 +195,7 @@ def source_motion(avatar: PreparedAvatar) -> SourceMotion:
 
 
 def _check_controls(controls: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
-    return validate_controls(controls, CONTROLS, "joyvasa")
+    return CAPABILITIES.validate_controls(controls)
 
 
 class JoyVasaStream:

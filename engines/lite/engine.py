@@ -14,23 +14,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from avatarstream.engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio,
-                          validate_controls)
+from avatarstream.engines.base import SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio
 from avatarstream.engines.face import FaceLandmarks, detect_face
 from avatarstream.engines.lite.audio_features import AudioFeatureExtractor, FrameFeatures
 from avatarstream.engines.face.framing import frame_portrait
 from avatarstream.engines.lite.motion import FacePose, MotionControls, MotionGenerator
+from avatarstream.engines.lite.options import CAPABILITIES, LiteOptions
 from avatarstream.engines.lite.warp_renderer import WarpRenderer
 
-SUPPORTED_CONTROLS = {
-    "expression_intensity": (0.0, 2.0),  # mouth / brow gain
-    "head_motion_scale": (0.0, 3.0),
-    "blink_rate": (0.0, 5.0),  # 1 = a blink every 2-6 s
-}
-
-
 def _apply_controls(target: MotionControls, controls: Mapping[str, Any]) -> dict[str, str]:
-    ok, rejected = validate_controls(controls, SUPPORTED_CONTROLS, "lite")
+    ok, rejected = CAPABILITIES.validate_controls(controls)
     for name, value in ok.items():
         setattr(target, name, value)
     return rejected
@@ -135,19 +128,20 @@ class LiteStream:
 
 
 class LiteEngine:
-    """``engines.base.AvatarEngine`` for the lite engine. Options: ``seed``."""
+    """``engines.base.AvatarEngine`` for the lite engine; options: ``LiteOptions`` (engines/lite/options.py)."""
 
     name = "lite"
+    capabilities = CAPABILITIES
 
-    def __init__(self, seed: int = 0, **_: Any) -> None:
-        self.seed = int(seed)
+    def __init__(self, options: LiteOptions | None = None, /, **overrides: Any) -> None:
+        self.options = LiteOptions.build(options, overrides)
+        self.seed = self.options.seed
         self._cache: dict[tuple, tuple] = {}
         self._lock = threading.Lock()  # sessions open streams from their own worker threads
 
-    def prepare(self, portrait: Portrait, size: int = 512):
+    def prepare(self, portrait: Portrait, size: int = CAPABILITIES.default_size):
         """Face detection, framing and warp maps for ``portrait`` at ``size`` (cached per image)."""
-        if not 64 <= int(size) <= 2048:
-            raise EngineError(f"output size must be between 64 and 2048 pixels, got {size}")
+        size = CAPABILITIES.check_size(size)
         key = (portrait.image.shape, hashlib.sha1(portrait.image.tobytes()).hexdigest(), portrait.kind, int(size))
         with self._lock:
             if key not in self._cache:
@@ -159,7 +153,7 @@ class LiteEngine:
                 self._cache[key] = (framed, renderer)
             return self._cache[key]
 
-    def open_stream(self, portrait: Portrait, *, size: int = 512,
+    def open_stream(self, portrait: Portrait, *, size: int = CAPABILITIES.default_size,
                     controls: Mapping[str, Any] | None = None) -> LiteStream:
         framed, renderer = self.prepare(portrait, size)
         return LiteStream(renderer, framed.face, seed=self.seed, controls=controls)

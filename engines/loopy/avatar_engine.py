@@ -1,7 +1,8 @@
 """``LoopyEngine``: the offline high-quality engine behind ``avatar render --engine loopy``.
 
 Loopy is a video diffusion model (25 DDIM steps x 3 guidance passes per 12-frame clip), far
-from real time, so it renders files only; ``open_stream`` explains that.
+from real time, so it renders files only (``engines.base.OfflineRenderer``; its capabilities say
+``streams=False``); ``open_stream`` explains that. Options: ``LoopyOptions`` (engines/loopy/options.py).
 """
 
 from __future__ import annotations
@@ -14,26 +15,32 @@ import numpy as np
 from avatarstream.engines.base import EngineError, MissingWeightsError, Portrait, check_audio
 from avatarstream.engines.loopy.checkpoint import load_weights_dir
 from avatarstream.engines.loopy.face_crop import crop_square, face_square
+from avatarstream.engines.loopy.options import CAPABILITIES, LoopyOptions
 from avatarstream.engines.loopy.pipeline import LoopyPipeline, RenderResult
 from avatarstream.engines.torch_device import resolve_device
 
 
 class LoopyEngine:
     name = "loopy"
-    offline_only = True
+    capabilities = CAPABILITIES
 
-    def __init__(self, weights: str | Path | None = None, device: str | None = "auto", steps: int | None = None,
-                 seed: int = 0, work_dir: str | Path | None = None, **_: Any) -> None:
-        if weights is None:
+    def __init__(self, options: LoopyOptions | None = None, /, **overrides: Any) -> None:
+        self.options = o = LoopyOptions.build(options, overrides)
+        if o.weights is None:
             raise MissingWeightsError(
                 "the loopy engine needs --weights DIR: a Loopy weights directory (loopy.json, loopy.safetensors, "
                 "vae/, wav2vec2/) written by 'avatar train loopy'; see docs/loopy.md")
-        self.device = resolve_device(device)
-        self.steps = steps
-        self.seed = seed
-        self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.pipeline = LoopyPipeline(load_weights_dir(Path(weights)), self.device)
+        self.device = resolve_device(o.device)
+        self.steps = o.steps
+        self.seed = o.seed
+        self.work_dir = o.work_dir
+        self.pipeline = LoopyPipeline(load_weights_dir(o.weights), self.device)
         self.last_result: RenderResult | None = None
+
+    @property
+    def output_size(self) -> int:
+        """The square frame size ``render_file`` writes: the weights' resolution."""
+        return int(self.pipeline.cfg.resolution)
 
     def open_stream(self, portrait: Portrait, *, size: int = 512, controls: Mapping[str, Any] | None = None):
         raise EngineError(

@@ -1,11 +1,11 @@
-"""The lite engine's ``EngineStream`` contract, motion and renderer, on real espeak-ng speech."""
+"""The lite engine's stream behaviour beyond the shared contract (tests/test_engine_contract.py): determinism,
+lookahead, idle after interrupt, control effects, motion and renderer, on real espeak-ng speech."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from avatarstream.engines.base import FPS, SAMPLES_PER_FRAME, EngineError, EngineStream
+from avatarstream.engines.base import FPS, SAMPLES_PER_FRAME
 from avatarstream.engines.face import detect_face, mouth_opening
 
 
@@ -17,18 +17,15 @@ def run_stream(stream, audio: np.ndarray, chunk: int) -> list:
     return frames + stream.flush()
 
 
-def test_stream_contract_and_determinism(lite_engine, human, speech_audio):
+def test_stream_is_deterministic(lite_engine, human, speech_audio):
     audio = speech_audio
     audio = audio[:int(2.5 * 16000) + 123]  # not a whole number of frames
     a = lite_engine.open_stream(human, size=256)
-    assert isinstance(a, EngineStream) and a.size == 256 and 0 <= a.lookahead_frames <= 2
+    assert a.lookahead_frames <= 2
     frames_a = run_stream(a, audio, 320)
-    expected = -(-audio.size // SAMPLES_PER_FRAME)
-    assert [f.index for f in frames_a] == list(range(expected))
-    assert all(f.image.shape == (256, 256, 3) and f.image.dtype == np.uint8 for f in frames_a)
     # any chunking and a fresh stream with the same seed give the same video
     frames_b = run_stream(lite_engine.open_stream(human, size=256), audio, 7777)
-    assert len(frames_b) == len(frames_a)
+    assert len(frames_b) == len(frames_a) > 0
     assert all(np.array_equal(x.image, y.image) for x, y in zip(frames_a, frames_b))
     assert any(f.speaking for f in frames_a) and not frames_a[0].speaking  # fixture starts with 0.5 s silence
 
@@ -39,7 +36,6 @@ def test_feed_needs_lookahead_then_flush_completes(lite_engine, human):
     out = s.feed(np.zeros(SAMPLES_PER_FRAME, np.float32))
     assert [f.index for f in out] == [0]
     assert [f.index for f in s.flush()] == [1]
-    assert s.flush() == []
 
 
 def test_interrupt_keeps_the_clock_and_returns_to_idle(lite_engine, human, speech_audio):
@@ -47,11 +43,8 @@ def test_interrupt_keeps_the_clock_and_returns_to_idle(lite_engine, human, speec
     s = lite_engine.open_stream(human, size=128)
     frames = s.feed(audio[8000:8000 + 20 * SAMPLES_PER_FRAME])  # mid-sentence
     assert frames and max(f.mouth_open for f in frames) > 0.3
-    last = frames[-1].index
     s.interrupt()
     after = s.feed(np.zeros(15 * SAMPLES_PER_FRAME, np.float32))
-    assert after[0].index == last + 1
-    assert [f.index for f in after] == list(range(last + 1, last + 1 + len(after)))
     assert after[-1].mouth_open < 0.05 and not after[-1].speaking
 
 
@@ -63,12 +56,6 @@ def test_controls(lite_engine, human, speech_audio):
     m_loud = np.array([f.mouth_open for f in loud.feed(chunk)])
     m_quiet = np.array([f.mouth_open for f in quiet.feed(chunk)])
     assert m_quiet.max() < 0.5 * m_loud.max()
-    rejected = loud.set_controls({"head_motion_scale": 0.0, "blink_rate": 2.0, "emotion": "happy",
-                                  "expression_intensity": "lots"})
-    assert set(rejected) == {"emotion", "expression_intensity"}
-    assert "not supported" in rejected["emotion"]
-    with pytest.raises(EngineError, match="control"):
-        lite_engine.open_stream(human, size=128, controls={"blink_rate": -1})
 
 
 def test_blinks_every_few_seconds_and_head_moves_gently():

@@ -1,11 +1,13 @@
-"""The joyvasa server engine end to end on random weights of the real shapes (CPU, a few frames)."""
+"""The joyvasa server engine end to end on random weights of the real shapes (CPU, a few frames).
+
+The stream contract (clock, flush, interrupt, frame format, controls) is tests/test_engine_contract.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from avatarstream.engines.base import EngineStream, MissingWeightsError
+from avatarstream.engines.base import MissingWeightsError
 from avatarstream.engines.registry import load_engine
 from avatarstream.engines.portraits import load_portrait
 
@@ -43,21 +45,12 @@ def test_stream_renders_frames_end_to_end(small_engine, human_portrait, speech_w
     audio, sr = read_wav(speech_wav)
     speech = audio[8000:8000 + 3 * 640]  # three frames of real speech
     stream = small_engine.open_stream(load_portrait(human_portrait), size=256)
-    assert isinstance(stream, EngineStream)
-    assert stream.lookahead_frames == 3 and stream.size == 256
-    assert stream.set_controls({"expression_intensity": 1.5, "blink_rate": 1}) == {
-        "blink_rate": "not supported by the joyvasa engine (supported: expression_intensity)"}
+    assert stream.lookahead_frames == 3
+    assert stream.set_controls({"expression_intensity": 1.5}) == {}
     frames = stream.feed(speech)
-    assert frames and frames[0].index == 0
+    assert frames  # the real-shape motion generator emits before flush
     frames += stream.flush()  # the rest, plus the reference's one-frame tail
-    assert [f.index for f in frames] == list(range(len(frames))) and len(frames) >= 3
-    for f in frames:
-        assert f.image.shape == (256, 256, 3) and f.image.dtype == np.uint8
-        assert 0.0 <= f.mouth_open <= 1.0
+    assert len(frames) >= 3
     assert any(f.speaking for f in frames[:3])
     assert not np.array_equal(frames[0].image, frames[1].image)  # the face moves
-    stream.interrupt()
-    more = stream.feed(np.zeros(2 * 640, np.float32)) + stream.flush()
-    assert more and more[0].index == frames[-1].index + 1  # the clock never goes backwards
-    assert not any(f.speaking for f in more)
     stream.close()
