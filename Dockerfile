@@ -1,6 +1,7 @@
 # avatarstream server with the embedded CPU "lite" engine (no torch, no downloaded weights).
 #   docker build -t avatarstream .
-#   docker run --rm --network host avatarstream            # then open http://localhost:8080/
+#   docker run --rm --network host -e AVATARSTREAM_API_KEY=change-me avatarstream   # API clients send the key
+#   docker run --rm --network host avatarstream avatar serve --host 0.0.0.0 --insecure  # a local demo, no key
 # WebRTC media uses UDP on ephemeral ports: --network host is the simple way to reach them.
 FROM python:3.11-slim
 

@@ -39,8 +39,8 @@ _EXPORTS: dict[str, str] = {
     "load_portrait": "avatarstream.engines.portraits",
     "portrait_from_bytes": "avatarstream.engines.portraits",
     # the server and its client
-    "ServerConfig": "avatarstream.realtime.http_app",
-    "create_app": "avatarstream.realtime.http_app",
+    "ServerConfig": "avatarstream.realtime.config",
+    "create_app": "avatarstream.realtime.http.app",
     "AvatarClient": "avatarstream.realtime.client",
     "ClientError": "avatarstream.realtime.client",
 }

@@ -26,8 +26,7 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
-from avatarstream.engines.base import EngineError
-from avatarstream.realtime.agent_protocol import ACCEPTED_RATES, MAX_FRAME_SECONDS
+from avatarstream.realtime.transports.agent.protocol import ACCEPTED_RATES, MAX_FRAME_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ EventCallback = Callable[[dict], "Awaitable[None] | None"]
 CHUNK_SECONDS = 0.1  # push_audio splits audio into frames of this length
 
 
-class ClientError(EngineError):
+class ClientError(Exception):
     """The server refused a request; ``status`` is the HTTP status (0 for socket errors)."""
 
     def __init__(self, status: int, message: str) -> None:

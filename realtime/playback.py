@@ -24,11 +24,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avatarstream.engines.base import SAMPLE_RATE, EngineError, check_audio
+from avatarstream.engines.base import SAMPLE_RATE, check_audio
+from avatarstream.realtime.errors import ServerError
 
 
-class BufferFull(EngineError):
+class BufferFull(ServerError):
     """More audio (``max_seconds``) or utterances (``max_utterances``) than the buffer may hold."""
+
+    status = 429
+    code = "buffer_full"
 
 
 # Pushes below this many samples are copied into the utterance's tail chunk (a buffer of

@@ -1,1 +1,1 @@
-"""The browser client (index.html, app.js, style.css), served by ``realtime.http_app``."""
+"""The browser client (index.html, app.js, style.css), served by ``realtime/http/app.py``."""

@@ -11,16 +11,16 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from avatarstream.realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
-from avatarstream.realtime.session_registry import SessionRegistry
-from avatarstream.realtime.sessions_api import SESSIONS_API, SessionsApi
+from avatarstream.realtime.config import ServerConfig
+from avatarstream.realtime.http.app import create_app
+from avatarstream.realtime.http.keys import REGISTRY
+from avatarstream.realtime.session.registry import SessionRegistry
 
 
 @dataclass
 class AgentServer:
     url: str
     registry: SessionRegistry
-    api: SessionsApi
     http: aiohttp.ClientSession
 
     async def create(self, **body) -> dict:
@@ -44,10 +44,10 @@ def _engine_loader():
     return getattr(importlib.import_module(module), fn)
 
 
-async def start_server(idle_timeout: float = 60.0, max_sessions: int = 3):
-    """The real application (``realtime.http_app.create_app``) on 127.0.0.1, random port."""
+async def start_server(idle_timeout: float = 60.0, max_sessions: int = 3, **config):
+    """The real application (``realtime.http.app.create_app``) on 127.0.0.1, random port."""
     config = ServerConfig(engine="lite", size=256, max_sessions=max_sessions, idle_timeout=idle_timeout,
-                          port=0, engine_loader=_engine_loader())
+                          port=0, engine_loader=_engine_loader(), **config)
     app = create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()  # runs on_startup: loads the engine, starts the idle reaper
@@ -55,7 +55,7 @@ async def start_server(idle_timeout: float = 60.0, max_sessions: int = 3):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     http = aiohttp.ClientSession()
-    server = AgentServer(f"http://127.0.0.1:{port}", app[REGISTRY_KEY], app[SESSIONS_API], http)
+    server = AgentServer(f"http://127.0.0.1:{port}", app[REGISTRY], http)
 
     async def stop() -> None:
         await http.close()

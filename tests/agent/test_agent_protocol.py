@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from avatarstream.realtime.agent_protocol import (
+from avatarstream.realtime.transports.agent.protocol import (
     MAX_FRAME_SECONDS,
     PcmResampler,
     ProtocolError,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from avatarstream.realtime.client import AvatarClient, ClientError
+from avatarstream.realtime.transports.agent.socket import connected_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -83,7 +84,7 @@ async def test_bad_rate_on_url_and_second_agent(server):
 async def test_abrupt_disconnect_frees_everything(server, tasks_of):
     s = await server.create()
     session = server.registry.get(s["id"])
-    baseline_subscribers = len(session._subscribers)
+    baseline_subscribers = session.events.subscriber_count
     ws = await server.http.ws_connect(s["agent_url"] + "?sample_rate=24000", headers=server.auth(s["token"]))
     await next_event(ws, "ready")
     for _ in range(5):
@@ -94,11 +95,11 @@ async def test_abrupt_disconnect_frees_everything(server, tasks_of):
     ws._response.connection.transport.abort()  # no close frame: the peer just vanishes
     for _ in range(50):
         await asyncio.sleep(0.05)
-        if server.api.links_of(session).agent is None:
+        if connected_agent(session) is None:
             break
-    assert server.api.links_of(session).agent is None
+    assert connected_agent(session) is None
     assert not any("agent-events" in t.get_name() for t in tasks_of(s["id"]))
-    assert len(session._subscribers) == baseline_subscribers
+    assert session.events.subscriber_count == baseline_subscribers
     assert session.queued_seconds == 0  # the open utterance was dropped
     # a new agent can connect right away
     ws2 = await server.http.ws_connect(s["agent_url"] + "?sample_rate=16000", headers=server.auth(s["token"]))
@@ -161,7 +162,7 @@ async def test_live_controls_change_the_running_stream(server):
 
 
 async def test_huge_frame_closes_with_1009_and_frees_the_connection(server, tasks_of):
-    from avatarstream.realtime.agent_socket import SOCKET_MAX_MSG_BYTES
+    from avatarstream.realtime.transports.agent.socket import SOCKET_MAX_MSG_BYTES
 
     s = await server.create()
     ws = await server.http.ws_connect(s["agent_url"] + "?sample_rate=16000", headers=server.auth(s["token"]))
@@ -171,9 +172,9 @@ async def test_huge_frame_closes_with_1009_and_frees_the_connection(server, task
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009  # "message too big"
     session = server.registry.get(s["id"])
     for _ in range(40):
-        if server.api.links_of(session).agent is None:
+        if connected_agent(session) is None:
             break
         await asyncio.sleep(0.05)
-    assert server.api.links_of(session).agent is None and session.queued_seconds == 0
+    assert connected_agent(session) is None and session.queued_seconds == 0
     assert not any("agent-events" in t.get_name() for t in tasks_of(s["id"]))
     await server.http.delete(f"{server.url}/v1/sessions/{s['id']}", headers=server.auth(s["token"]))

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from avatarstream.realtime.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
+from avatarstream.realtime.bench.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
 
 pytestmark = pytest.mark.browser
 

@@ -13,7 +13,9 @@ from aiohttp import ClientSession, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from avatarstream.engines.base import EngineError
-from avatarstream.realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
+from avatarstream.realtime.config import ServerConfig
+from avatarstream.realtime.http.app import create_app
+from avatarstream.realtime.http.keys import REGISTRY as REGISTRY_KEY
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,7 +125,7 @@ async def test_image_without_face_is_422_then_serves(server):
 
 async def test_unreadable_image_is_400_then_serves(server):
     http, registry = server
-    for image in (base64.b64encode(b"GIF89a but not really an image").decode(), "%%% not base64 %%%"):
+    for image in (base64.b64encode(b"this is not really an image").decode(), "%%% not base64 %%%"):
         pc, sdp = await make_offer()
         resp = await http.post("/offer", json={"sdp": sdp, "type": "offer", "image": image})
         await pc.close()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from avatarstream.engines.base import EngineError
+from avatarstream.realtime.errors import ServerError
 from avatarstream.realtime.playback import BufferFull, PlaybackBuffer
 
 
@@ -95,7 +96,7 @@ def test_limits_and_bad_audio():
     buf.push(np.zeros(16000, np.float32))
     with pytest.raises(BufferFull, match="full"):
         buf.push(np.zeros(1, np.float32))
-    assert issubclass(BufferFull, EngineError)
+    assert issubclass(BufferFull, ServerError) and BufferFull.code == "buffer_full"
     with pytest.raises(EngineError, match="NaN"):
         PlaybackBuffer().push(np.array([np.nan], np.float32))
     int16 = PlaybackBuffer(start_threshold_seconds=0)

@@ -32,6 +32,11 @@ from aiohttp import web
 from tqdm import tqdm
 
 from avatarstream.engines.base import EngineError
+from avatarstream.realtime.bench.viewer_recorder import RecordingViewer, mouth_openings
+from avatarstream.realtime.client import AvatarClient
+from avatarstream.realtime.config import ServerConfig
+from avatarstream.realtime.http.app import create_app
+from avatarstream.realtime.http.keys import REGISTRY
 
 UTTERANCES = ["papa", "hello there", "mama", "open wide", "baba", "how are you", "yes", "goodbye"]
 SIZE = 512
@@ -78,20 +83,16 @@ def stats_ms(values_s: list[float]) -> dict:
 
 
 async def _start_server():
-    from avatarstream.realtime.http_app import REGISTRY_KEY, ServerConfig, create_app
-
     app = create_app(ServerConfig(engine="lite", size=SIZE, max_sessions=2, port=0))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    return f"http://127.0.0.1:{port}", app[REGISTRY_KEY], runner
+    return f"http://127.0.0.1:{port}", app[REGISTRY], runner
 
 
 async def _bench(opts) -> dict:
-    from avatarstream.realtime.client import AvatarClient
-    from avatarstream.realtime.viewer_recorder import RecordingViewer
 
     n_sessions = 1 if opts.quick else 5
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
@@ -141,10 +142,10 @@ async def _bench(opts) -> dict:
             pushes.append((t_push + onset, wall_push + onset, audio.size / 16000 - onset))
             await asyncio.sleep(0.6)  # back to idle between utterances
         await viewer.close()
-        stats = session.stats
+        stats = session.pipeline_stats()
         result["server"] = {"delay_frames": session.delay_frames, "lookahead_frames": session.lookahead_frames,
-                            "frames_missing": stats.frames_missing, "late_ticks": stats.late_ticks,
-                            "engine_ms_per_tick": round(stats.engine_ms / max(1, stats.ticks), 2)}
+                            "frames_missing": stats["frames_missing"], "late_ticks": stats["late_ticks"],
+                            "engine_ms_per_tick": round(stats["engine_ms_per_tick"], 2)}
         await client.close()
     finally:
         await http.close()
@@ -167,7 +168,6 @@ async def _bench(opts) -> dict:
 
 def _mouth_latencies(rec, pushes, t_idle_end: float):
     """Per utterance: first frame after the push whose mouth opening clearly exceeds idle motion."""
-    from avatarstream.realtime.viewer_recorder import mouth_openings
 
     arrivals = np.array([v.t for v in rec.video])
     sent = rec.video_times()  # sender wall clock (time.time)

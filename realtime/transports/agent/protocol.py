@@ -14,7 +14,7 @@ Client -> server
 Server -> client: JSON text messages ``{"type": ..., ...}``; see ``docs/agent.md``.
 
 This module is pure parsing and audio conversion; the socket handler lives in
-``realtime/agent_socket.py``.
+``realtime/transports/agent/socket.py``.
 """
 
 from __future__ import annotations
@@ -26,20 +26,13 @@ from typing import Any
 import av
 import numpy as np
 
-from avatarstream.engines.base import SAMPLE_RATE, EngineError
+from avatarstream.engines.base import SAMPLE_RATE
+from avatarstream.realtime.errors import ProtocolError
 
 ACCEPTED_RATES: tuple[int, ...] = (16_000, 24_000, 48_000)
 MAX_FRAME_SECONDS = 1.0  # a binary frame may carry at most this much audio
 MAX_TEXT_BYTES = 64 * 1024
 CONTROL_TYPES = ("start", "end_of_utterance", "interrupt", "set_controls", "keepalive")
-
-
-class ProtocolError(EngineError):
-    """A message the agent sent is malformed; ``code`` is a stable machine-readable name."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

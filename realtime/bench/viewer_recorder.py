@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtcpSrPacket
 
-from avatarstream.realtime.peer import ice_configuration
+from avatarstream.realtime.transports.webrtc.peer import ice_configuration
 
 VIDEO_RATE = 90_000
 NTP_TO_UNIX = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01

@@ -1,6 +1,6 @@
 """aiortc tracks that send one session's avatar to one viewer, paced by the session clock.
 
-Each viewer gets its own pair of tracks reading the session's shared ``OutputRing`` by clock
+Each viewer gets its own pair of tracks reading the session's shared output ring by clock
 index, so there is no per-viewer queue at all: a viewer whose sender falls more than a frame
 behind (slow encoder or network) skips to the current tick, i.e. drops frames, and memory
 never grows.
@@ -8,32 +8,38 @@ never grows.
 * ``AvatarVideoTrack``: at tick ``m`` sends the frame of content index ``m - D`` (the last
   rendered one if that frame is late), pts ``m * 3600`` at 90 kHz.
 * ``AvatarAudioTrack``: at audio tick ``k`` sends the 20 ms half ``k % 2`` of content index
-  ``k // 2 - D``; silence when nothing is playing, so audio never pauses. pts ``k * 960`` at 48 kHz.
+  ``k // 2 - D``, upsampled 16 -> 48 kHz by this track; silence when nothing is playing, so
+  audio never pauses. pts ``k * 960`` at 48 kHz.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from avatarstream.realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDEO_FRAME, AUDIO_SAMPLES_PER_FRAME,
-                            AUDIO_TIME_BASE, VIDEO_TIME_BASE)
-
-if TYPE_CHECKING:
-    from avatarstream.realtime.session import AvatarSession
+                                         AUDIO_TIME_BASE, VIDEO_TIME_BASE, SessionClock)
+from avatarstream.realtime.transports.base import SessionOutput
+from avatarstream.realtime.transports.webrtc.audio_convert import Upsampler16kTo48k
 
 MAX_VIDEO_LAG_FRAMES = 1  # a video sender may run up to one frame late (it catches up) before skipping
 MAX_AUDIO_LAG_FRAMES = 10  # an audio sender more than 200 ms behind the clock skips ahead;
 # less than that it catches up by sending back to back (a gap is worse than a short burst)
 
 
+async def _running_clock(session: SessionOutput) -> SessionClock:
+    await session.started.wait()
+    clock = session.clock
+    if clock is None or session.closed:
+        raise MediaStreamError
+    return clock
+
+
 class AvatarVideoTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, session: "AvatarSession") -> None:
+    def __init__(self, session: SessionOutput) -> None:
         super().__init__()
         self._session = session
         self._tick: int | None = None
@@ -43,9 +49,8 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         s = self._session
-        await s.started.wait()
-        clock = s.clock
-        if self.readyState != "live" or s.closed:
+        clock = await _running_clock(s)
+        if self.readyState != "live":
             raise MediaStreamError
         now = clock.current_frame()
         tick = now + 1 if self._tick is None else self._tick + 1
@@ -73,19 +78,29 @@ class AvatarVideoTrack(MediaStreamTrack):
 class AvatarAudioTrack(MediaStreamTrack):
     kind = "audio"
 
-    def __init__(self, session: "AvatarSession") -> None:
+    def __init__(self, session: SessionOutput) -> None:
         super().__init__()
         self._session = session
         self._tick: int | None = None
         self.frames_sent = 0
         self.frames_skipped = 0
         self._silence = np.zeros(AUDIO_SAMPLES_PER_FRAME, np.int16)
+        self._upsampler = Upsampler16kTo48k()
+        self._converted: tuple[int, np.ndarray | None] = (-1, None)  # (content index, int16[1920])
+
+    def _pcm48k(self, content_index: int) -> np.ndarray | None:
+        """int16[1920] (two 20 ms frames) of a content index, converted once per index."""
+        if self._converted[0] != content_index:
+            audio = self._session.audio_for(content_index)
+            if audio is None:
+                self._upsampler.reset()
+            self._converted = (content_index, None if audio is None else self._upsampler(audio))
+        return self._converted[1]
 
     async def recv(self) -> av.AudioFrame:
         s = self._session
-        await s.started.wait()
-        clock = s.clock
-        if self.readyState != "live" or s.closed:
+        clock = await _running_clock(s)
+        if self.readyState != "live":
             raise MediaStreamError
         now = clock.current_audio_frame()
         tick = now + 1 if self._tick is None else self._tick + 1
@@ -97,9 +112,8 @@ class AvatarAudioTrack(MediaStreamTrack):
         if self.readyState != "live" or s.closed:
             raise MediaStreamError
         video_tick, half = divmod(tick, AUDIO_FRAMES_PER_VIDEO_FRAME)
-        pcm = s.audio_for(video_tick - s.delay_frames, half)
-        if pcm is None:
-            pcm = self._silence
+        pcm48k = self._pcm48k(video_tick - s.delay_frames)
+        pcm = self._silence if pcm48k is None else pcm48k[half * AUDIO_SAMPLES_PER_FRAME:(half + 1) * AUDIO_SAMPLES_PER_FRAME]
         out = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_SAMPLES_PER_FRAME)
         out.planes[0].update(np.ascontiguousarray(pcm, dtype=np.int16).tobytes())
         out.sample_rate = AUDIO_CLOCK_RATE

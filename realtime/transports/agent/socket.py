@@ -1,25 +1,29 @@
-"""The agent WebSocket ``/v1/sessions/{id}/agent``: speech audio in, playback events out.
+"""The agent WebSocket transport: speech audio in, playback events out (``/v1/sessions/{id}/agent``).
 
-One agent connection per session at a time (a second gets 409). Binary frames carry PCM s16le
-mono at the declared rate; they are resampled to 16 kHz and pushed into the session's playback
-buffer as fast as they come — the session plays them at real time. Session events are forwarded
-as JSON text messages. Malformed messages get an ``error`` message and are dropped; the socket
-stays open. When the socket closes with an utterance still open (audio sent, no
-``end_of_utterance``), that partial utterance is interrupted so nothing is left half-spoken.
+One agent connection per session at a time (the HTTP layer answers 409 to a second). Binary
+frames carry PCM s16le mono at the declared rate; they are resampled to 16 kHz and pushed into
+the session's playback buffer as fast as they come — the session plays them at real time.
+Session events are forwarded as JSON text messages. Malformed messages get an ``error`` message
+and are dropped; the socket stays open. When the socket closes with an utterance still open
+(audio sent, no ``end_of_utterance``), that partial utterance is interrupted so nothing is left
+half-spoken. The socket is a ``Viewer`` of transport ``agent``: connected while it is open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
 from avatarstream.engines.base import EngineError
-from avatarstream.realtime.playback import BufferFull
-from avatarstream.realtime.agent_protocol import (
+from avatarstream.realtime.errors import ServerError
+from avatarstream.realtime.session.events import EventType, SessionEvent
+from avatarstream.realtime.transports.agent.protocol import (
     MAX_FRAME_SECONDS,
     ControlMessage,
     PcmResampler,
@@ -31,38 +35,63 @@ from avatarstream.realtime.agent_protocol import (
     max_frame_bytes,
     parse_control,
 )
+from avatarstream.realtime.transports.base import ServedSession, ViewerState
 
 log = logging.getLogger(__name__)
 
+TRANSPORT = "agent"
 # Frames larger than this are cut off by aiohttp itself (close code 1009); frames between the
 # protocol limit and this get a clear "frame_too_large" error and the socket stays open.
 SOCKET_MAX_MSG_BYTES = 4 * max_frame_bytes(48_000)
+SESSION_ENDED_CLOSE_CODE = 4000
 
 
-def session_event_message(event: Any) -> str:
+def session_event_message(event: SessionEvent) -> str:
     """A SessionEvent as the agent sees it: ``{"type", **data, "frame", "wall_time"}``."""
     return event_message(event.type, **event.data, frame=event.frame, wall_time=event.wall_time)
 
 
 class AgentConnection:
-    """State of one agent socket: declared rate, resampler, whether an utterance is open."""
+    """One agent socket: declared rate, resampler, whether an utterance is open (a ``Viewer``)."""
 
-    def __init__(self, session: Any, ws: web.WebSocketResponse) -> None:
+    transport = TRANSPORT
+
+    def __init__(self, session: ServedSession, ws: web.WebSocketResponse) -> None:
+        self.id = secrets.token_hex(6)
         self.session = session
         self.ws = ws
         self.resampler: PcmResampler | None = None
         self.utterance_open = False
         self.unfinished: set[int] = set()  # utterances pushed here whose playback_finished is not yet seen
+        self._since = time.monotonic()
+        self.messages = 0
+
+    @property
+    def state(self) -> ViewerState:
+        return ViewerState.CLOSED if self.ws.closed else ViewerState.CONNECTED
+
+    @property
+    def state_since(self) -> float:
+        return self._since
+
+    def stats(self) -> dict[str, Any]:
+        return {"messages": self.messages, "utterance_open": self.utterance_open,
+                "sample_rate": None if self.resampler is None else self.resampler.sample_rate}
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            await self.ws.close(code=SESSION_ENDED_CLOSE_CODE, message=b"session ended")
 
     async def send(self, text: str) -> None:
         if not self.ws.closed:
             await self.ws.send_str(text)
 
-    async def error(self, exc: ProtocolError | EngineError) -> None:
-        code = getattr(exc, "code", None) or ("buffer_full" if isinstance(exc, BufferFull) else "rejected")
+    async def error(self, exc: ServerError | EngineError) -> None:
+        code = getattr(exc, "code", None) or "rejected"
         await self.send(error_message(code, str(exc)))
 
     async def ready(self) -> None:
+        assert self.resampler is not None
         rate = self.resampler.sample_rate
         await self.send(event_message(
             "ready", session=self.session.id, sample_rate=rate, engine_sample_rate=16000,
@@ -86,13 +115,14 @@ class AgentConnection:
         self.push(self.resampler.convert(pcm))
         self.utterance_open = True
 
-    def push(self, audio) -> None:
+    def push(self, audio: np.ndarray) -> None:
         if audio.size:
             self.unfinished.add(self.session.push_audio(audio))
 
     async def on_control(self, msg: ControlMessage) -> None:
         session = self.session
         if msg.type == "start":
+            assert msg.sample_rate is not None
             self.set_rate(msg.sample_rate)
             await self.ready()
         elif msg.type == "end_of_utterance":
@@ -106,8 +136,8 @@ class AgentConnection:
             session.interrupt()
             self.utterance_open = False
             if not self.unfinished:  # nothing was playing or queued: acknowledge at once
-                await self.send(event_message("playback_finished", utterance=None, playback_position=0.0,
-                                              interrupted=True))
+                await self.send(event_message(EventType.PLAYBACK_FINISHED.value, utterance=None,
+                                              playback_position=0.0, interrupted=True))
         elif msg.type == "set_controls":
             unsupported = await session.set_controls_async(msg.controls)
             applied = {k: v for k, v in msg.controls.items() if k not in unsupported}
@@ -122,43 +152,42 @@ class AgentConnection:
             self.utterance_open = False
 
 
-async def forward_events(queue: asyncio.Queue, conn: AgentConnection) -> None:
+def connected_agent(session: ServedSession) -> Any:
+    """The session's open agent connection, if any (one at a time)."""
+    return next((v for v in session.viewers if v.transport == TRANSPORT and v.state != ViewerState.CLOSED), None)
+
+
+async def forward_events(queue: asyncio.Queue[SessionEvent | None], conn: AgentConnection) -> None:
     while True:
         event = await queue.get()
         if event is None:  # the session ended (DELETE, idle timeout, server shutdown)
-            await conn.ws.close(code=4000, message=b"session ended")
+            await conn.ws.close(code=SESSION_ENDED_CLOSE_CODE, message=b"session ended")
             return
-        if event.type == "playback_finished":
+        if event.type == EventType.PLAYBACK_FINISHED.value:
             conn.unfinished.discard(event.data.get("utterance"))
         await conn.send(session_event_message(event))
 
 
-async def handle(api: Any, request: web.Request) -> web.StreamResponse:
-    from avatarstream.realtime.sessions_api import json_error
-
-    session = api.authorize(request)
-    links = api.links_of(session)
-    if links.agent is not None and not links.agent.closed:
-        raise json_error(web.HTTPConflict, "an agent is already connected to this session (one at a time)")
-    rate = None
-    if "sample_rate" in request.query:
-        try:
-            rate = check_sample_rate(request.query["sample_rate"])
-        except ProtocolError as exc:
-            raise json_error(web.HTTPBadRequest, str(exc)) from None
-
+async def serve_agent_socket(request: web.Request, session: ServedSession, sample_rate: int | None = None
+                             ) -> web.WebSocketResponse:
+    """Run one agent connection on ``request`` (already authorised) until it closes."""
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=SOCKET_MAX_MSG_BYTES)
-    await ws.prepare(request)
-    links.agent = ws
     conn = AgentConnection(session, ws)
+    session.attach_viewer(conn)  # may refuse (viewer limit) before the upgrade
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        session.detach_viewer(conn)
+        raise
     queue = session.subscribe_events()
     forwarder = asyncio.create_task(forward_events(queue, conn), name=f"agent-events-{session.id}")
     try:
-        if rate is not None:
-            conn.set_rate(rate)
+        if sample_rate is not None:
+            conn.set_rate(sample_rate)
             await conn.ready()
         async for msg in ws:
-            session.last_activity = time.monotonic()
+            session.touch()
+            conn.messages += 1
             try:
                 if msg.type == WSMsgType.BINARY:
                     await conn.on_audio(msg.data)
@@ -167,7 +196,7 @@ async def handle(api: Any, request: web.Request) -> web.StreamResponse:
                 elif msg.type == WSMsgType.ERROR:
                     log.info("agent socket of session %s failed: %s", session.id, ws.exception())
                     break
-            except EngineError as exc:  # ProtocolError, BufferFull, bad controls ...
+            except (ServerError, EngineError) as exc:  # ProtocolError, BufferFull, bad controls ...
                 await conn.error(exc)
         if ws.close_code == 1009:
             log.info("agent socket of session %s sent a message over %d bytes", session.id, SOCKET_MAX_MSG_BYTES)
@@ -176,6 +205,8 @@ async def handle(api: Any, request: web.Request) -> web.StreamResponse:
         await asyncio.gather(forwarder, return_exceptions=True)
         session.unsubscribe_events(queue)
         conn.abandon()
-        if links.agent is ws:
-            links.agent = None
+        session.detach_viewer(conn)
     return ws
+
+
+__all__ = ["AgentConnection", "check_sample_rate", "connected_agent", "serve_agent_socket"]

@@ -1,0 +1,69 @@
+"""The aiohttp application: the browser page, health, the signalling routes and the sessions API.
+
+Every error leaves through one mapping (``realtime/http/errors.py``); the access log shows paths
+without query strings, so ``?token=`` never reaches a log.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.resources import files
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from avatarstream.engines.portraits import load_portrait
+from avatarstream.realtime.config import ServerConfig
+from avatarstream.realtime.http import sessions, signalling
+from avatarstream.realtime.http.errors import error_middleware
+from avatarstream.realtime.http.keys import CONFIG, REGISTRY
+from avatarstream.realtime.session.registry import SessionRegistry
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(str(files("avatarstream.web")))
+MAX_BODY_BYTES = 32 * 2**20  # aiohttp refuses larger bodies with 413
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """``METHOD /path STATUS bytes time``: the query string (which may carry a token) is left out."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %s %.1f ms", request.method, request.path, response.status,
+                         response.body_length, time * 1000)
+
+
+async def health(request: web.Request) -> web.Response:
+    registry, cfg = request.app[REGISTRY], request.app[CONFIG]
+    return web.json_response({"status": "ok", "engine": cfg.engine, "sessions": len(registry),
+                              "max_sessions": cfg.max_sessions})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    """Build the application; the portrait is loaded (and checked readable) here."""
+    portrait = config.portrait or load_portrait(config.image)
+    registry = SessionRegistry(config, portrait)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
+    app[CONFIG] = config
+    app[REGISTRY] = registry
+    app.router.add_get("/", index)
+    app.router.add_get("/health", health)
+    app.router.add_static("/static/", WEB_DIR, show_index=False)
+    signalling.add_routes(app)
+    sessions.add_routes(app)
+
+    async def _startup(app: web.Application) -> None:
+        await registry.warm_up()  # load the engine and prepare the portrait before the first call
+        registry.start_reaper()
+
+    async def _shutdown(app: web.Application) -> None:
+        await registry.stop()
+
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    return app

@@ -1,0 +1,288 @@
+"""The sessions API (``/v1/sessions``): create avatar sessions, join them as a viewer, end them.
+
+    POST   /v1/sessions                    JSON or multipart -> 201 {id, token, whep_url, offer_url, agent_url, ...}
+    GET    /v1/sessions/{id}               session state
+    POST   /v1/sessions/{id}/whep          application/sdp offer -> 201 application/sdp answer + Location
+    DELETE /v1/sessions/{id}/whep/{viewer} end that viewer
+    POST   /v1/sessions/{id}/offer         JSON {sdp, type} -> JSON answer (same as /whep, for the browser page)
+    POST   /v1/sessions/{id}/controls      JSON {name: value} -> {applied, unsupported}
+    POST   /v1/sessions/{id}/keepalive     resets the idle timer
+    DELETE /v1/sessions/{id}               ends the session
+    GET    /v1/sessions/{id}/agent         WebSocket for agent audio + events (``realtime/transports/agent/``)
+    GET    /watch?session=ID&token=TOKEN   browser page that watches a session (``web/watch.html``)
+
+Authorisation: ``realtime/http/auth.py`` (API key to create when one is set; the session's token
+or the API key on every ``/v1/sessions/{id}...`` route).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from avatarstream.engines.base import FPS, EngineError, Portrait
+from avatarstream.engines.portraits import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
+from avatarstream.realtime.errors import BadRequest, Conflict, TooLarge, UnsupportedMediaType, echo
+from avatarstream.realtime.http.auth import authorize_session, require_api_key
+from avatarstream.realtime.http.bodies import MAX_JSON_BYTES, parse_json, read_json, read_json_object, read_text
+from avatarstream.realtime.http.keys import CONFIG, REGISTRY
+from avatarstream.realtime.session.session import AvatarSession, ViewerLimitError
+from avatarstream.realtime.transports.agent.socket import connected_agent, serve_agent_socket
+from avatarstream.realtime.transports.agent.protocol import ProtocolError, check_sample_rate
+from avatarstream.realtime.transports.webrtc.peer import MAX_SDP_BYTES, check_offer, connect_viewer
+
+SIZES = (256, 512)
+WATCH_PAGE = Path(str(files("avatarstream.web") / "watch.html"))
+MAX_FIELD_CHARS = 64 * 1024  # a multipart text field
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """A validated ``POST /v1/sessions`` body."""
+
+    portrait: Portrait
+    engine: str
+    size: int
+    fps: int
+    controls: dict[str, Any]
+
+
+def _session(request: web.Request) -> AvatarSession:
+    return authorize_session(request, request.app[REGISTRY], request.match_info["id"], request.app[CONFIG].api_key)
+
+
+# ---- session lifecycle ---------------------------------------------------------------------------
+async def create(request: web.Request) -> web.Response:
+    registry, cfg = request.app[REGISTRY], request.app[CONFIG]
+    require_api_key(request, cfg.api_key)
+    registry.check_capacity()  # before reading or decoding the body
+    spec = await parse_session_request(request, default_engine=cfg.engine, default_size=cfg.size)
+    session = await registry.create(spec.portrait, engine=spec.engine, size=spec.size)
+    # controls go through set_controls (before any speech), so unsupported ones are reported
+    # in the reply like live ones instead of failing the creation
+    unsupported = await session.set_controls_async(spec.controls) if spec.controls else {}
+    base = request.url.origin()
+    ws_base = base.with_scheme("wss" if base.scheme == "https" else "ws")
+    prefix = f"/v1/sessions/{session.id}"
+    body = {
+        "id": session.id,
+        "token": session.token,
+        "whep_url": str(base.join(URL(f"{prefix}/whep"))),
+        "offer_url": str(base.join(URL(f"{prefix}/offer"))),
+        "agent_url": str(ws_base.join(URL(f"{prefix}/agent"))),
+        "watch_url": str(base.join(URL("/watch")).with_query(session=session.id, token=session.token)),
+        "engine": spec.engine,
+        "size": spec.size,
+        "fps": spec.fps,
+        "controls": spec.controls,
+        "unsupported_controls": unsupported,
+        "idle_timeout_s": cfg.idle_timeout,
+    }
+    return web.json_response(body, status=201, headers={"Location": prefix})
+
+
+async def describe(request: web.Request) -> web.Response:
+    session = _session(request)
+    return web.json_response({
+        "id": session.id,
+        "engine": session.engine_name,
+        "size": session.size,
+        "fps": session.fps,
+        "viewers": session.viewer_count,
+        "queued_seconds": round(session.queued_seconds, 3),
+        "agent_connected": connected_agent(session) is not None,
+        "idle_timeout_s": request.app[CONFIG].idle_timeout,
+    })
+
+
+async def keepalive(request: web.Request) -> web.Response:
+    _session(request)
+    return web.json_response({"ok": True, "idle_timeout_s": request.app[CONFIG].idle_timeout})
+
+
+async def delete(request: web.Request) -> web.Response:
+    session = _session(request)
+    await request.app[REGISTRY].close(session)  # closes every viewer (agent socket: code 4000) and the engine
+    return web.Response(status=204)
+
+
+async def set_controls(request: web.Request) -> web.Response:
+    session = _session(request)
+    controls = await read_json(request)
+    if not isinstance(controls, dict) or not controls:
+        raise BadRequest('body must be a non-empty JSON object, e.g. {"head_motion_scale": 0.5}')
+    unsupported = await session.set_controls_async(controls)
+    applied = {k: v for k, v in controls.items() if k not in unsupported}
+    return web.json_response({"applied": applied, "unsupported": unsupported})
+
+
+# ---- viewers ---------------------------------------------------------------------------------------
+async def _answer(request: web.Request, session: AvatarSession, offer_sdp: object,
+                  offer_type: object = "offer") -> tuple[str, Any]:
+    """Connect one more viewer to ``session``; returns (viewer id, answer description)."""
+    offer = check_offer(offer_sdp, offer_type)
+    try:
+        viewer, answer = await connect_viewer(session, offer, ice_servers=request.app[CONFIG].ice_servers,
+                                              accept_microphone=False)
+    except ViewerLimitError as exc:
+        raise Conflict(str(exc)) from None
+    return viewer.id, answer
+
+
+async def whep(request: web.Request) -> web.Response:
+    session = _session(request)
+    if request.content_type != "application/sdp":
+        raise UnsupportedMediaType("WHEP needs Content-Type application/sdp")
+    viewer_id, answer = await _answer(request, session, await read_text(request, MAX_SDP_BYTES))
+    location = f"/v1/sessions/{session.id}/whep/{viewer_id}"
+    return web.Response(status=201, text=answer.sdp, content_type="application/sdp", headers={"Location": location})
+
+
+async def offer(request: web.Request) -> web.Response:
+    session = _session(request)
+    body = await read_json_object(request, '{"sdp": "<offer SDP>", "type": "offer"}')
+    viewer_id, answer = await _answer(request, session, body.get("sdp"), body.get("type", "offer"))
+    return web.json_response({
+        "sdp": answer.sdp,
+        "type": answer.type,
+        "viewer_id": viewer_id,
+        "location": f"/v1/sessions/{session.id}/whep/{viewer_id}",
+    })
+
+
+async def end_viewer(request: web.Request) -> web.Response:
+    session = _session(request)
+    viewer = session.viewer(request.match_info["viewer"])
+    if viewer is None or viewer.transport != "webrtc":
+        raise web.HTTPNotFound(text=json.dumps({"error": "not_found", "message": "no such viewer in this session"}),
+                               content_type="application/json")
+    await viewer.close()
+    return web.Response(status=204)
+
+
+async def agent(request: web.Request) -> web.StreamResponse:
+    session = _session(request)
+    if connected_agent(session) is not None:
+        raise Conflict("an agent is already connected to this session (one at a time)")
+    rate = None
+    if "sample_rate" in request.query:
+        try:
+            rate = check_sample_rate(request.query["sample_rate"])
+        except ProtocolError as exc:
+            raise BadRequest(str(exc)) from None
+    try:
+        return await serve_agent_socket(request, session, rate)
+    except ViewerLimitError as exc:
+        raise Conflict(str(exc)) from None
+
+
+async def watch_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WATCH_PAGE)
+
+
+# ---- the creation body --------------------------------------------------------------------------
+async def parse_session_request(request: web.Request, *, default_engine: str, default_size: int) -> SessionRequest:
+    """Read a JSON or multipart ``POST /v1/sessions`` body into a validated SessionRequest."""
+    fields: dict[str, Any] = {}
+    upload: tuple[str, bytes] | None = None
+    if request.content_type.startswith("multipart/"):
+        fields, upload = await _read_multipart(request)
+    elif request.can_read_body and (request.content_length or 0) > 0 or request.content_type == "application/json":
+        body = await read_json(request, MAX_JSON_BYTES)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        fields = body
+
+    kind = fields.get("kind", "auto")
+    if kind not in ("auto", "human", "animal"):
+        raise BadRequest(f"'kind' must be auto, human or animal, got {echo(kind)}")
+    if upload is not None:
+        loop = asyncio.get_running_loop()  # decoding and face search stay off the event loop
+        portrait = await loop.run_in_executor(None, portrait_from_bytes, upload[1], upload[0], kind)
+    else:
+        image = fields.get("image", "astronaut")
+        if not isinstance(image, str) or image not in DEMO_PORTRAITS:
+            raise BadRequest(f"unknown image id {echo(image)}; built-in portraits: {', '.join(DEMO_PORTRAITS)} "
+                             "(or upload an image file as multipart field 'image')")
+        portrait = load_portrait(image, kind=kind)
+
+    engine = fields.get("engine", default_engine)
+    size = _int_field(fields, ("size", "resolution"), default_size)
+    fps = _int_field(fields, ("fps",), FPS)
+    controls = fields.get("controls") or {}
+    if not isinstance(engine, str):
+        raise BadRequest("'engine' must be a string such as \"lite\"")
+    if size not in SIZES:
+        raise BadRequest(f"'size' must be one of {', '.join(map(str, SIZES))}, got {size}")
+    if fps != FPS:
+        raise BadRequest(f"'fps' {fps} is not available: sessions stream at {FPS} fps (the engines' clock)")
+    if not isinstance(controls, dict):
+        raise BadRequest("'controls' must be a JSON object")
+    return SessionRequest(portrait=portrait, engine=engine, size=size, fps=fps, controls=controls)
+
+
+async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], tuple[str, bytes] | None]:
+    fields: dict[str, Any] = {}
+    upload: tuple[str, bytes] | None = None
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not hasattr(part, "read_chunk"):
+                raise BadRequest("nested multipart bodies are not accepted")
+            is_file = part.filename is not None or (
+                part.name == "image" and part.headers.get("Content-Type", "").startswith("image/"))
+            data = bytearray()
+            limit = MAX_IMAGE_BYTES if is_file else MAX_FIELD_CHARS
+            while chunk := await part.read_chunk():
+                data += chunk
+                if len(data) > limit:
+                    raise TooLarge(f"image upload exceeds {MAX_IMAGE_BYTES // 2**20} MiB" if is_file
+                                   else f"multipart field {echo(part.name)} exceeds {MAX_FIELD_CHARS} bytes")
+            if is_file:
+                upload = (part.filename or part.name or "upload", bytes(data))
+            elif part.name:
+                try:
+                    fields[part.name] = bytes(data).decode(part.get_charset(default="utf-8"))
+                except (LookupError, UnicodeDecodeError):
+                    raise BadRequest(f"multipart field {echo(part.name)} is not valid text") from None
+    except (ValueError, AssertionError, KeyError) as exc:  # aiohttp's multipart parser on a broken body
+        raise BadRequest(f"malformed multipart body ({type(exc).__name__})") from None
+    if isinstance(fields.get("controls"), str):
+        controls = parse_json(fields["controls"] or "{}", "multipart field 'controls'")
+        if not isinstance(controls, dict):
+            raise BadRequest("multipart field 'controls' must be a JSON object")
+        fields["controls"] = controls
+    return fields, upload
+
+
+def _int_field(fields: dict[str, Any], names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        if name in fields:
+            value = fields[name]
+            if isinstance(value, bool):
+                break
+            try:
+                return int(value)
+            except (TypeError, ValueError, OverflowError):
+                raise BadRequest(f"'{name}' must be an integer, got {echo(value)}") from None
+    return default
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/sessions", create)
+    app.router.add_get("/v1/sessions/{id}", describe)
+    app.router.add_delete("/v1/sessions/{id}", delete)
+    app.router.add_post("/v1/sessions/{id}/keepalive", keepalive)
+    app.router.add_post("/v1/sessions/{id}/controls", set_controls)
+    app.router.add_post("/v1/sessions/{id}/whep", whep)
+    app.router.add_delete("/v1/sessions/{id}/whep/{viewer}", end_viewer)
+    app.router.add_post("/v1/sessions/{id}/offer", offer)
+    app.router.add_get("/v1/sessions/{id}/agent", agent)
+    app.router.add_get("/watch", watch_page)  # browser viewer: /watch?session=ID&token=TOKEN

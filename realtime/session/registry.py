@@ -1,0 +1,157 @@
+"""Creates, finds and closes sessions; enforces the session cap, viewer connect deadlines and the
+idle timeout.
+
+The reaper runs every ``min(5, idle_timeout / 2, viewer_connect_timeout / 2)`` seconds:
+
+* a viewer of any transport still ``connecting`` after ``viewer_connect_timeout`` is closed (a
+  WebRTC offer whose ICE never completes cannot hold a slot);
+* a session with no *connected* viewer and no input for ``idle_timeout`` is closed, whatever
+  state its other viewers are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from avatarstream.engines.base import AvatarEngine, Portrait
+from avatarstream.engines.registry import load_engine
+from avatarstream.realtime.config import ServerConfig
+from avatarstream.realtime.errors import SessionLimitError
+from avatarstream.realtime.session.session import AvatarSession
+from avatarstream.realtime.transports.base import ViewerState
+
+log = logging.getLogger(__name__)
+
+
+class SessionRegistry:
+    def __init__(self, config: ServerConfig, default_portrait: Portrait,
+                 engine_loader: Callable[..., AvatarEngine] | None = None) -> None:
+        self.config = config
+        self.default_portrait = default_portrait
+        self._load_engine = engine_loader or config.engine_loader or load_engine
+        self._engines: dict[str, AvatarEngine] = {}
+        self._engine_lock = asyncio.Lock()
+        self._sessions: dict[str, AvatarSession] = {}
+        self._reserved = 0
+        self._reaper: asyncio.Task | None = None
+
+    # -- engines -------------------------------------------------------------------------
+    async def engine(self, name: str | None = None) -> AvatarEngine:
+        name = name or self.config.engine
+        async with self._engine_lock:
+            if name not in self._engines:
+                options: dict[str, Any] = {"weights": self.config.weights}
+                if name == self.config.engine:
+                    options.update(self.config.engine_options)
+                loop = asyncio.get_running_loop()
+                self._engines[name] = await loop.run_in_executor(None, lambda: self._load_engine(name, **options))
+            return self._engines[name]
+
+    async def warm_up(self) -> None:
+        """Load the default engine and prepare the default portrait once (engines cache the
+        face analysis), so the first call does not wait for it. Raises NoFaceError."""
+        engine = await self.engine()
+        loop = asyncio.get_running_loop()
+
+        def open_and_close() -> None:
+            engine.open_stream(self.default_portrait, size=self.config.size).close()
+
+        await loop.run_in_executor(None, open_and_close)
+
+    # -- sessions ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[AvatarSession]:
+        return iter(list(self._sessions.values()))
+
+    def get(self, session_id: str) -> AvatarSession | None:
+        return self._sessions.get(session_id)
+
+    @property
+    def full(self) -> bool:
+        return len(self._sessions) + self._reserved >= self.config.max_sessions
+
+    def check_capacity(self) -> None:
+        """Raise SessionLimitError if no session slot is free (cheap: call before reading a body)."""
+        if self.full:
+            raise SessionLimitError(
+                f"server is at its limit of {self.config.max_sessions} concurrent session(s); retry later",
+                retry_after=5)
+
+    async def create(self, portrait: Portrait | None = None, *, engine: str | None = None, size: int | None = None,
+                     controls: Mapping[str, Any] | None = None, origin: str = "api") -> AvatarSession:
+        """Start a session; raises SessionLimitError, NoFaceError, EngineError."""
+        self.check_capacity()
+        self._reserved += 1
+        try:
+            eng = await self.engine(engine)
+            opts = self.config.session_options(size=size, controls=controls or None)
+            session = AvatarSession(eng, portrait or self.default_portrait,
+                                    engine_name=engine or self.config.engine, options=opts, origin=origin)
+            try:
+                await session.start()
+            except BaseException:
+                await session.close()
+                raise
+            self._sessions[session.id] = session
+            session.on_close(lambda s: self._sessions.pop(s.id, None))
+            log.info("session %s started (%d active)", session.id, len(self._sessions))
+            return session
+        finally:
+            self._reserved -= 1
+
+    async def close(self, session_or_id: AvatarSession | str) -> None:
+        s = session_or_id if isinstance(session_or_id, AvatarSession) else self._sessions.get(session_or_id)
+        if s is not None:
+            self._sessions.pop(s.id, None)
+            await s.close()
+            log.info("session %s closed (%d active)", s.id, len(self._sessions))
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(s) for s in list(self._sessions.values())), return_exceptions=True)
+
+    # -- deadlines -----------------------------------------------------------------------
+    def start_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="session-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        await self.close_all()
+
+    @property
+    def reap_interval(self) -> float:
+        return min(5.0, self.config.idle_timeout / 2, self.config.viewer_connect_timeout / 2)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                await self.reap()
+            except Exception:  # one bad session must not stop the reaper
+                log.exception("session reaper failed")
+
+    async def reap(self) -> None:
+        """One pass: close viewers past their connect deadline, then idle sessions."""
+        now = time.monotonic()
+        for s in list(self._sessions.values()):
+            for v in s.viewers:
+                if v.state == ViewerState.CONNECTING and now - v.state_since > self.config.viewer_connect_timeout:
+                    log.info("session %s: %s viewer %s did not connect in %.0f s: dropping",
+                             s.id, v.transport, v.id, now - v.state_since)
+                    await v.close()
+            if s.closed:
+                continue
+            if s.connected_viewer_count == 0 and now - s.last_activity > self.config.idle_timeout:
+                log.info("session %s idle for %.0f s: closing", s.id, now - s.last_activity)
+                await self.close(s)

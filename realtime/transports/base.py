@@ -1,0 +1,106 @@
+"""The transport contract: what a transport reads from a session, and what a viewer is.
+
+A transport (WebRTC, the agent WebSocket, an in-memory sink in the tests, a LiveKit publisher)
+carries one session's output to one remote party and, optionally, audio back in. It needs no
+edit to the session: it reads through ``SessionOutput`` and registers a ``Viewer``.
+
+Time model (see ``realtime/clock.py``): at clock tick ``m`` a sender sends content frame
+``m - delay_frames``: ``video_for(m - D)`` and ``audio_for(m - D)`` (40 ms at 16 kHz), so audio and
+video of one content frame leave at the same tick. Events arrive at the tick that sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from avatarstream.engines.base import AvatarFrame
+from avatarstream.realtime.clock import SessionClock
+from avatarstream.realtime.session.events import SessionEvent
+
+
+class ViewerState(str, Enum):
+    CONNECTING = "connecting"  # negotiated, media not flowing yet (ICE/DTLS under way)
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+@runtime_checkable
+class Viewer(Protocol):
+    """One remote party attached to a session through some transport."""
+
+    id: str
+    transport: str  # "webrtc", "agent", ...
+
+    @property
+    def state(self) -> ViewerState: ...
+
+    @property
+    def state_since(self) -> float:
+        """``time.monotonic()`` of the last state change (for connect deadlines)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for diagnostics (JSON-serialisable)."""
+
+    async def close(self) -> None:
+        """Hang up; idempotent. The session calls it when it closes."""
+
+
+@runtime_checkable
+class SessionOutput(Protocol):
+    """What a transport reads from a session."""
+
+    id: str
+    size: int  # frames are size x size
+    fps: int
+    delay_frames: int  # D: lip-sync delay between taking audio and sending it
+    started: asyncio.Event  # set once the clock runs
+    clock: SessionClock | None  # None until started
+
+    @property
+    def closed(self) -> bool: ...
+
+    def video_for(self, content_index: int) -> AvatarFrame | None:
+        """The frame of that content index, or the newest one before it (a late frame repeats)."""
+
+    def audio_for(self, content_index: int) -> np.ndarray | None:
+        """float32[640], 16 kHz, of that content index; None if it fell out of the ring."""
+
+    def subscribe_events(self) -> asyncio.Queue[SessionEvent | None]: ...
+
+    def unsubscribe_events(self, q: asyncio.Queue[SessionEvent | None]) -> None: ...
+
+    def attach_viewer(self, viewer: Viewer) -> None: ...
+
+    def detach_viewer(self, viewer: Viewer) -> None: ...
+
+    @property
+    def viewers(self) -> list[Viewer]: ...
+
+    def touch(self) -> None:
+        """Count as activity for the idle timeout."""
+
+
+@runtime_checkable
+class SessionInput(Protocol):
+    """What a transport that carries speech in (microphone, agent audio) may do."""
+
+    def push_audio(self, pcm16k: np.ndarray) -> int: ...
+
+    def end_utterance(self) -> int | None: ...
+
+    def interrupt(self) -> int: ...
+
+    @property
+    def queued_seconds(self) -> float: ...
+
+    async def set_controls_async(self, controls: Mapping[str, Any]) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class ServedSession(SessionOutput, SessionInput, Protocol):
+    """A session as a two-way transport (media out, speech in) sees it."""

@@ -1,0 +1,211 @@
+"""WebRTC negotiation for one viewer: offer in, answer out, one ``RTCPeerConnection`` = one Viewer.
+
+The viewer receives the session's avatar video + audio (``tracks.py``); if its offer sends audio
+(a microphone) and the caller accepts it, that audio is fed into the session (``microphone.py``);
+if it opens a data channel named ``events``, the session's events are sent on it as JSON.
+
+Viewer state follows the peer connection: ``connecting`` until ICE + DTLS complete, then
+``connected``; ``closed`` once it fails or closes. A viewer that never connects is dropped by the
+session registry after its connect deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from avatarstream.realtime.errors import BadOffer
+from avatarstream.realtime.transports.base import ServedSession, ViewerState
+from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
+from avatarstream.realtime.transports.webrtc.tracks import AvatarAudioTrack, AvatarVideoTrack
+
+log = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+
+
+def check_offer(sdp: object, type_: object = "offer") -> RTCSessionDescription:
+    """Validate an SDP offer enough to give a clear error before any session work."""
+    if type_ != "offer":
+        raise BadOffer("expected an SDP of type 'offer'")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise BadOffer("malformed SDP offer: empty or not a string")
+    if len(sdp) > MAX_SDP_BYTES:
+        raise BadOffer(f"SDP offer is larger than {MAX_SDP_BYTES} bytes")
+    lines = [ln.strip() for ln in sdp.strip().splitlines()]
+    if lines[0] != "v=0":
+        raise BadOffer("malformed SDP offer: it must start with 'v=0'")
+    media = [ln.split()[0][2:] for ln in lines if ln.startswith("m=") and len(ln.split()) > 1]
+    if not any(kind in ("audio", "video") for kind in media):
+        raise BadOffer("malformed SDP offer: no audio or video media section (m=audio / m=video)")
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+def ice_configuration(ice_servers: list[str] | None) -> RTCConfiguration:
+    # Explicit empty list: aiortc would otherwise add a public STUN server (network access).
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in (ice_servers or [])])
+
+
+class WebRtcViewer:
+    """One peer connection carrying a session's tracks (a ``transports.base.Viewer``)."""
+
+    transport = "webrtc"
+
+    def __init__(self, session: ServedSession, pc: RTCPeerConnection,
+                 on_gone: Callable[[WebRtcViewer], Awaitable[None] | None] | None = None) -> None:
+        self.id = secrets.token_hex(6)
+        self.pc = pc
+        self._session = session
+        self._on_gone = on_gone
+        self._state = ViewerState.CONNECTING
+        self._state_since = time.monotonic()
+        self._tasks: set[asyncio.Task] = set()
+        self.video = AvatarVideoTrack(session)
+        self.audio = AvatarAudioTrack(session)
+        self.microphone: MicrophoneInput | None = None
+        self._closed = False
+
+    @property
+    def state(self) -> ViewerState:
+        return self._state
+
+    @property
+    def state_since(self) -> float:
+        return self._state_since
+
+    def _set_state(self, state: ViewerState) -> None:
+        if state != self._state:
+            self._state, self._state_since = state, time.monotonic()
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "video": {"sent": self.video.frames_sent, "skipped": self.video.frames_skipped},
+            "audio": {"sent": self.audio.frames_sent, "skipped": self.audio.frames_skipped},
+            "senders": self.sender_clock_samples(),
+        }
+        if self.microphone is not None:
+            out["mic_dropped_samples"] = self.microphone.dropped_samples
+        return out
+
+    def sender_clock_samples(self) -> list[dict[str, Any]]:
+        """For the video/audio sender: the (RTP timestamp, send time) pair of its last packet, i.e.
+        what its next RTCP sender report will say. Diagnostics for lip-sync measurements on the
+        sender's clock (reads aiortc sender state; empty if unavailable)."""
+        out = []
+        for sender in self.pc.getSenders():
+            ntp = getattr(sender, "_RTCRtpSender__ntp_timestamp", 0)
+            rtp = getattr(sender, "_RTCRtpSender__rtp_timestamp", None)
+            if not ntp or rtp is None or sender.track is None:
+                continue
+            unix = (ntp >> 32) - 2208988800 + (ntp & 0xFFFFFFFF) / 2**32
+            out.append({"kind": sender.track.kind, "rtp_timestamp": rtp, "time": unix})
+        return out
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"viewer-{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def accept_microphone(self, track: Any) -> None:
+        self.microphone = MicrophoneInput(self._session, self._session.id)
+        self._spawn(self.microphone.pump(track), "mic")
+
+    async def forward_events(self, channel: Any) -> None:
+        q = self._session.subscribe_events()
+        try:
+            while True:
+                ev = await q.get()
+                if ev is None or channel.readyState == "closed":
+                    break
+                if channel.readyState == "open":
+                    channel.send(json.dumps({"type": ev.type, "frame": ev.frame, "wall_time": ev.wall_time, **ev.data}))
+        finally:
+            self._session.unsubscribe_events(q)
+
+    async def close(self) -> None:
+        """Stop the tracks and tasks, close the connection, leave the session; runs ``on_gone`` once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._set_state(ViewerState.CLOSED)
+        self._session.detach_viewer(self)
+        self.video.stop()
+        self.audio.stop()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        if self._on_gone is not None:
+            with contextlib.suppress(Exception):
+                res = self._on_gone(self)
+                if asyncio.iscoroutine(res):
+                    await res
+
+
+async def connect_viewer(session: ServedSession, offer: RTCSessionDescription, *,
+                         ice_servers: list[str] | None = None, accept_microphone: bool = True,
+                         on_gone: Callable[[WebRtcViewer], Awaitable[None] | None] | None = None,
+                         ) -> tuple[WebRtcViewer, RTCSessionDescription]:
+    """Answer ``offer`` with a new peer connection carrying ``session``'s tracks; the viewer is
+    attached to the session (which may refuse it: ``ViewerLimitError``).
+
+    ``on_gone(viewer)`` runs once when the connection fails or closes or the viewer is closed.
+    Raises BadOffer for offers aiortc cannot use.
+    """
+    pc = RTCPeerConnection(ice_configuration(ice_servers))
+    viewer = WebRtcViewer(session, pc, on_gone)
+
+    @pc.on("connectionstatechange")
+    async def _on_state() -> None:
+        log.info("session %s viewer %s connection: %s", session.id, viewer.id, pc.connectionState)
+        if pc.connectionState == "connected":
+            viewer._set_state(ViewerState.CONNECTED)
+            session.touch()
+        elif pc.connectionState in ("failed", "closed"):
+            await viewer.close()
+
+    @pc.on("track")
+    def _on_track(track: Any) -> None:
+        if track.kind == "audio" and accept_microphone:
+            viewer.accept_microphone(track)
+
+    @pc.on("datachannel")
+    def _on_channel(channel: Any) -> None:
+        if channel.label == "events":
+            viewer._spawn(viewer.forward_events(channel), "events")
+
+    try:
+        session.attach_viewer(viewer)
+    except Exception:
+        with contextlib.suppress(Exception):
+            await pc.close()
+        raise
+    try:
+        await pc.setRemoteDescription(offer)
+        if not pc.getTransceivers():
+            raise BadOffer("malformed SDP offer: no usable media sections")
+        offered = {t.kind for t in pc.getTransceivers()}
+        for track in (viewer.video, viewer.audio):
+            if track.kind in offered:  # a video-only (or audio-only) offer gets just that
+                pc.addTrack(track)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+    except Exception as exc:
+        viewer._on_gone = None
+        await viewer.close()
+        if isinstance(exc, BadOffer):
+            raise
+        raise BadOffer(f"malformed SDP offer: {str(exc)[:200]}") from exc
+    return viewer, pc.localDescription
