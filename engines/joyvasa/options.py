@@ -26,7 +26,7 @@ class JoyVasaOptions(EngineOptions):
 
     weights: Path | None = None  # the official pretrained_weights/ tree (required)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    backend: str = "torch"  # export.backend_choice text for the renderer's stages
+    backend: str = "torch"  # engines.runtimes.backend_choice text for the renderer's stages
     engines_dir: Path | None = None  # 'avatar export --out DIR' (needed by a non-torch backend)
     crop: bool = True  # render a LivePortrait face crop and paste it back (False: the whole framed portrait)
     fp16: bool | None = None  # None: fp16 on GPU, fp32 on CPU
