@@ -23,7 +23,7 @@ SUITES: dict[str, str] = {
     "liveportrait": "avatarstream.engines.liveportrait.bench",
     "export": "avatarstream.export.bench",
     "loopy": "avatarstream.engines.loopy.bench",
-    "api": "avatarstream.realtime.latency_bench",
+    "api": "avatarstream.realtime.bench.latency",
 }
 
 
