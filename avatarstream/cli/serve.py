@@ -63,7 +63,16 @@ def check_portrait(config, engine_options: dict | None = None) -> None:
     stream.close()
     config.portrait = portrait
     # serve with this engine instance: it has already analysed the portrait
-    config.engine_loader = lambda name, **opts: engine if name == config.engine else load_engine(name, **opts)
+    config.engine_loader = lambda name, **opts: engine if name == config.engine else load_engine(
+        name, **_accepted(name, opts))
+
+
+def _accepted(name: str, options: dict) -> dict:
+    """The server passes --weights along for every engine; keep only the options ``name`` declares."""
+    from avatarstream.engines.registry import engine_options
+
+    accepted = engine_options(name).option_names()
+    return {k: v for k, v in options.items() if k in accepted}
 
 
 def run(args: argparse.Namespace) -> int:
