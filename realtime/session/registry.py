@@ -16,10 +16,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
 from typing import Any
 
 from avatarstream.engines.base import AvatarEngine, Portrait
-from avatarstream.engines.registry import load_engine
+from avatarstream.engines.registry import engine_options, load_engine
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
 from avatarstream.realtime.session.session import AvatarSession
@@ -45,7 +46,9 @@ class SessionRegistry:
         name = name or self.config.engine
         async with self._engine_lock:
             if name not in self._engines:
-                options: dict[str, Any] = {"weights": self.config.weights}
+                options: dict[str, Any] = {}
+                if self.config.weights is not None and "weights" in {f.name for f in fields(engine_options(name))}:
+                    options["weights"] = self.config.weights
                 if name == self.config.engine:
                     options.update(self.config.engine_options)
                 loop = asyncio.get_running_loop()
