@@ -78,7 +78,7 @@ def _accepted(name: str, options: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from avatarstream.realtime.http.app import create_app
+    from avatarstream.realtime.http.app import PathOnlyAccessLogger, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_sessions < 1:
@@ -103,5 +103,6 @@ def run(args: argparse.Namespace) -> int:
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"avatar serve: {config.engine} engine, portrait {config.portrait.name}; open http://{shown}:{args.port}/",
           flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, loop=asyncio.new_event_loop())
+    web.run_app(app, host=args.host, port=args.port, print=None, loop=asyncio.new_event_loop(),
+                access_log_class=PathOnlyAccessLogger)
     return 0
