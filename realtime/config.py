@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avatarstream.engines.base import AvatarEngine, Portrait
+from avatarstream.engines.registry import engine_capabilities
 from avatarstream.realtime.session.session import SessionOptions
 
 API_KEY_ENV = "AVATARSTREAM_API_KEY"
@@ -26,7 +27,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_sessions: int = 4  # concurrent sessions; more get 503 + Retry-After
-    size: int = 512  # default video width and height in pixels
+    size: int = 0  # default video width and height in pixels; 0: the engine's default size
     idle_timeout: float = 300.0  # s without a connected viewer or input before a session is closed
     viewer_connect_timeout: float = 15.0  # s a WebRTC viewer may take to connect (ICE + DTLS)
     max_viewers_per_session: int = 8
@@ -39,6 +40,8 @@ class ServerConfig:
     engine_loader: Callable[..., AvatarEngine] | None = None  # default: engines.registry.load_engine
 
     def __post_init__(self) -> None:
+        if not self.size:
+            self.size = engine_capabilities(self.engine).default_size or 0
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
 

@@ -28,6 +28,7 @@ from aiohttp import web
 from yarl import URL
 
 from avatarstream.engines.base import FPS, EngineError, Portrait
+from avatarstream.engines.registry import engine_capabilities, engine_names
 from avatarstream.engines.portraits import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
 from avatarstream.realtime.errors import BadRequest, Conflict, TooLarge, UnsupportedMediaType, echo
 from avatarstream.realtime.http.auth import authorize_session, require_api_key
@@ -38,7 +39,6 @@ from avatarstream.realtime.transports.agent.socket import connected_agent, serve
 from avatarstream.realtime.transports.agent.protocol import ProtocolError, check_sample_rate
 from avatarstream.realtime.transports.webrtc.peer import MAX_SDP_BYTES, check_offer, connect_viewer
 
-SIZES = (256, 512)
 WATCH_PAGE = Path(str(files("avatarstream.web") / "watch.html"))
 MAX_FIELD_CHARS = 64 * 1024  # a multipart text field
 
@@ -200,6 +200,21 @@ async def parse_session_request(request: web.Request, *, default_engine: str, de
             raise BadRequest("body must be a JSON object")
         fields = body
 
+    # the cheap checks first: a bad field is refused before any image is decoded
+    engine = fields.get("engine", default_engine)
+    if not isinstance(engine, str) or engine not in engine_names():
+        raise BadRequest(f"unknown engine {echo(engine)}; choose one of: {', '.join(engine_names())}")
+    caps = engine_capabilities(engine)
+    if not caps.streams:
+        raise BadRequest(f"the {engine} engine renders files only; sessions need a streaming engine")
+    size = _int_field(fields, ("size", "resolution"), default_size if engine == default_engine else caps.default_size)
+    caps.check_size(size)  # EngineError naming the sizes it renders -> 400
+    fps = _int_field(fields, ("fps",), FPS)
+    if fps != FPS:
+        raise BadRequest(f"'fps' {fps} is not available: sessions stream at {FPS} fps (the engines' clock)")
+    controls = fields.get("controls") or {}
+    if not isinstance(controls, dict):
+        raise BadRequest("'controls' must be a JSON object")
     kind = fields.get("kind", "auto")
     if kind not in ("auto", "human", "animal"):
         raise BadRequest(f"'kind' must be auto, human or animal, got {echo(kind)}")
@@ -212,19 +227,6 @@ async def parse_session_request(request: web.Request, *, default_engine: str, de
             raise BadRequest(f"unknown image id {echo(image)}; built-in portraits: {', '.join(DEMO_PORTRAITS)} "
                              "(or upload an image file as multipart field 'image')")
         portrait = load_portrait(image, kind=kind)
-
-    engine = fields.get("engine", default_engine)
-    size = _int_field(fields, ("size", "resolution"), default_size)
-    fps = _int_field(fields, ("fps",), FPS)
-    controls = fields.get("controls") or {}
-    if not isinstance(engine, str):
-        raise BadRequest("'engine' must be a string such as \"lite\"")
-    if size not in SIZES:
-        raise BadRequest(f"'size' must be one of {', '.join(map(str, SIZES))}, got {size}")
-    if fps != FPS:
-        raise BadRequest(f"'fps' {fps} is not available: sessions stream at {FPS} fps (the engines' clock)")
-    if not isinstance(controls, dict):
-        raise BadRequest("'controls' must be a JSON object")
     return SessionRequest(portrait=portrait, engine=engine, size=size, fps=fps, controls=controls)
 
 

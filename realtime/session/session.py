@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SessionOptions:
-    size: int = 512  # video width and height in pixels
+    size: int  # video width and height in pixels (the server's default: its engine's default size)
     margin_frames: int = 2  # render-time allowance on top of the engine's lookahead
     max_buffer_seconds: float = 120.0  # queued speech beyond this is refused (BufferFull)
     start_threshold_seconds: float = 0.06
@@ -69,8 +69,8 @@ class ViewerLimitError(Exception):
 
 class AvatarSession:
     def __init__(self, engine: AvatarEngine, portrait: Portrait, *, engine_name: str = "lite",
-                 options: SessionOptions | None = None, origin: str = "api") -> None:
-        self.options = options or SessionOptions()
+                 options: SessionOptions, origin: str = "api") -> None:
+        self.options = options
         self.origin = origin  # the API that created it: "api" (/v1/sessions), "offer", "whep"
         self.id = uuid.uuid4().hex[:16]
         self.token = secrets.token_urlsafe(24)

@@ -38,7 +38,9 @@ async def test_create_returns_urls_and_token(server, cat_portrait):
     "body, needle",
     [
         ({"image": "dragon"}, "unknown image id"),
-        ({"size": 300}, "'size' must be one of 256, 512"),
+        ({"size": 4000}, "the lite engine renders"),
+        ({"engine": "loopy"}, "renders files only"),
+        ({"engine": ["lite"]}, "unknown engine"),
         ({"fps": 60}, "25 fps"),
         ({"controls": [1]}, "'controls' must be a JSON object"),
     ],
