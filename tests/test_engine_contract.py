@@ -225,13 +225,9 @@ def test_interrupt_keeps_the_clock_going(case, portrait, speech):
     stream.close()
 
 
-def test_flush_after_whole_frames_adds_none(case, portrait, speech, request):
+def test_flush_after_whole_frames_adds_none(case, portrait, speech):
     if not case.caps.streams:
         pytest.skip(f"the {case.name} engine does not stream (capabilities: streams=False, checked above)")
-    if case.name == "joyvasa":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "joyvasa's StreamingMotionGenerator.flush appends the reference's 640 silent samples, so audio of a whole "
-            "number of frames gets one extra frame (floor(samples/640) + 1)")))
     stream = case.engine.open_stream(portrait, size=_size(case.caps))
     frames = stream.feed(speech[:3 * SAMPLES_PER_FRAME]) + stream.flush()
     stream.close()

@@ -43,6 +43,21 @@ class MotionSequence:
         return out if include_preroll else [f for f in out if f.index >= 0]
 
 
+def window_layout(n_samples: int, n_motions: int) -> tuple[int, int]:
+    """(frames kept, windows run) for ``n_samples`` of padded audio: floor(n / 640) frames in
+    ceil(frames / n_motions) windows (at least one)."""
+    n_frames = n_samples // SAMPLES_PER_FRAME
+    return n_frames, max(1, -(-n_frames // n_motions))
+
+
+def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
+    """Zero-pad or cut ``audio`` to ``length`` samples. A cut only drops the samples of a partial last
+    frame (fewer than 640), which no kept frame uses."""
+    if audio.size >= length:
+        return audio[:length]
+    return np.concatenate([audio, np.zeros(length - audio.size, audio.dtype)])
+
+
 def initial_noise(model: DitTalkingHead, length: int, generator: torch.Generator) -> torch.Tensor:
     """x_T (1, length, motion_feat_dim), float32, drawn on the generator's device."""
     return torch.randn((1, length, model.cfg.motion_feat_dim), generator=generator, device=generator.device)
@@ -77,9 +92,8 @@ def generate_offline(model: DitTalkingHead, audio: np.ndarray, *, sample_rate: i
     n_motions = model.cfg.n_motions
     window = n_motions * SAMPLES_PER_FRAME
     padded = np.concatenate([np.zeros(PREROLL_SAMPLES, np.float32), a, np.zeros(TAIL_SAMPLES, np.float32)])
-    n_frames = padded.size // SAMPLES_PER_FRAME
-    n_windows = max(1, -(-n_frames // n_motions))
-    padded = np.concatenate([padded, np.zeros(n_windows * window - padded.size, np.float32)])
+    n_frames, n_windows = window_layout(padded.size, n_motions)
+    padded = fit_length(padded, n_windows * window)
 
     generator = torch.Generator().manual_seed(seed)
     x_T = initial_noise(model, n_motions, generator)

@@ -12,7 +12,12 @@ arrived:
 * The window positions after the known audio are either dropped (``future_fill="truncate"``, the
   default: a window of N + la frames) or filled with the learned ``null_audio_feat``
   (``"null"``: the network sees the 100-frame windows it was trained on, at ~2x the CPU cost).
-* Only the first N frames are kept; x_T is drawn once per stream and reused, like offline.
+* Only the first N frames are kept. x_T is drawn once per stream, like offline, and each window
+  takes the slice of it that offline would give its frames: generated frame k (counting the two
+  pre-roll frames) starts from x_T[k mod 100], so consecutive chunks start from different noise.
+* ``flush`` returns exactly the frames of the audio pushed (ceil(samples / 640)), as
+  ``engines.base`` asks; the 640 silent samples the reference appends only condition the last
+  frames, they add none.
 
 With N = 100, no lookahead and no left context this is exactly the offline algorithm (tested).
 Stream clock: frame n covers pushed samples [n * 640, (n + 1) * 640); 1280 samples of silence are
@@ -114,6 +119,7 @@ class StreamingMotionGenerator:
         self._audio_frame0 = -PREROLL_FRAMES  # stream index of self._audio[0]
         self._next = -PREROLL_FRAMES  # first frame not generated yet
         self._pushed = 0  # samples pushed since the last reset / flush / interrupt
+        self._utterance_start = 0  # stream index of the first frame of the audio pushed since then
         self._pending: list[MotionFrame] = []
         self._last_out = -1  # last frame handed out
         self._rows: list[_Row] = []
@@ -140,7 +146,8 @@ class StreamingMotionGenerator:
     def flush(self) -> list[MotionFrame]:
         if self._pushed:
             self._audio = np.concatenate([self._audio, np.zeros(TAIL_SAMPLES, np.float32)])
-            end = self._available_frames()  # floor: a partial last frame is dropped, as offline
+            # every frame the pushed audio touches (a partial last frame included), none for the tail
+            end = self._utterance_start + -(-self._pushed // SAMPLES_PER_FRAME)
             while self._next < end:
                 need = (self._next + self.config.chunk_frames + self.config.lookahead_audio_frames
                         - self._audio_frame0) * SAMPLES_PER_FRAME
@@ -164,7 +171,7 @@ class StreamingMotionGenerator:
         """Forget audio and every generated frame after ``last``; the next pushed sample starts frame last + 1."""
         self._rows = [r for r in self._rows if r.index <= last]
         self._smoother._state = self._rows[-1].pose.copy() if self._rows else None
-        self._next = self._audio_frame0 = last + 1
+        self._next = self._audio_frame0 = self._utterance_start = last + 1
         self._audio = np.zeros(0, np.float32)
         self._pushed = 0
 
@@ -181,6 +188,12 @@ class StreamingMotionGenerator:
             a = torch.cat([start_a[:, len(rows):], a], 1)
         return m, a
 
+    def _noise(self, start: int, length: int) -> torch.Tensor:
+        """x_T for the window whose first frame is ``start``: offline's slice for those frames (x_T[k mod M])."""
+        window = self.model.cfg.n_motions
+        offset = (start + PREROLL_FRAMES) % window
+        return torch.roll(self._x_T, -offset, dims=1)[:, :length]
+
     @torch.no_grad()
     def _generate_chunk(self, end: int | None) -> None:
         cfg, model = self.config, self.model
@@ -196,11 +209,11 @@ class StreamingMotionGenerator:
         window = model.cfg.n_motions
         if cfg.future_fill == "null" and n + la < window:
             null = model.null_audio_feat.float().cpu().expand(1, window - n - la, -1)
-            audio_in, x_T = torch.cat([feats, null], 1), self._x_T
+            audio_in, x_T = torch.cat([feats, null], 1), self._noise(start, window)
         elif cfg.future_fill == "null":
-            audio_in, x_T = feats, self._x_T
+            audio_in, x_T = feats, self._noise(start, window)
         else:
-            audio_in, x_T = feats, self._x_T[:, : n + la]
+            audio_in, x_T = feats, self._noise(start, n + la)
         prev_motion, prev_audio = self._context()
         motion = sample_window(model, audio_in, prev_motion, prev_audio, x_T, cfg_scale=cfg.cfg_scale,
                                generator=self._generator, graphed=self._graphed)[0, :n]

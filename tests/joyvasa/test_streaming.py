@@ -68,7 +68,66 @@ def test_small_chunks_cover_the_same_frames_with_bounded_lookahead(small_model, 
             assert (f.index + 1 + 3) * 640 <= pushed <= (f.index + 1 + gen.lookahead_frames) * 640
             emitted.append(f)
     emitted += gen.flush()
-    assert [f.index for f in emitted] == list(range(len(generate_offline(small_model, audio).frames())))
+    assert audio.size % 640 == 0  # whole frames: offline keeps one more (the reference's 640-sample tail)
+    assert len(generate_offline(small_model, audio).frames()) == audio.size // 640 + 1
+    assert [f.index for f in emitted] == list(range(audio.size // 640))  # the stream: one frame per 640 samples
+
+
+@pytest.mark.parametrize("extra", [0, 17, 639])
+def test_flush_returns_one_frame_per_started_640_samples(small_model, clip, extra):
+    cfg = StreamingConfig(chunk_frames=3, lookahead_ms=40)
+    gen = StreamingMotionGenerator(small_model, config=cfg)
+    audio = clip[8000:8000 + 4 * 640 + extra]
+    frames = stream(gen, audio)
+    assert [f.index for f in frames] == list(range(-(-audio.size // 640)))
+    # after an interrupt the next utterance is counted the same way
+    gen.interrupt()
+    more = stream(gen, audio[:2 * 640 + extra])
+    start = frames[-1].index + 1
+    assert [f.index for f in more] == list(range(start, start + -(-(2 * 640 + extra) // 640)))
+
+
+def test_each_chunk_starts_from_the_noise_offline_gives_its_frames(small_model, clip, monkeypatch):
+    import avatarstream.engines.joyvasa.streaming as streaming
+
+    seen = []
+    real = streaming.sample_window
+
+    def spy(model, audio_feat, prev_motion, prev_audio, x_T, **kw):
+        seen.append(x_T.clone())
+        return real(model, audio_feat, prev_motion, prev_audio, x_T, **kw)
+
+    monkeypatch.setattr(streaming, "sample_window", spy)
+    cfg = StreamingConfig(chunk_frames=10, lookahead_ms=80, seed=5)
+    gen = StreamingMotionGenerator(small_model, config=cfg)
+    stream(gen, clip[:16000 * 3])
+    x_T = gen._x_T  # drawn once per stream, as offline
+    window = small_model.cfg.n_motions
+    assert len(seen) > 3
+    for chunk, noise in enumerate(seen):
+        start = -2 + 10 * chunk  # generated frame k = stream index k - 2
+        positions = [(start + 2 + j) % window for j in range(noise.shape[1])]
+        np.testing.assert_array_equal(noise[0].numpy(), x_T[0, positions].numpy())
+    assert not np.array_equal(seen[0].numpy(), seen[1].numpy())
+
+
+def test_offline_window_layout_pads_every_length(small_model):
+    from avatarstream.engines.joyvasa.offline import PREROLL_SAMPLES, TAIL_SAMPLES, fit_length, window_layout
+
+    rng = np.random.default_rng(0)
+    window = 100 * 640
+    lengths = list(range(1, 3000, 7)) + list(rng.integers(1, 5 * window, 400)) + [62380, 2 * window - 1920 + 5]
+    lengths += [k * window - 1920 + r for k in (1, 2, 3) for r in (1, 300, 639, 640, 641)]
+    for n in lengths:
+        padded = int(n) + PREROLL_SAMPLES + TAIL_SAMPLES
+        n_frames, n_windows = window_layout(padded, 100)
+        assert n_frames == padded // 640 and n_windows * 100 >= n_frames > (n_windows - 1) * 100 - (n_windows == 1) * 100
+        fitted = fit_length(np.ones(padded, np.float32), n_windows * window)
+        assert fitted.size == n_windows * window
+        assert fitted[:n_frames * 640].all()  # no kept frame loses audio
+    # the length that crashed np.concatenate with a negative pad: (L + 1920) mod 64000 in [1, 639]
+    seq = generate_offline(small_model, np.zeros(62380, np.float32), seed=0)
+    assert seq.normalized.shape == ((62380 + 1920) // 640, 70)
 
 
 def test_silence_gives_bounded_smooth_motion(small_model):
@@ -76,7 +135,7 @@ def test_silence_gives_bounded_smooth_motion(small_model):
     gen = StreamingMotionGenerator(small_model, template, StreamingConfig(chunk_frames=10))
     frames = stream(gen, np.zeros(16000 * 3, np.float32))
     v = vectors(frames)
-    assert len(frames) == 76 and np.isfinite(v).all()
+    assert len(frames) == 75 and np.isfinite(v).all()  # 3 s = 75 frames of 40 ms
     norm = template.normalize(v)
     assert np.abs(norm).max() < 20  # within a few template ranges
     pose = v[:, list(POSE_TERMS)]
