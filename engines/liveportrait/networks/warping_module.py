@@ -83,26 +83,28 @@ class DenseMotionNetwork(nn.Module):
         grid = self.identity_grid
         if tuple(grid.shape[:3]) != (d, h, w):
             grid = make_coordinate_grid(d, h, w)
-        return grid.to(device=like.device, dtype=like.dtype)
+        return grid.to(device=like.device, dtype=torch.float32)
 
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
         b, _, d, h, w = feature.shape
         k = self.num_kp
         feature = F.relu(self.norm(self.compress(feature)))  # (B,4,D,H,W)
+        # Keypoints, grids and heatmaps stay float32 under autocast (fp16 would move the sampling points
+        # by up to ~0.26 px of the 64-wide volume); only the convolutions run in half precision.
         grid = self._grid(d, h, w, feature).reshape(1, 1, d, h, w, 3)
-        kp_d = kp_driving.to(feature.dtype).reshape(b, k, 1, 1, 1, 3)
-        kp_s = kp_source.to(feature.dtype).reshape(b, k, 1, 1, 1, 3)
+        kp_d = kp_driving.float().reshape(b, k, 1, 1, 1, 3)
+        kp_s = kp_source.float().reshape(b, k, 1, 1, 1, 3)
         # Sparse motions: slot 0 is the identity (background), slot k translates keypoint k back to the source.
         sparse_motion = torch.cat([grid.expand(b, 1, d, h, w, 3), grid - kp_d + kp_s], dim=1)  # (B,K+1,D,H,W,3)
         c = feature.shape[1]
         repeated = feature.unsqueeze(1).expand(b, k + 1, c, d, h, w).reshape(b * (k + 1), c, d, h, w)
-        deformed = grid_sample_3d(repeated, sparse_motion.reshape(b * (k + 1), d, h, w, 3)).reshape(b, k + 1, c, d, h, w)
+        deformed = grid_sample_3d(repeated.float(), sparse_motion.reshape(b * (k + 1), d, h, w, 3)).reshape(b, k + 1, c, d, h, w)
         # Heatmaps: Gaussian around each driving keypoint minus the same around the source keypoint.
         gauss_d = torch.exp(-0.5 * ((grid - kp_d) ** 2).sum(-1) / KP_VARIANCE)
         gauss_s = torch.exp(-0.5 * ((grid - kp_s) ** 2).sum(-1) / KP_VARIANCE)
         heatmap = torch.cat([torch.zeros_like(gauss_d[:, :1]), gauss_d - gauss_s], dim=1).unsqueeze(2)
         prediction = self.hourglass(torch.cat([heatmap, deformed], dim=2).reshape(b, -1, d, h, w))
-        mask = torch.softmax(self.mask(prediction), dim=1).unsqueeze(-1)  # (B,K+1,D,H,W,1)
+        mask = torch.softmax(self.mask(prediction).float(), dim=1).unsqueeze(-1)  # (B,K+1,D,H,W,1), fp32
         deformation = (sparse_motion * mask).sum(dim=1)  # (B,D,H,W,3)
         out = {"deformation": deformation}
         if self.occlusion is not None:
@@ -123,7 +125,7 @@ class WarpingNetwork(nn.Module):
 
     def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
         dense = self.dense_motion_network(feature_3d, kp_driving, kp_source)
-        out = grid_sample_3d(feature_3d, dense["deformation"].to(feature_3d.dtype))  # autocast may give fp16
+        out = grid_sample_3d(feature_3d.float(), dense["deformation"])  # fp32 grid and volume, even under autocast
         b, c, d, h, w = out.shape
         out = self.fourth(self.third(out.reshape(b, c * d, h, w)))
         if "occlusion_map" in dense:
