@@ -15,7 +15,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from avatarstream.engines.portraits import load_portrait
 from avatarstream.realtime.config import ServerConfig
-from avatarstream.realtime.http import sessions, signalling
+from avatarstream.realtime.http import page, sessions, signalling
+from avatarstream.realtime.http.cors import cors_middleware
 from avatarstream.realtime.http.errors import error_middleware
 from avatarstream.realtime.http.keys import CONFIG, REGISTRY
 from avatarstream.realtime.session.registry import SessionRegistry
@@ -37,7 +38,9 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 async def health(request: web.Request) -> web.Response:
     registry, cfg = request.app[REGISTRY], request.app[CONFIG]
     return web.json_response({"status": "ok", "engine": cfg.engine, "sessions": len(registry),
-                              "max_sessions": cfg.max_sessions})
+                              "max_sessions": cfg.max_sessions,
+                              # measured capacity (admission), for a front or a cluster placing sessions
+                              "capacity": registry.load.snapshot()})
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -48,7 +51,8 @@ def create_app(config: ServerConfig) -> web.Application:
     """Build the application; the portrait is loaded (and checked readable) here."""
     portrait = config.portrait or load_portrait(config.image)
     registry = SessionRegistry(config, portrait)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
+    # error_middleware is outermost: a refusal by the CORS policy gets the same JSON error shape
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, cors_middleware])
     app[CONFIG] = config
     app[REGISTRY] = registry
     app.router.add_get("/", index)
@@ -56,10 +60,12 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_static("/static/", WEB_DIR, show_index=False)
     signalling.add_routes(app)
     sessions.add_routes(app)
+    page.add_routes(app)  # the browser page's discovery, portrait and typed-speech routes
 
     async def _startup(app: web.Application) -> None:
         await registry.warm_up()  # load the engine and prepare the portrait before the first call
         registry.start_reaper()
+        registry.start_load_monitor()
 
     async def _shutdown(app: web.Application) -> None:
         await registry.stop()

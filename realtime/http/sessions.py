@@ -4,7 +4,8 @@
     GET    /v1/sessions/{id}               session state
     POST   /v1/sessions/{id}/whep          application/sdp offer -> 201 application/sdp answer + Location
     DELETE /v1/sessions/{id}/whep/{viewer} end that viewer
-    POST   /v1/sessions/{id}/offer         JSON {sdp, type} -> JSON answer (same as /whep, for the browser page)
+    POST   /v1/sessions/{id}/offer         JSON {sdp, type, microphone?} -> JSON answer (as /whep, for the browser page;
+                                           microphone: true makes the offer's audio track speech input)
     POST   /v1/sessions/{id}/controls      JSON {name: value} -> {applied, unsupported}
     POST   /v1/sessions/{id}/keepalive     resets the idle timer
     DELETE /v1/sessions/{id}               ends the session
@@ -125,12 +126,14 @@ async def set_controls(request: web.Request) -> web.Response:
 
 # ---- viewers ---------------------------------------------------------------------------------------
 async def _answer(request: web.Request, session: AvatarSession, offer_sdp: object,
-                  offer_type: object = "offer") -> tuple[str, Any]:
-    """Connect one more viewer to ``session``; returns (viewer id, answer description)."""
+                  offer_type: object = "offer", microphone: bool = False) -> tuple[str, Any]:
+    """Connect one more viewer to ``session``; returns (viewer id, answer description).
+
+    ``microphone``: the viewer's audio track (if its offer sends one) is speech input to the session."""
     offer = check_offer(offer_sdp, offer_type)
     try:
         viewer, answer = await connect_viewer(session, offer, ice_servers=request.app[CONFIG].ice_servers,
-                                              accept_microphone=False)
+                                              accept_microphone=microphone)
     except ViewerLimitError as exc:
         raise Conflict(str(exc)) from None
     return viewer.id, answer
@@ -147,8 +150,11 @@ async def whep(request: web.Request) -> web.Response:
 
 async def offer(request: web.Request) -> web.Response:
     session = _session(request)
-    body = await read_json_object(request, '{"sdp": "<offer SDP>", "type": "offer"}')
-    viewer_id, answer = await _answer(request, session, body.get("sdp"), body.get("type", "offer"))
+    body = await read_json_object(request, '{"sdp": "<offer SDP>", "type": "offer", "microphone": false}')
+    microphone = body.get("microphone", False)
+    if not isinstance(microphone, bool):
+        raise BadRequest(f"'microphone' must be true or false, got {echo(microphone)}")
+    viewer_id, answer = await _answer(request, session, body.get("sdp"), body.get("type", "offer"), microphone)
     return web.json_response({
         "sdp": answer.sdp,
         "type": answer.type,

@@ -1,5 +1,7 @@
 """Headless Chromium end-to-end: the page's fake microphone plays real speech (espeak-ng), the
-server animates the demo portrait with the lite engine, the page shows video + audio.
+server animates the demo portrait with the lite engine, the page shows video + audio. The page
+(``web/index.html``) creates a ``/v1`` session at Start and joins it with its microphone
+("Use my microphone" ticked); Stop ends the session.
 
 What the page records:
 * video: ``requestVideoFrameCallback`` gives each presented frame's RTP timestamp and
@@ -79,7 +81,7 @@ def face_crop(engine, size: int = 512) -> list[int]:
 async def browser_call(base_url: str, wav_path, seconds: float, sample_senders=None, crop=None) -> dict:
     """Open the page in headless Chromium, press Start, record for ``seconds``; returns recordings.
 
-    ``await sample_senders(session_id)`` returns the server's sender clock samples; polled every 20 ms."""
+    ``await sample_senders(session_id, token)`` returns the server's sender clock samples; polled every 20 ms."""
     import asyncio
 
     from playwright.async_api import async_playwright
@@ -93,7 +95,9 @@ async def browser_call(base_url: str, wav_path, seconds: float, sample_senders=N
                 user_data, executable_path=CHROMIUM, headless=True, args=chromium_args(wav_path))
             page = await ctx.new_page()
             await page.goto(base_url + "/")
+            await page.wait_for_function("window.avatarStats.ready === true", timeout=15000)
             await page.evaluate("crop => window.avatarRecorder.start(true, crop)", crop)
+            await page.check("#mic")  # the fake microphone plays the speech
             await page.click("#start")
             await page.wait_for_function("window.avatarStats.framesDecoded > 0", timeout=15000)
             stats0 = await page.evaluate("({...window.avatarStats, events: undefined})")
@@ -101,15 +105,18 @@ async def browser_call(base_url: str, wav_path, seconds: float, sample_senders=N
             t_end = asyncio.get_running_loop().time() + seconds
             while asyncio.get_running_loop().time() < t_end:
                 if sample_senders is not None:
-                    senders += await sample_senders(stats0["sessionId"])
+                    senders += await sample_senders(stats0["sessionId"], stats0["token"])
                 await asyncio.sleep(0.02)
             stats1 = await page.evaluate("({...window.avatarStats, events: undefined})")
             async with ClientSession() as http:
-                server_stats = await (await http.get(f"{base_url}/stats/{stats0['sessionId']}")).json()
+                server_stats = await (await http.get(f"{base_url}/stats/{stats0['sessionId']}",
+                                                     headers={"Authorization": f"Bearer {stats0['token']}"})).json()
                 server_stats.pop("senders", None)
             rec = await page.evaluate("window.avatarRecorder.stop()")
             status = await page.inner_text("#status")
-            await page.click("#start")  # stop: closes the peer connection
+            await page.click("#start")  # stop: closes the peer connection and ends the session
+            await page.wait_for_function("document.getElementById('status').textContent === 'stopped'",
+                                         timeout=15000)
             await ctx.close()
     finally:
         shutil.rmtree(user_data, ignore_errors=True)
@@ -173,8 +180,8 @@ async def test_browser_sees_and_hears_lip_synced_avatar(speech_wav, tmp_path, en
     crop = face_crop(engine_loader("lite"))
     with e2e.serve_subprocess("--max-sessions", "2") as url:
         async with ClientSession() as http:
-            async def sample_senders(session_id: str) -> list[dict]:
-                resp = await http.get(f"{url}/stats/{session_id}")
+            async def sample_senders(session_id: str, token: str) -> list[dict]:
+                resp = await http.get(f"{url}/stats/{session_id}", headers={"Authorization": f"Bearer {token}"})
                 return (await resp.json())["senders"] if resp.status == 200 else []
 
             result = await browser_call(url, call_wav, LEAD_SILENCE_S + speech.size / rate + 1.5,
