@@ -16,7 +16,6 @@ from aiohttp.abc import AbstractAccessLogger
 from avatarstream.engines.portraits import load_portrait
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http import page, sessions, signalling
-from avatarstream.realtime.http.cors import cors_middleware
 from avatarstream.realtime.http.errors import error_middleware
 from avatarstream.realtime.http.keys import CONFIG, REGISTRY
 from avatarstream.realtime.session.registry import SessionRegistry
@@ -38,9 +37,7 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 async def health(request: web.Request) -> web.Response:
     registry, cfg = request.app[REGISTRY], request.app[CONFIG]
     return web.json_response({"status": "ok", "engine": cfg.engine, "sessions": len(registry),
-                              "max_sessions": cfg.max_sessions,
-                              # measured capacity (admission), for a front or a cluster placing sessions
-                              "capacity": registry.load.snapshot()})
+                              "max_sessions": cfg.max_sessions})
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -51,8 +48,7 @@ def create_app(config: ServerConfig) -> web.Application:
     """Build the application; the portrait is loaded (and checked readable) here."""
     portrait = config.portrait or load_portrait(config.image)
     registry = SessionRegistry(config, portrait)
-    # error_middleware is outermost: a refusal by the CORS policy gets the same JSON error shape
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, cors_middleware])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
     app[CONFIG] = config
     app[REGISTRY] = registry
     app.router.add_get("/", index)
@@ -65,7 +61,6 @@ def create_app(config: ServerConfig) -> web.Application:
     async def _startup(app: web.Application) -> None:
         await registry.warm_up()  # load the engine and prepare the portrait before the first call
         registry.start_reaper()
-        registry.start_load_monitor()
 
     async def _shutdown(app: web.Application) -> None:
         await registry.stop()
