@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="viewers per session, all transports together (default: %(default)s)")
     p.add_argument("--api-key", default=None,
                    help=f"API key needed to create sessions (default: ${API_KEY_ENV}; none on loopback)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="URL",
+                   help="a browser origin (e.g. https://app.example.com) allowed to call the API besides the "
+                        "server's own page (repeatable; '*' for any)")
     p.add_argument("--insecure", action="store_true",
                    help="serve on a non-loopback address without an API key (anyone reaching it can create sessions)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                           max_sessions=args.max_sessions, size=args.size, idle_timeout=args.idle_timeout,
                           viewer_connect_timeout=args.viewer_connect_timeout,
                           max_viewers_per_session=args.max_viewers, ice_servers=list(args.ice_server),
-                          api_key=args.api_key, insecure=args.insecure)
+                          api_key=args.api_key, insecure=args.insecure, cors_origins=list(args.cors_origin))
     if config.binds_beyond_loopback and not config.api_key and not config.insecure:
         raise EngineError(f"--host {args.host} makes the server reachable from other machines: set an API key "
                           f"(--api-key or ${API_KEY_ENV}), or pass --insecure to serve without one")

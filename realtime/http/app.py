@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from avatarstream.engines.portraits import load_portrait
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http import page, sessions, signalling
+from avatarstream.realtime.http.cors import cors_middleware
 from avatarstream.realtime.http.errors import error_middleware
 from avatarstream.realtime.http.keys import CONFIG, REGISTRY
 from avatarstream.realtime.session.registry import SessionRegistry
@@ -48,7 +49,8 @@ def create_app(config: ServerConfig) -> web.Application:
     """Build the application; the portrait is loaded (and checked readable) here."""
     portrait = config.portrait or load_portrait(config.image)
     registry = SessionRegistry(config, portrait)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
+    # error_middleware is outermost: a refusal by the CORS policy gets the same JSON error shape
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, cors_middleware])
     app[CONFIG] = config
     app[REGISTRY] = registry
     app.router.add_get("/", index)

@@ -299,7 +299,8 @@ class AvatarSession:
                 n = self._next_tick
                 block = self._buffer.take_block(SAMPLES_PER_FRAME)
                 self._ring.put(OutputSlot(n, block.samples, block.markers, block.utterance, block.position))
-                self._pump.submit(n, block.samples)
+                if self._viewers or block.utterance is not None:
+                    self._pump.submit(n, block.samples)  # nobody watching and nothing playing: no engine work
                 self._next_tick = n + 1
                 self.stats.ticks += 1
                 self._on_sent(n - self.delay_frames)

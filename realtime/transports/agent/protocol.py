@@ -27,11 +27,12 @@ import av
 import numpy as np
 
 from avatarstream.engines.base import SAMPLE_RATE
-from avatarstream.realtime.errors import ProtocolError
+from avatarstream.realtime.errors import ProtocolError, echo
 
 ACCEPTED_RATES: tuple[int, ...] = (16_000, 24_000, 48_000)
 MAX_FRAME_SECONDS = 1.0  # a binary frame may carry at most this much audio
 MAX_TEXT_BYTES = 64 * 1024
+MAX_CONTROLS = 32  # names in one set_controls message
 CONTROL_TYPES = ("start", "end_of_utterance", "interrupt", "set_controls", "keepalive")
 
 
@@ -49,12 +50,12 @@ def check_sample_rate(value: Any) -> int:
     rate: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         rate = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 16:
         rate = int(value.strip())
     if rate not in ACCEPTED_RATES:
         raise ProtocolError(
             "bad_sample_rate",
-            f"sample_rate {value!r} is not supported; send PCM s16le mono at one of "
+            f"sample_rate {echo(value)} is not supported; send PCM s16le mono at one of "
             f"{', '.join(str(r) for r in ACCEPTED_RATES)} Hz",
         )
     return rate
@@ -62,24 +63,27 @@ def check_sample_rate(value: Any) -> int:
 
 def parse_control(text: str) -> ControlMessage:
     """Parse a text frame; every way it can be wrong gets its own clear ``ProtocolError``."""
-    if len(text) > MAX_TEXT_BYTES:
-        raise ProtocolError("text_too_large", f"text message of {len(text)} bytes exceeds {MAX_TEXT_BYTES} bytes")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise ProtocolError("text_too_large", f"text message of {size} bytes exceeds {MAX_TEXT_BYTES} bytes")
     try:
         msg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError("bad_json", f"text message is not JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise ProtocolError("bad_json", "text message is nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("bad_message", 'text message must be a JSON object with a string "type"')
     kind = msg["type"]
     if kind not in CONTROL_TYPES:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of: {', '.join(CONTROL_TYPES)}")
+        raise ProtocolError("unknown_type", f"unknown message type {echo(kind)}; expected one of: {', '.join(CONTROL_TYPES)}")
     if kind == "start":
         if "sample_rate" not in msg:
             raise ProtocolError("bad_sample_rate", '"start" needs "sample_rate" (16000, 24000 or 48000)')
         return ControlMessage(kind, sample_rate=check_sample_rate(msg["sample_rate"]))
     if kind == "set_controls":
         controls = msg.get("controls")
-        if not isinstance(controls, dict) or not controls:
+        if not isinstance(controls, dict) or not controls or len(controls) > MAX_CONTROLS:
             raise ProtocolError("bad_controls", '"set_controls" needs a non-empty object "controls", e.g. {"expression_scale": 1.2}')
         return ControlMessage(kind, controls=dict(controls))
     return ControlMessage(kind)

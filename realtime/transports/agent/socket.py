@@ -30,7 +30,6 @@ from avatarstream.realtime.transports.agent.protocol import (
     ProtocolError,
     check_sample_rate,
     decode_pcm16,
-    error_message,
     event_message,
     max_frame_bytes,
     parse_control,
@@ -44,6 +43,27 @@ TRANSPORT = "agent"
 # protocol limit and this get a clear "frame_too_large" error and the socket stays open.
 SOCKET_MAX_MSG_BYTES = 4 * max_frame_bytes(48_000)
 SESSION_ENDED_CLOSE_CODE = 4000
+MAX_MESSAGES_PER_SECOND = 400.0  # sustained; 20 ms audio frames are 50/s
+MESSAGE_BURST = 2000
+ERROR_REPEAT_SECONDS = 0.5  # the same error code is sent at most once per this (no amplification)
+
+
+class MessageRateLimiter:
+    """Token bucket: ``rate`` messages per second sustained, ``burst`` at once."""
+
+    def __init__(self, rate: float = MAX_MESSAGES_PER_SECOND, burst: int = MESSAGE_BURST) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self._tokens = float(burst)
+        self._t = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
 def session_event_message(event: SessionEvent) -> str:
@@ -65,6 +85,9 @@ class AgentConnection:
         self.unfinished: set[int] = set()  # utterances pushed here whose playback_finished is not yet seen
         self._since = time.monotonic()
         self.messages = 0
+        self.dropped_messages = 0  # over the rate limit
+        self._last_error: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
 
     @property
     def state(self) -> ViewerState:
@@ -75,7 +98,8 @@ class AgentConnection:
         return self._since
 
     def stats(self) -> dict[str, Any]:
-        return {"messages": self.messages, "utterance_open": self.utterance_open,
+        return {"messages": self.messages, "dropped_messages": self.dropped_messages,
+                "utterance_open": self.utterance_open,
                 "sample_rate": None if self.resampler is None else self.resampler.sample_rate}
 
     async def close(self) -> None:
@@ -87,8 +111,17 @@ class AgentConnection:
             await self.ws.send_str(text)
 
     async def error(self, exc: ServerError | EngineError) -> None:
+        """Send an ``error`` message; repeats of one code within ERROR_REPEAT_SECONDS are counted,
+        not sent, and reported as ``suppressed`` with the next one."""
         code = getattr(exc, "code", None) or "rejected"
-        await self.send(error_message(code, str(exc)))
+        now = time.monotonic()
+        if now - self._last_error.get(code, -1e9) < ERROR_REPEAT_SECONDS:
+            self._suppressed[code] = self._suppressed.get(code, 0) + 1
+            return
+        self._last_error[code] = now
+        suppressed = self._suppressed.pop(code, 0)
+        extra = {"suppressed": suppressed} if suppressed else {}
+        await self.send(event_message("error", code=code, message=str(exc)[:500], **extra))
 
     async def ready(self) -> None:
         assert self.resampler is not None
@@ -185,10 +218,15 @@ async def serve_agent_socket(request: web.Request, session: ServedSession, sampl
         if sample_rate is not None:
             conn.set_rate(sample_rate)
             await conn.ready()
+        limiter = MessageRateLimiter()
         async for msg in ws:
             session.touch()
             conn.messages += 1
             try:
+                if not limiter.allow():
+                    conn.dropped_messages += 1
+                    raise ProtocolError("rate_limited", f"more than {MAX_MESSAGES_PER_SECOND:g} messages per second: "
+                                        "message dropped (send audio in frames of 20 ms or more)")
                 if msg.type == WSMsgType.BINARY:
                     await conn.on_audio(msg.data)
                 elif msg.type == WSMsgType.TEXT:
