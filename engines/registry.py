@@ -8,6 +8,7 @@ Each family declares its options and capabilities in a light module (``engines/<
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
 
 from avatarstream.engines.base import AvatarEngine, EngineCapabilities, EngineError, EngineOptions
@@ -31,7 +32,7 @@ def engine_names() -> list[str]:
     return list(ENGINES)
 
 
-def _declarations(name: str):
+def _declarations(name: str) -> ModuleType:
     if name not in ENGINES:
         raise EngineError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     return importlib.import_module(DECLARATIONS[name])

@@ -126,7 +126,7 @@ def run_bench(opts, stages: Sequence[str] | None = None) -> dict:
                 per_backend[backend] = entry
             if "torch" in per_backend:
                 eager = per_backend["torch"]["median_ms"]
-                for backend, entry in per_backend.items():
+                for entry in per_backend.values():
                     entry["speedup_vs_eager_torch"] = round(eager / entry["median_ms"], 3)
             stage_result[str(batch)] = {"rows": rows, **per_backend}
         results[name] = stage_result

@@ -59,7 +59,8 @@ class SessionInfo:
         missing = [k for k in keys if k not in body]
         if missing:
             raise ClientError(0, f"session reply lacks {', '.join(missing)}")
-        return cls(*(str(body[k]) for k in keys), extra={k: v for k, v in body.items() if k not in keys})
+        id_, token, whep_url, offer_url, agent_url = (str(body[k]) for k in keys)
+        return cls(id_, token, whep_url, offer_url, agent_url, extra={k: v for k, v in body.items() if k not in keys})
 
 
 class AvatarClient:
@@ -74,7 +75,7 @@ class AvatarClient:
         self.sample_rate: int | None = None
         self.events: list[dict] = []  # every event received, in order
         self._callbacks: dict[str, list[EventCallback]] = {}
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: aiohttp.ClientWebSocketResponse[bool] | None = None
         self._reader: asyncio.Task | None = None
         self._changed = asyncio.Condition()
 
@@ -252,13 +253,15 @@ class AvatarClient:
         await self.close()
 
     # ---- internals -----------------------------------------------------------------------
-    def _socket(self) -> aiohttp.ClientWebSocketResponse:
+    def _socket(self) -> aiohttp.ClientWebSocketResponse[bool]:
         if self._ws is None or self._ws.closed:
             raise ClientError(0, "agent socket is not connected: call connect() first")
         return self._ws
 
     async def _read_events(self) -> None:
         ws = self._ws
+        if ws is None:  # started by connect() right after it opened the socket
+            return
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:

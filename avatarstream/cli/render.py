@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from avatarstream.engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, OfflineRenderer
+from avatarstream.engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, EngineStream, OfflineRenderer
 from avatarstream.engines.registry import engine_capabilities, engine_names
 from avatarstream.cli.backend_options import (add_backend_arguments, backend_options, engine_flag_options,
                                               engine_sizes, resolve_size)
@@ -111,7 +112,7 @@ class Mp4Writer:
         self.container.close()
 
 
-def render_streaming(stream, audio: np.ndarray, writer: Mp4Writer, progress) -> int:
+def render_streaming(stream: EngineStream, audio: np.ndarray, writer: Mp4Writer, progress: Any) -> int:
     try:
         step = CHUNK_FRAMES * SAMPLES_PER_FRAME
         for start in range(0, audio.size, step):
@@ -146,13 +147,18 @@ def run(args: argparse.Namespace) -> int:
     n_frames = -(-audio.size // SAMPLES_PER_FRAME)
     out = Path(args.output)
     tmp = out.with_name(out.stem + ".part" + out.suffix)
-    offline = isinstance(engine, OfflineRenderer)
-    stream = None if offline else engine.open_stream(portrait, size=size)  # finds the face
+    renderer = engine if isinstance(engine, OfflineRenderer) else None
+    if renderer is None and size is None:  # capabilities say offline_render, yet the engine has no render_file
+        raise EngineError(f"the {args.engine} engine declares offline rendering but does not render files")
+    stream = None
+    if renderer is None and size is not None:
+        stream = engine.open_stream(portrait, size=size)  # finds the face
     try:
         with tqdm(total=n_frames, unit="frame", desc=f"render {out.name}", disable=args.no_progress) as progress:
-            if offline:
-                engine.render_file(portrait, audio, tmp, progress)
+            if renderer is not None:
+                renderer.render_file(portrait, audio, tmp, progress)
             else:
+                assert stream is not None and size is not None  # opened above for every streaming engine
                 writer = Mp4Writer(tmp, size, audio)
                 try:
                     render_streaming(stream, audio, writer, progress)

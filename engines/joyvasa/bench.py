@@ -32,7 +32,7 @@ from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineErro
 from avatarstream.engines.joyvasa.checkpoint import load_motion_generator, random_motion_generator, small_motion_generator
 from avatarstream.engines.joyvasa.motion import MotionTemplate
 from avatarstream.engines.joyvasa.network import DitTalkingHead
-from avatarstream.engines.joyvasa.offline import generate_offline, initial_noise, sample_window
+from avatarstream.engines.joyvasa.offline import generate_offline, initial_noise
 from avatarstream.engines.joyvasa.sampler import sample
 from avatarstream.engines.joyvasa.streaming import FRAME_MS, StreamingConfig, StreamingMotionGenerator
 

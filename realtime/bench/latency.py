@@ -25,6 +25,7 @@ import wave
 from io import BytesIO
 from math import gcd
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
@@ -32,18 +33,22 @@ from aiohttp import web
 from tqdm import tqdm
 
 from avatarstream.engines.base import EngineError
-from avatarstream.realtime.bench.viewer_recorder import RecordingViewer, mouth_openings
+from avatarstream.realtime.bench.viewer_recorder import Recording, RecordingViewer, mouth_openings
 from avatarstream.realtime.client import AvatarClient
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
 from avatarstream.realtime.http.keys import REGISTRY
+from avatarstream.realtime.session.registry import SessionRegistry
+
+if TYPE_CHECKING:  # the run_bench contract of `avatar bench`; the CLI imports this module by name only
+    from avatarstream.cli.bench import BenchOptions
 
 UTTERANCES = ["papa", "hello there", "mama", "open wide", "baba", "how are you", "yes", "goodbye"]
 SIZE = 512
 
 
-def run_bench(opts) -> dict:
-    """Entry point for ``avatar bench --engine api`` (``opts``: ``realtime.bench_command.BenchOptions``)."""
+def run_bench(opts: BenchOptions) -> dict:
+    """Entry point for ``avatar bench --engine api``."""
     if opts.device != "cpu":
         raise EngineError("the api benchmark runs the lite engine on the CPU; use --device cpu")
     if shutil.which("espeak-ng") is None:
@@ -82,17 +87,17 @@ def stats_ms(values_s: list[float]) -> dict:
             "mean": round(float(ms.mean()), 1), "max": round(float(ms.max()), 1)}
 
 
-async def _start_server():
+async def _start_server() -> tuple[str, SessionRegistry, web.AppRunner]:
     app = create_app(ServerConfig(engine="lite", size=SIZE, max_sessions=2, port=0))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     return f"http://127.0.0.1:{port}", app[REGISTRY], runner
 
 
-async def _bench(opts) -> dict:
+async def _bench(opts: BenchOptions) -> dict:
 
     n_sessions = 1 if opts.quick else 5
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
@@ -107,10 +112,10 @@ async def _bench(opts) -> dict:
         for _ in tqdm(range(n_sessions), desc="sessions", unit="session"):
             client = AvatarClient(url, http=http)
             t0 = time.monotonic()
-            await client.create_session(size=SIZE)
+            info = await client.create_session(size=SIZE)
             t1 = time.monotonic()
             viewer = RecordingViewer(keep_images=False)
-            await viewer.join(http, client.session.whep_url, client.session.token)
+            await viewer.join(http, info.whep_url, info.token)
             await asyncio.wait_for(viewer.first_video.wait(), 30)
             first_at = viewer.recording.video[0].t
             create.append(t1 - t0)
@@ -121,10 +126,11 @@ async def _bench(opts) -> dict:
 
         # 2) pushed audio -> playback_started, and -> mouth motion at the viewer
         client = AvatarClient(url, http=http)
-        await client.create_session(size=SIZE)
-        session = registry.get(client.session.id)
+        info = await client.create_session(size=SIZE)
+        session = registry.get(info.id)
+        assert session is not None  # created in this process a moment ago
         viewer = RecordingViewer(keep_images=True, max_video_frames=5000, image_size=256)
-        await viewer.join(http, client.session.whep_url, client.session.token)
+        await viewer.join(http, info.whep_url, info.token)
         await asyncio.wait_for(viewer.first_video.wait(), 30)
         await client.connect(sample_rate=16000)
         await asyncio.sleep(1.5)  # idle motion: the reference for "the mouth moved"
@@ -166,7 +172,8 @@ async def _bench(opts) -> dict:
     return result
 
 
-def _mouth_latencies(rec, pushes, t_idle_end: float):
+def _mouth_latencies(rec: Recording, pushes: list[tuple[float, float, float]],
+                     t_idle_end: float) -> tuple[list[float], list[float], dict[str, Any]]:
     """Per utterance: first frame after the push whose mouth opening clearly exceeds idle motion."""
 
     arrivals = np.array([v.t for v in rec.video])
@@ -189,7 +196,9 @@ def _mouth_latencies(rec, pushes, t_idle_end: float):
     return viewer, sender, info
 
 
-def _plot(out_dir: Path, first, to_started, mouth_viewer, mouth_sender, rec, pushes, mouth_info) -> Path:
+def _plot(out_dir: Path, first: list[float], to_started: list[float], mouth_viewer: list[float],
+          mouth_sender: list[float], rec: Recording, pushes: list[tuple[float, float, float]],
+          mouth_info: dict[str, Any]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

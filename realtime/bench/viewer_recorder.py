@@ -14,12 +14,14 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import aiohttp
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpSrPacket
+from av import AudioFrame, VideoFrame
 
 from avatarstream.realtime.transports.webrtc.peer import ice_configuration
 
@@ -138,7 +140,7 @@ class RecordingViewer:
             asyncio.ensure_future(self._notify())
 
         @pc.on("track")
-        def _on_track(track) -> None:
+        def _on_track(track: MediaStreamTrack) -> None:
             reader = self._read_video if track.kind == "video" else self._read_audio
             self._tasks.append(asyncio.create_task(reader(track), name=f"viewer-{track.kind}"))
 
@@ -153,13 +155,13 @@ class RecordingViewer:
         for transceiver in pc.getTransceivers():
             self._capture_sender_reports(transceiver.receiver, transceiver.kind)
 
-    def _capture_sender_reports(self, receiver, kind: str) -> None:
-        # aiortc keeps the RTCP SR contents and its pts origin private: listen in
+    def _capture_sender_reports(self, receiver: Any, kind: str) -> None:
+        # aiortc keeps the RTCP SR contents and its pts origin private: listen in (Any: private attributes)
         self._receivers[kind] = receiver
         handle = receiver._handle_rtcp_packet
         reports = self.recording.sender_reports[kind]
 
-        async def listen(packet) -> None:
+        async def listen(packet: object) -> None:
             if isinstance(packet, RtcpSrPacket):
                 reports.append((packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp))
             await handle(packet)
@@ -173,13 +175,13 @@ class RecordingViewer:
     async def wait_event(self, kind: str, timeout: float = 10.0, start: int = 0) -> tuple[float, dict]:
         """First data-channel event of type ``kind`` at index >= ``start``: (arrival, event)."""
 
-        def find():
+        def find() -> tuple[float, dict] | None:
             for item in self.recording.events[start:]:
                 if item[1].get("type") == kind:
                     return item
             return None
 
-        async def wait():
+        async def wait() -> tuple[float, dict]:
             async with self._new_event:
                 while (item := find()) is None:
                     await self._new_event.wait()
@@ -187,10 +189,12 @@ class RecordingViewer:
 
         return await asyncio.wait_for(wait(), timeout)
 
-    async def _read_video(self, track) -> None:
+    async def _read_video(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(VideoFrame, await track.recv())
+                if frame.pts is None:  # aiortc stamps every frame it receives
+                    continue
                 now = time.monotonic()
                 if len(self.recording.video) < self.max_video_frames:
                     image = None
@@ -202,10 +206,12 @@ class RecordingViewer:
         except MediaStreamError:
             return
 
-    async def _read_audio(self, track) -> None:
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(AudioFrame, await track.recv())
+                if frame.pts is None:  # aiortc stamps every frame it receives
+                    continue
                 now = time.monotonic()
                 pcm = frame.to_ndarray()
                 channels = len(frame.layout.channels)

@@ -29,7 +29,7 @@ def _constant_model(path, input_name: str, input_shape, outputs: dict[str, np.nd
 @pytest.fixture()
 def face_dir(tmp_path):
     outs = {}
-    for i, stride in enumerate(fm.STRIDES):
+    for stride in fm.STRIDES:
         n = (fm.DET_SIZE // stride) ** 2 * fm.NUM_ANCHORS
         outs[f"score_{stride}"] = np.zeros((n, 1))
         outs[f"bbox_{stride}"] = np.zeros((n, 4))

@@ -105,7 +105,7 @@ def serve_subprocess(*args: str):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     proc.kill()
                     log.seek(0)
-                    raise AssertionError(f"avatar serve did not start: {log.read()}")
+                    raise AssertionError(f"avatar serve did not start: {log.read()}") from None
                 time.sleep(0.3)
         yield url
     finally:

@@ -44,7 +44,7 @@ def test_avatar_serve_with_no_arguments_serves_the_page(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start: {(tmp_path / 'serve.log').read_text()}")
+                    raise AssertionError(f"server did not start: {(tmp_path / 'serve.log').read_text()}") from None
                 time.sleep(0.3)
         assert '"engine": "lite"' in health
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()

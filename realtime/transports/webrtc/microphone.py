@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from typing import cast
 
 import numpy as np
+from av import AudioFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from avatarstream.engines.base import EngineError
@@ -40,7 +42,7 @@ class MicrophoneInput:
         levels: deque[float] = deque(maxlen=LIVE_BACKLOG_WINDOW)
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(AudioFrame, await track.recv())  # an audio track yields audio frames
                 pcm = resample(frame)
                 queued = self._session.queued_seconds
                 levels.append(queued)
