@@ -11,11 +11,16 @@ that ``avatar export`` wrote to ``ENGINES_DIR``; the motion generator stays on t
 LivePortrait human (and optionally animal v1.0) networks, the JoyVASA motion generator and its
 motion template, and optionally ``chinese-hubert-base/config.json``.
 
-Per stream: the portrait is framed as a square around the face (``engines.face.framing``), the
-face is cropped LivePortrait-style from the 68 landmarks (``engines.liveportrait.source``), F and
-M run once, and every motion frame from the ``StreamingMotionGenerator`` becomes driving keypoints
-(``KeypointDriver``, JoyVASA's post-processing) rendered by W + G in batches, then pasted back into
-the framed portrait with a soft mask.
+Per portrait (``prepare_portrait``), as the reference pipeline: the picture is limited to 1280 px,
+the face is cropped LivePortrait-style from the original picture (106 insightface points when the
+weights have them, else the 68 points of ``engines.face``), F and M run once. Every motion frame
+becomes driving keypoints (``KeypointDriver``: JoyVASA's post-processing, then LivePortrait's
+stitching, then the driving multiplier), rendered by W + G in batches and pasted back with the
+reference's mask into the output frame, a square around the face (``engines.face.framing``).
+
+Motion: ``open_stream`` uses the ``StreamingMotionGenerator`` (live); ``render_file`` (``avatar
+render``) the reference's offline 100-frame-window algorithm (``generate_offline``). The settings
+around the networks come from ``options.LIVE_PRESET`` / ``OFFLINE_PRESET`` (docs/joyvasa.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,17 +37,21 @@ import numpy as np
 
 from avatarstream.engines.base import (SAMPLES_PER_FRAME, AvatarFrame, EngineError, MissingWeightsError, Portrait, StageTimes,
                           check_audio)
+from avatarstream.engines.face import detect_face
+from avatarstream.engines.face.framing import frame_portrait
 from avatarstream.engines.joyvasa.checkpoint import load_motion_generator
 from avatarstream.engines.torch_device import resolve_device
-from avatarstream.engines.joyvasa.motion import DRIVING_MULTIPLIER, LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion
-from avatarstream.engines.joyvasa.options import CAPABILITIES, JoyVasaOptions
+from avatarstream.engines.joyvasa.motion import LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion, Stitch
+from avatarstream.engines.joyvasa.offline import MotionSequence, generate_offline
+from avatarstream.engines.joyvasa.options import CAPABILITIES, LIVE_PRESET, OFFLINE_PRESET, JoyVasaOptions, Preset
 from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 from avatarstream.engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
 from avatarstream.engines.liveportrait.config import LivePortraitConfig
 from avatarstream.engines.liveportrait.renderer import RUNTIME_STAGES, PreparedAvatar, Renderer
 from avatarstream.engines.liveportrait.face_models import FaceModels
-from avatarstream.engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_with_transform, paste_back,
-                                         soft_mask, whole_image_source)
+from avatarstream.engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_transform_animal,
+                                         crop_with_transform, paste_back,
+                                         paste_mask, reframe, resize_to_limit, whole_image_source)
 from avatarstream.engines.runtimes.backend_choice import open_stage_runtimes, parse_backend_choice
 from avatarstream.engines.runtimes.network_source import NetworkSource
 
@@ -52,6 +62,8 @@ MOTION_TEMPLATE_FILE = "JoyVASA/motion_template/motion_template.pkl"
 AUDIO_CONFIG_DIR = "chinese-hubert-base"
 ANIMAL_VARIANT = "animal-v1.0"  # JoyVASA's animal mode uses LivePortrait animals v1.0
 SPEECH_RMS = 0.01  # a frame whose audio RMS exceeds this counts as speech (AvatarFrame.speaking)
+MAX_SOURCE_SIDE = 1280  # the reference limits the source picture's longer side before cropping
+OUTPUT_SIZE = 512  # render_file's frame size (G's output resolution)
 
 
 def required_files() -> list[str]:
@@ -120,16 +132,19 @@ class JoyVasaEngine:
         self.fp16 = (self.device != "cpu") if o.fp16 is None else o.fp16
         self.batch_size = o.batch_size or (8 if self.device != "cpu" else 1)
         self.crop = o.crop
+        self.live_preset, self.offline_preset = LIVE_PRESET, OFFLINE_PRESET
+        self.crop_scale = o.crop_scale if o.crop_scale is not None else LIVE_PRESET.crop_scale
+        self.offline_cfg_scale = o.cfg_scale if o.cfg_scale is not None else OFFLINE_PRESET.cfg_scale
+        self.seed = o.seed
+        self.last_motion: MotionSequence | None = None  # render_file's motion (tests, inspection)
         self.liveportrait_config = liveportrait_config  # None: the official network sizes
         audio_dir = self.root / AUDIO_CONFIG_DIR
         self.model, self.checkpoint_info = load_motion_generator(
             self.root / MOTION_GENERATOR_FILE, pe_mode=o.pe_mode, device=self.device,
             audio_config_dir=audio_dir if (audio_dir / "config.json").is_file() else None)
         self.template = MotionTemplate.load(self.root / MOTION_TEMPLATE_FILE)
-        kwargs = dict(chunk_frames=o.chunk_frames, lookahead_ms=o.lookahead_ms, seed=o.seed)
-        if o.cfg_scale is not None:
-            kwargs["cfg_scale"] = o.cfg_scale
-        self.stream_config = StreamingConfig(**kwargs)
+        self.stream_config = StreamingConfig(chunk_frames=o.chunk_frames, lookahead_ms=o.lookahead_ms, seed=o.seed,
+                                             cfg_scale=o.cfg_scale if o.cfg_scale is not None else LIVE_PRESET.cfg_scale)
         self.stream_config.validate(self.model.cfg.n_motions)
         self._renderers: dict[str, Renderer] = {}
         self._lock = threading.Lock()
@@ -155,11 +170,14 @@ class JoyVasaEngine:
 
     def crop_face(self, image: np.ndarray, face) -> SourceCrop:
         """LivePortrait's source crop: from insightface 106 points when available (humans), else the 68 points."""
+        kw = dict(scale=self.crop_scale, vy_ratio=self.live_preset.crop_vy)
+        if face.kind == "animal":
+            return crop_with_transform(image, crop_transform_animal(face.points, **kw))
         models = self.face_models() if face.kind == "human" else None
         points106 = models.face_106(image) if models is not None else None
         if points106 is not None:
-            return crop_with_transform(image, crop_transform_106(points106))
-        return crop_source(image, face.points)
+            return crop_with_transform(image, crop_transform_106(points106, **kw))
+        return crop_source(image, face.points, **kw)
 
     def _variant_for(self, kind: str) -> str:
         if kind != "animal":
@@ -170,22 +188,108 @@ class JoyVasaEngine:
             return "human"
         return ANIMAL_VARIANT
 
-    def open_stream(self, portrait: Portrait, *, size: int = CAPABILITIES.default_size,
-                    controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
-        from avatarstream.engines.face import detect_face
-        from avatarstream.engines.face.framing import frame_portrait
-
-        size = CAPABILITIES.check_size(size)
-        face = detect_face(portrait.image, portrait.kind)  # raises NoFaceError
-        framed = frame_portrait(portrait.image, face, max(size, 512))  # paste back at >= 512, then resize
-        source = self.crop_face(framed.image, framed.face) if self.crop else whole_image_source(framed.image)
+    def prepare_portrait(self, portrait: Portrait, size: int, preset: Preset) -> "PreparedPortrait":
+        """Find the face, cut the source crop from the original picture, run F and M, frame the output."""
+        image = resize_to_limit(portrait.image, MAX_SOURCE_SIDE)
+        face = detect_face(image, portrait.kind)  # raises NoFaceError
+        framed = frame_portrait(image, face, max(size, 512))  # paste back at >= 512, then resize
+        paste = self.crop and preset.paste_back
+        if paste:
+            source = reframe(self.crop_face(image, face), framed.matrix, framed.image)
+        else:
+            source = whole_image_source(framed.image)  # the reference's flag_do_crop=False, on the framed square
         variant = self._variant_for(face.kind)
         renderer = self.renderer(variant)
         avatar = renderer.prepare(source.network_input)
+        stitch = renderer.stitch if paste and preset.stitching else None
+        return PreparedPortrait(renderer=renderer, avatar=avatar, source=source,
+                                mode="animal" if face.kind == "animal" else "human", paste=paste, stitch=stitch,
+                                multiplier=preset.driving_multiplier)
+
+    def open_stream(self, portrait: Portrait, *, size: int = CAPABILITIES.default_size,
+                    controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
+        size = CAPABILITIES.check_size(size)
+        prepared = self.prepare_portrait(portrait, size, self.live_preset)
         generator = StreamingMotionGenerator(self.model, self.template, self.stream_config)
-        mode = "animal" if face.kind == "animal" else "human"
-        return JoyVasaStream(renderer, avatar, source, generator, mode=mode, size=size, paste=self.crop,
-                             batch_size=self.batch_size, controls=controls)
+        return JoyVasaStream(prepared, generator, size=size, batch_size=self.batch_size, controls=controls)
+
+    @property
+    def output_size(self) -> int:
+        """The square frame size ``render_file`` writes."""
+        return OUTPUT_SIZE
+
+    def render_file(self, portrait: Portrait, audio16k: np.ndarray, out_path: str | Path,
+                    progress: Any = True) -> Path:
+        """``avatar render``: the reference's offline motion (100-frame windows over the whole clip, one
+        x_T) rendered with ``OFFLINE_PRESET`` into an MP4, one frame per started 40 ms of audio."""
+        from avatarstream.engines.loopy.mp4 import write_mp4
+
+        audio = check_audio(audio16k)
+        if audio.size == 0:
+            raise EngineError("audio is empty: JoyVASA needs at least one sample of 16 kHz mono speech")
+        if not isinstance(portrait, Portrait):
+            portrait = Portrait(np.asarray(portrait))
+        prepared = self.prepare_portrait(portrait, OUTPUT_SIZE, self.offline_preset)
+        sequence = generate_offline(self.model, audio, template=self.template, cfg_scale=self.offline_cfg_scale,
+                                    seed=self.seed)
+        self.last_motion = sequence
+        n_frames = -(-audio.size // SAMPLES_PER_FRAME)
+        motions = sequence.frames()[:n_frames]  # the reference keeps one more frame when L is a multiple of 640
+        reference = sequence.frames(include_preroll=True)[0]
+        driver = prepared.driver(reference, 1.0)
+        bar = _progress(progress, len(motions))
+
+        def frames():
+            for start in range(0, len(motions), self.batch_size):
+                batch = motions[start:start + self.batch_size]
+                images = prepared.renderer.render([(prepared.avatar, driver(m)) for m in batch])
+                for generated in images:
+                    yield prepared.finish(generated, OUTPUT_SIZE)
+                bar.update(len(batch))
+
+        try:
+            write_mp4(Path(out_path), frames(), audio[:n_frames * SAMPLES_PER_FRAME], crf=20)
+        finally:
+            if bar is not progress:
+                bar.close()
+        return Path(out_path)
+
+
+def _progress(progress: Any, total: int):
+    """A caller's object with ``update(n)``, or a tqdm bar (shown when ``progress`` is True)."""
+    if hasattr(progress, "update"):
+        return progress
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc="joyvasa render", disable=not progress)
+
+
+@dataclass
+class PreparedPortrait:
+    """One portrait ready to animate: renderer + cached F/M results, the crop and how frames are finished."""
+
+    renderer: Renderer
+    avatar: PreparedAvatar
+    source: SourceCrop  # crop cut from the original picture; ``source.image`` is the output framing
+    mode: str  # "human" or "animal" (JoyVASA's animation mode)
+    paste: bool  # paste the rendered crop back into the framing (else the render is the frame)
+    stitch: Stitch | None  # LivePortrait's stitching (on exactly when pasting back, as the reference)
+    multiplier: float  # the preset's driving multiplier
+
+    def __post_init__(self) -> None:
+        self.mask = paste_mask()
+
+    def driver(self, reference: MotionFrame, intensity: float) -> KeypointDriver:
+        return KeypointDriver(source_motion(self.avatar), reference, self.mode,
+                              multiplier=self.multiplier * intensity, stitch=self.stitch)
+
+    def finish(self, generated: np.ndarray, size: int) -> np.ndarray:
+        """A rendered 512 crop -> the output frame (pasted back, resized to ``size``)."""
+        image = paste_back(generated, self.source, self.mask) if self.paste else generated
+        if image.shape[0] != size or image.shape[1] != size:
+            interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+            image = cv2.resize(image, (size, size), interpolation=interp)
+        return np.ascontiguousarray(image)
 
 
 def source_motion(avatar: PreparedAvatar) -> SourceMotion:
@@ -201,16 +305,16 @@ def _check_controls(controls: Mapping[str, Any]) -> tuple[dict[str, float], dict
 class JoyVasaStream:
     """One session: audio in, LivePortrait frames out (``engines.base.EngineStream``)."""
 
-    def __init__(self, renderer: Renderer, avatar: PreparedAvatar, source: SourceCrop,
-                 generator: StreamingMotionGenerator, *, mode: str, size: int, paste: bool, batch_size: int,
-                 controls: Mapping[str, Any] | None = None) -> None:
-        self.renderer = renderer
-        self.avatar = avatar
-        self.source = source
+    def __init__(self, prepared: PreparedPortrait, generator: StreamingMotionGenerator, *, size: int,
+                 batch_size: int, controls: Mapping[str, Any] | None = None) -> None:
+        self.prepared = prepared
+        self.renderer = prepared.renderer
+        self.avatar = prepared.avatar
+        self.source = prepared.source
         self.generator = generator
-        self.mode = mode
+        self.mode = prepared.mode
         self.size = size
-        self.paste = paste
+        self.paste = prepared.paste
         self.batch_size = max(1, batch_size)
         self.lookahead_frames = generator.lookahead_frames
         self.times = StageTimes()
@@ -220,9 +324,7 @@ class JoyVasaStream:
             if bad:
                 raise EngineError("; ".join(f"control {k}: {v}" for k, v in bad.items()))
             self.expression_intensity = ok.get("expression_intensity", 1.0)
-        self._source_motion = source_motion(avatar)
         self._driver: KeypointDriver | None = None
-        self._mask = soft_mask()
         self._rms: dict[int, float] = {}  # frame index -> audio RMS, for frames not rendered yet
         self._partial = np.zeros(0, np.float32)
         self._next_audio_frame = 0
@@ -267,20 +369,20 @@ class JoyVasaStream:
         if "expression_intensity" in ok:
             self.expression_intensity = ok["expression_intensity"]
             if self._driver is not None:
-                self._driver.multiplier = DRIVING_MULTIPLIER * self.expression_intensity
+                self._driver.multiplier = self.prepared.multiplier * self.expression_intensity
         return rejected
 
     def close(self) -> None:
         self._rms.clear()
         self.avatar = None  # type: ignore[assignment]
+        self.prepared = None  # type: ignore[assignment]
 
     # -- rendering ------------------------------------------------------------------------------
 
     def _keypoints(self, motion: MotionFrame) -> np.ndarray:
         if self._driver is None:
             reference = self.generator.reference_frame or motion
-            self._driver = KeypointDriver(self._source_motion, reference, self.mode,
-                                          multiplier=DRIVING_MULTIPLIER * self.expression_intensity)
+            self._driver = self.prepared.driver(reference, self.expression_intensity)
         return self._driver(motion)
 
     def _mouth_open(self, motion: MotionFrame) -> float:
@@ -289,11 +391,7 @@ class JoyVasaStream:
         return float(np.clip(np.abs(motion.exp[lips, 1] - ref.exp[lips, 1]).mean() * 20.0, 0.0, 1.0))
 
     def _finish(self, generated: np.ndarray) -> np.ndarray:
-        image = paste_back(generated, self.source, self._mask) if self.paste else generated
-        if image.shape[0] != self.size or image.shape[1] != self.size:
-            interp = cv2.INTER_AREA if image.shape[0] > self.size else cv2.INTER_LINEAR
-            image = cv2.resize(image, (self.size, self.size), interpolation=interp)
-        return np.ascontiguousarray(image)
+        return self.prepared.finish(generated, self.size)
 
     def _render(self, motions: list[MotionFrame]) -> list[AvatarFrame]:
         if self.avatar is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -37,6 +37,8 @@ LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)  # copied absolutely from the driving mo
 EMA_ALPHA = 0.01  # reference smooth_(..., method="ema")
 DRIVING_MULTIPLIER = 1.10  # JoyVASA CLI default
 ANIMATION_MODES = ("human", "animal")
+
+Stitch = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x_s, x_d) (21, 3) -> stitched x_d
 
 # template fields -> (slice into the 70-dim vector); "R", "lip", "eyes" exist in the file but are not modelled
 TEMPLATE_FIELDS: dict[str, slice] = {
@@ -254,17 +256,19 @@ class KeypointDriver:
     Motion is applied relative to ``reference`` (the first generated frame) on top of the source:
     R = (R_d R_d0^T) R_s, exp = exp_s + (exp_d - exp_d0) (human: lip keypoints copied absolutely),
     scale = s_s * s_d / s_d0 (animal: s_s), t = t_s + (t_d - t_d0) with tz = 0, then (animal) the
-    convex-hull multiplier and finally x_d = x_s + (x_d - x_s) * multiplier.
+    convex-hull multiplier, then ``stitch`` (LivePortrait's stitching, x_d = stitch(x_s, x_d); the reference
+    applies it whenever it pastes back) and finally x_d = x_s + (x_d - x_s) * multiplier.
     """
 
     def __init__(self, source: SourceMotion, reference: MotionFrame, mode: str = "human",
-                 multiplier: float = DRIVING_MULTIPLIER) -> None:
+                 multiplier: float = DRIVING_MULTIPLIER, stitch: Stitch | None = None) -> None:
         if mode not in ANIMATION_MODES:
             raise EngineError(f"animation mode must be one of {ANIMATION_MODES}, got {mode!r}")
         self.source = source
         self.reference = reference
         self.mode = mode
         self.multiplier = float(multiplier)
+        self.stitch = stitch
         self.x_s = source.keypoints()
         self._r_s = source.rotation()
         self._r_d0_t = reference.rotation().T
@@ -292,4 +296,6 @@ class KeypointDriver:
         x_d = self._relative(frame)
         if self.mode == "animal":
             x_d = (x_d - self._x_d0) * self._hull + self.x_s
+        if self.stitch is not None:
+            x_d = np.asarray(self.stitch(self.x_s, x_d), np.float32)
         return (self.x_s + (x_d - self.x_s) * self.multiplier).astype(np.float32)

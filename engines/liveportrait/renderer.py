@@ -138,6 +138,22 @@ class Renderer:
                 image = self.networks.spade_generator(warped)
         return image.float()
 
+    @torch.inference_mode()
+    def stitch(self, kp_source: np.ndarray, kp_driving: np.ndarray) -> np.ndarray:
+        """LivePortrait's stitching (reference ``stitching``), always in float32: d = S([x_s, x_d]) (65 values);
+        x_d + d[:63] as (21, 3), plus (d[63], d[64]) on every keypoint's x and y. (21, 3) or (N, 21, 3) arrays."""
+        x_s = torch.as_tensor(np.asarray(kp_source, np.float32), device=self.device)
+        x_d = torch.as_tensor(np.asarray(kp_driving, np.float32), device=self.device)
+        single = x_d.ndim == 2
+        x_d = x_d.reshape(-1, *x_d.shape[-2:])
+        n, k = x_d.shape[:2]
+        x_s = x_s.reshape(-1, k, 3).expand(n, k, 3)
+        delta = self.networks.stitching(torch.cat([x_s.reshape(n, -1), x_d.reshape(n, -1)], 1).float())
+        out = x_d + delta[:, :3 * k].reshape(n, k, 3)
+        out[..., :2] += delta[:, 3 * k:3 * k + 2].reshape(n, 1, 2)
+        out = out.cpu().numpy().astype(np.float32)
+        return out[0] if single else out
+
     def render(self, items: Sequence[tuple[PreparedAvatar, np.ndarray | torch.Tensor]]) -> np.ndarray:
         """Render one frame per (avatar, driving keypoints (21,3)) pair, all in one batch -> uint8 (N,512,512,3).
 

@@ -56,6 +56,23 @@ def crop_transform(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float =
                                dsize=dsize, scale=scale, vy_ratio=vy_ratio)
 
 
+# The reference's animal crop uses X-Pose's 9 ``animal_face`` keypoints: the four eye corners, nose tip,
+# the two lip corners, upper and lower lip (eye centre = mean of the corners, mouth = lip-corner midpoint).
+# Their counterparts in the 68-point layout of ``engines.face``:
+ANIMAL_NINE_FROM_68 = [36, 39, 42, 45, 30, 48, 54, 51, 57]
+
+
+def crop_transform_animal(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float = 2.3,
+                          vy_ratio: float = -0.125) -> np.ndarray:
+    """The animal crop from 68-point landmarks, with the reference's 9-point rule (extent of the 9 points)."""
+    pts = np.asarray(points, np.float64)
+    if pts.shape != (68, 2) or not np.isfinite(pts).all():
+        raise EngineError(f"source crop needs 68 finite (x, y) landmarks, got shape {pts.shape}")
+    nine = pts[ANIMAL_NINE_FROM_68]
+    return crop_transform_from(nine, nine[0:2].mean(0), nine[2:4].mean(0), nine[5:7].mean(0),
+                               dsize=dsize, scale=scale, vy_ratio=vy_ratio)
+
+
 def crop_transform_106(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float = 2.3,
                        vy_ratio: float = -0.125) -> np.ndarray:
     """The same from insightface 106-point landmarks: eyes [33,35,40,39] / [87,89,94,93], mouth (52+61)/2."""
@@ -115,10 +132,37 @@ def whole_image_source(image: np.ndarray) -> SourceCrop:
     return SourceCrop(image=image, crop=crop, network_input=net_in, image_to_crop=m, crop_to_image=invert_affine(m))
 
 
+# The reference's ``mask_template.png`` (512 x 512): full weight on the square of pixel indices
+# [16, 496] (481 px a side, 88.3 % of the crop), falling linearly to 0 over 16 px of Euclidean distance
+# from that square (rounded corners). ``paste_mask`` draws the same shape at any size.
+MASK_FEATHER = 16 / 512
+MASK_INNER = (16 / 512, 496 / 512)
+
+
+def paste_mask(size: int = CROP_SIZE) -> np.ndarray:
+    """size x size float32 paste-back mask of the reference's shape: 1 on the inner square, a linear
+    16/512-of-the-side ramp around it (by distance to the square), 0 at the outer edge."""
+    s = size / 512
+    idx = np.arange(size, dtype=np.float64)
+    lo, hi = MASK_INNER[0] * size, MASK_INNER[1] * size
+    outside = np.maximum(np.maximum(lo - idx, idx - hi), 0)  # per-axis distance to the inner square
+    dist = np.hypot(outside[:, None], outside[None, :])
+    return np.clip(1 - dist / (MASK_FEATHER * 512 * s), 0, 1).astype(np.float32)
+
+
+def reframe(source: SourceCrop, matrix: np.ndarray, image: np.ndarray) -> SourceCrop:
+    """The same crop, pasted into ``image`` = the source picture warped by the 2x3 ``matrix`` (e.g. the
+    output framing): the crop and network input are unchanged (still cut from the original picture)."""
+    f = np.vstack([np.asarray(matrix, np.float64), [0, 0, 1]])
+    c2o = np.vstack([source.crop_to_image, [0, 0, 1]])
+    crop_to_image = (f @ c2o)[:2]
+    return SourceCrop(image=image, crop=source.crop, network_input=source.network_input,
+                      image_to_crop=invert_affine(crop_to_image), crop_to_image=crop_to_image)
+
+
 def soft_mask(size: int = CROP_SIZE, margin: float = 0.06, feather: float = 0.12) -> np.ndarray:
-    """A size x size float32 mask: 1 in the middle, 0 within ``margin`` of the border, a smooth ramp of
-    width ``feather`` between (both as fractions of the side). Stands in for the reference's
-    ``mask_template.png`` so seams never show where the crop ends."""
+    """A wide smoothstep mask (0 within ``margin`` of the border, a ``feather``-wide ramp); for crops
+    whose border region must not show. LivePortrait's own paste-back uses ``paste_mask``."""
     t = (np.arange(size, dtype=np.float64) + 0.5) / size
     edge = np.minimum(t, 1 - t)  # distance to the nearest border, per axis
     ramp = np.clip((edge - margin) / feather, 0, 1)
@@ -127,9 +171,10 @@ def soft_mask(size: int = CROP_SIZE, margin: float = 0.06, feather: float = 0.12
 
 
 def paste_back(generated: np.ndarray, source: SourceCrop, mask: np.ndarray | None = None) -> np.ndarray:
-    """Blend a rendered 512 x 512 crop into the source picture: mask * warped + (1 - mask) * picture."""
+    """Blend a rendered 512 x 512 crop into the source picture: mask * warped + (1 - mask) * picture
+    (default mask: ``paste_mask``, the reference's shape)."""
     h, w = source.image.shape[:2]
-    mask = soft_mask(generated.shape[0]) if mask is None else mask
+    mask = paste_mask(generated.shape[0]) if mask is None else mask
     warped = cv2.warpAffine(generated, source.crop_to_image, (w, h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     m = cv2.warpAffine(mask, source.crop_to_image, (w, h), flags=cv2.INTER_LINEAR,

@@ -1,0 +1,180 @@
+"""The glue around the networks in the joyvasa engine, against the reference pipeline (random weights, narrow
+LivePortrait networks, the miniature motion generator: CPU seconds)."""
+
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from avatarstream.engines.portraits import load_portrait
+from avatarstream.engines.base import Portrait
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    pytest.importorskip("transformers", reason="the joyvasa engine needs transformers (pip install '.[neural]')")
+    from avatarstream.engines.joyvasa.avatar_engine import AUDIO_CONFIG_DIR, MOTION_GENERATOR_FILE, MOTION_TEMPLATE_FILE
+    from avatarstream.engines.joyvasa.checkpoint import ARG_NAMES, SMALL_CONFIG, small_audio_config, small_motion_generator
+    from avatarstream.engines.joyvasa.motion import MotionTemplate
+    from avatarstream.engines.liveportrait.checkpoint import write_random_checkpoints
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig
+    from avatarstream.engines.registry import load_engine
+
+    tmp = tmp_path_factory.mktemp("joyvasa_small")
+    write_random_checkpoints(tmp, seed=5, variants=("human",), config=LivePortraitConfig.small())
+    generator = tmp / MOTION_GENERATOR_FILE
+    generator.parent.mkdir(parents=True)
+    args = argparse.Namespace(**{k: getattr(SMALL_CONFIG, k) for k in ARG_NAMES})
+    torch.save({"args": args, "model": small_motion_generator(seed=0).state_dict(), "iter": 0}, generator)
+    small_audio_config(SMALL_CONFIG.audio_model).save_pretrained(str(tmp / AUDIO_CONFIG_DIR))
+    (tmp / MOTION_TEMPLATE_FILE).parent.mkdir(parents=True)
+    MotionTemplate.synthetic().save(tmp / MOTION_TEMPLATE_FILE)
+    return load_engine("joyvasa", weights=str(tmp), device="cpu", chunk_frames=3, lookahead_ms=40,
+                       liveportrait_config=LivePortraitConfig.small())
+
+
+def _padding(image: np.ndarray, image_to_crop: np.ndarray) -> float:
+    """Fraction of the 512 crop that lies outside the picture (filled with the reference's black border)."""
+    white = np.full(image.shape[:2], 255, np.uint8)
+    return float((cv2.warpAffine(white, image_to_crop, (512, 512), flags=cv2.INTER_NEAREST, borderValue=0) == 0).mean())
+
+
+def _portraits(human_portrait, cat_portrait):
+    human = load_portrait(human_portrait)
+    cat = load_portrait(cat_portrait, kind="animal")
+    img = human.image
+    wide = cv2.copyMakeBorder(img, 60, 200, 500, 90, cv2.BORDER_REFLECT)  # landscape, face left of centre
+    tall = cv2.copyMakeBorder(img, 420, 40, 30, 160, cv2.BORDER_REFLECT)  # portrait format, face low
+    return {"human": human, "cat": cat, "wide": Portrait(wide, kind="human"), "tall": Portrait(tall, kind="human")}
+
+
+def test_source_crop_is_cut_from_the_original_picture(engine, human_portrait, cat_portrait):
+    from avatarstream.engines.face import detect_face
+    from avatarstream.engines.joyvasa.options import LIVE_PRESET
+    from avatarstream.engines.liveportrait.source import resize_to_limit
+
+    padding = {}
+    for name, portrait in _portraits(human_portrait, cat_portrait).items():
+        prepared = engine.prepare_portrait(portrait, 512, LIVE_PRESET)
+        image = resize_to_limit(portrait.image)
+        own = engine.crop_face(image, detect_face(image, portrait.kind))
+        np.testing.assert_array_equal(prepared.source.crop, own.crop)  # F and M see the crop of the picture itself
+        padding[name] = _padding(image, own.image_to_crop)
+    # the bundled pictures are close-ups, so the crop runs past them (the reference's would too); cut from the
+    # 5.6 / 3.3 eye-distance framing square instead, it was padded on 5.6 % (human) and 68 % (cat)
+    assert padding["human"] < 0.02 and padding["cat"] < 0.45, padding
+    assert padding["wide"] == 0.0 and padding["tall"] == 0.0, padding  # margin around the face: no padding
+
+
+def test_source_picture_is_limited_to_1280_px(engine, human_portrait, monkeypatch):
+    import avatarstream.engines.joyvasa.avatar_engine as module
+    from avatarstream.engines.joyvasa.options import LIVE_PRESET
+
+    seen = []
+    real = module.detect_face
+    monkeypatch.setattr(module, "detect_face", lambda image, kind: seen.append(image.shape) or real(image, kind))
+    big = cv2.resize(load_portrait(human_portrait).image, (2001, 1703), interpolation=cv2.INTER_CUBIC)
+    prepared = engine.prepare_portrait(Portrait(big, kind="human"), 512, LIVE_PRESET)
+    assert seen == [(1088, 1280, 3)]  # long side 1280, both sides even (reference resize_to_limit)
+    assert prepared.source.crop.shape == (512, 512, 3)
+
+
+@pytest.mark.parametrize("name", ["human", "cat", "wide", "tall"])
+def test_identity_render_pasted_back_reproduces_the_portrait(engine, human_portrait, cat_portrait, name):
+    """A renderer that returns its input crop, pasted back: the output frame is the framed portrait again."""
+    from avatarstream.engines.joyvasa.options import LIVE_PRESET
+
+    prepared = engine.prepare_portrait(_portraits(human_portrait, cat_portrait)[name], 512, LIVE_PRESET)
+    assert prepared.paste
+    frame = prepared.finish(prepared.source.crop, 512).astype(int)
+    framed = prepared.source.image.astype(int)
+    # where the crop had picture (not padding) the output equals the framing up to resampling the crop twice
+    inside = cv2.warpAffine((prepared.source.crop.max(-1) > 0).astype(np.uint8) * 255, prepared.source.crop_to_image,
+                            (512, 512), flags=cv2.INTER_NEAREST) == 255
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    diff = np.abs(frame - framed).max(-1)
+    # bilinear resampling twice (picture -> crop -> framing; the cat is upscaled ~1.7x) is the only difference
+    assert np.mean(diff[inside]) < 3.0 and np.percentile(diff[inside], 99) < 24, (np.mean(diff[inside]), name)
+    if name in ("wide", "tall"):
+        assert inside.mean() > 0.3 and np.mean(diff) < 2.0  # the whole frame, padding-free crop
+
+
+def test_paste_mask_has_the_reference_shape():
+    from avatarstream.engines.liveportrait.source import paste_mask, soft_mask
+
+    mask = paste_mask(512)
+    assert (mask >= 1).mean() == pytest.approx(481 ** 2 / 512 ** 2)  # 88.3 % at full weight
+    row = mask[256]
+    ramp = np.nonzero((row > 0) & (row < 1))[0]
+    assert ramp[ramp < 256].tolist() == list(range(1, 16)) and row[0] == 0  # 16 px of linear feather
+    np.testing.assert_allclose(row[:17], np.arange(17) / 16, atol=1e-6)
+    assert mask[5, 5] == pytest.approx(1 - np.hypot(11, 11) / 16, abs=1e-6)  # rounded corners
+    old = soft_mask(512)
+    assert (old >= 1).mean() < 0.5  # the mask it replaces: full weight on 42.6 % only
+
+
+def test_stitching_comes_with_paste_back_before_the_multiplier(engine, human_portrait):
+    from avatarstream.engines.joyvasa.motion import KeypointDriver, MotionFrame
+    from avatarstream.engines.joyvasa.options import LIVE_PRESET
+    from avatarstream.engines.joyvasa.avatar_engine import source_motion
+
+    prepared = engine.prepare_portrait(load_portrait(human_portrait), 512, LIVE_PRESET)
+    assert prepared.paste and prepared.stitch is not None
+    rng = np.random.default_rng(0)
+    reference = MotionFrame(index=-2, exp=rng.normal(0, 0.02, (21, 3)), pitch=2, yaw=-3, roll=1,
+                            t=[0.01, -0.02, 0.0], scale=1.6)
+    frame = MotionFrame(index=0, exp=rng.normal(0, 0.02, (21, 3)), pitch=6, yaw=4, roll=-2, t=[0.03, 0.01, 0.0],
+                        scale=1.65)
+    driver = prepared.driver(reference, 1.0)
+    plain = KeypointDriver(source_motion(prepared.avatar), reference, "human", multiplier=1.0)
+    x_s, x_d = plain.x_s, plain(frame)
+    # the reference's stitching, written out: delta = S([x_s, x_d]); x_d += delta[:63]; x_d[:, :2] += delta[63:65]
+    net = prepared.renderer.networks.stitching
+    with torch.no_grad():
+        delta = net(torch.from_numpy(np.concatenate([x_s.reshape(-1), x_d.reshape(-1)])[None]).float())[0].numpy()
+    stitched = x_d + delta[:63].reshape(21, 3)
+    stitched[:, :2] += delta[63:65]
+    expected = x_s + (stitched - x_s) * prepared.multiplier  # the multiplier after stitching
+    np.testing.assert_allclose(driver(frame), expected, atol=1e-5)
+    assert np.abs(delta).max() > 1e-3  # random weights do move the keypoints
+
+
+def test_without_crop_there_is_no_stitching(engine, human_portrait):
+    from avatarstream.engines.joyvasa.options import LIVE_PRESET
+
+    engine.crop = False
+    try:
+        prepared = engine.prepare_portrait(load_portrait(human_portrait), 512, LIVE_PRESET)
+    finally:
+        engine.crop = True
+    assert not prepared.paste and prepared.stitch is None
+
+
+def test_render_file_uses_the_offline_generator_exactly(engine, human_portrait, speech_wav, tmp_path, monkeypatch):
+    av = pytest.importorskip("av", reason="reading the MP4 needs PyAV")
+    from conftest import read_wav
+
+    from avatarstream.engines.joyvasa.offline import generate_offline
+    from avatarstream.engines.joyvasa.options import OFFLINE_PRESET
+
+    audio, _ = read_wav(speech_wav)
+    audio = audio[8000:8000 + 6 * 640]  # whole frames: the reference would keep one more
+    renderer = engine.renderer("human")
+    driven = []
+    real = type(renderer).render
+    monkeypatch.setattr(type(renderer), "render", lambda self, items: driven.extend(k for _, k in items) or real(self, items))
+    out = engine.render_file(load_portrait(human_portrait), audio, tmp_path / "o.mp4", progress=False)
+    expected = generate_offline(engine.model, audio, template=engine.template, cfg_scale=OFFLINE_PRESET.cfg_scale,
+                                seed=engine.seed)
+    np.testing.assert_array_equal(engine.last_motion.motion, expected.motion)
+    prepared = engine.prepare_portrait(load_portrait(human_portrait), 512, OFFLINE_PRESET)
+    driver = prepared.driver(expected.frames(include_preroll=True)[0], 1.0)
+    want = [driver(f) for f in expected.frames()[:6]]
+    assert len(driven) == 6
+    np.testing.assert_array_equal(np.stack(driven), np.stack(want))
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 6
