@@ -12,7 +12,9 @@ from typing import Any
 
 from avatarstream.engines.base import AvatarEngine, Portrait
 from avatarstream.engines.registry import engine_capabilities
+from avatarstream.realtime.session.admission import AdmissionPolicy
 from avatarstream.realtime.session.session import SessionOptions
+from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, VideoEncoding
 
 API_KEY_ENV = "AVATARSTREAM_API_KEY"
 DEFAULT_ENGINE = "lite"
@@ -36,6 +38,21 @@ class ServerConfig:
     api_key: str | None = None  # None: from $AVATARSTREAM_API_KEY; "" or unset there: no key
     insecure: bool = False  # allow a non-loopback host without an API key
     cors_origins: list[str] = field(default_factory=list)  # origins allowed to call the API from a browser
+    # admission by measured load (realtime/session/admission.py)
+    admission: bool = True  # refuse (503 + Retry-After) the session that would push the others below min_fps
+    admission_min_fps: float = 24.0
+    admission_cpu_cores: float = 0.0  # CPU the sessions may use; 0: every core of the machine
+    admission_headroom: float = 0.85  # fraction of that CPU (and of the event loop thread) sessions may fill
+    admission_window: float = 3.0  # seconds of measurements behind each capacity estimate
+    admission_retry_after: int = 5  # Retry-After (s) of a refusal
+    # WebRTC video encoding (realtime/transports/webrtc/video_settings.py holds the defaults)
+    video_encoder: str = VIDEO_DEFAULTS.mode.value  # shared (once per session), per-viewer, or aiortc (its own)
+    video_codec: str = VIDEO_DEFAULTS.codec  # preferred codec: vp8 or h264
+    video_bitrate_kbps: int = VIDEO_DEFAULTS.bitrate_kbps
+    video_keyframe_interval: float = VIDEO_DEFAULTS.keyframe_interval_s
+    vp8_speed: int = VIDEO_DEFAULTS.vp8_speed
+    h264_preset: str = VIDEO_DEFAULTS.h264_preset
+    video_threads: int = VIDEO_DEFAULTS.threads
     portrait: Portrait | None = None  # already-loaded portrait (overrides ``image``)
     engine_loader: Callable[..., AvatarEngine] | None = None  # default: engines.registry.load_engine
 
@@ -44,12 +61,24 @@ class ServerConfig:
             self.size = engine_capabilities(self.engine).default_size or 0
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
+        self.admission_policy()  # ValueError for a bad setting, at start-up
+        self.video_encoding()
 
     def session_options(self, **overrides: Any) -> SessionOptions:
         """The per-session options these settings imply (``overrides``: size, controls)."""
         base = SessionOptions(size=self.size, margin_frames=self.margin_frames,
                               max_viewers=self.max_viewers_per_session)
         return SessionOptions(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def admission_policy(self) -> AdmissionPolicy:
+        return AdmissionPolicy(enabled=self.admission, min_fps=self.admission_min_fps,
+                               cpu_cores=self.admission_cpu_cores, headroom=self.admission_headroom,
+                               window_s=self.admission_window, retry_after_s=self.admission_retry_after)
+
+    def video_encoding(self) -> VideoEncoding:
+        return VideoEncoding(mode=self.video_encoder, codec=self.video_codec, bitrate_kbps=self.video_bitrate_kbps,
+                             keyframe_interval_s=self.video_keyframe_interval, vp8_speed=self.vp8_speed,
+                             h264_preset=self.h264_preset, threads=self.video_threads)
 
     @property
     def binds_beyond_loopback(self) -> bool:

@@ -9,6 +9,7 @@ import logging
 from avatarstream.engines.base import EngineError
 from avatarstream.engines.registry import engine_capabilities, engine_names
 from avatarstream.realtime.config import API_KEY_ENV, DEFAULT_ENGINE, ServerConfig
+from avatarstream.realtime.transports.webrtc.video_settings import H264_PRESETS, VIDEO_CODECS, EncoderMode
 from avatarstream.cli.backend_options import (add_backend_arguments, backend_options, engine_flag_options,
                                               engine_sizes, resolve_size)
 
@@ -49,7 +50,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve on a non-loopback address without an API key (anyone reaching it can create sessions)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server URL for clients behind NAT (repeatable; none by default)")
+    add_capacity_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
+    """Admission by measured load and WebRTC video encoding (docs/server.md, "Capacity")."""
+    g = p.add_argument_group("capacity", "admission by measured load, and how video is encoded")
+    g.add_argument("--no-admission", dest="admission", action="store_false", default=_default("admission"),
+                   help="admit sessions up to --max-sessions whatever the measured load")
+    g.add_argument("--admission-min-fps", type=float, default=_default("admission_min_fps"),
+                   help="refuse (503) the session that would push the others below this frame rate (default: %(default)s)")
+    g.add_argument("--admission-cpu-cores", type=float, default=_default("admission_cpu_cores"),
+                   help="CPU cores the sessions may use; 0: all of the machine's (default: %(default)s)")
+    g.add_argument("--admission-headroom", type=float, default=_default("admission_headroom"),
+                   help="fraction of that CPU, and of the event loop thread, sessions may fill (default: %(default)s)")
+    g.add_argument("--admission-window", type=float, default=_default("admission_window"),
+                   help="seconds of measurements behind each capacity estimate (default: %(default)s)")
+    g.add_argument("--admission-retry-after", type=int, default=_default("admission_retry_after"),
+                   help="Retry-After seconds of a refusal (default: %(default)s)")
+    g.add_argument("--video-encoder", default=_default("video_encoder"), choices=[m.value for m in EncoderMode],
+                   help="shared: encode once per session for all its viewers; per-viewer: one encoder per viewer; "
+                        "aiortc: aiortc's own per-viewer encoder (default: %(default)s)")
+    g.add_argument("--video-codec", default=_default("video_codec"), choices=list(VIDEO_CODECS),
+                   help="preferred video codec when the viewer offers several (default: %(default)s)")
+    g.add_argument("--video-bitrate", type=int, default=_default("video_bitrate_kbps"), metavar="KBPS",
+                   help="target video bitrate (default: %(default)s)")
+    g.add_argument("--video-keyframe-interval", type=float, default=_default("video_keyframe_interval"),
+                   metavar="SECONDS", help="a keyframe at least this often (default: %(default)s)")
+    g.add_argument("--vp8-speed", type=int, default=_default("vp8_speed"),
+                   help="libvpx cpu-used, 0 (best) .. 16 (fastest) (default: %(default)s)")
+    g.add_argument("--h264-preset", default=_default("h264_preset"), choices=list(H264_PRESETS),
+                   help="libx264 preset, with tune=zerolatency (default: %(default)s)")
+    g.add_argument("--video-threads", type=int, default=_default("video_threads"),
+                   help="threads per video encoder (default: %(default)s)")
+
+
+def capacity_options(args: argparse.Namespace) -> dict:
+    """The ServerConfig fields of ``add_capacity_arguments``; EngineError names a bad value."""
+    options = {"admission": args.admission, "admission_min_fps": args.admission_min_fps,
+            "admission_cpu_cores": args.admission_cpu_cores, "admission_headroom": args.admission_headroom,
+            "admission_window": args.admission_window, "admission_retry_after": args.admission_retry_after,
+            "video_encoder": args.video_encoder, "video_codec": args.video_codec,
+            "video_bitrate_kbps": args.video_bitrate, "video_keyframe_interval": args.video_keyframe_interval,
+            "vp8_speed": args.vp8_speed, "h264_preset": args.h264_preset, "video_threads": args.video_threads}
+    try:
+        ServerConfig(**options)  # validates the admission policy and the video settings
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    return options
 
 
 def check_portrait(config, engine_options: dict | None = None) -> None:
@@ -97,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
                           max_sessions=args.max_sessions, size=args.size, idle_timeout=args.idle_timeout,
                           viewer_connect_timeout=args.viewer_connect_timeout,
                           max_viewers_per_session=args.max_viewers, ice_servers=list(args.ice_server),
+                          **capacity_options(args),
                           api_key=args.api_key, insecure=args.insecure, cors_origins=list(args.cors_origin))
     if config.binds_beyond_loopback and not config.api_key and not config.insecure:
         raise EngineError(f"--host {args.host} makes the server reachable from other machines: set an API key "

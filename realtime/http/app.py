@@ -38,7 +38,9 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 async def health(request: web.Request) -> web.Response:
     registry, cfg = request.app[REGISTRY], request.app[CONFIG]
     return web.json_response({"status": "ok", "engine": cfg.engine, "sessions": len(registry),
-                              "max_sessions": cfg.max_sessions})
+                              "max_sessions": cfg.max_sessions,
+                              # measured capacity (admission), for a front or a cluster placing sessions
+                              "capacity": registry.load.snapshot()})
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -63,6 +65,7 @@ def create_app(config: ServerConfig) -> web.Application:
     async def _startup(app: web.Application) -> None:
         await registry.warm_up()  # load the engine and prepare the portrait before the first call
         registry.start_reaper()
+        registry.start_load_monitor()
 
     async def _shutdown(app: web.Application) -> None:
         await registry.stop()

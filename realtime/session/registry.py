@@ -1,5 +1,7 @@
-"""Creates, finds and closes sessions; enforces the session cap, viewer connect deadlines and the
-idle timeout.
+"""Creates, finds and closes sessions; enforces the session cap, admission by measured load
+(``admission.py``: a session that would push the others below ``admission_min_fps`` gets 503 +
+Retry-After), viewer connect deadlines and the idle timeout. The load monitor samples once a
+second; new sessions get the server's WebRTC video encoding settings.
 
 The reaper runs every ``min(5, idle_timeout / 2, viewer_connect_timeout / 2)`` seconds:
 
@@ -23,10 +25,14 @@ from avatarstream.engines.base import AvatarEngine, Portrait
 from avatarstream.engines.registry import engine_options, load_engine
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
+from avatarstream.realtime.session.admission import LoadMonitor
 from avatarstream.realtime.session.session import AvatarSession
 from avatarstream.realtime.transports.base import ViewerState
+from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
 
 log = logging.getLogger(__name__)
+
+LOAD_SAMPLE_INTERVAL = 1.0  # s between load measurements (admission)
 
 
 class SessionRegistry:
@@ -40,6 +46,9 @@ class SessionRegistry:
         self._sessions: dict[str, AvatarSession] = {}
         self._reserved = 0
         self._reaper: asyncio.Task | None = None
+        self.load = LoadMonitor(config.admission_policy(), lambda: list(self._sessions.values()))
+        self._video_encoding = config.video_encoding()
+        self._monitor: asyncio.Task | None = None
 
     # -- engines -------------------------------------------------------------------------
     async def engine(self, name: str | None = None) -> AvatarEngine:
@@ -81,11 +90,18 @@ class SessionRegistry:
         return len(self._sessions) + self._reserved >= self.config.max_sessions
 
     def check_capacity(self) -> None:
-        """Raise SessionLimitError if no session slot is free (cheap: call before reading a body)."""
+        """Raise SessionLimitError if no session slot is free, or if one more session would push the
+        running ones below the admission frame rate (cheap: call before reading a body)."""
         if self.full:
             raise SessionLimitError(
                 f"server is at its limit of {self.config.max_sessions} concurrent session(s); retry later",
                 retry_after=5)
+        running = len(self._sessions) + self._reserved
+        if not self.load.admits(running):
+            policy = self.load.policy
+            raise SessionLimitError(
+                f"server is at its measured capacity ({self.load.capacity} session(s) at >= {policy.min_fps:g} fps); "
+                "retry later", retry_after=policy.retry_after_s)
 
     async def create(self, portrait: Portrait | None = None, *, engine: str | None = None, size: int | None = None,
                      controls: Mapping[str, Any] | None = None, origin: str = "api") -> AvatarSession:
@@ -102,6 +118,7 @@ class SessionRegistry:
             except BaseException:
                 await session.close()
                 raise
+            SESSION_ENCODERS.configure(session, self._video_encoding)
             self._sessions[session.id] = session
             session.on_close(lambda s: self._sessions.pop(s.id, None))
             log.info("session %s started (%d active)", session.id, len(self._sessions))
@@ -124,7 +141,21 @@ class SessionRegistry:
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="session-reaper")
 
+    def start_load_monitor(self) -> None:
+        if self._monitor is None:
+            self._monitor = asyncio.get_running_loop().create_task(self._monitor_forever(), name="load-monitor")
+
+    async def _monitor_forever(self) -> None:
+        while True:
+            self.load.sample()  # in the loop thread: its CPU time is the loop's
+            await asyncio.sleep(LOAD_SAMPLE_INTERVAL)
+
     async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,11 @@ if it opens a data channel named ``events``, the session's events are sent on it
 Viewer state follows the peer connection: ``connecting`` until ICE + DTLS complete, then
 ``connected``; ``closed`` once it fails or closes. A viewer that never connects is dropped by the
 session registry after its connect deadline.
+
+Video is encoded as the session's ``VideoEncoding`` says (``SESSION_ENCODERS.configure``; the
+server's ``video_*`` settings): by default once per session and codec, shared by its viewers
+(``shared_video.py``); the codec is the first of the viewer's offer in the preference order
+``VideoEncoding.codec`` first.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.sdp import SessionDescription
 
 from avatarstream.realtime.errors import BadOffer
 from avatarstream.realtime.transports.base import ServedSession, ViewerState
 from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
-from avatarstream.realtime.transports.webrtc.tracks import AvatarAudioTrack, AvatarVideoTrack
+from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
+from avatarstream.realtime.transports.webrtc.tracks import AvatarAudioTrack, AvatarVideoTrack, EncodedVideoTrack
+from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_CODECS, EncoderMode
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,25 @@ def ice_configuration(ice_servers: list[str] | None) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in (ice_servers or [])])
 
 
+def prefer_codec(pc: RTCPeerConnection, codec: str) -> None:
+    """Put ``codec`` (vp8 or h264) first in the video transceivers' codec preferences."""
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    first = [c for c in capabilities if c.mimeType.lower() == f"video/{codec}"]
+    rest = [c for c in capabilities if c not in first]
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "video":
+            transceiver.setCodecPreferences(first + rest)
+
+
+def negotiated_video_codec(sdp: str) -> str | None:
+    """The codec (``vp8``/``h264``) an answer sends video with: its first video codec."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "video" and media.rtp.codecs:
+            name = media.rtp.codecs[0].mimeType.lower().removeprefix("video/")
+            return name if name in VIDEO_CODECS else None
+    return None
+
+
 class WebRtcViewer:
     """One peer connection carrying a session's tracks (a ``transports.base.Viewer``)."""
 
@@ -68,7 +95,9 @@ class WebRtcViewer:
         self._state = ViewerState.CONNECTING
         self._state_since = time.monotonic()
         self._tasks: set[asyncio.Task] = set()
-        self.video = AvatarVideoTrack(session)
+        self.encoding = SESSION_ENCODERS.settings_for(session)
+        self.video: AvatarVideoTrack | EncodedVideoTrack = (
+            AvatarVideoTrack(session) if self.encoding.mode == EncoderMode.AIORTC else EncodedVideoTrack(session))
         self.audio = AvatarAudioTrack(session)
         self.microphone: MicrophoneInput | None = None
         self._closed = False
@@ -91,6 +120,10 @@ class WebRtcViewer:
             "audio": {"sent": self.audio.frames_sent, "skipped": self.audio.frames_skipped},
             "senders": self.sender_clock_samples(),
         }
+        if isinstance(self.video, EncodedVideoTrack):
+            out["video"]["keyframe_waits"] = self.video.keyframe_waits
+            if self.video.encoder is not None:
+                out["encoder"] = self.video.encoder.stats()
         if self.microphone is not None:
             out["mic_dropped_samples"] = self.microphone.dropped_samples
         return out
@@ -108,6 +141,14 @@ class WebRtcViewer:
             unix = (ntp >> 32) - 2208988800 + (ntp & 0xFFFFFFFF) / 2**32
             out.append({"kind": sender.track.kind, "rtp_timestamp": rtp, "time": unix})
         return out
+
+    def bind_video(self, codec: str, sender: RTCRtpSender) -> None:
+        """Feed the video track from the session's shared encoder of ``codec``; the sender's keyframe
+        requests (PLI/FIR, which aiortc would hand to a per-sender encoder) go to that encoder."""
+        if not isinstance(self.video, EncodedVideoTrack) or self.video.encoder is not None:
+            return
+        self.video.bind(SESSION_ENCODERS.acquire(self._session, codec))
+        sender._send_keyframe = self.video.request_keyframe  # aiortc: RTCRtpSender._handle_rtcp_packet
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -140,6 +181,8 @@ class WebRtcViewer:
         self._session.detach_viewer(self)
         self.video.stop()
         self.audio.stop()
+        if isinstance(self.video, EncodedVideoTrack) and self.video.encoder is not None:
+            SESSION_ENCODERS.release(self.video.encoder)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for t in tasks:
@@ -197,11 +240,19 @@ async def connect_viewer(session: ServedSession, offer: RTCSessionDescription, *
         if not pc.getTransceivers():
             raise BadOffer("malformed SDP offer: no usable media sections")
         offered = {t.kind for t in pc.getTransceivers()}
+        senders = {}
         for track in (viewer.video, viewer.audio):
             if track.kind in offered:  # a video-only (or audio-only) offer gets just that
-                pc.addTrack(track)
+                senders[track.kind] = pc.addTrack(track)
+        if "video" in senders:
+            prefer_codec(pc, viewer.encoding.codec)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
+        if "video" in senders:
+            codec = negotiated_video_codec(pc.localDescription.sdp)
+            if codec is None:
+                raise BadOffer(f"the offer has no video codec this server encodes ({', '.join(VIDEO_CODECS)})")
+            viewer.bind_video(codec, senders["video"])
     except Exception as exc:
         viewer._on_gone = None
         await viewer.close()

@@ -6,13 +6,19 @@ behind (slow encoder or network) skips to the current tick, i.e. drops frames, a
 never grows.
 
 * ``AvatarVideoTrack``: at tick ``m`` sends the frame of content index ``m - D`` (the last
-  rendered one if that frame is late), pts ``m * 3600`` at 90 kHz.
+  rendered one if that frame is late), pts ``m * 3600`` at 90 kHz, as a raw frame that aiortc's
+  sender encodes (one encoder per viewer: the ``aiortc`` encoder mode).
+* ``EncodedVideoTrack``: the same frames, already encoded once per session by a
+  ``SharedVideoEncoder`` (``shared_video.py``): it yields ``av.Packet`` objects, which the sender
+  only packetises. It skips only to a keyframe (an inter frame needs the one before it).
 * ``AvatarAudioTrack``: at audio tick ``k`` sends the 20 ms half ``k % 2`` of content index
   ``k // 2 - D``, upsampled 16 -> 48 kHz by this track; silence when nothing is playing, so
   audio never pauses. pts ``k * 960`` at 48 kHz.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import av
 import numpy as np
@@ -22,10 +28,13 @@ from avatarstream.realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDE
                                          AUDIO_TIME_BASE, VIDEO_TIME_BASE, SessionClock)
 from avatarstream.realtime.transports.base import SessionOutput
 from avatarstream.realtime.transports.webrtc.audio_convert import Upsampler16kTo48k
+from avatarstream.realtime.transports.webrtc.shared_video import CACHED_FRAMES, SharedVideoEncoder
 
 MAX_VIDEO_LAG_FRAMES = 1  # a video sender may run up to one frame late (it catches up) before skipping
 MAX_AUDIO_LAG_FRAMES = 10  # an audio sender more than 200 ms behind the clock skips ahead;
 # less than that it catches up by sending back to back (a gap is worse than a short burst)
+MAX_ENCODED_LAG_FRAMES = CACHED_FRAMES // 2  # sending a cached packet is cheap: catch up further,
+# since skipping an encoded frame costs a keyframe
 
 
 async def _running_clock(session: SessionOutput) -> SessionClock:
@@ -121,3 +130,63 @@ class AvatarAudioTrack(MediaStreamTrack):
         out.time_base = AUDIO_TIME_BASE
         self.frames_sent += 1
         return out
+
+
+class EncodedVideoTrack(MediaStreamTrack):
+    """A viewer's video as packets of a shared encoder (``bind`` it once the codec is negotiated)."""
+
+    kind = "video"
+
+    def __init__(self, session: SessionOutput) -> None:
+        super().__init__()
+        self._session = session
+        self._encoder: SharedVideoEncoder | None = None
+        self._bound = asyncio.Event()
+        self._tick: int | None = None
+        self._last_sent: int | None = None  # tick of the last packet this viewer's decoder got
+        self.frames_sent = 0
+        self.frames_skipped = 0
+        self.keyframe_waits = 0  # frames not sent while waiting for a keyframe (join, or after a skip)
+
+    def bind(self, encoder: SharedVideoEncoder) -> None:
+        self._encoder = encoder
+        self._bound.set()
+
+    @property
+    def encoder(self) -> SharedVideoEncoder | None:
+        return self._encoder
+
+    def request_keyframe(self) -> None:
+        """This viewer's decoder needs a keyframe (its sender got a PLI/FIR)."""
+        if self._encoder is not None:
+            self._encoder.request_keyframe()
+
+    async def recv(self) -> av.Packet:
+        s = self._session
+        clock = await _running_clock(s)
+        await self._bound.wait()
+        encoder = self._encoder
+        assert encoder is not None
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            now = clock.current_frame()
+            tick = now + 1 if self._tick is None else self._tick + 1
+            if tick < now - MAX_ENCODED_LAG_FRAMES:
+                self.frames_skipped += now - tick
+                tick = now
+            self._tick = tick
+            await clock.sleep_until(clock.frame_time(tick))
+            if self.readyState != "live" or s.closed:
+                raise MediaStreamError
+            frame = await encoder.frame_at(tick)
+            if frame is None:  # the shared stream is past this tick: this sender is late
+                self.frames_skipped += 1
+                continue
+            if not frame.keyframe and (self._last_sent is None or frame.previous != self._last_sent):
+                encoder.request_keyframe()  # the decoder lacks this frame's reference
+                self.keyframe_waits += 1
+                continue
+            self._last_sent = tick
+            self.frames_sent += 1
+            return frame.packet
