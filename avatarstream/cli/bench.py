@@ -24,6 +24,8 @@ SUITES: dict[str, str] = {
     "export": "avatarstream.export.bench",
     "loopy": "avatarstream.engines.loopy.bench",
     "api": "avatarstream.realtime.bench.latency",
+    "soak": "avatarstream.realtime.bench.soak",
+    "capacity": "avatarstream.realtime.bench.capacity",
 }
 
 
