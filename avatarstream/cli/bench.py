@@ -38,6 +38,7 @@ class BenchOptions:
     backend: str = "all"  # export suite: torch|onnxruntime|tensorrt|all
     fp16: bool = False
     weights: str | None = None
+    sessions: int = 3  # soak: concurrent sessions
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="all", help="export suite: torch, onnxruntime, tensorrt or all")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--weights", default=None, help="checkpoint directory (random weights of the real shapes if absent)")
+    p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
+                   help="run the soak benchmark for this long (same as --suite soak --seconds SECONDS)")
+    p.add_argument("--sessions", type=int, default=3, help="soak: concurrent sessions (default: %(default)s)")
 
 
 def machine_info() -> dict:
@@ -68,9 +72,11 @@ def machine_info() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.soak is not None:
+        args.suite, args.seconds = "soak", args.soak
     opts = BenchOptions(
         out_dir=args.out, device=args.device, quick=args.quick, seconds=args.seconds,
-        backend=args.backend, fp16=args.fp16, weights=args.weights,
+        backend=args.backend, fp16=args.fp16, weights=args.weights, sessions=args.sessions,
     )
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(SUITES[args.suite])

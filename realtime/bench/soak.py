@@ -1,0 +1,354 @@
+"""Soak benchmark (``avatar bench --soak SECONDS``): a real ``avatar serve`` (lite engine) in a
+subprocess, ``sessions`` sessions each watched by an aiortc viewer and fed speech by an agent, plus
+churn throughout: viewers that join and leave, viewers killed without hanging up, and whole
+sessions created and deleted.
+
+Every ``SAMPLE_S`` seconds it records, for the server process: RSS, open file descriptors and
+threads (psutil); per session: video frames received per second by its long-lived viewer, and the
+sender clock of its video and audio tracks from ``/stats`` (the RTP timestamp and send time of each
+sender's last packet). A track's clock offset is ``send time - rtp / rate``; its change over the run
+is that track's drift against the wall clock, and the difference of the two tracks' changes is the
+A/V drift (the session sends audio and video of one content frame at one clock tick, so any drift
+would be a pacing bug). Errors (HTTP failures, lost sessions, viewers that stop receiving) are
+counted, never hidden. Writes ``soak.json`` data into the report and ``soak.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import psutil
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from avatarstream.engines.base import EngineError
+from avatarstream.realtime.bench.latency import espeak_16k, pcm_bytes
+from avatarstream.realtime.client import AvatarClient
+from avatarstream.realtime.transports.webrtc.peer import ice_configuration
+
+SAMPLE_S = 5.0  # seconds between samples
+WARM_UP_S = 20.0  # samples before this are not used for the growth figures
+SENTENCES = ["Hello there, how are you today?", "Open wide and say papa, mama, baba.",
+             "The quick brown fox jumps over the lazy dog.", "Thank you, goodbye."]
+VIDEO_RATE, AUDIO_RATE = 90_000, 48_000
+
+
+@dataclass
+class SoakOptions:
+    seconds: float = 3600.0
+    sessions: int = 3
+    size: int = 256
+    churn_every_s: float = 15.0  # one churn action (join/leave/kill a viewer, create/delete a session) this often
+    out_dir: Path = Path("bench-out")
+    plot: bool = True
+
+
+class CountingViewer:
+    """A WHEP viewer that counts what it receives and keeps nothing else (memory stays flat for hours)."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(ice_configuration([]))
+        self.video_frames = 0
+        self.audio_frames = 0
+        self._tasks: list[asyncio.Task] = []
+
+    async def join(self, http: aiohttp.ClientSession, whep_url: str, token: str) -> None:
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def _on_track(track: Any) -> None:
+            self._tasks.append(asyncio.ensure_future(self._read(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+        async with http.post(whep_url, data=self.pc.localDescription.sdp, headers=headers) as resp:
+            body = await resp.text()
+            if resp.status != 201:
+                raise RuntimeError(f"WHEP refused: {resp.status} {body[:200]}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+
+    async def _read(self, track: Any) -> None:
+        try:
+            while True:
+                await track.recv()
+                if track.kind == "video":
+                    self.video_frames += 1
+                else:
+                    self.audio_frames += 1
+        except MediaStreamError:
+            return
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class SoakSession:
+    client: AvatarClient
+    viewer: CountingViewer
+    speaker: asyncio.Task | None = None
+    last_frames: int = 0
+    fps: list[float] = field(default_factory=list)
+    clock: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"video": [], "audio": []})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _wait_healthy(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EngineError(f"avatar serve exited with code {proc.returncode}")
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with http.get(f"{url}/health") as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.5)
+    raise EngineError("avatar serve did not become healthy")
+
+
+async def _speak_forever(client: AvatarClient, speech: list[np.ndarray], errors: list[str]) -> None:
+    i = 0
+    while True:
+        try:
+            await client.push_audio(pcm_bytes(speech[i % len(speech)]))
+            await client.end_utterance()
+            await client.wait_for("playback_finished", timeout=30)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # counted, the soak goes on
+            errors.append(f"agent: {type(exc).__name__}: {exc}"[:200])
+            await asyncio.sleep(1.0)
+        i += 1
+        await asyncio.sleep(random.uniform(0.5, 2.0))
+
+
+async def _open_session(http: aiohttp.ClientSession, url: str, size: int) -> SoakSession:
+    client = AvatarClient(url, http=http)
+    await client.create_session(size=size)
+    await client.connect(sample_rate=16000)
+    viewer = CountingViewer()
+    await viewer.join(http, client.session.whep_url, client.session.token)
+    return SoakSession(client, viewer)
+
+
+async def _sample_clock(http: aiohttp.ClientSession, url: str, s: SoakSession) -> None:
+    info = s.client.session
+    async with http.get(f"{url}/stats/{info.id}", headers={"Authorization": f"Bearer {info.token}"}) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"/stats {resp.status}")
+        stats = await resp.json()
+    senders = stats.get("senders", [])
+    first = min((x["viewer"] for x in senders), default=None)  # the long-lived viewer joined first
+    for sender in senders:
+        if sender.get("viewer") != first:
+            continue
+        rate = VIDEO_RATE if sender["kind"] == "video" else AUDIO_RATE
+        s.clock[sender["kind"]].append((time.time(), sender["time"] - sender["rtp_timestamp"] / rate))
+
+
+async def _churn(http: aiohttp.ClientSession, url: str, sessions: list[SoakSession], size: int,
+                 errors: list[str], counts: dict[str, int]) -> None:
+    action = random.choice(["extra_viewer", "killed_viewer", "session"])
+    try:
+        if action == "session":  # a whole session created, watched, spoken to, deleted
+            s = await _open_session(http, url, size)
+            await asyncio.sleep(3.0)
+            await s.viewer.close()
+            await s.client.close()
+        else:
+            target = random.choice(sessions)
+            v = CountingViewer()
+            await v.join(http, target.client.session.whep_url, target.client.session.token)
+            await asyncio.sleep(3.0)
+            if action == "killed_viewer":  # a viewer process killed: no DELETE, no DTLS close, it just vanishes
+                child = subprocess.Popen([sys.executable, "-m", "avatarstream.realtime.bench.soak", "--viewer",
+                                          target.client.session.whep_url, target.client.session.token],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                await asyncio.sleep(6.0)
+                child.kill()
+                await asyncio.get_running_loop().run_in_executor(None, child.wait)
+            await v.close()
+        counts[action] = counts.get(action, 0) + 1
+    except Exception as exc:
+        errors.append(f"churn {action}: {type(exc).__name__}: {exc}"[:200])
+
+
+async def run_soak(opts: SoakOptions) -> dict:
+    if shutil.which("espeak-ng") is None:
+        raise EngineError("the soak benchmark speaks with espeak-ng: apt-get install espeak-ng")
+    speech = [espeak_16k(t) for t in SENTENCES]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(opts.out_dir / "soak-server.log", "w")
+    cmd = [sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(port), "--size", str(opts.size),
+           "--max-sessions", str(opts.sessions + 2), "--log-level", "warning"]
+    if "--no-admission" in subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True).stdout:
+        cmd.append("--no-admission")  # the soak measures a fixed load, not the admission policy
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = psutil.Process(proc.pid)
+    errors: list[str] = []
+    churn_counts: dict[str, int] = {}
+    samples: list[dict[str, Any]] = []
+    sessions: list[SoakSession] = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            await _wait_healthy(http, url, proc)
+            for _ in range(opts.sessions):
+                s = await _open_session(http, url, opts.size)
+                s.speaker = asyncio.ensure_future(_speak_forever(s.client, speech, errors))
+                sessions.append(s)
+            t0 = time.monotonic()
+            next_churn = t0 + opts.churn_every_s
+            churn: asyncio.Task | None = None
+            while (now := time.monotonic()) - t0 < opts.seconds:
+                await asyncio.sleep(SAMPLE_S)
+                if proc.poll() is not None:
+                    errors.append(f"server exited with code {proc.returncode}")
+                    break
+                row: dict[str, Any] = {"t": round(time.monotonic() - t0, 1),
+                                       "rss_mb": round(server.memory_info().rss / 2**20, 1),
+                                       "fds": server.num_fds(), "threads": server.num_threads(), "fps": []}
+                for s in sessions:
+                    frames = s.viewer.video_frames
+                    fps = (frames - s.last_frames) / SAMPLE_S
+                    s.last_frames = frames
+                    row["fps"].append(round(fps, 2))
+                    if fps == 0:
+                        errors.append(f"t={row['t']}: session {s.client.session.id} delivered no frames")
+                    try:
+                        await _sample_clock(http, url, s)
+                    except Exception as exc:
+                        errors.append(f"t={row['t']}: stats: {exc}"[:200])
+                async with http.get(f"{url}/health") as resp:
+                    row["sessions"] = (await resp.json()).get("sessions")
+                samples.append(row)
+                if now >= next_churn and (churn is None or churn.done()):
+                    churn = asyncio.ensure_future(_churn(http, url, sessions, opts.size, errors, churn_counts))
+                    next_churn = now + opts.churn_every_s
+            if churn is not None:
+                await churn
+            for s in sessions:
+                if s.speaker is not None:
+                    s.speaker.cancel()
+                    await asyncio.gather(s.speaker, return_exceptions=True)
+                await s.viewer.close()
+                await s.client.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    result = summarise(samples, sessions, errors, churn_counts, opts)
+    if opts.plot and samples:
+        plot(samples, sessions, opts.out_dir / "soak.png")
+        result["plot"] = str(opts.out_dir / "soak.png")
+    return result
+
+
+def _growth(values: list[float]) -> dict[str, float]:
+    return {"first": values[0], "last": values[-1], "max": max(values), "growth": round(values[-1] - values[0], 2)}
+
+
+def summarise(samples: list[dict[str, Any]], sessions: list[SoakSession], errors: list[str],
+              churn_counts: dict[str, int], opts: SoakOptions) -> dict:
+    warm = [r for r in samples if r["t"] >= WARM_UP_S] or samples
+    out: dict[str, Any] = {"seconds": opts.seconds, "sessions": opts.sessions, "size": opts.size,
+                           "samples": len(samples), "errors": errors[:100], "error_count": len(errors),
+                           "churn": churn_counts}
+    if warm:
+        rss = [r["rss_mb"] for r in warm]
+        out["rss_mb"] = {**_growth(rss), "growth_pct": round(100 * (rss[-1] - rss[0]) / rss[0], 2)}
+        out["fds"] = _growth([r["fds"] for r in warm])
+        out["threads"] = _growth([r["threads"] for r in warm])
+        fps = np.array([r["fps"] for r in warm], dtype=float)
+        out["fps"] = {"mean": round(float(fps.mean()), 2), "min": round(float(fps.min()), 2),
+                      "p5": round(float(np.percentile(fps, 5)), 2)}
+    drifts = []
+    for s in sessions:
+        v, a = s.clock["video"], s.clock["audio"]
+        n = min(len(v), len(a))
+        if n >= 2:
+            av = np.array([(v[i][1] - v[0][1]) - (a[i][1] - a[0][1]) for i in range(n)]) * 1000
+            drifts.append({"av_drift_ms_max_abs": round(float(np.abs(av).max()), 2),
+                           "av_drift_ms_end": round(float(av[-1]), 2),
+                           "video_clock_drift_ms": round((v[n - 1][1] - v[0][1]) * 1000, 2)})
+    out["clock"] = drifts
+    return out
+
+
+def plot(samples: list[dict[str, Any]], sessions: list[SoakSession], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t"] / 60 for r in samples]
+    fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
+    axes[0].plot(t, [r["rss_mb"] for r in samples])
+    axes[0].set_ylabel("server RSS (MB)")
+    axes[1].plot(t, [r["fds"] for r in samples], label="open fds")
+    axes[1].plot(t, [r["threads"] for r in samples], label="threads")
+    axes[1].legend()
+    fps = np.array([r["fps"] for r in samples], dtype=float)
+    for i in range(fps.shape[1]):
+        axes[2].plot(t, fps[:, i], label=f"session {i}")
+    axes[2].axhline(24, color="grey", ls=":")
+    axes[2].set_ylabel("video fps received")
+    axes[2].legend()
+    for i, s in enumerate(sessions):
+        v, a = s.clock["video"], s.clock["audio"]
+        n = min(len(v), len(a))
+        if n >= 2:
+            av = [((v[k][1] - v[0][1]) - (a[k][1] - a[0][1])) * 1000 for k in range(n)]
+            axes[3].plot([(v[k][0] - v[0][0]) / 60 for k in range(n)], av, label=f"session {i}")
+    axes[3].set_ylabel("A/V drift (ms)")
+    axes[3].set_xlabel("minutes")
+    axes[3].legend()
+    fig.suptitle("avatar bench --soak: lite engine, churn throughout")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+async def _viewer_main(whep_url: str, token: str) -> None:
+    """A viewer in its own process, for the soak to kill (``python -m ... --viewer URL TOKEN``)."""
+    async with aiohttp.ClientSession() as http:
+        viewer = CountingViewer()
+        await viewer.join(http, whep_url, token)
+        await asyncio.sleep(3600)
+
+
+def run_bench(opts: Any) -> dict:
+    """Entry point for ``avatar bench --soak SECONDS`` (``opts``: ``avatarstream.cli.bench.BenchOptions``)."""
+    soak = SoakOptions(seconds=opts.seconds, out_dir=opts.out_dir, sessions=getattr(opts, "sessions", 3))
+    return asyncio.run(run_soak(soak))
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--viewer":
+    asyncio.run(_viewer_main(sys.argv[2], sys.argv[3]))
