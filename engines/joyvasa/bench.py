@@ -219,10 +219,12 @@ def streaming_study(model, template, audio: np.ndarray, grid: list[StreamingConf
     torch.set_num_threads(1)
     try:
         t0 = time.perf_counter()
-        offline = generate_offline(model, audio, template=template, seed=0).frames()
+        n_frames = -(-audio.size // SAMPLES_PER_FRAME)  # a stream's count; offline has one more on whole frames
+        offline = generate_offline(model, audio, template=template, seed=0).frames()[:n_frames]
         reference = np.stack([f.vector() for f in offline])
         offline_s = time.perf_counter() - t0
         other = np.stack([f.vector() for f in generate_offline(model, audio, template=template, seed=1).frames()])
+        other = other[:n_frames]
         runs = []
         for cfg in grid:
             t0 = time.perf_counter()
