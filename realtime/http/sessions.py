@@ -25,10 +25,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from yarl import URL
 
-from avatarstream.engines.base import FPS, EngineError, Portrait
+from avatarstream.engines.base import FPS, Portrait
 from avatarstream.engines.registry import engine_capabilities, engine_names
 from avatarstream.engines.portraits import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
 from avatarstream.realtime.errors import BadRequest, Conflict, TooLarge, UnsupportedMediaType, echo
@@ -213,7 +213,10 @@ async def parse_session_request(request: web.Request, *, default_engine: str, de
     caps = engine_capabilities(engine)
     if not caps.streams:
         raise BadRequest(f"the {engine} engine renders files only; sessions need a streaming engine")
-    size = _int_field(fields, ("size", "resolution"), default_size if engine == default_engine else caps.default_size)
+    fallback = default_size if engine == default_engine else caps.default_size
+    if fallback is None and not fields.keys() & {"size", "resolution"}:
+        raise BadRequest(f"'size' is required: the {engine} engine declares no default size")
+    size = _int_field(fields, ("size", "resolution"), fallback or 0)  # 0 unused: the field is there
     caps.check_size(size)  # EngineError naming the sizes it renders -> 400
     fps = _int_field(fields, ("fps",), FPS)
     if fps != FPS:
@@ -242,7 +245,7 @@ async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], tuple[s
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
-            if not hasattr(part, "read_chunk"):
+            if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not accepted")
             is_file = part.filename is not None or (
                 part.name == "image" and part.headers.get("Content-Type", "").startswith("image/"))

@@ -25,7 +25,9 @@ def _perturb_zero_inits(model):
 def test_new_layers_start_as_identity_then_every_condition_matters(tiny_weights):
     model = tiny_weights.model.eval()
     x = _inputs(d=model.audio_feature_dim)
-    run = lambda **kw: model(x["noisy"], x["t"], kw.pop("ref", x["ref"]), kw.pop("motion", x["motion"]), **kw)
+    def run(**kw):
+        return model(x["noisy"], x["t"], kw.pop("ref", x["ref"]), kw.pop("motion", x["motion"]), **kw)
+
     base = run(audio_windows=x["audio"], temporal=True)
     assert base.shape == x["noisy"].shape
     # temporal layers and audio-to-latents are zero-initialised: identity at the start

@@ -56,7 +56,9 @@ def test_previous_clips_change_the_next_clip(tiny_weights):
     m = cfg.tsm.num_latents
     ref = _latents(0, 4, 8, 8)
     windows = _latents(1, cfg.clip_frames, 5, pipe.model.audio_feature_dim)
-    clip = lambda motion, valid: pipe.generate_clip(ref, motion, windows, torch.Generator().manual_seed(0), 2, valid)
+    def clip(motion, valid):
+        return pipe.generate_clip(ref, motion, windows, torch.Generator().manual_seed(0), 2, valid)
+
     valid = torch.ones(m, dtype=torch.bool)
     zero, moving = torch.zeros(m, 4, 8, 8), _latents(2, m, 4, 8, 8)
     assert (clip(zero, valid) - clip(moving, valid)).abs().max() > 1e-3
@@ -126,7 +128,9 @@ def test_training_reference_dropout_concatenates_nothing(tiny_weights):
     noisy, t = _latents(0, 2, 3, 4, 8, 8), torch.tensor([300, 300])
     audio = _latents(3, 2, 3, 5, model.audio_feature_dim)
     keep = torch.tensor([True, False])
-    run = lambda ref, mot: model(noisy, t, ref, mot, keep, audio_windows=audio)
+    def run(ref, mot):
+        return model(noisy, t, ref, mot, keep, audio_windows=audio)
+
     a = run(_latents(1, 2, 4, 8, 8), _latents(2, 2, 4, 4, 8, 8))
     b = run(torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 4, 8, 8))
     torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-6)  # dropped item: reference content irrelevant
