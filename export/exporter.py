@@ -19,7 +19,7 @@ from avatarstream.engines.runtimes.stage_runtime import import_tensorrt
 from avatarstream.engines.runtimes.stage_spec import StageSpec
 from avatarstream.export.grid_sample_5d import GRID_SAMPLE_MODES, grid_sample_mode
 from avatarstream.export.onnx_export import export_onnx
-from avatarstream.export.tensorrt_build import build_engine, gpu_name
+from avatarstream.export.tensorrt_build import build_engine, default_grid_sample, gpu_name
 
 
 @dataclass
@@ -51,13 +51,19 @@ def export_all(
     stages: Iterable[str] | None = None,
     backend: str = "onnx",
     fp16: bool = False,
-    grid_sample: str = "native",
+    grid_sample: str = "auto",
     dynamo: bool = False,
     progress: bool = True,
 ) -> ExportResult:
-    """ONNX for every stage; with ``backend='tensorrt'`` also one engine per stage (FP16 unless FP32-only)."""
+    """ONNX for every stage; with ``backend='tensorrt'`` also one engine per stage (FP16 unless FP32-only).
+
+    ``grid_sample='auto'``: the native 5-D GridSample for ONNX exports and for TensorRT >= 11.2, the decomposed
+    form for older TensorRT (``export.tensorrt_build.default_grid_sample``).
+    """
     if backend not in ("onnx", "tensorrt"):
         raise EngineError(f"unknown export backend {backend!r}; choose onnx or tensorrt")
+    if grid_sample == "auto":
+        grid_sample = default_grid_sample(backend)
     if grid_sample not in GRID_SAMPLE_MODES:
         raise EngineError(f"unknown --grid-sample {grid_sample!r}; choose {' or '.join(GRID_SAMPLE_MODES)}")
     if fp16 and backend != "tensorrt":

@@ -1,7 +1,7 @@
 """``avatar export``: the neural stages to ONNX (and TensorRT engines), then a parity check against torch.
 
     avatar export --weights pretrained_weights --out engines/ [--backend onnx|tensorrt] [--fp16]
-                  [--grid-sample native|decomposed] [--stages warping_spade,stitching] [--no-parity]
+                  [--grid-sample auto|native|decomposed] [--stages warping_spade,stitching] [--no-parity]
 
 Without ``--weights`` the networks get seeded random weights of the real shapes (for trying the tool chain).
 """
@@ -24,8 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnx", choices=["onnx", "tensorrt"],
                    help="onnx: ONNX graphs only; tensorrt: also build TensorRT engines (needs an NVIDIA GPU)")
     p.add_argument("--fp16", action="store_true", help="FP16 TensorRT engines (audio encoder and motion extractor stay FP32)")
-    p.add_argument("--grid-sample", default="native", choices=list(GRID_SAMPLE_MODES),
-                   help="5-D grid sample as one opset-20 GridSample (native) or two 4-D GridSamples + blend (decomposed)")
+    p.add_argument("--grid-sample", default="auto", choices=["auto", *GRID_SAMPLE_MODES],
+                   help="5-D grid sample as one opset-20 GridSample (native) or two 4-D GridSamples + blend "
+                        "(decomposed); auto: native, or decomposed for TensorRT before 11.2")
     p.add_argument("--stages", default=None, help="comma-separated subset of stages (default: all)")
     p.add_argument("--variant", default="human", choices=["human", "animal-v1.0", "animal-v1.1"],
                    help="LivePortrait weights variant under --weights")

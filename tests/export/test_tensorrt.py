@@ -25,7 +25,9 @@ from avatarstream.export.exporter import export_stage  # noqa: E402
 from avatarstream.export.grid_sample_5d import grid_sample_5d  # noqa: E402
 from avatarstream.export.onnx_export import export_onnx  # noqa: E402
 from avatarstream.export.parity import FP32_RELATIVE_BOUND, compare_outputs  # noqa: E402
-from avatarstream.export.tensorrt_build import build_engine  # noqa: E402
+from avatarstream.export.tensorrt_build import TensorRTVersion, build_engine  # noqa: E402
+
+VERSION = TensorRTVersion.of(trt)
 
 
 class _Sampler(torch.nn.Module):
@@ -40,9 +42,10 @@ class _Sampler(torch.nn.Module):
 @pytest.mark.parametrize("fp16", [False, True])
 @pytest.mark.parametrize("mode", ["native", "decomposed"])
 def test_grid_sample_engine(mode, fp16, tmp_path):
-    major = int(trt.__version__.split(".")[0])
-    if mode == "native" and major < 10:
-        pytest.skip(f"TensorRT {trt.__version__} has no 5-D GridSample (use decomposed)")
+    if mode == "native" and not VERSION.native_grid_sample_5d:
+        pytest.skip(f"TensorRT {trt.__version__} has no 5-D GridSample (arrives in 11.2; use decomposed)")
+    if fp16 and VERSION.strongly_typed_only:
+        pytest.skip(f"TensorRT {trt.__version__} is strongly typed only: FP16 needs an FP16 ONNX graph")
     g = torch.Generator().manual_seed(0)
     volume, grid = torch.randn(2, 4, 8, 16, 16, generator=g), torch.rand(2, 8, 16, 16, 3, generator=g) * 2.4 - 1.2
     graph = export_onnx(_Sampler(mode), (volume[:1], grid[:1]), tmp_path / "gs.onnx", input_names=["volume", "grid"],
@@ -66,9 +69,11 @@ def test_grid_sample_engine(mode, fp16, tmp_path):
 def test_stage_engine_parity(name, tmp_path):
     source = NetworkSource(seed=0)
     spec = get_stage(name)
-    graph = export_stage(spec, source, tmp_path)
+    graph = export_stage(spec, source, tmp_path, grid_sample=VERSION.grid_sample_mode)
     eager = TorchRuntime(spec.build(source), spec.input_names, spec.output_names, device="cuda")
     for fp16 in (False, True):
+        if fp16 and VERSION.strongly_typed_only:
+            continue  # 11.x: FP16 needs an FP16 ONNX graph (ModelOpt AutoCast), not a builder flag
         built = build_engine(graph, tmp_path / "trt", name=name, profiles=spec.profiles(), fp16=fp16 and not spec.fp32_only)
         runtime = TensorRTRuntime(built.path)
         for batch in spec.bench_batches[:2]:
@@ -78,4 +83,6 @@ def test_stage_engine_parity(name, tmp_path):
             relative = max(e.relative for e in errors)
             print(f"\n{name} TensorRT {'fp16' if fp16 else 'fp32'} batch {batch}: relative {relative:.3e}")
             if not fp16 or spec.fp32_only:
-                assert relative <= 1e-3  # TF32 is off by default in TensorRT FP32 builds; kernels differ from cuDNN
+                assert relative <= FP32_RELATIVE_BOUND  # FP32 builds clear BuilderFlag.TF32
+            else:
+                assert relative <= 1e-2  # FP16 engines: gated loosely
