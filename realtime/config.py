@@ -14,7 +14,7 @@ from avatarstream.engines.base import AvatarEngine, Portrait
 from avatarstream.engines.registry import engine_capabilities
 from avatarstream.realtime.session.admission import AdmissionPolicy
 from avatarstream.realtime.session.session import SessionOptions
-from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, VideoEncoding
+from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, EncoderMode, VideoEncoding
 
 API_KEY_ENV = "AVATARSTREAM_API_KEY"
 DEFAULT_ENGINE = "lite"
@@ -76,7 +76,8 @@ class ServerConfig:
                                window_s=self.admission_window, retry_after_s=self.admission_retry_after)
 
     def video_encoding(self) -> VideoEncoding:
-        return VideoEncoding(mode=self.video_encoder, codec=self.video_codec, bitrate_kbps=self.video_bitrate_kbps,
+        return VideoEncoding(mode=EncoderMode(self.video_encoder), codec=self.video_codec,
+                             bitrate_kbps=self.video_bitrate_kbps,
                              keyframe_interval_s=self.video_keyframe_interval, vp8_speed=self.vp8_speed,
                              h264_preset=self.h264_preset, threads=self.video_threads)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from typing import Any
 
 from avatarstream.engines.base import EngineError
 from avatarstream.engines.registry import engine_capabilities, engine_names
@@ -16,7 +17,7 @@ from avatarstream.cli.backend_options import (add_backend_arguments, backend_opt
 DEFAULTS = ServerConfig.__dataclass_fields__  # every default is defined once, in realtime/config.py
 
 
-def _default(name: str):
+def _default(name: str) -> Any:
     return DEFAULTS[name].default
 
 
@@ -101,7 +102,7 @@ def capacity_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def check_portrait(config, engine_options: dict | None = None) -> None:
+def check_portrait(config: ServerConfig, engine_options: dict | None = None) -> None:
     """Fail at start-up, with a clear message, if the portrait is unreadable or has no face.
 
     ``engine_options`` (``--backend`` / ``--engines-dir``) go to the configured engine only."""
@@ -154,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     check_portrait(config, engine_options)
     app = create_app(config)
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"avatar serve: {config.engine} engine, portrait {config.portrait.name}; open http://{shown}:{args.port}/",
+    portrait = config.portrait.name if config.portrait else config.image
+    print(f"avatar serve: {config.engine} engine, portrait {portrait}; open http://{shown}:{args.port}/",
           flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, loop=asyncio.new_event_loop(),
                 access_log_class=PathOnlyAccessLogger)

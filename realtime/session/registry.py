@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import fields
 from typing import Any
 
 from avatarstream.engines.base import AvatarEngine, Portrait
@@ -56,7 +55,7 @@ class SessionRegistry:
         async with self._engine_lock:
             if name not in self._engines:
                 options: dict[str, Any] = {}
-                if self.config.weights is not None and "weights" in {f.name for f in fields(engine_options(name))}:
+                if self.config.weights is not None and "weights" in engine_options(name).option_names():
                     options["weights"] = self.config.weights
                 if name == self.config.engine:
                     options.update(self.config.engine_options)

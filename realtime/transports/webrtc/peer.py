@@ -148,7 +148,8 @@ class WebRtcViewer:
         if not isinstance(self.video, EncodedVideoTrack) or self.video.encoder is not None:
             return
         self.video.bind(SESSION_ENCODERS.acquire(self._session, codec))
-        sender._send_keyframe = self.video.request_keyframe  # aiortc: RTCRtpSender._handle_rtcp_packet
+        # aiortc: RTCRtpSender._handle_rtcp_packet calls this private method on PLI/FIR
+        sender._send_keyframe = self.video.request_keyframe  # type: ignore[method-assign]
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
