@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import av
@@ -43,6 +44,9 @@ from avatarstream.realtime.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
 from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, VideoEncoding
+
+if TYPE_CHECKING:  # the run_bench contract of `avatar bench`; the CLI imports this module by name only
+    from avatarstream.cli.bench import BenchOptions
 
 SIZE = 512
 SUSTAINED_FPS = 24.0
@@ -61,7 +65,7 @@ class Plan:
     stop_below_fps: float  # stop adding sessions once one delivers less than this
 
 
-def plan_for(opts) -> Plan:
+def plan_for(opts: BenchOptions) -> Plan:
     if opts.quick:
         return Plan(("aiortc", "shared"), max_sessions=2, max_viewers=2, warmup_s=1.0, window_s=2.0,
                     quality_frames=20, stop_below_fps=0.0)
@@ -69,7 +73,7 @@ def plan_for(opts) -> Plan:
                 window_s=max(3.0, min(opts.seconds, 10.0)), quality_frames=100, stop_below_fps=12.0)
 
 
-def run_bench(opts) -> dict:
+def run_bench(opts: BenchOptions) -> dict:
     """Entry point for ``avatar bench --suite capacity``."""
     if opts.device != "cpu":
         raise EngineError("the capacity benchmark runs the lite engine on the CPU; use --device cpu")
@@ -206,7 +210,8 @@ class _Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise EngineError(f"avatar serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise EngineError(f"avatar serve exited: {err[-2000:]}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(f"{self.url}/health") as resp:
                     if resp.status == 200:
@@ -246,7 +251,9 @@ class _Session:
 
     async def add_viewer(self) -> None:
         viewer = RecordingViewer(keep_images=False, max_video_frames=100_000)
-        await viewer.join(self.http, self.client.session.whep_url, self.client.session.token)
+        info = self.client.session
+        assert info is not None  # start() created it
+        await viewer.join(self.http, info.whep_url, info.token)
         await asyncio.wait_for(viewer.first_video.wait(), 30)
         self.viewers.append(viewer)
 

@@ -306,7 +306,7 @@ async def run_agent_cases(srv: Server) -> list[str]:
         if reply.get("code") != code or len(json.dumps(reply)) > 2000:
             failures.append(f"agent {name}: got {str(reply)[:200]}, expected {code}")
 
-    for i, (name, message, code) in enumerate(AGENT_CASES):
+    for name, message, code in AGENT_CASES:
         await expect_error(name, message, code)
         await asyncio.sleep(0.6)  # one error per code and half second reaches the agent (no amplification)
     await ws.send_json({"type": "start", "sample_rate": 16000})
