@@ -22,6 +22,7 @@ const keyInput = $("api-key");
 const AGENT_RATE = 16000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
 const DISCONNECT_GRACE_MS = 3000;
+const STALL_MS = 5000; // connected but no new video frame for this long: the stream is gone (frames flow even in silence)
 const FRIENDLY = {
   no_face: "No face was found in this photo.",
   too_large: "This file is too large.",
@@ -49,6 +50,7 @@ let disconnectTimer = null;
 let connected = null; // {promise, resolve} for the current connection
 const dirtyControls = {}; // slider values the user set: sent live, and at creation
 let busy = false;
+let kindFromDemo = false; // the face type was set by choosing a built-in portrait, not by the user
 
 window.avatarStats = {
   state: "idle", sessionId: null, token: null, viewerId: null, framesDecoded: 0, fps: 0,
@@ -152,7 +154,7 @@ function showStill(url) {
   still.src = url;
 }
 
-async function choose(newChoice) {
+async function choose(newChoice, previousKind = { value: $("kind").value, fromDemo: kindFromDemo }) {
   const previous = choice;
   choice = newChoice;
   showMessage("");
@@ -172,6 +174,9 @@ async function choose(newChoice) {
     await createSession();
   } catch (err) {
     choice = previous;
+    $("kind").value = previousKind.value; // as it was before this photo
+    kindFromDemo = previousKind.fromDemo;
+    $("photo").value = ""; // the refused file is not the current choice
     markDemo(previous.type === "demo" ? previous.id : null);
     showMessage(err.plain || err.message);
     setStatus("idle: the photo was not used");
@@ -201,6 +206,7 @@ function buildDemos(list) {
     input.addEventListener("change", () => {
       if (input.checked) {
         $("kind").value = p.kind === "animal" ? "animal" : "auto";
+        kindFromDemo = true;
         choose({ type: "demo", id: p.id });
       }
     });
@@ -218,8 +224,11 @@ function buildDemos(list) {
 
 function photoChosen(file) {
   if (!file) return;
+  const previousKind = { value: $("kind").value, fromDemo: kindFromDemo };
+  if (kindFromDemo) $("kind").value = "auto"; // the cat's "animal" is not a choice the user made for this photo
+  kindFromDemo = false;
   markDemo(null);
-  choose({ type: "upload", file });
+  choose({ type: "upload", file }, previousKind);
 }
 
 function dropZone(zone, onFile) {
@@ -262,6 +271,9 @@ async function openMicrophone() {
 async function connect() {
   const conn = new RTCPeerConnection();
   pc = conn;
+  for (const k of Object.keys(prevStats)) delete prevStats[k]; // counters start again on a new connection
+  avSamples.length = 0;
+  window.avatarStats.lastFrameTime = performance.now();
   let ready;
   connected = { promise: new Promise((resolve) => { ready = resolve; }) };
   connected.resolve = ready;
@@ -312,8 +324,7 @@ async function connect() {
 
 async function start() {
   if (busy) return;
-  busy = true;
-  button.disabled = true;
+  setBusy(true);
   showMessage("");
   wantCall = true;
   try {
@@ -344,14 +355,21 @@ async function start() {
     button.textContent = "Start";
     button.classList.remove("stop");
   } finally {
-    busy = false;
-    button.disabled = false;
+    setBusy(false);
   }
+}
+
+// The button stays enabled while busy (a disabled button would drop the keyboard focus); clicks wait.
+function setBusy(on) {
+  busy = on;
+  button.setAttribute("aria-disabled", String(on));
+  button.classList.toggle("busy", on);
 }
 
 function hangUp() {
   clearTimeout(disconnectTimer);
   clearTimeout(reconnectTimer);
+  reconnectTimer = null;
   const conn = pc;
   pc = null;
   if (conn) conn.close();
@@ -368,9 +386,9 @@ async function stop(text = "stopped") {
   button.textContent = "Start";
   button.classList.remove("stop");
   muteButton.disabled = true;
-  button.disabled = true;
+  setBusy(true);
   await endSession();
-  button.disabled = false;
+  setBusy(false);
   $("h-state").textContent = "idle";
   setStatus(text);
 }
@@ -577,6 +595,12 @@ async function pollStats() {
   const now = performance.now();
   if (v) {
     const frames = delta("video", v, "framesDecoded");
+    if (frames) s.lastFrameTime = now;
+    else if (frames === 0 && wantCall && now - (s.lastFrameTime || now) > STALL_MS) {
+      s.lastFrameTime = now;
+      dropped();
+      return;
+    }
     const dt = prevStats.time ? (now - prevStats.time) / 1000 : 0;
     s.fps = v.framesPerSecond || (frames !== null && dt > 0 ? frames / dt : 0);
     s.framesDecoded = v.framesDecoded || 0;
@@ -592,7 +616,7 @@ async function pollStats() {
   // A/V offset: both receivers' estimatedPlayoutTimestamp (the sender-clock time of what plays now)
   if (v && a && v.estimatedPlayoutTimestamp && a.estimatedPlayoutTimestamp) {
     avSamples.push(a.estimatedPlayoutTimestamp - v.estimatedPlayoutTimestamp);
-    if (avSamples.length > 9) avSamples.shift();
+    if (avSamples.length > 5) avSamples.shift(); // the median of the last 2.5 s
     const sorted = [...avSamples].sort((x, y) => x - y);
     s.avOffsetMs = sorted[Math.floor(sorted.length / 2)];
   }
@@ -621,7 +645,9 @@ video.addEventListener("loadeddata", () => {
     video.play().catch(() => {});
   });
 });
-button.addEventListener("click", () => (wantCall ? stop() : start()));
+button.addEventListener("click", () => {
+  if (!busy) wantCall ? stop() : start();
+});
 muteButton.addEventListener("click", () => {
   video.muted = !video.muted;
   muteButton.textContent = video.muted ? "Unmute" : "Mute";
@@ -633,7 +659,10 @@ dropZone($("photo-drop"), photoChosen);
 dropZone($("audio-drop"), playAudioFile);
 $("say-form").addEventListener("submit", sayText);
 $("key-form").addEventListener("submit", (ev) => { ev.preventDefault(); start(); });
-$("kind").addEventListener("change", () => choose(choice)); // a new session with the new face type
+$("kind").addEventListener("change", () => { // a new session with the face type the user chose
+  kindFromDemo = false;
+  choose(choice);
+});
 window.addEventListener("pagehide", () => {
   if (session) fetch(sessionPath(), { method: "DELETE", keepalive: true, headers: { Authorization: `Bearer ${session.token}` } });
 });
