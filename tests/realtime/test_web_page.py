@@ -401,6 +401,12 @@ async def test_typed_text_speaks_health_and_sliders(server, browser, shots, lite
         assert await page.evaluate("window.avatarStats.sessionId") == stats0["sessionId"]  # the same session
         await page.wait_for_function("document.getElementById('status').textContent === 'connection: connected'")
 
+        await page.click("#mute")
+        assert await page.evaluate("document.getElementById('avatar').muted") is True
+        assert await page.get_attribute("#mute", "aria-pressed") == "true" and await page.inner_text("#mute") == "Unmute"
+        await page.click("#mute")
+        assert await page.evaluate("document.getElementById('avatar').muted") is False
+
         # Stop ends the session
         await page.click("#start")
         await page.wait_for_function("document.getElementById('status').textContent === 'stopped'")
