@@ -37,7 +37,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from avatarstream.engines.base import EngineError
 from avatarstream.realtime.bench.latency import espeak_16k, pcm_bytes
-from avatarstream.realtime.client import AvatarClient
+from avatarstream.realtime.client import AvatarClient, SessionInfo
 from avatarstream.realtime.transports.webrtc.peer import ice_configuration
 
 SAMPLE_S = 5.0  # seconds between samples
@@ -53,6 +53,7 @@ class SoakOptions:
     sessions: int = 3
     size: int = 256
     churn_every_s: float = 15.0  # one churn action (join/leave/kill a viewer, create/delete a session) this often
+    abuse_s: float = 30.0  # an abusive agent floods its own session for this long, a third into the run (0: never)
     out_dir: Path = Path("bench-out")
     plot: bool = True
 
@@ -103,6 +104,7 @@ class CountingViewer:
 @dataclass
 class SoakSession:
     client: AvatarClient
+    info: SessionInfo
     viewer: CountingViewer
     speaker: asyncio.Task | None = None
     last_frames: int = 0
@@ -145,17 +147,68 @@ async def _speak_forever(client: AvatarClient, speech: list[np.ndarray], errors:
         await asyncio.sleep(random.uniform(0.5, 2.0))
 
 
+async def _abuse(http: aiohttp.ClientSession, url: str, size: int, seconds: float,
+                 health_ms: list[float], errors: list[str]) -> dict[str, int | None]:
+    """One more session whose agent sends alternating 2-byte audio frames and end_of_utterance as
+    fast as it can (the case that once froze the server), while /health is timed every 0.25 s."""
+    client = AvatarClient(url, http=http)
+    info = await client.create_session(size=size)
+    sent = 0
+    close_codes: list[int | None] = []
+
+    async def flood() -> None:
+        nonlocal sent
+        async with http.ws_connect(info.agent_url + "?sample_rate=16000",
+                                   headers={"Authorization": f"Bearer {info.token}"}) as ws:
+            reader = asyncio.ensure_future(_drain(ws))
+            try:
+                while not ws.closed:
+                    await ws.send_bytes(b"\x10\x00")
+                    await ws.send_str('{"type": "end_of_utterance"}')
+                    sent += 2
+                    if sent % 200 == 0:
+                        await asyncio.sleep(0)  # let the probe run in this (client) process
+            except ConnectionResetError:
+                pass  # the server closed the flooding socket: the expected outcome
+            finally:
+                reader.cancel()
+            close_codes.append(ws.close_code)
+
+    async def probe() -> None:
+        while True:
+            t = time.perf_counter()
+            async with http.get(f"{url}/health") as resp:
+                await resp.read()
+            health_ms.append((time.perf_counter() - t) * 1000)
+            await asyncio.sleep(0.25)
+
+    tasks = [asyncio.ensure_future(flood()), asyncio.ensure_future(probe())]
+    await asyncio.sleep(seconds)
+    for t in tasks:
+        t.cancel()
+    for r in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError):
+            errors.append(f"abuse: {type(r).__name__}: {r}"[:200])
+    await client.close()
+    return {"messages_sent": sent, "server_closed_flood_with": close_codes[0] if close_codes else -1}
+
+
+async def _drain(ws: Any) -> None:
+    async for _ in ws:
+        pass
+
+
 async def _open_session(http: aiohttp.ClientSession, url: str, size: int) -> SoakSession:
     client = AvatarClient(url, http=http)
-    await client.create_session(size=size)
+    info = await client.create_session(size=size)
     await client.connect(sample_rate=16000)
     viewer = CountingViewer()
-    await viewer.join(http, client.session.whep_url, client.session.token)
-    return SoakSession(client, viewer)
+    await viewer.join(http, info.whep_url, info.token)
+    return SoakSession(client, info, viewer)
 
 
 async def _sample_clock(http: aiohttp.ClientSession, url: str, s: SoakSession) -> None:
-    info = s.client.session
+    info = s.info
     async with http.get(f"{url}/stats/{info.id}", headers={"Authorization": f"Bearer {info.token}"}) as resp:
         if resp.status != 200:
             raise RuntimeError(f"/stats {resp.status}")
@@ -181,11 +234,11 @@ async def _churn(http: aiohttp.ClientSession, url: str, sessions: list[SoakSessi
         else:
             target = random.choice(sessions)
             v = CountingViewer()
-            await v.join(http, target.client.session.whep_url, target.client.session.token)
+            await v.join(http, target.info.whep_url, target.info.token)
             await asyncio.sleep(3.0)
             if action == "killed_viewer":  # a viewer process killed: no DELETE, no DTLS close, it just vanishes
                 child = subprocess.Popen([sys.executable, "-m", "avatarstream.realtime.bench.soak", "--viewer",
-                                          target.client.session.whep_url, target.client.session.token],
+                                          target.info.whep_url, target.info.token],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await asyncio.sleep(6.0)
                 child.kill()
@@ -210,6 +263,7 @@ async def run_soak(opts: SoakOptions) -> dict:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = psutil.Process(proc.pid)
     errors: list[str] = []
+    abuse_result: dict[str, Any] | None = None
     churn_counts: dict[str, int] = {}
     samples: list[dict[str, Any]] = []
     sessions: list[SoakSession] = []
@@ -223,6 +277,9 @@ async def run_soak(opts: SoakOptions) -> dict:
             t0 = time.monotonic()
             next_churn = t0 + opts.churn_every_s
             churn: asyncio.Task | None = None
+            abuse: asyncio.Task | None = None
+            abuse_window = (opts.seconds / 3, opts.seconds / 3 + opts.abuse_s) if opts.abuse_s > 0 else None
+            health_ms: list[float] = []
             while (now := time.monotonic()) - t0 < opts.seconds:
                 await asyncio.sleep(SAMPLE_S)
                 if proc.poll() is not None:
@@ -237,19 +294,23 @@ async def run_soak(opts: SoakOptions) -> dict:
                     s.last_frames = frames
                     row["fps"].append(round(fps, 2))
                     if fps == 0:
-                        errors.append(f"t={row['t']}: session {s.client.session.id} delivered no frames")
+                        errors.append(f"t={row['t']}: session {s.info.id} delivered no frames")
                     try:
                         await _sample_clock(http, url, s)
                     except Exception as exc:
                         errors.append(f"t={row['t']}: stats: {exc}"[:200])
                 async with http.get(f"{url}/health") as resp:
                     row["sessions"] = (await resp.json()).get("sessions")
+                row["abused"] = bool(abuse_window and abuse_window[0] <= row["t"] - SAMPLE_S and row["t"] <= abuse_window[1])
                 samples.append(row)
+                if abuse_window and abuse is None and row["t"] >= abuse_window[0]:
+                    abuse = asyncio.ensure_future(_abuse(http, url, opts.size, opts.abuse_s, health_ms, errors))
                 if now >= next_churn and (churn is None or churn.done()):
                     churn = asyncio.ensure_future(_churn(http, url, sessions, opts.size, errors, churn_counts))
                     next_churn = now + opts.churn_every_s
             if churn is not None:
                 await churn
+            abuse_result = await abuse if abuse is not None else None
             for s in sessions:
                 if s.speaker is not None:
                     s.speaker.cancel()
@@ -265,6 +326,13 @@ async def run_soak(opts: SoakOptions) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
     result = summarise(samples, sessions, errors, churn_counts, opts)
+    if abuse_result is not None:
+        abused_fps = [f for r in samples if r.get("abused") for f in r["fps"]]
+        ms = np.array(health_ms) if health_ms else np.zeros(1)
+        result["abuse"] = {**abuse_result, "seconds": opts.abuse_s,
+                           "health_ms": {"n": len(health_ms), "p50": round(float(np.percentile(ms, 50)), 1),
+                                         "p99": round(float(np.percentile(ms, 99)), 1), "max": round(float(ms.max()), 1)},
+                           "other_sessions_fps_min": min(abused_fps) if abused_fps else None}
     if opts.plot and samples:
         plot(samples, sessions, opts.out_dir / "soak.png")
         result["plot"] = str(opts.out_dir / "soak.png")

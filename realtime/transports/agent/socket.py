@@ -45,6 +45,8 @@ SOCKET_MAX_MSG_BYTES = 4 * max_frame_bytes(48_000)
 SESSION_ENDED_CLOSE_CODE = 4000
 MAX_MESSAGES_PER_SECOND = 400.0  # sustained; 20 ms audio frames are 50/s
 MESSAGE_BURST = 2000
+FLOOD_CLOSE_MESSAGES = 2 * MESSAGE_BURST  # this many refused, none 1 s apart: the socket is closed (1008)
+POLICY_VIOLATION_CLOSE_CODE = 1008
 ERROR_REPEAT_SECONDS = 0.5  # the same error code is sent at most once per this (no amplification)
 
 
@@ -219,12 +221,20 @@ async def serve_agent_socket(request: web.Request, session: ServedSession, sampl
             conn.set_rate(sample_rate)
             await conn.ready()
         limiter = MessageRateLimiter()
+        refused_recently, last_refusal = 0, 0.0  # refusals with less than 1 s between them
         async for msg in ws:
             session.touch()
             conn.messages += 1
             try:
                 if not limiter.allow():
                     conn.dropped_messages += 1
+                    now = time.monotonic()
+                    refused_recently = refused_recently + 1 if now - last_refusal < 1.0 else 1
+                    last_refusal = now
+                    if refused_recently >= FLOOD_CLOSE_MESSAGES:  # a flood, not a burst: stop paying for it
+                        log.info("agent socket of session %s flooded past the rate limit: closing", session.id)
+                        await ws.close(code=POLICY_VIOLATION_CLOSE_CODE, message=b"message rate limit exceeded")
+                        break
                     raise ProtocolError("rate_limited", f"more than {MAX_MESSAGES_PER_SECOND:g} messages per second: "
                                         "message dropped (send audio in frames of 20 ms or more)")
                 if msg.type == WSMsgType.BINARY:
