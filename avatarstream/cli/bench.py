@@ -15,7 +15,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
+try:
+    import psutil
+except ImportError:  # the gpu suite runs on machines with torch but not necessarily psutil
+    psutil = None
 
 SUITES: dict[str, str] = {
     "lite": "avatarstream.engines.lite.bench",
@@ -26,6 +29,7 @@ SUITES: dict[str, str] = {
     "api": "avatarstream.realtime.bench.latency",
     "soak": "avatarstream.realtime.bench.soak",
     "capacity": "avatarstream.realtime.bench.capacity",
+    "gpu": "avatarstream.engines.joyvasa.gpu_bench",
 }
 
 
@@ -39,6 +43,7 @@ class BenchOptions:
     fp16: bool = False
     weights: str | None = None
     sessions: int = 3  # soak: concurrent sessions
+    dry_run: bool = False  # gpu suite: the same code on CPU with miniature networks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
                    help="run the soak benchmark for this long (same as --suite soak --seconds SECONDS)")
     p.add_argument("--sessions", type=int, default=3, help="soak: concurrent sessions (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="gpu suite: run on CPU with miniature networks (checks the suite without a GPU)")
 
 
 def machine_info() -> dict:
@@ -60,9 +67,10 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_count": psutil.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
     }
+    if psutil is not None:  # absent on the bare GPU machines the gpu suite runs on
+        info["cpu_count"] = psutil.cpu_count()
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
     torch = sys.modules.get("torch")  # report torch only where the suite loaded it
     if torch is not None:
         info["torch"] = torch.__version__
@@ -77,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     opts = BenchOptions(
         out_dir=args.out, device=args.device, quick=args.quick, seconds=args.seconds,
         backend=args.backend, fp16=args.fp16, weights=args.weights, sessions=args.sessions,
+        dry_run=getattr(args, "dry_run", False),
     )
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(SUITES[args.suite])

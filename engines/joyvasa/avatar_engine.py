@@ -47,6 +47,7 @@ from avatarstream.engines.joyvasa.options import CAPABILITIES, LIVE_PRESET, OFFL
 from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 from avatarstream.engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
 from avatarstream.engines.liveportrait.config import LivePortraitConfig
+from avatarstream.engines.liveportrait.render_worker import RenderWorker
 from avatarstream.engines.liveportrait.renderer import RUNTIME_STAGES, PreparedAvatar, Renderer
 from avatarstream.engines.liveportrait.face_models import FaceModels
 from avatarstream.engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_transform_animal,
@@ -147,6 +148,7 @@ class JoyVasaEngine:
                                              cfg_scale=o.cfg_scale if o.cfg_scale is not None else LIVE_PRESET.cfg_scale)
         self.stream_config.validate(self.model.cfg.n_motions)
         self._renderers: dict[str, Renderer] = {}
+        self._workers: dict[int, RenderWorker] = {}  # id(renderer) -> the worker that batches its sessions' frames
         self._lock = threading.Lock()
         self._face_models: FaceModels | None = None
 
@@ -160,6 +162,15 @@ class JoyVasaEngine:
                     log.warning("the exported stages hold the human networks; %s renders on torch", variant)
                 self._renderers[variant] = Renderer(nets, device=self.device, fp16=self.fp16, runtimes=runtimes)
             return self._renderers[variant]
+
+    def render_worker(self, renderer: Renderer) -> RenderWorker:
+        """The one thread that renders for every session of ``renderer``, batching their frames together."""
+        with self._lock:
+            worker = self._workers.get(id(renderer))
+            if worker is None:
+                worker = RenderWorker(renderer, max_batch=max(self.batch_size, 8 if self.device != "cpu" else 1))
+                self._workers[id(renderer)] = worker
+            return worker
 
     def face_models(self) -> FaceModels | None:
         """The official insightface detector + 106-point model when the weights directory has them."""
@@ -211,7 +222,8 @@ class JoyVasaEngine:
         size = CAPABILITIES.check_size(size)
         prepared = self.prepare_portrait(portrait, size, self.live_preset)
         generator = StreamingMotionGenerator(self.model, self.template, self.stream_config)
-        return JoyVasaStream(prepared, generator, size=size, batch_size=self.batch_size, controls=controls)
+        return JoyVasaStream(prepared, generator, size=size, batch_size=self.batch_size, controls=controls,
+                             render_worker=self.render_worker(prepared.renderer))
 
     @property
     def output_size(self) -> int:
@@ -306,9 +318,11 @@ class JoyVasaStream:
     """One session: audio in, LivePortrait frames out (``engines.base.EngineStream``)."""
 
     def __init__(self, prepared: PreparedPortrait, generator: StreamingMotionGenerator, *, size: int,
-                 batch_size: int, controls: Mapping[str, Any] | None = None) -> None:
+                 batch_size: int, controls: Mapping[str, Any] | None = None,
+                 render_worker: RenderWorker | None = None) -> None:
         self.prepared = prepared
-        self.renderer = prepared.renderer
+        # Frames go through the engine's shared worker (batched with other sessions) where there is one.
+        self.renderer = render_worker if render_worker is not None else prepared.renderer
         self.avatar = prepared.avatar
         self.source = prepared.source
         self.generator = generator

@@ -1,7 +1,8 @@
 """One JoyVASA denoising step captured as a CUDA graph (static shapes: a window of fixed length).
 
 A window runs the same network 50 times on the same shapes, so replaying a captured graph removes
-the per-kernel launch overhead that dominates a 125-token, 256-wide transformer on a GPU. Only the
+the per-kernel launch overhead that dominates a 125-token, 256-wide transformer on a GPU. Capture and replay
+run on the model's own device (``cuda:1`` runs on GPU 1). Only the
 noisy motion and the step index change between steps; the audio, context and the (query
 independent) cross-attention terms are copied into static buffers once per window.
 """
@@ -35,13 +36,15 @@ class GraphedDenoiser:
         def run():
             return net(self.x, self.audio, self.prev_motion, self.prev_audio, self.step, self.cross)
 
-        with torch.no_grad():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
+        # Everything on the model's device: with the model on cuda:1, the side stream, the capture and every
+        # replay belong to GPU 1 whatever the current device of the calling thread is.
+        with torch.no_grad(), torch.cuda.device(dev):
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
                 for _ in range(warmup):
                     run()
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream(dev).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.out = run()
@@ -61,9 +64,10 @@ class GraphedDenoiser:
             buf.copy_(term)
 
         def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            self.x.copy_(x_t)
-            self.step.fill_(t)
-            self.graph.replay()
-            return self.out.float().clone()
+            with torch.cuda.device(model.device):
+                self.x.copy_(x_t)
+                self.step.fill_(t)
+                self.graph.replay()
+                return self.out.float().clone()
 
         return denoise

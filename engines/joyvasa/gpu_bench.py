@@ -1,0 +1,281 @@
+"""``avatar bench --suite gpu``: the one-call GPU check of the neural real-time path (random weights, real shapes).
+
+Measures, on one CUDA GPU, side by side in one run:
+
+* ``renderer``: LivePortrait W + G (warping + SPADE) in ms per frame at batch 1, 2 and 8 for eager FP32, FP16
+  autocast and the FP16 step replayed as a CUDA graph (one graph per batch size), with peak GPU memory;
+* ``parity``: FP16 autocast against FP32 on the same frames (max abs error relative to the FP32 range);
+* ``joyvasa``: one motion window (audio features + every diffusion step, classifier-free guidance batched) in
+  ms, eager and with the denoising step as a CUDA graph (``engines.joyvasa.cuda_graphs``);
+* ``worker``: the shared render worker (``engines.liveportrait.render_worker``) serving 1, 2, 4 and 8 concurrent
+  sessions that each submit 2-frame chunks back to back: total and per-session fps, p50/p99 chunk latency,
+  mean batch size.
+
+Writes ``gpu.png`` next to the suite's JSON. Without a CUDA GPU it refuses, except with ``--dry-run``: the same
+code on CPU with the miniature networks and short runs (what the tests run).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.joyvasa.bench import window_latency
+from avatarstream.engines.joyvasa.checkpoint import random_motion_generator, small_motion_generator
+from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
+from avatarstream.engines.liveportrait.config import LivePortraitConfig
+from avatarstream.engines.liveportrait.render_worker import RenderWorker
+from avatarstream.engines.liveportrait.renderer import PreparedAvatar, Renderer
+
+BATCHES = (1, 2, 8)
+SESSIONS = (1, 2, 4, 8)
+CHUNK_FRAMES = 2  # frames per session request (80 ms of motion)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def _render_inputs(networks: LivePortraitNetworks, batch: int, device: torch.device, seed: int = 0):
+    """A source volume and keypoints of the networks' shapes (from running F and M on a random image)."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, 256, 256, generator=g).to(device)
+    with torch.inference_mode():
+        f_s = networks.appearance_feature_extractor(image)
+        kp = networks.motion_extractor(image)["kp"].reshape(1, -1, 3)
+    kp_s = kp.expand(batch, -1, -1).contiguous()
+    kp_d = kp_s + 0.02 * torch.randn(kp_s.shape, generator=g).to(device)
+    return f_s.expand(batch, *f_s.shape[1:]).contiguous(), kp_s, kp_d
+
+
+class GraphedWarpDecode:
+    """W + G for one batch size captured as a CUDA graph over static input buffers (FP16 autocast inside)."""
+
+    def __init__(self, networks: LivePortraitNetworks, f_s, kp_s, kp_d, fp16: bool = True) -> None:
+        device = f_s.device
+        if device.type != "cuda":
+            raise EngineError("CUDA graphs need a CUDA device")
+        self.inputs = [t.clone() for t in (f_s, kp_s, kp_d)]
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+                warped = networks.warping_module(self.inputs[0], kp_driving=self.inputs[2], kp_source=self.inputs[1])["out"]
+                return networks.spade_generator(warped)
+
+        with torch.inference_mode(), torch.cuda.device(device):
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = step()
+
+    def __call__(self, f_s, kp_s, kp_d) -> torch.Tensor:
+        for buf, t in zip(self.inputs, (f_s, kp_s, kp_d)):
+            buf.copy_(t)
+        self.graph.replay()
+        return self.out
+
+
+def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps: int, batches=BATCHES) -> dict:
+    rows = []
+    for batch in batches:
+        f_s, kp_s, kp_d = _render_inputs(networks, batch, device, seed=batch)
+        modes: dict[str, Callable[[], object]] = {}
+        fp32 = Renderer(networks, device=str(device))
+        modes["eager_fp32"] = lambda r=fp32: r.warp_decode(f_s, kp_s, kp_d)
+        if device.type == "cuda":
+            fp16 = Renderer(networks, device=str(device), fp16=True)
+            modes["eager_fp16"] = lambda r=fp16: r.warp_decode(f_s, kp_s, kp_d)
+            graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)
+            modes["cuda_graph_fp16"] = lambda: graphed(f_s, kp_s, kp_d)
+        for mode, fn in modes.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            ms = _median_ms(fn, device, reps)
+            row = {"mode": mode, "batch": batch, "ms_per_batch": round(ms, 3), "ms_per_frame": round(ms / batch, 3),
+                   "fps": round(1000.0 * batch / ms, 1)}
+            if device.type == "cuda":
+                row["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+            rows.append(row)
+            print(f"gpu bench: renderer {mode:<16} batch {batch}: {ms / batch:8.2f} ms/frame")
+    return {"rows": rows}
+
+
+def fp16_parity(networks: LivePortraitNetworks, device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {"skipped": "FP16 autocast needs a CUDA device"}
+    f_s, kp_s, kp_d = _render_inputs(networks, 2, device, seed=7)
+    ref = Renderer(networks, device=str(device)).warp_decode(f_s, kp_s, kp_d)
+    half = Renderer(networks, device=str(device), fp16=True).warp_decode(f_s, kp_s, kp_d)
+    graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)(f_s, kp_s, kp_d).float()
+    scale = float(ref.abs().max())
+    return {"fp16_vs_fp32_relative": float((half - ref).abs().max()) / scale,
+            "cuda_graph_fp16_vs_fp32_relative": float((graphed - ref).abs().max()) / scale}
+
+
+def joyvasa_latency(dry_run: bool, device: torch.device, reps: int) -> dict:
+    model = (small_motion_generator(0) if dry_run else random_motion_generator(0)).to(device).eval()
+    out = {"eager_fp32": window_latency(model, reps, sync=lambda: _sync(device))}
+    if device.type == "cuda":
+        from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
+
+        out["cuda_graph_fp32"] = window_latency(model, reps, sync=lambda: _sync(device), graphed=GraphedDenoiser(model))
+    for mode, r in out.items():
+        print(f"gpu bench: joyvasa {mode}: {r['window_ms']:.1f} ms per {r['window_frames']}-frame window")
+    return out
+
+
+def worker_throughput(networks: LivePortraitNetworks, device: torch.device, seconds: float,
+                      sessions_list=SESSIONS, max_batch: int = 8) -> dict:
+    renderer = Renderer(networks, device=str(device), fp16=device.type == "cuda")
+    f_s, kp_s, kp_d = _render_inputs(networks, 1, device, seed=11)
+    avatar = PreparedAvatar(feature_3d=f_s, motion=None, keypoints=kp_s)  # type: ignore[arg-type]
+    chunk = [kp_d[0].cpu().numpy()] * CHUNK_FRAMES
+    rows = []
+    for n in sessions_list:
+        worker = RenderWorker(renderer, max_batch=max_batch, max_wait_ms=4.0, max_pending=max(64, 4 * n * CHUNK_FRAMES))
+        worker.render([(avatar, k) for k in chunk])  # warm-up (allocations, kernels)
+        latencies: list[list[float]] = [[] for _ in range(n)]
+        stop = time.perf_counter() + seconds
+        start = threading.Barrier(n)
+
+        def session(k: int) -> None:
+            start.wait()
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                worker.render([(avatar, kp) for kp in chunk], session=k)
+                latencies[k].append((time.perf_counter() - t0) * 1000.0)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        before = worker.stats.frames
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=session, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        frames = worker.stats.frames - before
+        all_lat = sorted(x for lat in latencies for x in lat)
+        sizes = worker.stats.batch_sizes
+        row = {
+            "sessions": n, "fps_total": round(frames / wall, 1), "fps_per_session": round(frames / wall / n, 1),
+            "chunk_latency_p50_ms": round(float(np.percentile(all_lat, 50)), 1),
+            "chunk_latency_p99_ms": round(float(np.percentile(all_lat, 99)), 1),
+            "mean_batch": round(sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values())), 2),
+            "max_batch": worker.stats.max_batch_seen, "min_session_chunks": min(len(x) for x in latencies),
+        }
+        if device.type == "cuda":
+            row["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        worker.close()
+        rows.append(row)
+        print(f"gpu bench: worker {n} sessions: {row['fps_total']} fps total, {row['fps_per_session']} per session, "
+              f"p50 {row['chunk_latency_p50_ms']} ms, mean batch {row['mean_batch']}")
+    return {"chunk_frames": CHUNK_FRAMES, "max_batch": max_batch, "seconds": seconds, "rows": rows}
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Two panels drawn with OpenCV (present wherever the engines run): ms/frame per mode and batch, and the
+    worker's total fps against concurrent sessions."""
+    import cv2
+
+    w, h = 1000, 420
+    img = np.full((h, w, 3), 255, np.uint8)
+    colors = [(200, 80, 30), (40, 160, 40), (30, 30, 200), (150, 50, 150)]
+    title = f"gpu check: {result.get('device_name', '')}"
+    cv2.putText(img, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+
+    rows = result["renderer"]["rows"]
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    top = max(r["ms_per_frame"] for r in rows) or 1.0
+    x0, y0, pw, ph = 40, 60, 440, 300
+    cv2.putText(img, "W+G ms per frame (batch 1 / 2 / 8)", (x0, y0 - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    bar = pw // (len(BATCHES) * (len(modes) + 1))
+    for bi, batch in enumerate(BATCHES):
+        for mi, mode in enumerate(modes):
+            r = next((r for r in rows if r["mode"] == mode and r["batch"] == batch), None)
+            if r is None:
+                continue
+            x = x0 + (bi * (len(modes) + 1) + mi) * bar
+            y = y0 + ph - int(ph * r["ms_per_frame"] / top)
+            cv2.rectangle(img, (x, y), (x + bar - 2, y0 + ph), colors[mi % len(colors)], -1)
+    for mi, mode in enumerate(modes):
+        cv2.putText(img, mode, (x0 + 5, y0 + 15 + 16 * mi), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colors[mi % len(colors)], 1)
+    cv2.putText(img, f"max {top:.1f} ms", (x0, y0 + ph + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+
+    wrows = result["worker"]["rows"]
+    x1 = 540
+    fmax = max(r["fps_total"] for r in wrows) or 1.0
+    smax = max(r["sessions"] for r in wrows)
+    cv2.putText(img, "worker: total fps vs sessions", (x1, y0 - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.rectangle(img, (x1, y0), (x1 + pw, y0 + ph), (0, 0, 0), 1)
+    pts = [(x1 + int(pw * r["sessions"] / smax), y0 + ph - int(ph * r["fps_total"] / fmax)) for r in wrows]
+    for a, b in zip(pts, pts[1:]):
+        cv2.line(img, a, b, colors[0], 2, cv2.LINE_AA)
+    for p, r in zip(pts, wrows):
+        cv2.circle(img, p, 4, colors[2], -1)
+        cv2.putText(img, f"{r['sessions']}: {r['fps_total']:.1f}", (p[0] - 40, p[1] + 18), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (0, 0, 0), 1)
+    if not cv2.imwrite(str(path), img):
+        raise EngineError(f"could not write {path}")
+    return path
+
+
+def run_bench(opts) -> dict:
+    """``opts``: ``avatarstream.cli.bench.BenchOptions`` (``dry_run``: CPU, miniature networks, short runs)."""
+    dry_run = bool(getattr(opts, "dry_run", False))
+    if not dry_run and not torch.cuda.is_available():
+        raise EngineError("the gpu suite needs a CUDA GPU (torch.cuda.is_available() is False); "
+                          "--dry-run runs the same code on CPU with miniature networks")
+    device = torch.device("cpu") if dry_run else torch.device("cuda", torch.cuda.current_device())
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dry_run:
+        torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    config = LivePortraitConfig.small() if dry_run else None
+    networks = LivePortraitNetworks.random(seed=0, config=config).to(device)
+    reps = 1 if dry_run else 10
+    result: dict = {
+        "mode": "dry-run (CPU, miniature networks)" if dry_run else "cuda (random weights of the real shapes)",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cuda_available": torch.cuda.is_available(),
+        "torch": torch.__version__,
+    }
+    result["renderer"] = renderer_latency(networks, device, reps, batches=BATCHES[:2] if dry_run else BATCHES)
+    result["parity"] = fp16_parity(networks, device)
+    result["joyvasa"] = joyvasa_latency(dry_run, device, 2 if dry_run else 4)
+    result["worker"] = worker_throughput(networks, device, seconds=0.5 if dry_run else 8.0,
+                                         sessions_list=(1, 2) if dry_run else SESSIONS)
+    if device.type == "cuda":
+        result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    result["plot"] = str(plot(result, out_dir / "gpu.png"))
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
