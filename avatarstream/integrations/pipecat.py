@@ -393,11 +393,12 @@ class AvatarStreamVideoService(AIService):
                     self._first_index = tick.index
                 for ev in tick.events:
                     cutter.on_event(ev)
-                image = OutputImageRawFrame(image=tick.image.tobytes(), size=(tick.image.shape[1], tick.image.shape[0]),
-                                            format="RGB")
-                image.pts = (tick.index - self._first_index) * FRAME_NS
-                await self.push_frame(image)
-                self.frames_out += 1
+                if tick.image is not None:
+                    image = OutputImageRawFrame(image=tick.image.tobytes(),
+                                                size=(tick.image.shape[1], tick.image.shape[0]), format="RGB")
+                    image.pts = (tick.index - self._first_index) * FRAME_NS
+                    await self.push_frame(image)
+                    self.frames_out += 1
                 for piece in cutter.feed(tick.index, tick.audio16k):
                     audio = TTSAudioRawFrame(audio=piece.audio.tobytes(), sample_rate=self.out_rate, num_channels=1)
                     audio.pts = (piece.position - self._first_index * cutter.frame_samples) * NS_PER_S // self.out_rate

@@ -35,7 +35,7 @@ class AvatarTick:
     """One content frame as a viewer receives it."""
 
     index: int  # content frame index c (the session's clock sends it at tick c + D)
-    image: np.ndarray  # H x W x 3 uint8 RGB
+    image: np.ndarray | None  # H x W x 3 uint8 RGB; None until the engine rendered its first frame
     audio16k: np.ndarray | None  # float32[640], the audio of this frame; None if it left the ring
     mouth_open: float  # the engine's own mouth-opening estimate (diagnostics)
     events: list[dict[str, Any]] = field(default_factory=list)  # {"type", ..., "frame", "wall_time"}
@@ -110,13 +110,15 @@ class SessionReader:
             if self._ended or s.closed:
                 raise SessionClosed(f"session {s.id} has ended")
             c = self._tick - s.delay_frames
-            frame = s.video_for(c)
-            if frame is not None:  # None until the engine rendered its first frame
+            frame, audio = s.video_for(c), s.audio_for(c)
+            if frame is not None or audio is not None:  # both None before the clock's first sent frame
                 break
         events = [e for e in self._pending_events if e.get("frame", c) <= c]
         self._pending_events = [e for e in self._pending_events if e.get("frame", c) > c]
         self.frames_read += 1
-        return AvatarTick(c, frame.image, s.audio_for(c), float(frame.mouth_open), events)
+        if frame is None:  # the audio is sent already, the engine's first frame is still being rendered
+            return AvatarTick(c, None, audio, 0.0, events)
+        return AvatarTick(c, frame.image, audio, float(frame.mouth_open), events)
 
     def _drain_events(self) -> None:
         q = self._events
