@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prepare", type=Path, default=None, metavar="RAW_DIR",
                    help="first turn the raw talking-head videos in RAW_DIR into the dataset format in --data")
     p.add_argument("--prepare-only", action="store_true", help="with --prepare: stop after preparing the data")
-    p.add_argument("--train-all", action="store_true", help="stage 2: also fine-tune the stage-1 weights")
+    p.add_argument("--freeze-stage1", action="store_true",
+                   help="stage 2: keep the stage-1 weights fixed and train only the temporal/audio layers (less "
+                        "memory; the paper trains everything in stage 2, the default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, stage=args.stage, config=args.config, base=args.base, wav2vec2=args.wav2vec2,
         init=args.init, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=resolve_device(args.device), save_every=args.save_every,
-        gradient_checkpointing=args.gradient_checkpointing, train_all=args.train_all,
+        gradient_checkpointing=args.gradient_checkpointing, freeze_stage1=args.freeze_stage1,
     )
     result = train(opts)
     first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])

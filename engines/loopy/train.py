@@ -65,7 +65,6 @@ class TrainOptions:
     save_every: int = 500
     gradient_checkpointing: bool = False
     freeze_stage1: bool = False  # stage 2: keep the stage-1 weights fixed (the paper trains everything)
-    train_all: bool = False  # the CLI's --train-all: stage 2 trains everything even with freeze_stage1
 
 
 @dataclass
@@ -281,7 +280,7 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     dataset = LoopyVideoDataset(opts.data, weights.config.resolution,
                                 min_frames=1 if opts.stage == 1 else weights.config.clip_frames)
     trainer = LoopyTrainer(weights, dataset, opts.stage, opts.lr, opts.device, opts.seed, opts.batch_size,
-                           freeze_stage1=opts.freeze_stage1 and not opts.train_all)
+                           freeze_stage1=opts.freeze_stage1)
     if opts.gradient_checkpointing:
         trainer.model.reference_net.unet.enable_gradient_checkpointing()
         trainer.model.denoising_unet.unet.enable_gradient_checkpointing()

@@ -69,7 +69,7 @@ def test_train_command_writes_loadable_weights(clip_dir, tmp_path):
     out = tmp_path / "w"
     assert main(["train", "loopy", "--data", str(clip_dir), "--config", "tiny", "--steps", "2", "--out", str(out),
                  "--device", "cpu"]) == 0
-    assert main(["train", "loopy", "--data", str(clip_dir), "--stage", "2", "--init", str(out), "--steps", "2", "--train-all",
+    assert main(["train", "loopy", "--data", str(clip_dir), "--stage", "2", "--init", str(out), "--steps", "2", "--freeze-stage1",
                  "--out", str(tmp_path / "w2"), "--device", "cpu"]) == 0
     assert load_weights_dir(tmp_path / "w2").config.name == "tiny"
     assert main(["train", "loopy", "--data", str(tmp_path / "empty"), "--config", "tiny", "--steps", "1"]) == 1
