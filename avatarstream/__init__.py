@@ -34,8 +34,11 @@ _EXPORTS: dict[str, str] = {
     "EngineError": "avatarstream.engines.base",
     "NoFaceError": "avatarstream.engines.base",
     "MissingWeightsError": "avatarstream.engines.base",
+    "OfflineRenderer": "avatarstream.engines.base",
+    "EngineCapabilities": "avatarstream.engines.base",
     "load_engine": "avatarstream.engines.registry",
     "engine_names": "avatarstream.engines.registry",
+    "engine_capabilities": "avatarstream.engines.registry",
     "load_portrait": "avatarstream.engines.portraits",
     "portrait_from_bytes": "avatarstream.engines.portraits",
     # the server and its client
@@ -43,6 +46,12 @@ _EXPORTS: dict[str, str] = {
     "create_app": "avatarstream.realtime.http.app",
     "AvatarClient": "avatarstream.realtime.client",
     "ClientError": "avatarstream.realtime.client",
+    # writing a transport (realtime/transports/base.py): what it reads from a session, what a viewer is
+    "SessionOutput": "avatarstream.realtime.transports.base",
+    "SessionInput": "avatarstream.realtime.transports.base",
+    "Viewer": "avatarstream.realtime.transports.base",
+    "ViewerState": "avatarstream.realtime.transports.base",
+    "EventType": "avatarstream.realtime.session.events",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
