@@ -15,7 +15,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from avatarstream.engines.portraits import load_portrait
 from avatarstream.realtime.config import ServerConfig
-from avatarstream.realtime.http import page, sessions, signalling
+from avatarstream.realtime.http import metrics, page, sessions, signalling
 from avatarstream.realtime.http.cors import cors_middleware
 from avatarstream.realtime.http.errors import error_middleware
 from avatarstream.realtime.http.keys import CONFIG, REGISTRY
@@ -38,7 +38,7 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 async def health(request: web.Request) -> web.Response:
     registry, cfg = request.app[REGISTRY], request.app[CONFIG]
     return web.json_response({"status": "ok", "engine": cfg.engine, "sessions": len(registry),
-                              "max_sessions": cfg.max_sessions,
+                              "max_sessions": cfg.max_sessions, "draining": registry.draining,
                               # measured capacity (admission), for a front or a cluster placing sessions
                               "capacity": registry.load.snapshot()})
 
@@ -51,8 +51,10 @@ def create_app(config: ServerConfig) -> web.Application:
     """Build the application; the portrait is loaded (and checked readable) here."""
     portrait = config.portrait or load_portrait(config.image)
     registry = SessionRegistry(config, portrait)
-    # error_middleware is outermost: a refusal by the CORS policy gets the same JSON error shape
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, cors_middleware])
+    # error_middleware is outermost but for the metrics' count: a refusal by the CORS policy gets the same
+    # JSON error shape, and every response (with its error code) is counted
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=[metrics.metrics_middleware, error_middleware, cors_middleware])
     app[CONFIG] = config
     app[REGISTRY] = registry
     app.router.add_get("/", index)
@@ -61,6 +63,7 @@ def create_app(config: ServerConfig) -> web.Application:
     signalling.add_routes(app)
     sessions.add_routes(app)
     page.add_routes(app)  # the browser page's discovery, portrait and typed-speech routes
+    metrics.add_routes(app)  # GET /metrics (Prometheus)
 
     async def _startup(app: web.Application) -> None:
         await registry.warm_up()  # load the engine and prepare the portrait before the first call

@@ -25,6 +25,7 @@ from avatarstream.realtime.errors import ServerError
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 500  # an error message never grows with the input
+ERROR_CODE = web.ResponseKey("error_code", str)  # the code of an error response (realtime/http/metrics.py counts it)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,8 +33,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-    return web.Response(status=status, text=json.dumps({"error": code, "message": message}),
-                        content_type="application/json", headers=headers)
+    response = web.Response(status=status, text=json.dumps({"error": code, "message": message}),
+                            content_type="application/json", headers=headers)
+    response[ERROR_CODE] = code  # for the metrics middleware (errors by code)
+    return response
 
 
 def response_for(exc: Exception) -> web.Response | None:

@@ -1,7 +1,9 @@
 """Creates, finds and closes sessions; enforces the session cap, admission by measured load
 (``admission.py``: a session that would push the others below ``admission_min_fps`` gets 503 +
 Retry-After), viewer connect deadlines and the idle timeout. The load monitor samples once a
-second; new sessions get the server's WebRTC video encoding settings.
+second; new sessions get the server's WebRTC video encoding settings. A draining registry
+(``draining = True``: a cluster worker being retired, ``realtime/cluster/``) refuses new sessions
+with 503 while its running ones go on to their end.
 
 The reaper runs every ``min(5, idle_timeout / 2, viewer_connect_timeout / 2)`` seconds:
 
@@ -48,6 +50,9 @@ class SessionRegistry:
         self.load = LoadMonitor(config.admission_policy(), lambda: list(self._sessions.values()))
         self._video_encoding = config.video_encoding()
         self._monitor: asyncio.Task | None = None
+        self.draining = False  # True: no new sessions (503), running ones go on
+        self.sessions_started = 0  # lifetime counters (metrics)
+        self.sessions_ended = 0
 
     # -- engines -------------------------------------------------------------------------
     async def engine(self, name: str | None = None) -> AvatarEngine:
@@ -90,7 +95,10 @@ class SessionRegistry:
 
     def check_capacity(self) -> None:
         """Raise SessionLimitError if no session slot is free, or if one more session would push the
-        running ones below the admission frame rate (cheap: call before reading a body)."""
+        running ones below the admission frame rate, or while draining (cheap: call before reading a body)."""
+        if self.draining:
+            raise SessionLimitError("this server is draining (finishing its sessions before it stops); "
+                                    "retry on another server", retry_after=self.load.policy.retry_after_s)
         if self.full:
             raise SessionLimitError(
                 f"server is at its limit of {self.config.max_sessions} concurrent session(s); retry later",
@@ -119,11 +127,16 @@ class SessionRegistry:
                 raise
             SESSION_ENCODERS.configure(session, self._video_encoding)
             self._sessions[session.id] = session
-            session.on_close(lambda s: self._sessions.pop(s.id, None))
+            self.sessions_started += 1
+            session.on_close(self._forget)
             log.info("session %s started (%d active)", session.id, len(self._sessions))
             return session
         finally:
             self._reserved -= 1
+
+    def _forget(self, session: AvatarSession) -> None:
+        self._sessions.pop(session.id, None)
+        self.sessions_ended += 1
 
     async def close(self, session_or_id: AvatarSession | str) -> None:
         s = session_or_id if isinstance(session_or_id, AvatarSession) else self._sessions.get(session_or_id)
