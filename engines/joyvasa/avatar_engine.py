@@ -234,7 +234,7 @@ class JoyVasaEngine:
                     progress: Any = True) -> Path:
         """``avatar render``: the reference's offline motion (100-frame windows over the whole clip, one
         x_T) rendered with ``OFFLINE_PRESET`` into an MP4, one frame per started 40 ms of audio."""
-        from avatarstream.engines.loopy.mp4 import write_mp4
+        from avatarstream.engines.media_files import write_mp4
 
         audio = check_audio(audio16k)
         if audio.size == 0:

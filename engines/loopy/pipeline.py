@@ -33,7 +33,7 @@ from avatarstream.engines.loopy.audio_conditioning import AudioFeatureExtractor,
 from avatarstream.engines.loopy.checkpoint import LoopyWeights
 from avatarstream.engines.loopy.face_crop import crop_square
 from avatarstream.engines.loopy.guidance import pass_masks, split_and_combine
-from avatarstream.engines.loopy.mp4 import write_mp4
+from avatarstream.engines.media_files import write_mp4
 from avatarstream.engines.loopy.noise_schedule import sampling_scheduler
 from avatarstream.engines.loopy.temporal_segment import gather_motion_latents
 

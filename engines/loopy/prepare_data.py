@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from avatarstream.engines.base import FPS, SAMPLE_RATE, EngineError
 from avatarstream.engines.loopy.dataset import read_audio
 from avatarstream.engines.loopy.face_crop import CROP_SCALE, crop_square, square_around
-from avatarstream.engines.loopy.mp4 import write_mp4
+from avatarstream.engines.media_files import write_mp4
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 _DETECT_EVERY = 25  # frames between face detections used to fix the crop

@@ -136,7 +136,7 @@ def test_any_audio_format_is_decoded_to_16k_mono(tmp_path, speech_audio):
     """A 44.1 kHz stereo MP3 (made with PyAV) comes back as 16 kHz mono matching the speech."""
     from fractions import Fraction
 
-    from avatarstream.cli.render import load_audio_16k
+    from avatarstream.engines.media_files import load_audio_16k
     from scipy.signal import resample_poly
 
     clip = speech_audio[:2 * 16000]

@@ -17,7 +17,7 @@ def synthetic_clip(path: Path, frames: int = 30, size: int = 64, seed: int = 0) 
     """A moving, breathing disc with a tone whose loudness follows the disc; 68-point landmarks
     (dlib layout) placed on it, moving with the disc, brows rising and falling."""
     from avatarstream.engines.face.layout import HUMAN, face_frame_points
-    from avatarstream.engines.loopy.mp4 import write_mp4
+    from avatarstream.engines.media_files import write_mp4
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]

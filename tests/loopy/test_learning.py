@@ -56,7 +56,7 @@ def test_tiny_loopy_learns_from_a_synthetic_talking_portrait_set(tmp_path):
     from avatarstream.engines.loopy.checkpoint import random_weights
     from avatarstream.engines.loopy.config import tiny_config
     from avatarstream.engines.loopy.dataset import LoopyVideoDataset
-    from avatarstream.engines.loopy.mp4 import write_mp4
+    from avatarstream.engines.media_files import write_mp4
     from avatarstream.engines.loopy.pipeline import LoopyPipeline
 
     torch.manual_seed(0)
