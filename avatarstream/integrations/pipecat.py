@@ -247,7 +247,7 @@ class AvatarStreamVideoService(AIService):
         info = await self.client.create_session(image=self.image, engine=self.engine, size=self.size,
                                                 controls=self.controls or None)
         self.session_id = info.id
-        self.client.on("error", lambda ev: logger.warning(f"{self}: avatar server: {ev.get('message')}"))
+        self.client.on("error", self._on_server_error)
         await self.client.connect(sample_rate=self._wire_rate)
         if self.media == "inprocess":
             assert self.local_server is not None
@@ -267,6 +267,13 @@ class AvatarStreamVideoService(AIService):
             self._webrtc_audio = _PcmConverter(WEBRTC_AUDIO_RATE, self.out_rate)
             self._media_task = self.create_task(self._read_webrtc(whep), name="avatarstream-media")
         logger.info(f"{self}: avatar session {info.id} on {url} ({self.media}, {self.out_rate} Hz out)")
+
+    async def _on_server_error(self, event: dict) -> None:
+        """The agent socket refused a message (``buffer_full``, ``frame_too_large`` ...): an error frame."""
+        code = str(event.get("code", "error"))
+        category = ErrorCategory.RATE_LIMIT if code == "buffer_full" else ErrorCategory.INVALID_REQUEST
+        await self.push_error(f"avatarstream: the server refused a message ({code}): {event.get('message', '')}",
+                              category=category)
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
