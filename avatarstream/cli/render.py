@@ -8,7 +8,10 @@ renders itself; any other engine is streamed through ``EngineStream.feed`` in ch
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, OfflineRenderer
 from avatarstream.engines.registry import engine_capabilities, engine_names
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             stream = engine.open_stream(portrait, size=size)  # finds the face
 
-            def frames():
+            def frames() -> Iterator[np.ndarray]:
                 for image in stream_frames(stream, audio):
                     progress.update(1)
                     yield image

@@ -24,7 +24,7 @@ def map_tree(root: Path = ROOT) -> None:
     for name in [n for n in sys.modules if n == "avatarstream" or n.startswith("avatarstream.")]:
         del sys.modules[name]
     package = importlib.import_module("avatarstream")
-    if Path(package.__file__).resolve().parent != root / "avatarstream":
+    if package.__file__ is None or Path(package.__file__).resolve().parent != root / "avatarstream":
         raise ImportError(f"avatarstream resolved to {package.__file__}, not the tree at {root}")
     for name in SUBPACKAGES:
         full = f"avatarstream.{name}"

@@ -107,12 +107,13 @@ def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps:
         f_s, kp_s, kp_d = _render_inputs(networks, batch, device, seed=batch)
         modes: dict[str, Callable[[], object]] = {}
         fp32 = Renderer(networks, device=str(device))
-        modes["eager_fp32"] = lambda r=fp32: r.warp_decode(f_s, kp_s, kp_d)
+        args = (f_s, kp_s, kp_d)
+        modes["eager_fp32"] = lambda r=fp32, a=args: r.warp_decode(*a)
         if device.type == "cuda":
             fp16 = Renderer(networks, device=str(device), fp16=True)
-            modes["eager_fp16"] = lambda r=fp16: r.warp_decode(f_s, kp_s, kp_d)
+            modes["eager_fp16"] = lambda r=fp16, a=args: r.warp_decode(*a)
             graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)
-            modes["cuda_graph_fp16"] = lambda: graphed(f_s, kp_s, kp_d)
+            modes["cuda_graph_fp16"] = lambda g=graphed, a=args: g(*a)
         for mode, fn in modes.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -164,7 +165,8 @@ def worker_throughput(networks: LivePortraitNetworks, device: torch.device, seco
         stop = time.perf_counter() + seconds
         start = threading.Barrier(n)
 
-        def session(k: int) -> None:
+        def session(k: int, start: threading.Barrier = start, stop: float = stop, worker: RenderWorker = worker,
+                    latencies: list[list[float]] = latencies) -> None:
             start.wait()
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
