@@ -97,7 +97,7 @@ class PageServer:
 
 
 async def _start(engine: RecordingEngine, **config) -> tuple[PageServer, web.AppRunner]:
-    cfg = ServerConfig(engine="lite", size=512, max_sessions=3, port=0, engine_loader=lambda name, **o: engine,
+    cfg = ServerConfig(engine="lite", size=512, max_sessions=3, port=0, admission=False, engine_loader=lambda name, **o: engine,
                        **config)
     app = create_app(cfg)
     runner = web.AppRunner(app)
