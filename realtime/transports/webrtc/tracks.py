@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from avatarstream.realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDEO_FRAME, AUDIO_SAMPLES_PER_FRAME,
                                          AUDIO_TIME_BASE, VIDEO_TIME_BASE, SessionClock)
 from avatarstream.realtime.transports.base import SessionOutput
+from avatarstream.realtime.transports.pacing import TickPacer
 from avatarstream.realtime.transports.webrtc.audio_convert import Upsampler16kTo48k
 from avatarstream.realtime.transports.webrtc.shared_video import CACHED_FRAMES, SharedVideoEncoder
 
@@ -51,22 +52,21 @@ class AvatarVideoTrack(MediaStreamTrack):
     def __init__(self, session: SessionOutput) -> None:
         super().__init__()
         self._session = session
-        self._tick: int | None = None
+        self._pacer = TickPacer(MAX_VIDEO_LAG_FRAMES)
         self.frames_sent = 0
-        self.frames_skipped = 0  # ticks skipped because this viewer's sender was late
         self._blank: np.ndarray | None = None
+
+    @property
+    def frames_skipped(self) -> int:
+        """Ticks skipped because this viewer's sender was late."""
+        return self._pacer.skipped
 
     async def recv(self) -> av.VideoFrame:
         s = self._session
         clock = await _running_clock(s)
         if self.readyState != "live":
             raise MediaStreamError
-        now = clock.current_frame()
-        tick = now + 1 if self._tick is None else self._tick + 1
-        if tick < now - MAX_VIDEO_LAG_FRAMES:  # more than a frame behind: drop, don't queue
-            self.frames_skipped += now - tick
-            tick = now
-        self._tick = tick
+        tick = self._pacer.next(clock.current_frame())  # more than a frame behind: drop, don't queue
         await clock.sleep_until(clock.frame_time(tick))
         if self.readyState != "live" or s.closed:
             raise MediaStreamError
@@ -90,9 +90,8 @@ class AvatarAudioTrack(MediaStreamTrack):
     def __init__(self, session: SessionOutput) -> None:
         super().__init__()
         self._session = session
-        self._tick: int | None = None
+        self._pacer = TickPacer(MAX_AUDIO_LAG_FRAMES)
         self.frames_sent = 0
-        self.frames_skipped = 0
         self._silence = np.zeros(AUDIO_SAMPLES_PER_FRAME, np.int16)
         self._upsampler = Upsampler16kTo48k()
         self._converted: tuple[int, np.ndarray | None] = (-1, None)  # (content index, int16[1920])
@@ -106,17 +105,17 @@ class AvatarAudioTrack(MediaStreamTrack):
             self._converted = (content_index, None if audio is None else self._upsampler(audio))
         return self._converted[1]
 
+    @property
+    def frames_skipped(self) -> int:
+        """Ticks skipped because this viewer's sender was late."""
+        return self._pacer.skipped
+
     async def recv(self) -> av.AudioFrame:
         s = self._session
         clock = await _running_clock(s)
         if self.readyState != "live":
             raise MediaStreamError
-        now = clock.current_audio_frame()
-        tick = now + 1 if self._tick is None else self._tick + 1
-        if tick < now - MAX_AUDIO_LAG_FRAMES:
-            self.frames_skipped += now - tick
-            tick = now
-        self._tick = tick
+        tick = self._pacer.next(clock.current_audio_frame())
         await clock.sleep_until(clock.audio_frame_time(tick))
         if self.readyState != "live" or s.closed:
             raise MediaStreamError
@@ -142,10 +141,10 @@ class EncodedVideoTrack(MediaStreamTrack):
         self._session = session
         self._encoder: SharedVideoEncoder | None = None
         self._bound = asyncio.Event()
-        self._tick: int | None = None
+        self._pacer = TickPacer(MAX_ENCODED_LAG_FRAMES)
         self._last_sent: int | None = None  # tick of the last packet this viewer's decoder got
         self.frames_sent = 0
-        self.frames_skipped = 0
+        self._late = 0  # ticks the shared stream had already left behind
         self.keyframe_waits = 0  # frames not sent while waiting for a keyframe (join, or after a skip)
 
     def bind(self, encoder: SharedVideoEncoder) -> None:
@@ -161,6 +160,11 @@ class EncodedVideoTrack(MediaStreamTrack):
         if self._encoder is not None:
             self._encoder.request_keyframe()
 
+    @property
+    def frames_skipped(self) -> int:
+        """Ticks skipped because this viewer's sender was late."""
+        return self._pacer.skipped + self._late
+
     async def recv(self) -> av.Packet:
         s = self._session
         clock = await _running_clock(s)
@@ -170,18 +174,13 @@ class EncodedVideoTrack(MediaStreamTrack):
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
-            now = clock.current_frame()
-            tick = now + 1 if self._tick is None else self._tick + 1
-            if tick < now - MAX_ENCODED_LAG_FRAMES:
-                self.frames_skipped += now - tick
-                tick = now
-            self._tick = tick
+            tick = self._pacer.next(clock.current_frame())
             await clock.sleep_until(clock.frame_time(tick))
             if self.readyState != "live" or s.closed:
                 raise MediaStreamError
             frame = await encoder.frame_at(tick)
             if frame is None:  # the shared stream is past this tick: this sender is late
-                self.frames_skipped += 1
+                self._late += 1
                 continue
             if not frame.keyframe and (self._last_sent is None or frame.previous != self._last_sent):
                 encoder.request_keyframe()  # the decoder lacks this frame's reference
