@@ -135,16 +135,15 @@ def _gpu_memory() -> Iterator[Metric]:
     yield family
 
 
-class ServerMetrics:
-    """One application's metrics registry: the request counters and the live-state collector."""
+class HttpMetrics:
+    """An application's metrics registry with the request counters (a server's, or a cluster front's)."""
 
-    def __init__(self, registry: SessionRegistry) -> None:
+    def __init__(self) -> None:
         self.prometheus = CollectorRegistry()
         self.responses = Counter("avatar_http_responses", "HTTP responses by route, method, status and error code",
                                  ["route", "method", "status", "code"], registry=self.prometheus)
         self.request_seconds = Histogram("avatar_http_request_seconds", "HTTP request handling time",
                                          ["route", "method"], buckets=REQUEST_BUCKETS, registry=self.prometheus)
-        self.prometheus.register(ServerCollector(registry))
 
     def observe(self, request: web.Request, status: int, code: str, seconds: float) -> None:
         route = route_template(request)
@@ -155,7 +154,15 @@ class ServerMetrics:
         return generate_latest(self.prometheus)
 
 
-METRICS = web.AppKey("metrics", ServerMetrics)
+class ServerMetrics(HttpMetrics):
+    """A server's metrics: the request counters and the live-state collector."""
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        super().__init__()
+        self.prometheus.register(ServerCollector(registry))
+
+
+METRICS = web.AppKey("metrics", HttpMetrics)
 
 
 def route_template(request: web.Request) -> str:
