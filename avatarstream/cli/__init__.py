@@ -10,6 +10,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("avatarstream.cli.serve", "serve the avatar over WebRTC (HTTP API + browser page)"),
+    "cluster": ("avatarstream.cli.cluster", "serve sessions across machines on Ray (head: the front; worker)"),
     "render": ("avatarstream.cli.render", "render a talking-portrait MP4 from an image and an audio file"),
     "bench": ("avatarstream.cli.bench", "benchmark an engine or backend; writes JSON and plots"),
     "weights": ("avatarstream.cli.weights", "download or check the official neural-engine weights"),

@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "api": "avatarstream.realtime.bench.latency",
     "soak": "avatarstream.realtime.bench.soak",
     "capacity": "avatarstream.realtime.bench.capacity",
+    "placement": "avatarstream.realtime.bench.placement",
     "gpu": "avatarstream.engines.joyvasa.gpu_bench",
 }
 
