@@ -4,13 +4,15 @@
     avatar weights check DIR
 
 ``check`` reports, per group, which files are present and whether they load (strictly, into the
-same networks the engines use); it exits 1 when the ``joyvasa`` engine could not start.
+same networks the engines use), and for the JoyVASA motion generator the positional-encoding mode the
+engine builds it with (``engines.joyvasa.checkpoint.resolve_pe_mode``) and how to choose the other one;
+it exits 1 when the ``joyvasa`` engine could not start.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,13 +40,20 @@ class GroupReport:
     present: list[str]
     missing: list[str]
     problem: str | None  # why the present files do not load; None when they do (or nothing to load)
+    details: dict[str, str] = field(default_factory=dict)  # what loading found out (joyvasa: "pe_mode")
 
     @property
     def ok(self) -> bool:
         return not self.missing and self.problem is None
 
 
-def _load_liveportrait(variant: str) -> Callable[[Path], None]:
+Loader = Callable[[Path], dict[str, str] | None]  # loads a group's files strictly; may return details
+PE_MODE_HOWTO = ("the file cannot tell which encoding it was trained with: render one clip each way "
+                 "(load_engine('joyvasa', weights=DIR, pe_mode='constant' | 'per_position')); the wrong one "
+                 "gives jittery motion whose mouth does not follow the speech (docs/joyvasa.md)")
+
+
+def _load_liveportrait(variant: str) -> Loader:
     def load(root: Path) -> None:
         from avatarstream.engines.liveportrait.checkpoint import load_networks
 
@@ -52,15 +61,18 @@ def _load_liveportrait(variant: str) -> Callable[[Path], None]:
     return load
 
 
-def _load_joyvasa(root: Path) -> None:
+def _load_joyvasa(root: Path) -> dict[str, str]:
     from avatarstream.engines.joyvasa.checkpoint import load_motion_generator
     from avatarstream.engines.joyvasa.motion import MotionTemplate
 
-    load_motion_generator(root / "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt")
+    # Resolved exactly as the engine does with its default pe_mode option (None).
+    _model, info = load_motion_generator(root / "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt")
     MotionTemplate.load(root / "JoyVASA/motion_template/motion_template.pkl")
+    return {"pe_mode": info.pe_mode.mode, "pe_mode_source": info.pe_mode.source,
+            "pe_mode_text": info.pe_mode.describe()}
 
 
-def _load_onnx(paths: list[str]) -> Callable[[Path], None]:
+def _load_onnx(paths: list[str]) -> Loader:
     def load(root: Path) -> None:
         import onnxruntime as ort
 
@@ -80,7 +92,7 @@ def _load_audio_configs(root: Path) -> None:
             audio_encoder_config(model, root / name)
 
 
-LOADERS: dict[str, Callable[[Path], None]] = {
+LOADERS: dict[str, Loader] = {
     "liveportrait-human": _load_liveportrait("human"),
     "liveportrait-animal-v1.0": _load_liveportrait("animal-v1.0"),
     "liveportrait-animal-v1.1": _load_liveportrait("animal-v1.1"),
@@ -94,13 +106,13 @@ def check_group(root: Path, group: str) -> GroupReport:
     files = [f.local_path for f in OFFICIAL_FILES if f.group == group]
     present = [rel for rel in files if (root / rel).is_file()]
     missing = [rel for rel in files if rel not in present]
-    problem = None
+    problem, details = None, {}
     if present and not missing:
         try:
-            LOADERS[group](root)
+            details = LOADERS[group](root) or {}
         except Exception as exc:  # report every failure as text: this is a diagnostic command
             problem = f"{type(exc).__name__}: {exc}"
-    return GroupReport(group, present, missing, problem)
+    return GroupReport(group, present, missing, problem, details)
 
 
 def check_dir(root: Path, groups: list[str] | None = None) -> list[GroupReport]:
@@ -119,6 +131,10 @@ def _print_check(root: Path, reports: list[GroupReport]) -> None:
             print(f"               missing {rel}")
         if r.problem:
             print(f"               does not load: {r.problem}")
+        if "pe_mode" in r.details:
+            print(f"               positional encoding: {r.details['pe_mode_text']}")
+            if r.details["pe_mode_source"] != "checkpoint":
+                print(f"               {PE_MODE_HOWTO}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ from avatarstream.engines.joyvasa.offline import MotionSequence, generate_offlin
 from avatarstream.engines.joyvasa.options import CAPABILITIES, LIVE_PRESET, OFFLINE_PRESET, JoyVasaOptions, Preset
 from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 from avatarstream.engines.liveportrait.checkpoint import load_networks, missing_files, variant_files
+from avatarstream.engines.media_files import write_mp4
 from avatarstream.engines.liveportrait.config import LivePortraitConfig
 from avatarstream.engines.liveportrait.render_worker import RenderWorker
 from avatarstream.engines.liveportrait.renderer import RUNTIME_STAGES, PreparedAvatar, Renderer
@@ -64,7 +65,7 @@ AUDIO_CONFIG_DIR = "chinese-hubert-base"
 ANIMAL_VARIANT = "animal-v1.0"  # JoyVASA's animal mode uses LivePortrait animals v1.0
 SPEECH_RMS = 0.01  # a frame whose audio RMS exceeds this counts as speech (AvatarFrame.speaking)
 MAX_SOURCE_SIDE = 1280  # the reference limits the source picture's longer side before cropping
-OUTPUT_SIZE = 512  # render_file's frame size (G's output resolution)
+OUTPUT_SIZE = 512  # render_file's default frame size (G's output resolution); CAPABILITIES.sizes are all rendered
 
 
 def required_files() -> list[str]:
@@ -143,6 +144,8 @@ class JoyVasaEngine:
         self.model, self.checkpoint_info = load_motion_generator(
             self.root / MOTION_GENERATOR_FILE, pe_mode=o.pe_mode, device=self.device,
             audio_config_dir=audio_dir if (audio_dir / "config.json").is_file() else None)
+        self.pe_mode = self.checkpoint_info.pe_mode  # the denoiser's positional encoding (= model.cfg.pe_mode) and why
+        log.info("joyvasa motion generator positional encoding: %s", self.pe_mode.describe())
         self.template = MotionTemplate.load(self.root / MOTION_TEMPLATE_FILE)
         self.stream_config = StreamingConfig(chunk_frames=o.chunk_frames, lookahead_ms=o.lookahead_ms, seed=o.seed,
                                              cfg_scale=o.cfg_scale if o.cfg_scale is not None else LIVE_PRESET.cfg_scale)
@@ -227,21 +230,23 @@ class JoyVasaEngine:
 
     @property
     def output_size(self) -> int:
-        """The square frame size ``render_file`` writes."""
+        """The square frame size ``render_file`` writes unless given ``size``."""
         return OUTPUT_SIZE
 
     def render_file(self, portrait: Portrait, audio16k: np.ndarray, out_path: str | Path,
-                    progress: Any = True) -> Path:
+                    progress: Any = True, *, size: int = OUTPUT_SIZE) -> Path:
         """``avatar render``: the reference's offline motion (100-frame windows over the whole clip, one
-        x_T) rendered with ``OFFLINE_PRESET`` into an MP4, one frame per started 40 ms of audio."""
-        from avatarstream.engines.media_files import write_mp4
+        x_T) rendered with ``OFFLINE_PRESET`` into an MP4, one frame per started 40 ms of audio.
 
+        ``size``: one of ``CAPABILITIES.sizes``, as for ``open_stream``: the 512 render is pasted back into
+        a framing of at least 512 px, then the whole frame is resized (``PreparedPortrait.finish``)."""
+        size = CAPABILITIES.check_size(size)
         audio = check_audio(audio16k)
         if audio.size == 0:
             raise EngineError("audio is empty: JoyVASA needs at least one sample of 16 kHz mono speech")
         if not isinstance(portrait, Portrait):
             portrait = Portrait(np.asarray(portrait))
-        prepared = self.prepare_portrait(portrait, OUTPUT_SIZE, self.offline_preset)
+        prepared = self.prepare_portrait(portrait, size, self.offline_preset)
         sequence = generate_offline(self.model, audio, template=self.template, cfg_scale=self.offline_cfg_scale,
                                     seed=self.seed)
         self.last_motion = sequence
@@ -256,7 +261,7 @@ class JoyVasaEngine:
                 batch = motions[start:start + self.batch_size]
                 images = prepared.renderer.render([(prepared.avatar, driver(m)) for m in batch])
                 for generated in images:
-                    yield prepared.finish(generated, OUTPUT_SIZE)
+                    yield prepared.finish(generated, size)
                 bar.update(len(batch))
 
         try:

@@ -10,6 +10,12 @@ names (renamed to ``parametrizations.weight.original0/1``).
 
 ``write_random_checkpoint`` writes a file of the same format, keys and shapes with seeded random
 values, for tests and benchmarks where the real weights are absent.
+
+Positional-encoding mode (``network.PE_MODES``): the weights cannot tell which one the denoiser was
+trained with (the sinusoidal table is not a parameter). ``resolve_pe_mode`` decides, in this order: the
+caller's explicit choice (the engine's ``pe_mode`` option), ``ckpt['args'].pe_mode`` when a checkpoint
+records it (``write_random_checkpoint(pe_mode=...)`` does; the official release does not), else
+``"constant"``, the encoding of every JoyVASA commit before 74290f6, which the released file predates.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from avatarstream.engines.base import EngineError, MissingWeightsError
-from avatarstream.engines.joyvasa.network import DitConfig, DitTalkingHead
+from avatarstream.engines.joyvasa.network import PE_MODES, DitConfig, DitTalkingHead
 
 TE_KEY = "denoising_net.TE.pe"
 POS_CONV = "audio_encoder.encoder.pos_conv_embed.conv."
@@ -31,6 +37,40 @@ LEGACY_WEIGHT_NORM = {POS_CONV + "weight_g": POS_CONV + "parametrizations.weight
                       POS_CONV + "weight_v": POS_CONV + "parametrizations.weight.original1"}
 ARG_NAMES = ("motion_feat_dim", "n_motions", "n_prev_motions", "feature_dim", "audio_model", "n_diff_steps")
 DEFAULT_FILE_NAME = "motion_generator_hubert_chinese.pt"
+PE_MODE_ARG = "pe_mode"  # optional entry of ckpt['args'] naming the positional encoding (absent in the release)
+DEFAULT_PE_MODE = "constant"  # the released generator predates JoyVASA's per-position fix (commit 74290f6)
+
+
+@dataclass(frozen=True)
+class PeModeChoice:
+    """Which positional encoding a motion generator is built with, and where that choice came from."""
+
+    mode: str  # one of network.PE_MODES
+    source: str  # "option" (the caller asked), "checkpoint" (ckpt['args'].pe_mode) or "default"
+
+    def describe(self) -> str:
+        why = {"option": "set by the pe_mode option",
+               "checkpoint": f"recorded in the checkpoint's args.{PE_MODE_ARG}",
+               "default": "not recorded in the checkpoint; default for the release, which predates JoyVASA's "
+                          "per-position fix (74290f6)"}[self.source]
+        return f"{self.mode} ({why})"
+
+
+def _args_dict(args: Any) -> dict[str, Any]:
+    return vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+
+
+def resolve_pe_mode(requested: str | None, ckpt_args: Any) -> PeModeChoice:
+    """The positional encoding to build: ``requested`` if given, else the checkpoint's record, else the default."""
+    recorded = _args_dict(ckpt_args).get(PE_MODE_ARG)
+    for value, what in ((requested, "pe_mode"), (recorded, f"the checkpoint's args.{PE_MODE_ARG}")):
+        if value is not None and value not in PE_MODES:
+            raise EngineError(f"{what} must be one of {', '.join(PE_MODES)}, got {value!r}")
+    if requested is not None:
+        return PeModeChoice(requested, "option")
+    if recorded is not None:
+        return PeModeChoice(recorded, "checkpoint")
+    return PeModeChoice(DEFAULT_PE_MODE, "default")
 
 
 @dataclass(frozen=True)
@@ -39,6 +79,7 @@ class CheckpointInfo:
     config: DitConfig
     iteration: int | None
     args: dict[str, Any]
+    pe_mode: PeModeChoice  # the positional encoding the model was built with (``config.pe_mode``) and why
 
 
 def read_checkpoint_file(path: str | Path) -> dict:
@@ -59,10 +100,10 @@ def read_checkpoint_file(path: str | Path) -> dict:
     return dict(ckpt)
 
 
-def config_from_checkpoint(ckpt: Mapping, pe_mode: str = "constant") -> DitConfig:
-    """``DitConfig`` from ``ckpt['args']``, cross-checked against the state_dict shapes."""
-    args = ckpt["args"]
-    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+def config_from_checkpoint(ckpt: Mapping, pe_mode: str | None = None) -> DitConfig:
+    """``DitConfig`` from ``ckpt['args']``, cross-checked against the state_dict shapes (``pe_mode``: see
+    ``resolve_pe_mode``)."""
+    args = _args_dict(ckpt["args"])
     sd = ckpt["model"]
     missing = [k for k in ARG_NAMES if k not in args]
     if missing:
@@ -70,7 +111,8 @@ def config_from_checkpoint(ckpt: Mapping, pe_mode: str = "constant") -> DitConfi
     layers = {int(k.split(".")[3]) for k in sd if k.startswith("denoising_net.transformer.layers.")}
     te = sd.get(TE_KEY)
     cfg = DitConfig(**{k: args[k] for k in ARG_NAMES}, n_layers=len(layers) or DitConfig.n_layers,
-                    te_max_len=int(te.shape[1]) if te is not None else DitConfig.te_max_len, pe_mode=pe_mode)
+                    te_max_len=int(te.shape[1]) if te is not None else DitConfig.te_max_len,
+                    pe_mode=resolve_pe_mode(pe_mode, args).mode)
     betas = sd.get("diffusion_sched.betas")
     if betas is not None and betas.shape[0] - 1 != cfg.n_diff_steps:
         raise EngineError(f"checkpoint args say n_diff_steps={cfg.n_diff_steps} but diffusion_sched.betas has "
@@ -105,15 +147,19 @@ def load_state_dict_strict(model: DitTalkingHead, state_dict: Mapping[str, torch
         raise EngineError(f"{source}: keys not loaded: {leftover}")
 
 
-def load_motion_generator(path: str | Path, *, pe_mode: str = "constant", audio_config_dir: str | Path | None = None,
+def load_motion_generator(path: str | Path, *, pe_mode: str | None = None,
+                          audio_config_dir: str | Path | None = None,
                           device: str | torch.device = "cpu") -> tuple[DitTalkingHead, CheckpointInfo]:
-    """Build ``DitTalkingHead`` from an official checkpoint file and load it strictly (eval mode)."""
+    """Build ``DitTalkingHead`` from an official checkpoint file and load it strictly (eval mode).
+
+    ``pe_mode``: None takes the checkpoint's record, else ``DEFAULT_PE_MODE`` (``resolve_pe_mode``)."""
     ckpt = read_checkpoint_file(path)
-    cfg = config_from_checkpoint(ckpt, pe_mode)
+    args = _args_dict(ckpt["args"])
+    choice = resolve_pe_mode(pe_mode, args)
+    cfg = config_from_checkpoint(ckpt, choice.mode)
     model = DitTalkingHead(cfg, audio_config_dir)
     load_state_dict_strict(model, ckpt["model"], str(path))
-    args = ckpt["args"]
-    info = CheckpointInfo(Path(path), cfg, ckpt.get("iter"), vars(args) if isinstance(args, argparse.Namespace) else dict(args))
+    info = CheckpointInfo(Path(path), cfg, ckpt.get("iter"), args, choice)
     return model.to(device).eval(), info
 
 
@@ -125,11 +171,12 @@ def random_motion_generator(seed: int = 0, config: DitConfig = DitConfig(), audi
 
 
 def write_random_checkpoint(path: str | Path, seed: int = 0, *, config: DitConfig = DitConfig(),
-                            iteration: int = 20000) -> Path:
+                            iteration: int = 20000, pe_mode: str | None = None) -> Path:
     """Write a fake official checkpoint: same format, keys and shapes as the release, seeded random values.
 
     ``ckpt['args']`` is an ``argparse.Namespace`` with the six architecture args plus a few training
-    paths as ``pathlib.Path`` (like the real file). Returns ``path``.
+    paths as ``pathlib.Path`` (like the real file); ``pe_mode`` given: also ``args.pe_mode`` (which the
+    release lacks). Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +184,8 @@ def write_random_checkpoint(path: str | Path, seed: int = 0, *, config: DitConfi
     args = argparse.Namespace(**{k: getattr(config, k) for k in ARG_NAMES}, fps=25, pad_mode="zero",
                               exp_name="random-weights", data_root=pathlib.Path("datasets/random"),
                               save_dir=pathlib.Path("experiments/random"), seed=seed)
+    if pe_mode is not None:
+        setattr(args, PE_MODE_ARG, resolve_pe_mode(pe_mode, {}).mode)
     torch.save({"args": args, "model": model.state_dict(), "iter": iteration}, path)
     return path
 

@@ -34,9 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from avatarstream.engines.joyvasa.audio_encoder import build_audio_encoder, encode_audio
+from avatarstream.engines.joyvasa.options import PE_MODES
 from avatarstream.engines.joyvasa.schedule import VarianceSchedule, cosine_schedule
-
-PE_MODES = ("constant", "per_position")
 
 
 @dataclass(frozen=True)

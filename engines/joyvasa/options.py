@@ -44,6 +44,7 @@ OFFICIAL_CROP_PRESET = Preset(name="joyvasa-inference-crop", cfg_scale=2.8, crop
                               driving_multiplier=1.10, paste_back=True, stitching=True)
 LIVE_PRESET = OFFICIAL_CROP_PRESET  # open_stream (avatar serve)
 OFFLINE_PRESET = OFFICIAL_CROP_PRESET  # render_file (avatar render)
+PE_MODES = ("constant", "per_position")  # the denoiser's positional encodings (engines.joyvasa.network)
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,18 @@ class JoyVasaOptions(EngineOptions):
     lookahead_ms: float = 80.0  # audio after a chunk that conditions it
     cfg_scale: float | None = None  # None: the preset's (2.8, JoyVASA inference.py)
     # positional encoding the motion generator was trained with: "constant" (every JoyVASA commit before
-    # 74290f6, which the released weights predate) or "per_position" (HEAD); docs/joyvasa.md says how to decide
-    pe_mode: str = "constant"
+    # 74290f6, which the released weights predate) or "per_position" (HEAD). None: the checkpoint's
+    # args.pe_mode when it records one, else "constant" (joyvasa.checkpoint.resolve_pe_mode; shown by
+    # 'avatar weights check'); docs/joyvasa.md says how to decide with real weights
+    pe_mode: str | None = None
     seed: int = 0
     liveportrait_config: Any = None  # a LivePortraitConfig for other network widths (tests); None: the official ones
 
     def __post_init__(self) -> None:
         if self.crop_scale is not None and not 1.0 <= self.crop_scale <= 5.0:
             raise EngineError(f"the joyvasa engine's crop_scale must be in [1, 5], got {self.crop_scale}")
+        if self.pe_mode is not None and self.pe_mode not in PE_MODES:
+            raise EngineError(f"the joyvasa engine's pe_mode must be one of {', '.join(PE_MODES)}, got {self.pe_mode!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise EngineError(f"the joyvasa engine's batch_size must be at least 1, got {self.batch_size}")
 

@@ -56,10 +56,22 @@ def crop_transform(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float =
                                dsize=dsize, scale=scale, vy_ratio=vy_ratio)
 
 
-# The reference's animal crop uses X-Pose's 9 ``animal_face`` keypoints: the four eye corners, nose tip,
-# the two lip corners, upper and lower lip (eye centre = mean of the corners, mouth = lip-corner midpoint).
-# Their counterparts in the 68-point layout of ``engines.face``:
-ANIMAL_NINE_FROM_68 = [36, 39, 42, 45, 30, 48, 54, 51, 57]
+# The reference's animal crop uses X-Pose's 9 ``animal_face`` keypoints, in X-Pose's order (LivePortrait
+# ``parse_pt2_from_pt9``: eye centre = mean of the four corners, mouth = lip-corner midpoint; the box is the
+# extent of all nine). "right"/"left" are the animal's own sides, so "right eye" is the image-left eye.
+# Their counterparts in the 68-point layout of ``engines.face`` (iBUG order, 0-based; docs/liveportrait.md):
+ANIMAL_NINE: tuple[tuple[str, int], ...] = (
+    ("right eye right", 36),  # image-left eye, outer corner
+    ("right eye left", 39),  # image-left eye, inner corner
+    ("left eye right", 42),  # image-right eye, inner corner
+    ("left eye left", 45),  # image-right eye, outer corner
+    ("nose tip", 30),  # last point of the nose bridge
+    ("lip right", 48),  # image-left mouth corner
+    ("lip left", 54),  # image-right mouth corner
+    ("upper lip", 51),  # top middle of the outer lip contour
+    ("lower lip", 57),  # bottom middle of the outer lip contour
+)
+ANIMAL_NINE_FROM_68 = [index for _name, index in ANIMAL_NINE]
 
 
 def crop_transform_animal(points: np.ndarray, *, dsize: int = CROP_SIZE, scale: float = 2.3,

@@ -178,3 +178,58 @@ def test_render_file_uses_the_offline_generator_exactly(engine, human_portrait, 
     np.testing.assert_array_equal(np.stack(driven), np.stack(want))
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 6
+
+
+def test_render_file_writes_every_declared_size_resized_after_paste_back(engine, human_portrait, speech_wav,
+                                                                          tmp_path, monkeypatch):
+    """``size`` (CAPABILITIES.sizes, as open_stream) is honoured: the pasted-back 512 frame, resized (INTER_AREA)."""
+    from conftest import read_wav
+
+    from avatarstream.engines.base import EngineError
+    from avatarstream.engines.joyvasa import avatar_engine
+    from avatarstream.engines.joyvasa.options import CAPABILITIES
+
+    audio, _ = read_wav(speech_wav)
+    audio = audio[8000:8000 + 3 * 640]
+    written = {}
+
+    def capture(path, frames, audio16k, **kw):
+        written[path.name] = [f.copy() for f in frames]
+        return path
+
+    monkeypatch.setattr(avatar_engine, "write_mp4", capture)
+    portrait = load_portrait(human_portrait)
+    for size in CAPABILITIES.sizes:
+        engine.render_file(portrait, audio, tmp_path / f"{size}.mp4", progress=False, size=size)
+    big, small = written["512.mp4"], written["256.mp4"]
+    assert len(big) == len(small) == 3
+    assert {f.shape for f in big} == {(512, 512, 3)} and {f.shape for f in small} == {(256, 256, 3)}
+    for b, s in zip(big, small):
+        np.testing.assert_array_equal(s, cv2.resize(b, (256, 256), interpolation=cv2.INTER_AREA))
+    with pytest.raises(EngineError, match="256 or 512"):
+        engine.render_file(portrait, audio, tmp_path / "x.mp4", progress=False, size=300)
+
+
+def test_avatar_render_passes_size_to_render_file_or_refuses_it(engine, human_portrait, speech_wav, tmp_path):
+    av = pytest.importorskip("av", reason="reading the MP4 needs PyAV")
+    from conftest import read_wav
+
+    from avatarstream.cli.render import render_offline
+    from avatarstream.engines.base import EngineError
+
+    audio, _ = read_wav(speech_wav)
+    out = tmp_path / "256.mp4"
+    render_offline(engine, "joyvasa", 256)(load_portrait(human_portrait), audio[8000:8000 + 2 * 640], out, False)
+    with av.open(str(out)) as container:
+        assert {(f.width, f.height) for f in container.decode(video=0)} == {(256, 256)}
+
+    class FixedSize:  # an offline renderer whose render_file takes no size
+        output_size = 512
+
+        def render_file(self, portrait, audio16k, out_path, progress=True):
+            raise AssertionError("must not be called with another size")
+
+    fixed = FixedSize()
+    assert render_offline(fixed, "fixed", None) == fixed.render_file == render_offline(fixed, "fixed", 512)
+    with pytest.raises(EngineError, match="writes 512 px frames offline"):
+        render_offline(fixed, "fixed", 256)

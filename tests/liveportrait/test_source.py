@@ -77,3 +77,48 @@ def test_bad_landmarks():
         source.crop_transform(np.zeros((5, 2)))
     with pytest.raises(EngineError, match="degenerate"):
         source.crop_transform(np.zeros((68, 2)))
+
+
+def _pick(frame: np.ndarray, indices: range, key) -> int:
+    """The index in ``indices`` whose face-frame point minimises ``key(x, y)``."""
+    return min(indices, key=lambda i: key(*frame[i]))
+
+
+def test_animal_crop_takes_the_nine_xpose_points_from_the_intended_68_indices():
+    """On the synthetic cat layout of ``engines.face``: each X-Pose name maps to the landmark that plays that part
+    (face frame: x towards the image-right eye, y down), and the crop depends on exactly those nine points."""
+    from avatarstream.engines.face.layout import CAT, face_frame_points, place_layout
+
+    frame = face_frame_points(CAT)
+    mouth, middle = range(48, 60), [i for i in range(48, 60) if abs(frame[i, 0]) < 1e-9]
+    expected = {
+        "right eye right": _pick(frame, range(36, 42), lambda x, y: x),  # image-left eye: outer = leftmost
+        "right eye left": _pick(frame, range(36, 42), lambda x, y: -x),
+        "left eye right": _pick(frame, range(42, 48), lambda x, y: x),  # image-right eye: inner = leftmost
+        "left eye left": _pick(frame, range(42, 48), lambda x, y: -x),
+        "nose tip": _pick(frame, range(27, 31), lambda x, y: -y),  # lowest point of the nose bridge
+        "lip right": _pick(frame, mouth, lambda x, y: x),
+        "lip left": _pick(frame, mouth, lambda x, y: -x),
+        "upper lip": _pick(frame, middle, lambda x, y: y),  # outer contour, on the midline
+        "lower lip": _pick(frame, middle, lambda x, y: -y),
+    }
+    assert dict(source.ANIMAL_NINE) == expected
+    assert [name for name, _ in source.ANIMAL_NINE] == list(expected)  # X-Pose's order
+    assert source.ANIMAL_NINE_FROM_68 == list(expected.values())
+
+    pts = place_layout(CAT, np.array([210.0, 260.0]), np.array([330.0, 240.0]))  # a rolled cat face
+    named = {name: pts[i] for name, i in source.ANIMAL_NINE}
+    eyes = [named[n] for n in ("right eye right", "right eye left", "left eye right", "left eye left")]
+    want = source.crop_transform_from(np.stack(list(named.values())), (eyes[0] + eyes[1]) / 2, (eyes[2] + eyes[3]) / 2,
+                                      (named["lip right"] + named["lip left"]) / 2)
+    got = source.crop_transform_animal(pts)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    rng = np.random.default_rng(0)
+    others = [i for i in range(68) if i not in source.ANIMAL_NINE_FROM_68]
+    moved = pts.copy()
+    moved[others] += rng.normal(0, 40, (len(others), 2))
+    np.testing.assert_allclose(source.crop_transform_animal(moved), got, rtol=0, atol=1e-12)
+    for i in source.ANIMAL_NINE_FROM_68:  # each of the nine, moved out of the box, moves the crop
+        one = pts.copy()
+        one[i] += (150.0, 250.0)
+        assert np.abs(source.crop_transform_animal(one) - got).max() > 1e-3, i

@@ -100,3 +100,63 @@ def test_plan_and_verified_download_offline(tmp_path):
         hub.download(tmp_path, files, fetch=lambda fs: remote, downloader=corrupt_download, log=lambda s: None)
     with pytest.raises(EngineError, match="the hub has no"):
         hub.plan_download(tmp_path, files, {})
+
+
+def _engine_dir(tmp_path, joyvasa_dir):
+    """Narrow LivePortrait networks (official layout) next to the given JoyVASA folder."""
+    from avatarstream.engines.liveportrait.checkpoint import write_random_checkpoints
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig
+
+    write_random_checkpoints(tmp_path, seed=5, variants=("human",), config=LivePortraitConfig.small())
+    (tmp_path / "JoyVASA").symlink_to(joyvasa_dir)
+    return tmp_path
+
+
+def _built_pe_mode(engine) -> str:
+    """The encoding the engine's denoiser really adds: constant (one vector for every token) or per position."""
+    net = engine.model.denoising_net
+    assert net.cfg is engine.model.cfg
+    pe = net.positional(net.cfg.window_len)
+    return "constant" if pe.shape[1] == 1 else "per_position"
+
+
+@pytest.mark.parametrize("recorded", [None, "per_position"])
+def test_check_reports_the_positional_encoding_the_engine_builds(recorded, joyvasa_weights, tmp_path, capsys):
+    """Random weights of the real shapes: the release's file (nothing recorded) and one that records args.pe_mode."""
+    import shutil
+
+    import torch
+
+    from avatarstream.cli.weights import check_dir
+    from avatarstream.engines.base import EngineError
+    from avatarstream.engines.joyvasa.avatar_engine import MOTION_GENERATOR_FILE
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig
+    from avatarstream.engines.registry import load_engine
+
+    joyvasa_dir = joyvasa_weights / "JoyVASA"
+    if recorded is not None:
+        joyvasa_dir = tmp_path / "jv" / "JoyVASA"
+        shutil.copytree(joyvasa_weights / "JoyVASA", joyvasa_dir)
+        path = joyvasa_dir.parent / MOTION_GENERATOR_FILE
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt["args"].pe_mode = recorded
+        torch.save(ckpt, path)
+    root = _engine_dir(tmp_path / "w", joyvasa_dir)
+    [report] = check_dir(root, ["joyvasa"])
+    assert report.ok, report.problem
+    assert report.details["pe_mode"] == (recorded or "constant")
+    assert report.details["pe_mode_source"] == ("checkpoint" if recorded else "default")
+    assert main(["weights", "check", str(root), "--group", "joyvasa"]) == 0
+    out = capsys.readouterr().out
+    assert f"positional encoding: {report.details['pe_mode']} (" in out
+    assert ("render one clip each way" in out) == (recorded is None)
+
+    small = LivePortraitConfig.small()
+    engine = load_engine("joyvasa", weights=str(root), device="cpu", liveportrait_config=small)
+    assert engine.model.cfg.pe_mode == _built_pe_mode(engine) == report.details["pe_mode"]
+    assert engine.pe_mode.source == report.details["pe_mode_source"]
+    other = "constant" if report.details["pe_mode"] == "per_position" else "per_position"
+    chosen = load_engine("joyvasa", weights=str(root), device="cpu", liveportrait_config=small, pe_mode=other)
+    assert _built_pe_mode(chosen) == other and chosen.pe_mode.source == "option"
+    with pytest.raises(EngineError, match="pe_mode must be one of constant, per_position"):
+        load_engine("joyvasa", weights=str(root), pe_mode="learned")
