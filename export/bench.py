@@ -83,7 +83,7 @@ def run_bench(opts, stages: Sequence[str] | None = None) -> dict:
     if needs_onnx:
         exported = export_all(source, export_dir, stages=names,
                               backend="tensorrt" if "tensorrt" in backends else "onnx",
-                              fp16=bool(opts.fp16) and "tensorrt" in backends)
+                              fp16=bool(opts.fp16))  # FP16 graphs for onnxruntime and TensorRT
     repeats = 3 if opts.quick else 20
     budget_s = 2.0 if opts.quick else 20.0
 

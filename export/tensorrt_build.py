@@ -12,7 +12,8 @@ What differs between the majors (:class:`TensorRTVersion` decides, from ``tensor
   flags (``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS``) and pins every GridSample and the coordinate
   arithmetic feeding its grid to FP32 (``ILayer.precision`` / ``set_output_type``). 11.x removed all of those:
   every network is strongly typed and its precision is the ONNX graph's own dtypes, so an FP16 engine on 11.x
-  needs a mixed-precision FP16 ONNX graph (NVIDIA ModelOpt AutoCast writes one); an FP32 graph builds FP32.
+  needs a mixed-precision FP16 ONNX graph (``avatar export --precision fp16`` writes one with
+  ``export.fp16_graph``); an FP32 graph builds FP32. An FP16 graph builds strongly typed on 10.x too.
 * **5-D GridSample.** The ONNX parser reads a rank-5 ``GridSample`` from 11.2 on; before that the graph must
   use the decomposed form (:func:`default_grid_sample`, ``avatar export --grid-sample auto``).
 """
@@ -133,25 +134,37 @@ def _checked(obj, what: str):
     return obj
 
 
-def network_flags(trt, version: TensorRTVersion, fp16: bool) -> int:
+def network_flags(trt, version: TensorRTVersion, fp16: bool, graph_fp16: bool = False) -> int:
     """``create_network`` flags. Explicit batch is the only mode since 10.0. Strongly typed wherever the graph's
-    dtypes decide the precision: always on 11.x (where the flag is accepted and ignored), FP32 builds on 10.x."""
-    if version.strongly_typed_only or not fp16:
+    dtypes decide the precision: always on 11.x, FP32 builds and FP16 graphs (``graph_fp16``) on 10.x."""
+    if version.strongly_typed_only or not fp16 or graph_fp16:
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    return 0  # 10.x FP16: weakly typed, precision from the builder flags of configure_precision
+    return 0  # 10.x FP16 from an FP32 graph: weakly typed, precision from the builder flags of configure_precision
 
 
-def configure_precision(trt, version: TensorRTVersion, config, network, fp16: bool) -> int:
-    """TF32 off (FP32 tensors keep FP32 math); on 10.x FP16 the weak-typing flags and the FP32 pins of the grid
-    coordinates. Returns the number of layers pinned to FP32 (0 where the graph's dtypes decide)."""
+def configure_precision(trt, version: TensorRTVersion, config, network, fp16: bool, graph_fp16: bool = False) -> int:
+    """TF32 off (FP32 tensors keep FP32 math); on 10.x FP16 from an FP32 graph the weak-typing flags and the FP32
+    pins of the grid coordinates. Returns the number of layers pinned to FP32 (0 where the graph's dtypes decide)."""
     config.clear_flag(trt.BuilderFlag.TF32)
-    if not fp16 or version.strongly_typed_only:
+    if not fp16 or version.strongly_typed_only or graph_fp16:
         return 0
     config.set_flag(trt.BuilderFlag.FP16)
     pinned = keep_grid_coordinates_fp32(trt, network)
     if pinned:
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     return pinned
+
+
+def check_fp16_graph(version: TensorRTVersion, graph_path: Path, fp16: bool) -> bool:
+    """Whether the graph at ``graph_path`` is an FP16 graph; refuses an FP16 build TensorRT ``version`` cannot do
+    (11.x from an FP32 graph: strongly typed networks take their precision from the graph only)."""
+    graph_fp16 = graph_has_fp16(graph_path)
+    if fp16 and version.strongly_typed_only and not graph_fp16:
+        raise EngineError(
+            f"TensorRT {version.text} builds strongly typed networks only: an FP16 engine needs an FP16 ONNX graph "
+            f"({graph_path.name} is FP32): export with 'avatar export --precision fp16' (writes <stage>.fp16.onnx), "
+            "or build FP32")
+    return graph_fp16
 
 
 def build_engine(
@@ -167,11 +180,7 @@ def build_engine(
     trt = import_tensorrt()
     version = TensorRTVersion.of(trt)
     version.check_supported()
-    if fp16 and version.strongly_typed_only and not graph_has_fp16(graph.path):
-        raise EngineError(
-            f"TensorRT {version.text} builds strongly typed networks only: an FP16 engine needs an FP16 ONNX graph "
-            f"(convert {graph.path.name} with NVIDIA ModelOpt AutoCast: python -m modelopt.onnx.autocast "
-            "--onnx_path IN --output_path OUT), or build FP32")
+    graph_fp16 = check_fp16_graph(version, graph.path, fp16)
     gpu = gpu_name()
     key = engine_cache_key(graph.sha256, gpu=gpu, trt_version=trt.__version__, fp16=fp16, profiles=profiles,
                            workspace_gb=workspace_gb)
@@ -184,7 +193,7 @@ def build_engine(
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = _checked(trt.Builder(logger), "a builder (no CUDA GPU or driver?)")
-    network = _checked(builder.create_network(network_flags(trt, version, fp16)), "a network definition")
+    network = _checked(builder.create_network(network_flags(trt, version, fp16, graph_fp16)), "a network definition")
     parser = _checked(trt.OnnxParser(network, logger), "an ONNX parser")
     if not parser.parse_from_file(str(graph.path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -194,7 +203,7 @@ def build_engine(
 
     config = _checked(builder.create_builder_config(), "a builder config")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    configure_precision(trt, version, config, network, fp16)
+    configure_precision(trt, version, config, network, fp16, graph_fp16)
 
     profile = _checked(builder.create_optimization_profile(), "an optimisation profile")
     for i in range(network.num_inputs):
@@ -228,7 +237,7 @@ def build_engine(
     build_s = time.perf_counter() - t0
     engine_path.with_suffix(".json").write_text(json.dumps({
         "stage": name, "key": key, "gpu": gpu, "tensorrt": trt.__version__, "onnx_sha256": graph.sha256, "fp16": fp16,
-        "tf32": False, "strongly_typed": bool(network_flags(trt, version, fp16)),
+        "tf32": False, "strongly_typed": bool(network_flags(trt, version, fp16, graph_fp16)), "fp16_graph": graph_fp16,
         "profiles": {k: [list(p.min), list(p.opt), list(p.max)] for k, p in profiles.items()}, "build_s": round(build_s, 1),
     }, indent=2))
     return BuiltEngine(engine_path, key, cached=False, build_s=build_s)

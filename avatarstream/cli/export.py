@@ -1,6 +1,6 @@
 """``avatar export``: the neural stages to ONNX (and TensorRT engines), then a parity check against torch.
 
-    avatar export --weights pretrained_weights --out engines/ [--backend onnx|tensorrt] [--fp16]
+    avatar export --weights pretrained_weights --out engines/ [--backend onnx|tensorrt] [--precision fp32|fp16]
                   [--grid-sample auto|native|decomposed] [--stages warping_spade,stitching] [--no-parity]
 
 Without ``--weights`` the networks get seeded random weights of the real shapes (for trying the tool chain).
@@ -23,7 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="ENGINES_DIR for the .onnx graphs, engines and manifest.json")
     p.add_argument("--backend", default="onnx", choices=["onnx", "tensorrt"],
                    help="onnx: ONNX graphs only; tensorrt: also build TensorRT engines (needs an NVIDIA GPU)")
-    p.add_argument("--fp16", action="store_true", help="FP16 TensorRT engines (audio encoder and motion extractor stay FP32)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16: also write mixed-precision <stage>.fp16.onnx graphs (grid coordinates, keypoint math and "
+                        "softmax stay FP32; audio encoder, motion extractor and stitching stay FP32 graphs), which "
+                        "onnxruntime and TensorRT then run; TensorRT 11 builds FP16 engines only from these")
+    p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --precision fp16")
     p.add_argument("--grid-sample", default="auto", choices=["auto", *GRID_SAMPLE_MODES],
                    help="5-D grid sample as one opset-20 GridSample (native) or two 4-D GridSamples + blend "
                         "(decomposed); auto: native, or decomposed for TensorRT before 11.2")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights is not None and not Path(args.weights).is_dir():
         raise EngineError(f"--weights {args.weights} is not a directory")
     source = NetworkSource(weights=args.weights, seed=args.seed, variant=args.variant)
-    result = export_all(source, args.out, stages=stages, backend=args.backend, fp16=args.fp16,
+    result = export_all(source, args.out, stages=stages, backend=args.backend, fp16=args.precision == "fp16",
                         grid_sample=args.grid_sample, dynamo=args.dynamo)
     for name, graph in result.graphs.items():
         size_mb = graph.path.stat().st_size / 2**20
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
               + (f"  engine {result.engines[name].name}" if name in result.engines else ""))
     if args.no_parity:
         return 0
-    reports = check_export(source, result, fp16=args.fp16)
+    reports = check_export(source, result)
     failed = [r for r in reports if not r.within_bound]
     for r in reports:
         print(r.summary() + ("" if r.within_bound else "  EXCEEDS BOUND"))

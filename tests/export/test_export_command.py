@@ -28,7 +28,6 @@ def test_export_small_stages_with_parity(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--stages", "nose"], "unknown stages"),
-    (["--fp16"], "--fp16 builds FP16 TensorRT engines"),
     (["--weights", "/nonexistent/weights"], "is not a directory"),
 ])
 def test_export_errors(argv, message, tmp_path, capsys):

@@ -11,7 +11,10 @@ and 11.4 into ``.venv/tensorrt-bindings`` (or set ``AVATAR_TRT_BINDINGS``).
 For each version, in its own process (``import tensorrt`` is that version's bindings, as the ``tensorrt``
 metapackage makes it): every ``trt.X.Y`` our build and runtime code names, and every method they call on
 TensorRT objects, exists; the version switch picks the grid-sample form and the typing mode the version
-supports; and the weak-typing names the 10.x FP16 path uses are really gone from 11.x.
+supports; the weak-typing names the 10.x FP16 path uses are really gone from 11.x; and an FP16 build of a real
+graph pair (a stage exported FP32 and converted by ``export.fp16_graph``) takes the path its version allows:
+``build_engine`` on 11.x refuses the FP32 graph and goes on with the FP16 graph, strongly typed and without
+builder flags, until the real ``trt.Builder`` finds no library (the only step that needs a GPU).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ from avatarstream.export import tensorrt_build as tb
 from avatarstream.engines.runtimes.stage_runtime import trt_to_torch_dtype
 
 chains, members = json.loads(sys.argv[1])
+graphs = json.loads(sys.argv[2])
 def resolves(chain):
     obj = trt
     for part in chain.split("."):
@@ -115,6 +119,31 @@ try:
     builder = "created"
 except TypeError as exc:
     builder = str(exc)
+
+from pathlib import Path
+from avatarstream.engines.base import EngineError
+from avatarstream.engines.runtimes.manifest import OnnxGraph
+tb.gpu_name = lambda: "probe GPU"  # build_engine asks torch for the GPU first; everything after runs for real
+fp16_build = {}
+for label, path in graphs.items():
+    entry = {}
+    try:
+        graph_fp16 = tb.check_fp16_graph(version, Path(path), True)
+        calls.clear()
+        tb.configure_precision(trt, version, Recorder(), NoLayers(), True, graph_fp16)
+        entry.update(graph_fp16=graph_fp16, flags=tb.network_flags(trt, version, True, graph_fp16), calls=list(calls))
+    except EngineError as exc:
+        entry["refused"] = str(exc)
+    graph = OnnxGraph(path=Path(path), input_names=("x",), output_names=("delta",), dynamic_axes={}, sha256="0" * 64,
+                      opset=20)
+    try:
+        tb.build_engine(graph, Path(path).parent / ("cache-" + label), name="stitching_eye", profiles={}, fp16=True)
+        entry["build"] = "built"
+    except EngineError as exc:
+        entry["build"] = "EngineError: " + str(exc)
+    except TypeError as exc:
+        entry["build"] = "TypeError: " + str(exc)
+    fp16_build[label] = entry
 print(json.dumps({
     "version": trt.__version__, "grid_sample": tb.default_grid_sample("tensorrt"),
     "strongly_typed_only": version.strongly_typed_only,
@@ -122,7 +151,7 @@ print(json.dumps({
     "missing_members": sorted(f"{c}.{m}" for c, m in members if not hasattr(getattr(trt, c), m)),
     "precision": precision, "strongly_typed_bit": 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED),
     "tf32": str(trt.BuilderFlag.TF32), "bfloat16": str(trt_to_torch_dtype(trt, trt.bfloat16)),
-    "builder": builder,
+    "builder": builder, "fp16_build": fp16_build,
 }))
 """
 
@@ -130,6 +159,27 @@ print(json.dumps({
 def _wheels() -> dict[str, Path]:
     found = {p.name.split("-")[1]: p for p in sorted(WHEEL_DIR.glob("tensorrt_cu12_bindings-*.whl"))}
     return found
+
+
+def _graph_pair(tmp: Path) -> dict[str, str]:
+    """A real stage exported FP32 and its FP16 conversion (the small stitching MLP; the converter is tested on
+    the warping and DiT graphs in test_fp16_graph.py)."""
+    pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
+    import onnx
+    import torch
+
+    from avatarstream.engines.runtimes.network_source import NetworkSource
+    from avatarstream.engines.runtimes.stage_registry import get_stage
+    from avatarstream.export.fp16_graph import convert_to_fp16
+    from avatarstream.export.onnx_export import export_onnx
+
+    spec = get_stage("stitching_eye")
+    fp32 = export_onnx(spec.build(NetworkSource(seed=0)), spec.example_inputs(1, torch.Generator().manual_seed(0)),
+                       tmp / "stitching_eye.onnx", input_names=spec.input_names, output_names=spec.output_names,
+                       dynamic_axes=spec.dynamic_axes)
+    converted, _ = convert_to_fp16(onnx.load(str(fp32.path)))
+    onnx.save(converted, str(tmp / "stitching_eye.fp16.onnx"))
+    return {"fp32_graph": str(fp32.path), "fp16_graph": str(tmp / "stitching_eye.fp16.onnx")}
 
 
 def _bindings_or_skip(version: str, tmp: Path) -> dict:
@@ -152,7 +202,8 @@ def _bindings_or_skip(version: str, tmp: Path) -> dict:
                        check=True)
     chains, members = api_uses()
     env = {**os.environ, "LD_LIBRARY_PATH": str(libs), "PYTHONPATH": str(site), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps([sorted(chains), sorted(members)])],
+    graphs = _graph_pair(tmp)
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps([sorted(chains), sorted(members)]), json.dumps(graphs)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -190,3 +241,17 @@ def test_real_bindings(version, tmp_path):
     assert r["grid_sample"] == ("native" if (major, minor) >= (11, 2) else "decomposed")
     assert r["bfloat16"] == "torch.bfloat16"
     assert "nullptr" in r["builder"]  # the real binding ran and got no builder (no libnvinfer, no GPU)
+    # FP16 from the converted graph: strongly typed, TF32 cleared, no weak-typing flag, on every version; the build
+    # gets past every precision check to the real Builder, which finds no library.
+    built = r["fp16_build"]
+    assert built["fp16_graph"]["graph_fp16"] is True
+    assert built["fp16_graph"]["flags"] == r["strongly_typed_bit"]
+    assert built["fp16_graph"]["calls"] == [["clear_flag", r["tf32"]]]
+    assert built["fp16_graph"]["build"].startswith("TypeError") and "nullptr" in built["fp16_graph"]["build"]
+    if major >= 11:  # FP16 from the FP32 graph: refused before any TensorRT object is made
+        assert "--precision fp16" in built["fp32_graph"]["refused"]
+        assert built["fp32_graph"]["build"].startswith("EngineError") and "strongly typed" in built["fp32_graph"]["build"]
+    else:  # 10.x: weak typing with the FP16 flag, up to the same Builder
+        assert built["fp32_graph"]["graph_fp16"] is False and built["fp32_graph"]["flags"] == 0
+        assert ["set_flag", "BuilderFlag.FP16"] in built["fp32_graph"]["calls"]
+        assert "nullptr" in built["fp32_graph"]["build"]
