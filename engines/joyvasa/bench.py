@@ -9,6 +9,10 @@ Results (JSON, returned to ``realtime.bench_command``):
 * ``streaming_vs_offline``: for one audio clip, per-dimension RMSE between streaming motion and the
   offline reference algorithm, over chunk sizes, lookaheads and both future-fill modes, next to the
   seed noise floor (offline with another seed). Plots: ``joyvasa_rmse.png``, ``joyvasa_latency.png``.
+* ``live_vs_offline``: the same metric between the joyvasa engine's two motion paths as configured by
+  default: ``open_stream``'s streaming generator (``JoyVasaOptions`` chunk / lookahead, ``LIVE_PRESET``
+  CFG) and ``render_file``'s offline generator (``OFFLINE_PRESET`` CFG), same audio and seed. Alone:
+  ``python -m avatarstream.engines.joyvasa.bench [--quick] [--seconds S] [--weights DIR] [--out FILE]``.
 
 Weights: ``--weights`` (a directory with ``JoyVASA/motion_generator/*.pt`` and the template, or a
 checkpoint file); without it, seeded random weights of the real shapes. ``--quick`` uses the
@@ -33,6 +37,7 @@ from avatarstream.engines.joyvasa.checkpoint import load_motion_generator, rando
 from avatarstream.engines.joyvasa.motion import MotionTemplate
 from avatarstream.engines.joyvasa.network import DitTalkingHead
 from avatarstream.engines.joyvasa.offline import generate_offline, initial_noise
+from avatarstream.engines.joyvasa.options import LIVE_PRESET, OFFLINE_PRESET, JoyVasaOptions
 from avatarstream.engines.joyvasa.sampler import sample
 from avatarstream.engines.joyvasa.streaming import FRAME_MS, StreamingConfig, StreamingMotionGenerator
 
@@ -247,6 +252,43 @@ def streaming_study(model, template, audio: np.ndarray, grid: list[StreamingConf
         torch.set_num_threads(before)
 
 
+def live_vs_offline(model, template, audio: np.ndarray, progress=print) -> dict:
+    """RMSE between the engine's default live motion (streaming) and its offline motion (render_file)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        defaults = JoyVasaOptions()
+        live = StreamingConfig(chunk_frames=defaults.chunk_frames, lookahead_ms=defaults.lookahead_ms,
+                               cfg_scale=LIVE_PRESET.cfg_scale, seed=defaults.seed)
+        n_frames = -(-audio.size // SAMPLES_PER_FRAME)  # render_file's count
+
+        def offline(seed: int) -> np.ndarray:
+            clip = generate_offline(model, audio, template=template, cfg_scale=OFFLINE_PRESET.cfg_scale, seed=seed)
+            return np.stack([f.vector() for f in clip.frames()[:n_frames]])
+
+        t0 = time.perf_counter()
+        reference = offline(defaults.seed)
+        offline_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        streamed = _stream(model, template, live, audio)
+        live_s = time.perf_counter() - t0
+        if streamed.shape != reference.shape:
+            raise EngineError(f"streaming gave {streamed.shape[0]} frames, offline {reference.shape[0]}")
+        result = {"frames": n_frames, "live": {"chunk_frames": live.chunk_frames, "lookahead_ms": live.lookahead_ms,
+                                               "future_fill": live.future_fill, "audio_context_ms": live.audio_context_ms,
+                                               "cfg_scale": live.cfg_scale},
+                  "offline_cfg_scale": OFFLINE_PRESET.cfg_scale, "seed": defaults.seed,
+                  "live_vs_offline": _rmse(streamed, reference, template),
+                  "seed_noise_floor": _rmse(offline(defaults.seed + 1), reference, template),
+                  "offline_wall_s": round(offline_s, 1), "live_wall_s": round(live_s, 1)}
+        r, floor = result["live_vs_offline"], result["seed_noise_floor"]
+        progress(f"  live vs offline: rmse {r['mean_normalized']:.4f} (seed noise floor {floor['mean_normalized']:.4f}); "
+                 + ", ".join(f"{k} {v:.4f}" for k, v in r["groups"].items()))
+        return result
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- plots ----------------------------------------------------------------------------------------
 
 def plot(result: dict, out_dir: Path) -> list[str]:
@@ -323,5 +365,34 @@ def run_bench(opts) -> dict:
             else {"skipped": "--device cuda given but torch.cuda.is_available() is False"}
     print("streaming vs offline (1 torch thread) ...")
     result["streaming_vs_offline"] = streaming_study(model, template, audio, study_grid(opts.quick))
+    print("the engine's live vs offline motion (1 torch thread) ...")
+    result["live_vs_offline"] = live_vs_offline(model, template, audio)
     result["plots"] = plot(result, out_dir)
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Only the ``live_vs_offline`` figure (the whole bench: ``avatar bench --engine joyvasa``)."""
+    import argparse
+    import json
+    import platform
+
+    p = argparse.ArgumentParser(prog="python -m avatarstream.engines.joyvasa.bench", description=main.__doc__)
+    p.add_argument("--weights", default=None, help="weights directory or checkpoint (default: random weights)")
+    p.add_argument("--quick", action="store_true", help="the miniature model instead of the real shapes")
+    p.add_argument("--seconds", type=float, default=6.0, help="seconds of speech (default 6)")
+    p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
+    opts = p.parse_args(argv)
+    model, template, weights = load_bench_model(opts)
+    audio, audio_kind = bench_audio(opts.seconds)
+    print(f"joyvasa live vs offline: {weights}; {opts.seconds:.1f} s of {audio_kind}")
+    result = {"weights": weights, "audio": audio_kind, "seconds": opts.seconds, "machine": platform.processor()
+              or platform.machine(), "torch_threads": 1, **live_vs_offline(model, template, audio)}
+    if opts.out is not None:
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        opts.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,7 +24,23 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
     exact = [r for r in study["runs"] if r["chunk_frames"] == 100 and r["lookahead_ms"] == 0]
     assert exact and all(r["mean_normalized"] == 0.0 for r in exact)  # chunk = window reproduces offline
     assert all(len(r["per_dim_normalized"]) == 70 for r in study["runs"])
+    live = report["live_vs_offline"]  # the engine's default streaming path vs its render_file path
+    assert live["frames"] == study["frames"] and live["live"]["chunk_frames"] == 10 and live["live"]["cfg_scale"] == 2.8
+    assert live["live_vs_offline"]["mean_normalized"] > 0 and len(live["live_vs_offline"]["per_dim_normalized"]) == 70
     lat = report["latency_cpu"]["threads_1"]
     assert lat["window"]["window_ms"] > lat["window"]["denoise_step_ms"] > 0
     for path in report["plots"]:
         assert Path(path).stat().st_size > 1000
+
+
+def test_live_vs_offline_alone_writes_json(tmp_path, capsys):
+    from avatarstream.engines.joyvasa.bench import main
+    from avatarstream.engines.joyvasa.options import LIVE_PRESET, OFFLINE_PRESET, JoyVasaOptions
+
+    out = tmp_path / "live.json"
+    assert main(["--quick", "--seconds", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["frames"] == 25 and result["offline_cfg_scale"] == OFFLINE_PRESET.cfg_scale
+    assert result["live"]["cfg_scale"] == LIVE_PRESET.cfg_scale
+    assert result["live"]["lookahead_ms"] == JoyVasaOptions().lookahead_ms
+    assert "live vs offline: rmse" in capsys.readouterr().out
