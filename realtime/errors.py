@@ -89,3 +89,20 @@ class ProtocolError(ServerError):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message, code=code)
+
+
+class SessionLost(ServerError):
+    """(cluster front) The session's worker died or restarted: the session is gone for good."""
+
+    status = 410
+    code = "session_lost"
+
+
+class WorkerUnavailable(ServerError):
+    """(cluster front) The session's worker did not answer; within a second the front knows whether it died."""
+
+    status = 503
+    code = "worker_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})

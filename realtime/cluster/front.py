@@ -37,11 +37,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from avatarstream.realtime.cluster import front_metrics
-from avatarstream.realtime.cluster.errors import SessionLost, WorkerUnavailable
 from avatarstream.realtime.cluster.membership import WorkerWatcher
 from avatarstream.realtime.cluster.placement import LOST, PlacementTable, WorkerState
 from avatarstream.realtime.config import API_KEY_ENV
-from avatarstream.realtime.errors import BadRequest, Forbidden, NotFound, SessionLimitError, Unauthorized
+from avatarstream.realtime.errors import (BadRequest, Forbidden, NotFound, SessionLimitError, SessionLost,
+                                         Unauthorized, WorkerUnavailable)
 from avatarstream.realtime.http.auth import request_token, require_api_key
 from avatarstream.realtime.http.bodies import read_json_object
 from avatarstream.realtime.http.errors import error_middleware
