@@ -96,7 +96,8 @@ class OnnxRuntime:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise EngineError("onnxruntime not installed (pip install onnxruntime, or onnxruntime-gpu)") from exc
+            raise EngineError("onnxruntime not installed: pip install '.[neural,cpu]' (onnxruntime) or '.[neural,gpu]' "
+                              "(onnxruntime-gpu), never both") from exc
         self.device = device
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

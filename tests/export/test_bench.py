@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
-pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural,cpu])")
 
 from avatarstream.cli.bench import BenchOptions
 

@@ -13,7 +13,7 @@ import json
 import pytest
 
 pytest.importorskip("torch", reason="torch not installed (pip install -e .[neural])")
-pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural])")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural,cpu])")
 
 import onnx
 import torch
