@@ -131,11 +131,12 @@ class OfflineRenderer(Protocol):
     output_size: int  # the square frame size render_file writes
 
     def render_file(self, portrait: Portrait, audio16k: np.ndarray, out_path: str | Path,
-                    progress: Any = True) -> Path:
+                    progress: Any = True, *, size: int | None = None) -> Path:
         """Render mono float32 16 kHz ``audio16k`` spoken by ``portrait`` into the MP4 ``out_path``: one frame per
         ``SAMPLES_PER_FRAME`` samples (the last one may be partial), H.264 25 fps with the audio track.
 
-        ``progress``: True shows a bar, False nothing, an object with ``update(n)`` is advanced by the frames made."""
+        ``progress``: True shows a bar, False nothing, an object with ``update(n)`` is advanced by the frames made.
+        ``size``: the square frame size to write (None: ``output_size``); EngineError for a size it cannot write."""
 
 
 @dataclass(frozen=True)

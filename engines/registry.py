@@ -59,7 +59,7 @@ def load_engine(name: str, **options: Any) -> AvatarEngine:
     except ImportError as exc:  # e.g. torch missing for neural engines
         raise EngineError(
             f"engine {name!r} needs packages that are not installed ({exc}); "
-            f"install them with: pip install 'avatarstream[neural]'"
+            f"install them with: pip install 'avatarstream[neural,cpu]' (on a GPU machine: 'avatarstream[neural,gpu]')"
         ) from exc
     factory = getattr(module, factory_name)
     return factory(parsed)

@@ -4,17 +4,15 @@ Engine agnostic: an ``engines.base.OfflineRenderer`` (``render_file(portrait, au
 renders itself; any other engine is streamed through ``EngineStream.feed`` in chunks, then ``flush()``
 (``engines/media_files.py``: decoding the audio, streaming the frames, writing the MP4).
 
-``--size`` for an offline renderer: one of its declared sizes, passed as ``render_file(..., size=N)`` when it
-differs from ``output_size``; an engine whose ``render_file`` takes no ``size`` refuses it (never ignored).
+``--size`` for an offline renderer is passed as ``render_file(..., size=N)``; the engine refuses a size it
+cannot write (never ignored).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
@@ -60,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     with tqdm(total=n_frames, unit="frame", desc=f"render {out.name}", disable=args.no_progress) as progress:
         if isinstance(engine, OfflineRenderer):
-            render_offline(engine, args.engine, args.size)(portrait, audio, out, progress)
+            engine.render_file(portrait, audio, out, progress, size=args.size)
         elif size is None:  # capabilities say offline_render, yet the engine has no render_file
             raise EngineError(f"the {args.engine} engine declares offline rendering but does not render files")
         else:
@@ -74,13 +72,3 @@ def run(args: argparse.Namespace) -> int:
             write_mp4(out, frames(), audio, crf=20, preset="veryfast")
     print(f"wrote {out} ({n_frames} frames, {audio.size / SAMPLE_RATE:.2f} s)")
     return 0
-
-
-def render_offline(engine: OfflineRenderer, name: str, size: int | None) -> Callable[..., Path]:
-    """``engine.render_file`` writing ``size`` px frames (None: its ``output_size``); EngineError if it cannot."""
-    if size is None or size == engine.output_size:
-        return engine.render_file
-    if "size" not in inspect.signature(engine.render_file).parameters:
-        raise EngineError(f"--size: the {name} engine writes {engine.output_size} px frames offline; leave out --size")
-    render = cast(Callable[..., Path], engine.render_file)
-    return lambda *a: render(*a, size=size)

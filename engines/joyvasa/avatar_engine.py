@@ -234,13 +234,13 @@ class JoyVasaEngine:
         return OUTPUT_SIZE
 
     def render_file(self, portrait: Portrait, audio16k: np.ndarray, out_path: str | Path,
-                    progress: Any = True, *, size: int = OUTPUT_SIZE) -> Path:
+                    progress: Any = True, *, size: int | None = None) -> Path:
         """``avatar render``: the reference's offline motion (100-frame windows over the whole clip, one
         x_T) rendered with ``OFFLINE_PRESET`` into an MP4, one frame per started 40 ms of audio.
 
-        ``size``: one of ``CAPABILITIES.sizes``, as for ``open_stream``: the 512 render is pasted back into
-        a framing of at least 512 px, then the whole frame is resized (``PreparedPortrait.finish``)."""
-        size = CAPABILITIES.check_size(size)
+        ``size``: one of ``CAPABILITIES.sizes`` (None: ``OUTPUT_SIZE``), as for ``open_stream``: the 512 render
+        is pasted back into a framing of at least 512 px, then the whole frame is resized (``PreparedPortrait.finish``)."""
+        size = CAPABILITIES.check_size(OUTPUT_SIZE if size is None else size)
         audio = check_audio(audio16k)
         if audio.size == 0:
             raise EngineError("audio is empty: JoyVASA needs at least one sample of 16 kHz mono speech")

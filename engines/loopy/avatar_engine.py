@@ -49,7 +49,8 @@ class LoopyEngine:
             "or stream with --engine joyvasa or lite")
 
     def render_file(self, portrait: Portrait | np.ndarray, audio16k: np.ndarray, out_path: str | Path,
-                    progress: Callable[[int, int], None] | bool | object | None = True) -> Path:
+                    progress: Callable[[int, int], None] | bool | object | None = True, *,
+                    size: int | None = None) -> Path:
         """Render ``audio16k`` (mono float32 16 kHz) spoken by ``portrait`` into the MP4 ``out_path``.
 
         ``progress``: True/None shows a tqdm bar, False shows nothing, an object with
@@ -58,6 +59,9 @@ class LoopyEngine:
         face-centred square (centre square if no face is found); the output is the model's
         resolution (512x512 for the full model). Re-running after an interruption resumes finished clips.
         """
+        if size is not None and size != self.output_size:
+            raise EngineError(f"the loopy engine writes {self.output_size} px frames (its weights' resolution), "
+                              f"not {size}")
         if not isinstance(portrait, Portrait):
             portrait = Portrait(np.asarray(portrait))
         audio = check_audio(audio16k)

@@ -210,26 +210,22 @@ def test_render_file_writes_every_declared_size_resized_after_paste_back(engine,
         engine.render_file(portrait, audio, tmp_path / "x.mp4", progress=False, size=300)
 
 
-def test_avatar_render_passes_size_to_render_file_or_refuses_it(engine, human_portrait, speech_wav, tmp_path):
+def test_avatar_render_passes_size_to_render_file(engine, human_portrait, speech_wav, tmp_path, monkeypatch):
     av = pytest.importorskip("av", reason="reading the MP4 needs PyAV")
-    from conftest import read_wav
+    from conftest import read_wav, write_wav
 
-    from avatarstream.cli.render import render_offline
-    from avatarstream.engines.base import EngineError
+    from avatarstream.cli import main
+    from avatarstream.engines import registry
 
-    audio, _ = read_wav(speech_wav)
+    audio, rate = read_wav(speech_wav)
+    clip = write_wav(tmp_path / "clip.wav", audio[8000:8000 + 2 * 640], rate)
+    monkeypatch.setattr(registry, "load_engine", lambda name, **options: engine)  # the small random-weight engine
     out = tmp_path / "256.mp4"
-    render_offline(engine, "joyvasa", 256)(load_portrait(human_portrait), audio[8000:8000 + 2 * 640], out, False)
+    assert main(["render", "--engine", "joyvasa", "--image", str(human_portrait), "--audio", str(clip),
+                 "-o", str(out), "--size", "256", "--no-progress"]) == 0
     with av.open(str(out)) as container:
         assert {(f.width, f.height) for f in container.decode(video=0)} == {(256, 256)}
+    assert main(["render", "--engine", "joyvasa", "--image", str(human_portrait), "--audio", str(clip),
+                 "-o", str(tmp_path / "300.mp4"), "--size", "300", "--no-progress"]) == 1  # refused, never ignored
+    assert not (tmp_path / "300.mp4").exists()
 
-    class FixedSize:  # an offline renderer whose render_file takes no size
-        output_size = 512
-
-        def render_file(self, portrait, audio16k, out_path, progress=True):
-            raise AssertionError("must not be called with another size")
-
-    fixed = FixedSize()
-    assert render_offline(fixed, "fixed", None) == fixed.render_file == render_offline(fixed, "fixed", 512)
-    with pytest.raises(EngineError, match="writes 512 px frames offline"):
-        render_offline(fixed, "fixed", 256)

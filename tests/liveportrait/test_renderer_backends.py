@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'avatarstream[neural]')")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'avatarstream[cpu]' or '[gpu]')")
 
 import torch
 
