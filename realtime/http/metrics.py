@@ -12,7 +12,9 @@ cluster workers). Two kinds of metric:
   ``FPS_WINDOW_S`` seconds, clock ticks, frames missing, late ticks, frames the engine dropped,
   video frames the WebRTC viewers skipped, engine milliseconds per tick, queued speech (the
   playback buffer's depth), viewers; and the GPU memory torch holds where an engine loaded torch
-  on a CUDA machine.
+  on a CUDA machine;
+* observed as it happens: push-to-playback latency, from an utterance's first pushed audio to the
+  clock tick that sends it (``avatar_push_to_playback_seconds``, a histogram over all sessions).
 
 With an API key configured, ``/metrics`` needs it (``Authorization: Bearer <key>``; Prometheus'
 ``authorization`` scrape setting), since it names the live sessions.
@@ -36,6 +38,7 @@ from avatarstream.realtime.session.registry import SessionRegistry
 from avatarstream.realtime.session.session import AvatarSession
 
 FPS_WINDOW_S = 2.0  # delivered fps: frames sent over this many seconds
+PLAYBACK_BUCKETS = (0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -160,6 +163,11 @@ class ServerMetrics(HttpMetrics):
     def __init__(self, registry: SessionRegistry) -> None:
         super().__init__()
         self.prometheus.register(ServerCollector(registry))
+        self.push_to_playback = Histogram(
+            "avatar_push_to_playback_seconds",
+            "From an utterance's first pushed audio to the clock tick that sends it (lip-sync delay included)",
+            buckets=PLAYBACK_BUCKETS, registry=self.prometheus)
+        registry.playback_latency_observers.append(self.push_to_playback.observe)
 
 
 METRICS = web.AppKey("metrics", HttpMetrics)

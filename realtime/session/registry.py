@@ -45,6 +45,8 @@ class SessionRegistry:
         self._engines: dict[str, AvatarEngine] = {}
         self._engine_lock = asyncio.Lock()
         self._sessions: dict[str, AvatarSession] = {}
+        # called with each utterance's push-to-playback latency (seconds), from every session (metrics)
+        self.playback_latency_observers: list[Callable[[float], None]] = []
         self._reserved = 0
         self._reaper: asyncio.Task | None = None
         self.load = LoadMonitor(config.admission_policy(), lambda: list(self._sessions.values()))
@@ -120,6 +122,7 @@ class SessionRegistry:
             opts = self.config.session_options(size=size, controls=controls or None)
             session = AvatarSession(eng, portrait or self.default_portrait,
                                     engine_name=engine or self.config.engine, options=opts, origin=origin)
+            session.playback_latency_observers = self.playback_latency_observers
             try:
                 await session.start()
             except BaseException:

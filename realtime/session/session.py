@@ -44,6 +44,9 @@ from avatarstream.realtime.transports.base import Viewer, ViewerState
 log = logging.getLogger(__name__)
 
 
+MAX_TIMED_UTTERANCES = 512  # utterances whose push time is kept for the push-to-playback latency
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     size: int  # video width and height in pixels (the server's default: its engine's default size)
@@ -98,6 +101,9 @@ class AvatarSession:
         self._speaking = False
         self._closed = False
         self._on_close: list[Callable[[AvatarSession], Any]] = []
+        self._pushed_at: dict[int, float] = {}  # utterance -> monotonic time of its first pushed audio
+        # called with each utterance's push-to-playback latency in seconds (first audio pushed -> sent)
+        self.playback_latency_observers: list[Callable[[float], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,7 +179,10 @@ class AvatarSession:
     def push_audio(self, pcm16k: np.ndarray) -> int:
         """Queue speech (float32 mono 16 kHz); returns its utterance id. Raises BufferFull."""
         self.touch()
-        return self._buffer.push(pcm16k)
+        utterance = self._buffer.push(pcm16k)
+        if utterance not in self._pushed_at and len(self._pushed_at) < MAX_TIMED_UTTERANCES:
+            self._pushed_at[utterance] = time.monotonic()
+        return utterance
 
     def end_utterance(self) -> int | None:
         self.touch()
@@ -317,8 +326,13 @@ class AvatarSession:
         for m in markers:
             if m.kind == "started":
                 self.events.emit(EventType.PLAYBACK_STARTED, {"utterance": m.utterance}, c)
+                pushed = self._pushed_at.pop(m.utterance, None)
+                if pushed is not None:
+                    for observe in self.playback_latency_observers:
+                        observe(time.monotonic() - pushed)
             else:
                 self._sent_position.pop(m.utterance, None)
+                self._pushed_at.pop(m.utterance, None)
                 self.events.emit(EventType.PLAYBACK_FINISHED, {
                     "utterance": m.utterance,
                     "playback_position": round(m.position / self._buffer.sample_rate, 3),

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 from aiohttp import ClientSession, web
 
 from avatarstream.realtime.bench.viewer_recorder import RecordingViewer
+from avatarstream.realtime.client import AvatarClient, SessionInfo
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
 from avatarstream.realtime.http.keys import REGISTRY
@@ -75,7 +77,17 @@ async def test_metrics_parse_and_move(server):
     try:
         await viewer.join(http, info["whep_url"], info["token"])
         await asyncio.wait_for(viewer.first_video.wait(), 30)
-        await asyncio.sleep(3.0)
+        client = AvatarClient(info["whep_url"].split("/v1/")[0], http=http)
+        client.attach(SessionInfo.from_json(info))
+        await client.connect(sample_rate=16000)
+        t = np.arange(8000) / 16000
+        for _ in range(2):  # two utterances: two push-to-playback observations
+            mark = client.mark()
+            await client.push_audio((0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+            await client.end_utterance()
+            await client.wait_for("playback_finished", start=mark, timeout=10)
+        await client.disconnect()
+        await asyncio.sleep(1.0)
         during = await scrape(http)
     finally:
         await viewer.close()
@@ -91,6 +103,10 @@ async def test_metrics_parse_and_move(server):
     assert value(during, "avatar_http_responses_total", route="/v1/sessions", method="POST", status="201",
                  code="") == 1
     assert value(during, "avatar_http_request_seconds_count", route="/v1/sessions", method="POST") == 2
+    # push-to-playback: at least the lip-sync delay (D = lookahead + 2 frames, 80 ms or more), well under 2 s
+    count = value(during, "avatar_push_to_playback_seconds_count")
+    mean = value(during, "avatar_push_to_playback_seconds_sum") / max(count, 1)
+    assert count == 2 and 0.08 <= mean < 2.0, (count, mean)
 
     resp = await http.delete(f"/v1/sessions/{sid}", headers=auth)
     assert resp.status == 204
