@@ -7,6 +7,10 @@
 the renderer's stages (appearance + motion extractors, warping + SPADE) then run on the graphs and engines
 that ``avatar export`` wrote to ``ENGINES_DIR``; the motion generator stays on torch.
 
+Shared workers, one thread each, serve every stream of an engine instance: ``motion_worker`` denoises the
+streams' motion windows together (``engines.joyvasa.motion_worker``; options ``motion_max_batch`` /
+``motion_max_wait_ms``), ``render_worker`` renders their frames together (``engines.liveportrait.render_worker``).
+
 ``DIR`` is the official ``pretrained_weights/`` tree (``avatar weights download --dest DIR``):
 LivePortrait human (and optionally animal v1.0) networks, the JoyVASA motion generator and its
 motion template, and optionally ``chinese-hubert-base/config.json``.
@@ -42,6 +46,7 @@ from avatarstream.engines.face.framing import frame_portrait
 from avatarstream.engines.joyvasa.checkpoint import load_motion_generator
 from avatarstream.engines.torch_device import resolve_device
 from avatarstream.engines.joyvasa.motion import LIP_KEYPOINTS, KeypointDriver, MotionFrame, MotionTemplate, SourceMotion, Stitch
+from avatarstream.engines.joyvasa.motion_worker import MotionWorker
 from avatarstream.engines.joyvasa.offline import MotionSequence, generate_offline
 from avatarstream.engines.joyvasa.options import CAPABILITIES, LIVE_PRESET, OFFLINE_PRESET, JoyVasaOptions, Preset
 from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
@@ -154,6 +159,7 @@ class JoyVasaEngine:
         self._workers: dict[int, RenderWorker] = {}  # id(renderer) -> the worker that batches its sessions' frames
         self._lock = threading.Lock()
         self._face_models: FaceModels | None = None
+        self._motion_worker: MotionWorker | None = None  # denoises every stream's motion windows, batched
 
     def renderer(self, variant: str) -> Renderer:
         """The shared renderer for one LivePortrait variant (loaded on first use)."""
@@ -174,6 +180,22 @@ class JoyVasaEngine:
                 worker = RenderWorker(renderer, max_batch=max(self.batch_size, 8 if self.device != "cpu" else 1))
                 self._workers[id(renderer)] = worker
             return worker
+
+    def motion_worker(self) -> MotionWorker:
+        """The one thread that runs the motion generator's denoiser for every stream, batching their windows."""
+        with self._lock:
+            if self._motion_worker is None:
+                self._motion_worker = MotionWorker(self.model, max_batch=self.options.motion_max_batch,
+                                                   max_wait_ms=self.options.motion_max_wait_ms)
+            return self._motion_worker
+
+    def close(self) -> None:
+        """Stop the shared workers (motion and render); streams still open fail with a clear error."""
+        with self._lock:
+            workers = [w for w in (self._motion_worker,) if w is not None] + list(self._workers.values())
+            self._motion_worker, self._workers = None, {}
+        for worker in workers:
+            worker.close()
 
     def face_models(self) -> FaceModels | None:
         """The official insightface detector + 106-point model when the weights directory has them."""
@@ -224,7 +246,7 @@ class JoyVasaEngine:
                     controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
         size = CAPABILITIES.check_size(size)
         prepared = self.prepare_portrait(portrait, size, self.live_preset)
-        generator = StreamingMotionGenerator(self.model, self.template, self.stream_config)
+        generator = StreamingMotionGenerator(self.model, self.template, self.stream_config, worker=self.motion_worker())
         return JoyVasaStream(prepared, generator, size=size, batch_size=self.batch_size, controls=controls,
                              render_worker=self.render_worker(prepared.renderer))
 
@@ -392,6 +414,7 @@ class JoyVasaStream:
         return rejected
 
     def close(self) -> None:
+        self.generator.close()  # withdraw its windows from the shared motion worker
         self._rms.clear()
         self.avatar = None  # type: ignore[assignment]
         self.prepared = None  # type: ignore[assignment]

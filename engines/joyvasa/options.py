@@ -45,6 +45,10 @@ OFFICIAL_CROP_PRESET = Preset(name="joyvasa-inference-crop", cfg_scale=2.8, crop
 LIVE_PRESET = OFFICIAL_CROP_PRESET  # open_stream (avatar serve)
 OFFLINE_PRESET = OFFICIAL_CROP_PRESET  # render_file (avatar render)
 PE_MODES = ("constant", "per_position")  # the denoiser's positional encodings (engines.joyvasa.network)
+# The shared motion worker (engines.joyvasa.motion_worker): windows denoised together in one DiT call per step,
+# and how long the worker waits, when nothing is in flight, for other sessions' windows to join the first one.
+MOTION_MAX_BATCH = 8
+MOTION_MAX_WAIT_MS = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class JoyVasaOptions(EngineOptions):
     # 'avatar weights check'); docs/joyvasa.md says how to decide with real weights
     pe_mode: str | None = None
     seed: int = 0
+    motion_max_batch: int = MOTION_MAX_BATCH  # streams' motion windows denoised together (1: one at a time)
+    motion_max_wait_ms: float = MOTION_MAX_WAIT_MS  # wait for other streams' windows when the worker is idle
     liveportrait_config: Any = None  # a LivePortraitConfig for other network widths (tests); None: the official ones
 
     def __post_init__(self) -> None:
@@ -78,6 +84,10 @@ class JoyVasaOptions(EngineOptions):
             raise EngineError(f"the joyvasa engine's crop_scale must be in [1, 5], got {self.crop_scale}")
         if self.pe_mode is not None and self.pe_mode not in PE_MODES:
             raise EngineError(f"the joyvasa engine's pe_mode must be one of {', '.join(PE_MODES)}, got {self.pe_mode!r}")
+        if self.motion_max_batch < 1:
+            raise EngineError(f"the joyvasa engine's motion_max_batch must be at least 1, got {self.motion_max_batch}")
+        if not 0.0 <= self.motion_max_wait_ms <= 1000.0:
+            raise EngineError(f"the joyvasa engine's motion_max_wait_ms must be in [0, 1000], got {self.motion_max_wait_ms}")
         if self.batch_size is not None and self.batch_size < 1:
             raise EngineError(f"the joyvasa engine's batch_size must be at least 1, got {self.batch_size}")
 

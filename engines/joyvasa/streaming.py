@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,12 +38,14 @@ import torch
 
 from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, StageTimes, check_audio
 from avatarstream.engines.joyvasa.motion import POSE_TERMS, MotionFrame, MotionTemplate, PoseSmoother
+from avatarstream.engines.joyvasa.motion_worker import MotionWindow, MotionWorker, step_noise
 from avatarstream.engines.joyvasa.network import DitTalkingHead
 from avatarstream.engines.joyvasa.offline import PREROLL_FRAMES, PREROLL_SAMPLES, TAIL_SAMPLES, initial_noise, sample_window
 from avatarstream.engines.joyvasa.sampler import DEFAULT_CFG_SCALE
 
 FUTURE_FILLS = ("null", "truncate")
 FRAME_MS = 1000 * SAMPLES_PER_FRAME / SAMPLE_RATE  # 40
+WINDOW_TIMEOUT_S = 300.0  # longest wait for the shared motion worker's result of one window
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,20 @@ class _Row:
 
 
 class StreamingMotionGenerator:
-    """JoyVASA as a ``MotionGenerator`` (see ``engines.joyvasa.generator``)."""
+    """JoyVASA as a ``MotionGenerator`` (see ``engines.joyvasa.generator``).
+
+    ``worker``: a ``MotionWorker`` shared with other streams of the same model; each window's denoising is
+    submitted to it (batched with theirs) instead of run here. Without one the stream samples on its own.
+    """
 
     def __init__(self, model: DitTalkingHead, template: MotionTemplate | None = None,
-                 config: StreamingConfig = StreamingConfig()) -> None:
+                 config: StreamingConfig = StreamingConfig(), worker: MotionWorker | None = None) -> None:
         config.validate(model.cfg.n_motions)
+        if worker is not None and (worker.model is not model or config.cuda_graphs):
+            raise EngineError("a shared motion worker needs the stream's own model and no cuda_graphs "
+                              "(the worker runs the denoiser for every stream)")
         self.model = model
+        self.worker = worker
         self.template = template or MotionTemplate.synthetic()
         self.config = config
         self.lookahead_frames = config.chunk_frames - 1 + config.lookahead_audio_frames
@@ -162,6 +174,11 @@ class StreamingMotionGenerator:
         self._pending = []
         self._restart_after(self._last_out)
 
+    def close(self) -> None:
+        """Withdraw this stream's windows from the shared motion worker (a stream leaving mid-window)."""
+        if self.worker is not None:
+            self.worker.cancel(self)
+
     # -- internals -------------------------------------------------------------------------------
 
     def _available_frames(self) -> int:
@@ -194,6 +211,15 @@ class StreamingMotionGenerator:
         offset = (start + PREROLL_FRAMES) % window
         return torch.roll(self._x_T, -offset, dims=1)[:, :length]
 
+    def _await(self, future) -> torch.Tensor:
+        try:
+            return future.result(WINDOW_TIMEOUT_S)
+        except CancelledError:
+            raise EngineError("the stream's motion window was cancelled (the stream closed)") from None
+        except FutureTimeout:
+            future.cancel()
+            raise EngineError(f"the shared motion worker gave no result in {WINDOW_TIMEOUT_S:.0f} s") from None
+
     @torch.no_grad()
     def _generate_chunk(self, end: int | None) -> None:
         cfg, model = self.config, self.model
@@ -215,8 +241,13 @@ class StreamingMotionGenerator:
         else:
             audio_in, x_T = feats, self._noise(start, n + la)
         prev_motion, prev_audio = self._context()
-        motion = sample_window(model, audio_in, prev_motion, prev_audio, x_T, cfg_scale=cfg.cfg_scale,
-                               generator=self._generator, graphed=self._graphed)[0, :n]
+        if self.worker is not None:
+            noise = step_noise(tuple(x_T.shape), self.worker.num_steps, self._generator)  # sample()'s draws
+            job = MotionWindow(audio_in, prev_motion, prev_audio, x_T, noise, cfg.cfg_scale)
+            motion = self._await(self.worker.submit(self, job))[0, :n]
+        else:
+            motion = sample_window(model, audio_in, prev_motion, prev_audio, x_T, cfg_scale=cfg.cfg_scale,
+                                   generator=self._generator, graphed=self._graphed)[0, :n]
         t2 = time.perf_counter()
         self.times.add("diffusion", 1000 * (t2 - t1))
         self.chunk_ms.append(1000 * (t2 - t0))
