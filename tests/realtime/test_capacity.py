@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import wave
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,8 @@ from avatarstream.realtime.client import AvatarClient, ClientError
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
 from avatarstream.realtime.http.keys import REGISTRY
+from avatarstream.realtime.transports.webrtc.shared_audio import (SESSION_AUDIO_ENCODERS, SharedAudioEncoder,
+                                                                   audio_level_dbov)
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
 from avatarstream.realtime.transports.webrtc.video_settings import VideoEncoding
@@ -96,7 +99,7 @@ def test_shared_encoder_serves_two_viewers_with_one_encode():
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("mode", ["per-viewer", "aiortc"])
+@pytest.mark.parametrize("mode", ["per-viewer", "aiortc", "shared-video"])
 def test_other_encoder_modes_stream(mode):
     async def main():
         url, registry, runner = await _serve(video_encoder=mode)
@@ -108,7 +111,12 @@ def test_other_encoder_modes_stream(mode):
             viewer = await _join(http, client)
             await asyncio.sleep(0.5)
             assert viewer.recording.video[-1].image.std() > 5
-            assert SESSION_ENCODERS.encoders_of(session) == []  # nothing shared in these modes
+            assert len(viewer.recording.audio) > 10  # audio flows (silence) in every mode
+            assert SESSION_AUDIO_ENCODERS.encoder_of(session) is None  # audio shared only in "shared"
+            (served,) = session.viewers
+            assert (served.stats().get("audio_encoder") is not None) == (mode == "per-viewer")
+            # video is shared in "shared-video" only
+            assert len(SESSION_ENCODERS.encoders_of(session)) == (mode == "shared-video")
             await viewer.close()
             await client.close()
         finally:
@@ -200,3 +208,108 @@ def test_capacity_bench_quick(tmp_path):
     enc = result["encoders"]
     assert "aiortc vp8 (old)" in enc and all(e["frames_decoded"] > 0 and e["psnr_db"] > 25 for e in enc.values())
     assert Path(result["plot"]).exists()
+
+
+def _read_speech(path: Path) -> tuple[np.ndarray, int]:
+    """float32 mono samples and rate of the 16-bit ``speech_wav`` fixture."""
+    with wave.open(str(path)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768, w.getframerate()
+
+
+class _FakeSession:
+    """The part of a session a ``SharedAudioEncoder`` reads: 16 kHz slots by content index."""
+
+    delay_frames = 2
+
+    def __init__(self, audio: np.ndarray) -> None:
+        self.audio = audio
+
+    def audio_for(self, index: int):
+        if index < 0 or (index + 1) * 640 > self.audio.size:
+            return None
+        return self.audio[index * 640:(index + 1) * 640]
+
+
+def test_shared_audio_encoder_is_one_continuous_opus_stream(speech_wav):
+    """Every tick is encoded once, in order (skipped ticks included), stamped tick * 960 at 48 kHz;
+    a late viewer gets the same packets from its join on, and decodes the speech."""
+    audio, _ = _read_speech(speech_wav)
+    enc = SharedAudioEncoder(_FakeSession(audio[:16000 * 3]))  # slots 0..74: 3 s
+    first = [enc.packet_at(t) for t in range(100, 140)]
+    assert enc.packet_at(120) is first[20] and enc.packet_at(99) is None  # cached; before the stream
+    assert [p.packet.pts for p in first] == [t * 960 for t in range(100, 140)]
+    later = enc.packet_at(150)  # nobody asked for 140..149: still encoded, the stream stays continuous
+    assert later is not None and enc.packets == 51 and enc.packet_at(145).packet.pts == 145 * 960
+    import av
+
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.format, decoder.layout, decoder.sample_rate = "s16", "mono", 48000
+    decoded = np.concatenate([f.to_ndarray().reshape(-1) for p in first for f in decoder.decode(p.packet)])
+    assert decoded.size == 40 * 960 and np.abs(decoded).max() > 1000  # speech, not silence
+    assert max(p.level for p in first) > -50 and enc.packet_at(170).level == -127  # speech; then silence
+
+
+def test_audio_level_is_aiortcs():
+    """The RTP audio level of a shared packet is the one aiortc computes for a raw frame."""
+    import av
+    from aiortc.rtp import compute_audio_level_dbov
+
+    rng = np.random.default_rng(1)
+    for amplitude in (0, 1, 30, 3000, 30000):
+        pcm = (rng.standard_normal(960) * amplitude).clip(-32768, 32767).astype(np.int16)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+        frame.planes[0].update(pcm.tobytes())
+        assert audio_level_dbov(pcm) == compute_audio_level_dbov(frame)
+
+
+def _aligned_frames(a: list, b: list) -> tuple[int, int, int]:
+    """Match viewer ``b``'s decoded audio frames to ``a``'s by content (their RTP origins differ):
+    (frames with sound compared, of them bit-identical, offset)."""
+    loud = max(b, key=lambda f: float(np.abs(f.samples).sum()))
+    offsets = [x.pts - loud.pts for x in a if np.array_equal(x.samples, loud.samples)]
+    assert len(offsets) == 1, f"the loudest frame of the second viewer matches {len(offsets)} frames of the first"
+    by_pts = {x.pts: x.samples for x in a}
+    sounding = [f for f in b if np.abs(f.samples).max() > 0.01 and f.pts + offsets[0] in by_pts]
+    same = sum(np.array_equal(f.samples, by_pts[f.pts + offsets[0]]) for f in sounding)
+    return len(sounding), same, offsets[0]
+
+
+def test_shared_audio_two_viewers_decode_identical_audio(speech_wav):
+    """Two WHEP viewers of one session, the second joining later: one Opus encoder for both, one
+    encode per audio tick; the speech both decode (PyAV's libopus in aiortc's receiver) is the same
+    to the bit, sample for sample."""
+    async def main():
+        url, registry, runner = await _serve()
+        http = aiohttp.ClientSession()
+        try:
+            client = AvatarClient(url, http=http)
+            await client.create_session(size=SIZE)
+            session = registry.get(client.session.id)
+            first = await _join(http, client)
+            await asyncio.sleep(1.0)
+            second = await _join(http, client)
+            await asyncio.sleep(1.0)  # silence: the second viewer's decoder settles on the stream
+            encoder = SESSION_AUDIO_ENCODERS.encoder_of(session)
+            assert encoder is not None and encoder.users == 2
+            served = list(session.viewers)  # the two WebRTC viewers (the agent joins below)
+            assert all(v.audio.encoder is encoder for v in served)
+            await client.connect(sample_rate=16000)
+            audio, _ = _read_speech(speech_wav)
+            await client.push_audio(audio)
+            await client.end_utterance()
+            await asyncio.sleep(audio.size / 16000 + 1.0)
+            sent = [v.audio.frames_sent for v in served]
+            assert encoder.packets <= max(sent) + 12  # once per tick, not once per viewer
+            compared, same, _ = _aligned_frames(first.recording.audio, second.recording.audio)
+            assert compared > 100  # seconds of speech reached both
+            assert same == compared, f"{compared - same} of {compared} speech frames differ"
+            await first.close()
+            await second.close()
+            await asyncio.sleep(0.3)
+            assert SESSION_AUDIO_ENCODERS.encoder_of(session) is None  # released with its last viewer
+            await client.close()
+        finally:
+            await http.close()
+            await runner.cleanup()
+
+    asyncio.run(main())

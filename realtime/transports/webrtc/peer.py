@@ -11,7 +11,10 @@ session registry after its connect deadline.
 Video is encoded as the session's ``VideoEncoding`` says (``SESSION_ENCODERS.configure``; the
 server's ``video_*`` settings): by default once per session and codec, shared by its viewers
 (``shared_video.py``); the codec is the first of the viewer's offer in the preference order
-``VideoEncoding.codec`` first.
+``VideoEncoding.codec`` first. Audio follows the same mode switch: ``shared`` sends one Opus
+stream per session to every viewer (``shared_audio.py``), ``per-viewer`` one Opus encoder per
+viewer, ``aiortc`` and ``shared-video`` let each viewer's sender encode raw frames (aiortc's Opus);
+so does a viewer whose offer has no Opus (e.g. PCMU only).
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from aiortc.sdp import SessionDescription
 from avatarstream.realtime.errors import BadOffer
 from avatarstream.realtime.transports.base import ServedSession, ViewerState
 from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
+from avatarstream.realtime.transports.webrtc.shared_audio import SESSION_AUDIO_ENCODERS
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
-from avatarstream.realtime.transports.webrtc.tracks import AvatarAudioTrack, AvatarVideoTrack, EncodedVideoTrack
+from avatarstream.realtime.transports.webrtc.tracks import (AvatarAudioTrack, AvatarVideoTrack, EncodedAudioTrack,
+                                                             EncodedVideoTrack)
 from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_CODECS, EncoderMode
 
 log = logging.getLogger(__name__)
@@ -72,13 +77,18 @@ def prefer_codec(pc: RTCPeerConnection, codec: str) -> None:
             transceiver.setCodecPreferences(first + rest)
 
 
+def negotiated_codec(sdp: str, kind: str) -> str | None:
+    """The codec an answer sends ``kind`` (audio/video) with, lower case: its first codec."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == kind and media.rtp.codecs:
+            return media.rtp.codecs[0].mimeType.lower().removeprefix(f"{kind}/")
+    return None
+
+
 def negotiated_video_codec(sdp: str) -> str | None:
     """The codec (``vp8``/``h264``) an answer sends video with: its first video codec."""
-    for media in SessionDescription.parse(sdp).media:
-        if media.kind == "video" and media.rtp.codecs:
-            name = media.rtp.codecs[0].mimeType.lower().removeprefix("video/")
-            return name if name in VIDEO_CODECS else None
-    return None
+    name = negotiated_codec(sdp, "video")
+    return name if name in VIDEO_CODECS else None
 
 
 class WebRtcViewer:
@@ -98,7 +108,8 @@ class WebRtcViewer:
         self.encoding = SESSION_ENCODERS.settings_for(session)
         self.video: AvatarVideoTrack | EncodedVideoTrack = (
             AvatarVideoTrack(session) if self.encoding.mode == EncoderMode.AIORTC else EncodedVideoTrack(session))
-        self.audio = AvatarAudioTrack(session)
+        self.audio: AvatarAudioTrack | EncodedAudioTrack = (
+            EncodedAudioTrack(session) if self.encoding.mode.encodes_audio else AvatarAudioTrack(session))
         self.microphone: MicrophoneInput | None = None
         self._closed = False
 
@@ -124,6 +135,8 @@ class WebRtcViewer:
             out["video"]["keyframe_waits"] = self.video.keyframe_waits
             if self.video.encoder is not None:
                 out["encoder"] = self.video.encoder.stats()
+        if isinstance(self.audio, EncodedAudioTrack) and self.audio.encoder is not None:
+            out["audio_encoder"] = self.audio.encoder.stats()
         if self.microphone is not None:
             out["mic_dropped_samples"] = self.microphone.dropped_samples
         return out
@@ -150,6 +163,30 @@ class WebRtcViewer:
         self.video.bind(SESSION_ENCODERS.acquire(self._session, codec))
         # aiortc: RTCRtpSender._handle_rtcp_packet calls this private method on PLI/FIR
         sender._send_keyframe = self.video.request_keyframe  # type: ignore[method-assign]
+
+    def bind_audio(self, codec: str | None, sender: RTCRtpSender) -> None:
+        """Feed the audio track from the session's Opus encoder (shared or this viewer's own); for
+        any other negotiated codec the sender gets raw frames to encode (``AvatarAudioTrack``)."""
+        if not isinstance(self.audio, EncodedAudioTrack) or self.audio.encoder is not None:
+            return
+        if codec == "opus":
+            track = self.audio
+            track.bind(SESSION_AUDIO_ENCODERS.acquire(self._session, shared=self.encoding.mode == EncoderMode.SHARED))
+            # aiortc sets the RTP audio-level extension only for frames it encodes itself; its
+            # RTCRtpSender._run_rtp takes each packet from this private method: add the level there
+            next_encoded_frame = sender._next_encoded_frame
+
+            async def with_audio_level(codec_parameters: Any) -> Any:
+                frame = await next_encoded_frame(codec_parameters)
+                if frame is not None and frame.audio_level is None:
+                    frame.audio_level = track.level
+                return frame
+
+            sender._next_encoded_frame = with_audio_level  # type: ignore[method-assign,assignment]
+            return
+        self.audio.stop()
+        self.audio = AvatarAudioTrack(self._session)
+        sender.replaceTrack(self.audio)
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -184,6 +221,8 @@ class WebRtcViewer:
         self.audio.stop()
         if isinstance(self.video, EncodedVideoTrack) and self.video.encoder is not None:
             SESSION_ENCODERS.release(self.video.encoder)
+        if isinstance(self.audio, EncodedAudioTrack) and self.audio.encoder is not None:
+            SESSION_AUDIO_ENCODERS.release(self.audio.encoder)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for t in tasks:
@@ -254,6 +293,8 @@ async def connect_viewer(session: ServedSession, offer: RTCSessionDescription, *
             if codec is None:
                 raise BadOffer(f"the offer has no video codec this server encodes ({', '.join(VIDEO_CODECS)})")
             viewer.bind_video(codec, senders["video"])
+        if "audio" in senders:
+            viewer.bind_audio(negotiated_codec(pc.localDescription.sdp, "audio"), senders["audio"])
     except Exception as exc:
         viewer._on_gone = None
         await viewer.close()

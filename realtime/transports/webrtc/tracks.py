@@ -13,7 +13,10 @@ never grows.
   only packetises. It skips only to a keyframe (an inter frame needs the one before it).
 * ``AvatarAudioTrack``: at audio tick ``k`` sends the 20 ms half ``k % 2`` of content index
   ``k // 2 - D``, upsampled 16 -> 48 kHz by this track; silence when nothing is playing, so
-  audio never pauses. pts ``k * 960`` at 48 kHz.
+  audio never pauses. pts ``k * 960`` at 48 kHz. aiortc's sender encodes it (the ``aiortc`` and
+  ``shared-video`` encoder modes).
+* ``EncodedAudioTrack``: the same ticks as Opus packets of a ``SharedAudioEncoder``
+  (``shared_audio.py``: one per session, or one per viewer), which the sender only packetises.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from avatarstream.realtime.clock import (AUDIO_CLOCK_RATE, AUDIO_FRAMES_PER_VIDE
 from avatarstream.realtime.transports.base import SessionOutput
 from avatarstream.realtime.transports.pacing import TickPacer
 from avatarstream.realtime.transports.webrtc.audio_convert import Upsampler16kTo48k
+from avatarstream.realtime.transports.webrtc.shared_audio import SharedAudioEncoder
 from avatarstream.realtime.transports.webrtc.shared_video import CACHED_FRAMES, SharedVideoEncoder
 
 MAX_VIDEO_LAG_FRAMES = 1  # a video sender may run up to one frame late (it catches up) before skipping
@@ -189,3 +193,56 @@ class EncodedVideoTrack(MediaStreamTrack):
             self._last_sent = tick
             self.frames_sent += 1
             return frame.packet
+
+
+class EncodedAudioTrack(MediaStreamTrack):
+    """A viewer's audio as packets of an Opus encoder (``bind`` it once Opus is negotiated).
+
+    Paced like ``AvatarAudioTrack``; a sender more than ``MAX_AUDIO_LAG_FRAMES`` behind, or one
+    asking for a tick the encoder has already left behind, skips ahead by whole packets."""
+
+    kind = "audio"
+
+    def __init__(self, session: SessionOutput) -> None:
+        super().__init__()
+        self._session = session
+        self._encoder: SharedAudioEncoder | None = None
+        self._bound = asyncio.Event()
+        self._pacer = TickPacer(MAX_AUDIO_LAG_FRAMES)
+        self.frames_sent = 0
+        self._late = 0  # ticks the shared stream had already left behind
+        self.level: int | None = None  # audio level (dBov) of the packet recv() returned last
+
+    def bind(self, encoder: SharedAudioEncoder) -> None:
+        self._encoder = encoder
+        self._bound.set()
+
+    @property
+    def encoder(self) -> SharedAudioEncoder | None:
+        return self._encoder
+
+    @property
+    def frames_skipped(self) -> int:
+        """Ticks skipped because this viewer's sender was late."""
+        return self._pacer.skipped + self._late
+
+    async def recv(self) -> av.Packet:
+        s = self._session
+        clock = await _running_clock(s)
+        await self._bound.wait()
+        encoder = self._encoder
+        assert encoder is not None
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            tick = self._pacer.next(clock.current_audio_frame())
+            await clock.sleep_until(clock.audio_frame_time(tick))
+            if self.readyState != "live" or s.closed:
+                raise MediaStreamError
+            encoded = encoder.packet_at(tick)
+            if encoded is None:  # the stream is past this tick (beyond the cache): skip ahead
+                self._late += 1
+                continue
+            self.frames_sent += 1
+            self.level = encoded.level
+            return encoded.packet

@@ -13,9 +13,21 @@ from enum import Enum
 
 
 class EncoderMode(str, Enum):
-    SHARED = "shared"  # one encoder per session and codec: every viewer gets the same packets
-    PER_VIEWER = "per-viewer"  # one encoder (these settings) per viewer
-    AIORTC = "aiortc"  # aiortc's own per-viewer encoder with its built-in settings (the old path)
+    """How a session's media is encoded for its WebRTC viewers (video and audio follow one switch)."""
+
+    SHARED = "shared"  # video once per session and codec, Opus audio once per session (shared_audio.py)
+    SHARED_VIDEO = "shared-video"  # video shared; audio encoded by each viewer's sender (aiortc's Opus)
+    PER_VIEWER = "per-viewer"  # one video encoder (these settings) and one Opus encoder per viewer
+    AIORTC = "aiortc"  # aiortc's own per-viewer encoders with their built-in settings (the old path)
+
+    @property
+    def shares_video(self) -> bool:
+        return self in (EncoderMode.SHARED, EncoderMode.SHARED_VIDEO)
+
+    @property
+    def encodes_audio(self) -> bool:
+        """Audio goes out as packets of our Opus encoder (shared or per viewer), not as raw frames."""
+        return self in (EncoderMode.SHARED, EncoderMode.PER_VIEWER)
 
 
 VIDEO_CODECS = ("vp8", "h264")
