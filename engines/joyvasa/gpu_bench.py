@@ -10,6 +10,12 @@ Measures, on one CUDA GPU, side by side in one run:
 * ``worker``: the shared render worker (``engines.liveportrait.render_worker``) serving 1, 2, 4 and 8 concurrent
   sessions that each submit 2-frame chunks back to back: total and per-session fps, p50/p99 chunk latency,
   mean batch size.
+* ``motion_worker``: the DiT denoising of streaming motion windows (the engine's default chunk + lookahead,
+  every diffusion step) for 1, 2, 4 and 8 concurrent sessions that each denoise windows back to back, two ways
+  side by side: ``alone`` (each session's thread samples on its own, as before the shared worker) and ``worker``
+  (the shared ``engines.joyvasa.motion_worker``, one DiT call per step for all sessions): windows per second,
+  motion frames per second per session (25 keeps up with real time), p50/p99 window latency, the worker/alone
+  ratio and the worker's mean windows per call. The audio encoder is not included.
 
 Writes ``gpu.png`` next to the suite's JSON. Without a CUDA GPU it refuses, except with ``--dry-run``: the same
 code on CPU with the miniature networks and short runs (what the tests run).
@@ -29,6 +35,11 @@ import torch
 from avatarstream.engines.base import EngineError
 from avatarstream.engines.joyvasa.bench import window_latency
 from avatarstream.engines.joyvasa.checkpoint import random_motion_generator, small_motion_generator
+from avatarstream.engines.joyvasa.motion_worker import MotionWindow, MotionWorker, step_noise
+from avatarstream.engines.joyvasa.network import DitTalkingHead
+from avatarstream.engines.joyvasa.offline import initial_noise, sample_window
+from avatarstream.engines.joyvasa.options import MOTION_MAX_BATCH, MOTION_MAX_WAIT_MS
+from avatarstream.engines.joyvasa.streaming import StreamingConfig
 from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
 from avatarstream.engines.liveportrait.config import LivePortraitConfig
 from avatarstream.engines.liveportrait.render_worker import RenderWorker
@@ -202,12 +213,95 @@ def worker_throughput(networks: LivePortraitNetworks, device: torch.device, seco
     return {"chunk_frames": CHUNK_FRAMES, "max_batch": max_batch, "seconds": seconds, "rows": rows}
 
 
+def _motion_window(model: DitTalkingHead, length: int, generator: torch.Generator) -> dict:
+    """sample_window's inputs for one streaming window of random audio features (the start context)."""
+    cfg = model.cfg
+    return {"audio_feat": torch.randn(1, length, cfg.feature_dim, generator=generator),
+            "prev_motion": model.start_motion_feat.detach().float().cpu(),
+            "prev_audio": model.start_audio_feat.detach().float().cpu(),
+            "x_T": initial_noise(model, length, generator)}
+
+
+def _sessions_run(n: int, seconds: float, one_window: Callable[[int, torch.Generator], None]) -> tuple[float, list]:
+    """n threads call one_window(session, generator) back to back for ``seconds``: (wall s, latencies per session)."""
+    latencies: list[list[float]] = [[] for _ in range(n)]
+    stop = time.perf_counter() + seconds
+    start = threading.Barrier(n)
+
+    def session(k: int) -> None:
+        g = torch.Generator().manual_seed(100 + k)
+        start.wait()
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            one_window(k, g)
+            latencies[k].append((time.perf_counter() - t0) * 1000.0)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, latencies
+
+
+def motion_worker_throughput(dry_run: bool, device: torch.device, seconds: float, sessions_list=SESSIONS,
+                             max_batch: int = MOTION_MAX_BATCH, max_wait_ms: float = MOTION_MAX_WAIT_MS) -> dict:
+    """Streaming motion windows denoised per second by n sessions, each on its own vs through the shared worker."""
+    model = (small_motion_generator(0) if dry_run else random_motion_generator(0)).to(device).eval()
+    config = StreamingConfig()  # the engine's default chunk and lookahead
+    length, chunk = config.chunk_frames + config.lookahead_audio_frames, config.chunk_frames
+    steps = model.schedule().num_steps
+    inputs = _motion_window(model, length, torch.Generator().manual_seed(0))
+
+    def alone(k: int, g: torch.Generator) -> None:
+        sample_window(model, inputs["audio_feat"], inputs["prev_motion"], inputs["prev_audio"], inputs["x_T"],
+                      cfg_scale=config.cfg_scale, generator=g)
+
+    rows = []
+    for n in sessions_list:
+        worker = MotionWorker(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_pending=max(64, 2 * n))
+
+        def shared(k: int, g: torch.Generator, worker: MotionWorker = worker) -> None:
+            noise = step_noise(tuple(inputs["x_T"].shape), steps, g)
+            worker.sample(k, MotionWindow(inputs["audio_feat"], inputs["prev_motion"], inputs["prev_audio"],
+                                          inputs["x_T"], noise, config.cfg_scale))
+
+        g0 = torch.Generator().manual_seed(1)
+        alone(0, g0), shared(0, g0)  # warm-up (allocations, kernels)
+        row: dict = {"sessions": n}
+        for mode, fn in (("alone", alone), ("worker", shared)):
+            wall, latencies = _sessions_run(n, seconds, fn)
+            _sync(device)
+            windows = sum(len(x) for x in latencies)
+            all_lat = sorted(x for lat in latencies for x in lat)
+            row[mode] = {
+                "windows_per_s": round(windows / wall, 2),
+                "motion_fps_per_session": round(windows * chunk / wall / n, 1),
+                "window_latency_p50_ms": round(float(np.percentile(all_lat, 50)), 2),
+                "window_latency_p99_ms": round(float(np.percentile(all_lat, 99)), 2),
+                "min_session_windows": min(len(x) for x in latencies),
+            }
+        worker.close()
+        row["worker_vs_alone"] = round(row["worker"]["windows_per_s"] / max(row["alone"]["windows_per_s"], 1e-9), 2)
+        row["worker"]["mean_windows_per_call"] = round(worker.stats.mean_windows_per_call, 2)
+        row["worker"]["multi_session_calls"] = worker.stats.multi_session_calls
+        rows.append(row)
+        print(f"gpu bench: motion {n} sessions: alone {row['alone']['windows_per_s']} windows/s, worker "
+              f"{row['worker']['windows_per_s']} ({row['worker_vs_alone']}x), "
+              f"{row['worker']['motion_fps_per_session']} motion fps per session, "
+              f"{row['worker']['mean_windows_per_call']} windows per call")
+    return {"window_frames": length, "chunk_frames": chunk, "steps": steps, "max_batch": max_batch,
+            "max_wait_ms": max_wait_ms, "seconds": seconds, "rows": rows}
+
+
 def plot(result: dict, path: Path) -> Path:
-    """Two panels drawn with OpenCV (present wherever the engines run): ms/frame per mode and batch, and the
-    worker's total fps against concurrent sessions."""
+    """Three panels drawn with OpenCV (present wherever the engines run): ms/frame per mode and batch, the
+    render worker's total fps against concurrent sessions, and motion windows per second against concurrent
+    sessions, each session alone vs through the shared motion worker."""
     import cv2
 
-    w, h = 1000, 420
+    w, h = 1500, 420
     img = np.full((h, w, 3), 255, np.uint8)
     colors = [(200, 80, 30), (40, 160, 40), (30, 30, 200), (150, 50, 150)]
     title = f"gpu check: {result.get('device_name', '')}"
@@ -244,6 +338,21 @@ def plot(result: dict, path: Path) -> Path:
         cv2.circle(img, p, 4, colors[2], -1)
         cv2.putText(img, f"{r['sessions']}: {r['fps_total']:.1f}", (p[0] - 40, p[1] + 18), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, (0, 0, 0), 1)
+    mrows = result["motion_worker"]["rows"]
+    x2 = 1040
+    wmax = max(max(r["alone"]["windows_per_s"], r["worker"]["windows_per_s"]) for r in mrows) or 1.0
+    smax = max(r["sessions"] for r in mrows)
+    cv2.putText(img, "motion windows/s vs sessions", (x2, y0 - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.rectangle(img, (x2, y0), (x2 + pw, y0 + ph), (0, 0, 0), 1)
+    for mi, mode in enumerate(("alone", "worker")):
+        pts = [(x2 + int(pw * r["sessions"] / smax), y0 + ph - int(ph * r[mode]["windows_per_s"] / wmax)) for r in mrows]
+        for a, b in zip(pts, pts[1:]):
+            cv2.line(img, a, b, colors[mi], 2, cv2.LINE_AA)
+        for p, r in zip(pts, mrows):
+            cv2.circle(img, p, 4, colors[mi], -1)
+            cv2.putText(img, f"{r[mode]['windows_per_s']:.1f}", (p[0] - 30, p[1] + (18 if mi else -8)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, colors[mi], 1)
+        cv2.putText(img, mode, (x2 + 5, y0 + 15 + 16 * mi), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colors[mi], 1)
     if not cv2.imwrite(str(path), img):
         raise EngineError(f"could not write {path}")
     return path
@@ -276,6 +385,7 @@ def run_bench(opts) -> dict:
     result["joyvasa"] = joyvasa_latency(dry_run, device, 2 if dry_run else 4)
     result["worker"] = worker_throughput(networks, device, seconds=0.5 if dry_run else 8.0,
                                          sessions_list=(1, 2) if dry_run else SESSIONS)
+    result["motion_worker"] = motion_worker_throughput(dry_run, device, seconds=0.5 if dry_run else 4.0)
     if device.type == "cuda":
         result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     result["plot"] = str(plot(result, out_dir / "gpu.png"))

@@ -7,7 +7,8 @@ wait on a Future; the worker is the only thread that runs the network. It keeps 
 *active* and runs one DiT call per step over all of them (2 rows each, stacked): the step index is an input per
 row, so windows at different steps share a call (continuous batching). A window that arrives while others are in
 flight joins at the next step; with nothing in flight the worker waits at most ``max_wait_ms`` after the first
-window for others to join. Guidance and the posterior update are applied per row with each window's own
+window for the windows of the other *active* sessions (those that submitted a window or got one back in the last
+``ACTIVE_SESSION_S``) to join, and not at all when the first window's session is the only active one. Guidance and the posterior update are applied per row with each window's own
 step coefficients, and each window's noise was pre-drawn by its session in ``sample``'s order, so a window's
 result does not depend on who shares its calls: it equals ``sample_window`` up to float rounding (the network's
 matrix products round differently at other batch sizes; tests/joyvasa/test_motion_worker.py measures it).
@@ -35,6 +36,10 @@ from avatarstream.engines.base import EngineError
 from avatarstream.engines.joyvasa.network import DitTalkingHead
 from avatarstream.engines.joyvasa.options import MOTION_MAX_BATCH, MOTION_MAX_WAIT_MS
 from avatarstream.engines.joyvasa.sampler import posterior_coefficients
+
+# A session that submitted or got back a window this recently counts as active: the idle worker waits for its next.
+# Streams submit one window per chunk (400 ms of audio for the default 10 frames), so 1 s spans two of them.
+ACTIVE_SESSION_S = 1.0
 
 
 class MotionQueueFull(EngineError):
@@ -112,6 +117,7 @@ class MotionWorker:
         self._pending = 0  # windows queued, not started
         self._active: list[_Active] = []  # touched by the worker thread only
         self._in_flight: dict[Hashable, int] = {}  # session -> windows in flight (under the lock)
+        self._last_seen: dict[Hashable, float] = {}  # session -> its last submit or finished window (under the lock)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -137,6 +143,7 @@ class MotionWorker:
                 raise EngineError("the motion worker is closed")
             self._queues.setdefault(session, deque()).append((window, future))
             self._pending += 1
+            self._last_seen[session] = time.monotonic()
             self._cond.notify_all()
         return future
 
@@ -149,6 +156,7 @@ class MotionWorker:
         with self._cond:
             queued = self._queues.pop(session, deque())
             self._pending -= len(queued)
+            self._last_seen.pop(session, None)
             self._cond.notify_all()
         for _, future in queued:
             future.cancel()
@@ -204,9 +212,13 @@ class MotionWorker:
                     self._cond.wait()
                 if self._closed:
                     return
-                if not self._active:  # nothing in flight: let other sessions join for a short while
-                    until = time.monotonic() + self.max_wait_s
-                    while not self._closed and self._pending < self.max_batch:
+                if not self._active:  # nothing in flight: let the other active sessions join for a short while
+                    now = time.monotonic()
+                    until = now + self.max_wait_s
+                    for s in [s for s, t in self._last_seen.items() if now - t > ACTIVE_SESSION_S]:
+                        del self._last_seen[s]
+                    expected = min(self.max_batch, len(self._last_seen))
+                    while not self._closed and self._pending < expected:
                         left = until - time.monotonic()
                         if left <= 0:
                             break
@@ -240,6 +252,8 @@ class MotionWorker:
 
     def _finish(self, session: Hashable) -> None:
         with self._cond:
+            if session in self._last_seen:  # not after a cancel
+                self._last_seen[session] = time.monotonic()
             left = self._in_flight.get(session, 0) - 1
             if left > 0:
                 self._in_flight[session] = left

@@ -52,5 +52,12 @@ def test_dry_run_from_the_bare_tree(tmp_path):
     assert [w["sessions"] for w in workers] == [1, 2]
     assert all(w["fps_total"] > 0 and w["min_session_chunks"] >= 1 for w in workers)
     assert "skipped" in result["parity"]
+    motion = result["motion_worker"]["rows"]
+    assert [m["sessions"] for m in motion] == [1, 2, 4, 8]
+    for m in motion:
+        for mode in ("alone", "worker"):
+            assert m[mode]["windows_per_s"] > 0 and m[mode]["min_session_windows"] >= 1, m
+        assert m["worker_vs_alone"] > 0
+    assert motion[-1]["worker"]["multi_session_calls"] >= 1  # 8 sessions back to back share DiT calls
     png = Path(result["plot"])
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -114,6 +114,30 @@ def test_a_late_window_joins_calls_in_flight_at_its_own_step(model):
     assert float((out2 - ref_late).abs().max()) <= TOLERANCE
 
 
+def test_the_idle_worker_waits_for_active_sessions_only(model):
+    import time
+
+    (wa, ref_a), (wb, ref_b) = make_window(model, seed=25), make_window(model, seed=26)
+    steps = model.schedule().num_steps
+    worker = MotionWorker(model, max_batch=4, max_wait_ms=5000)
+    try:
+        t0 = time.monotonic()
+        worker.sample("a", wa)
+        assert time.monotonic() - t0 < 2.5  # the only active session: no wait for windows that will not come
+        first = worker.submit("a", wa), worker.submit("b", wb)  # b is active now too
+        assert all(f.result(30) is not None for f in first)
+        calls, shared = worker.stats.calls, worker.stats.windows_per_call.get(2, 0)
+        fa = worker.submit("a", wa)
+        time.sleep(0.05)
+        fb = worker.submit("b", wb)
+        out_a, out_b = fa.result(30), fb.result(30)
+    finally:
+        worker.close()
+    assert worker.stats.windows_per_call.get(2) == shared + steps  # a's window waited for b's: every step shared
+    assert worker.stats.calls == calls + steps
+    assert float((out_a - ref_a).abs().max()) <= TOLERANCE and float((out_b - ref_b).abs().max()) <= TOLERANCE
+
+
 def test_streams_through_the_worker_match_streams_alone(model, speech_audio):
     """Several streams in threads, sharing one worker, produce the motion each produces on its own."""
     cfg = StreamingConfig(chunk_frames=5, lookahead_ms=80)
