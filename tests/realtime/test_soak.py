@@ -24,7 +24,7 @@ def test_short_soak_loses_nothing_and_leaks_nothing(tmp_path):
     # (~30 s) and a deleted session's engine thread may still be winding down; the hour-long soak
     # reports the real growth figures
     assert result["fds"]["growth"] <= 12 and result["threads"]["growth"] <= 12, result
-    assert len(result["clock"]) == 2 and all(c["av_drift_ms_max_abs"] < 60 for c in result["clock"]), result["clock"]
+    assert len(result["clock"]) == 2 and all(abs(c["av_drift_ms"]) < 20 for c in result["clock"]), result["clock"]
     assert (tmp_path / "soak.png").is_file()
     abuse = result["abuse"]  # an agent flooded its own session meanwhile; the others kept streaming
     assert abuse["messages_sent"] > 4000 and abuse["health_ms"]["n"] >= 10
