@@ -8,7 +8,9 @@ Two parts, side by side in one run:
    ``VideoEncoding``; every packet is decoded again and compared with the frame sent: PSNR (RGB)
    and SSIM (luma, 11x11 Gaussian window), encode ms/frame, kbps.
 2. Server capacity: for each encoder mode (``aiortc``: per-viewer encoding with aiortc's settings,
-   the server as it was; ``shared``: the new default) an ``avatar serve`` subprocess (admission
+   the server as it was; ``shared-video``: video encoded once per session, audio by each viewer's
+   sender; ``shared``: the default, video and Opus audio once per session) an ``avatar serve``
+   subprocess (admission
    off, so overload shows) gets sessions one by one, each with an aiortc WHEP viewer
    (``viewer_recorder.py``) and an agent pushing espeak-ng speech over the WebSocket. After each
    added session: server CPU (cores, from its process times) per session, delivered fps per session
@@ -69,7 +71,7 @@ def plan_for(opts: BenchOptions) -> Plan:
     if opts.quick:
         return Plan(("aiortc", "shared"), max_sessions=2, max_viewers=2, warmup_s=1.0, window_s=2.0,
                     quality_frames=20, stop_below_fps=0.0)
-    return Plan(("aiortc", "shared"), max_sessions=8, max_viewers=3, warmup_s=2.0,
+    return Plan(("aiortc", "shared-video", "shared"), max_sessions=8, max_viewers=3, warmup_s=2.0,
                 window_s=max(3.0, min(opts.seconds, 10.0)), quality_frames=100, stop_below_fps=12.0)
 
 
@@ -344,9 +346,13 @@ async def _server_capacity(mode: str, plan: Plan, speech: list[np.ndarray]) -> d
     out["sustained_sessions"] = _sustained(out["by_sessions"])
     out["max_tested_sessions_ok"] = max(ok) if ok else 0
     bv = out["by_viewers"]
+    # what each added viewer of one session costs the server: 2nd, 3rd ...
+    out["extra_viewer_cpu_cores"] = [round(b["server_cpu_cores"] - a["server_cpu_cores"], 3) for a, b in zip(bv, bv[1:])]
     if len(bv) >= 2:
-        out["second_viewer_cpu_cores"] = round(bv[1]["server_cpu_cores"] - bv[0]["server_cpu_cores"], 3)
+        out["second_viewer_cpu_cores"] = out["extra_viewer_cpu_cores"][0]
         out["second_viewer_cost_ratio"] = round(out["second_viewer_cpu_cores"] / max(1e-6, bv[0]["server_cpu_cores"] - out["idle_cpu_cores"]), 3)
+    if len(bv) >= 3:
+        out["third_viewer_cpu_cores"] = out["extra_viewer_cpu_cores"][1]
     return out
 
 
@@ -365,7 +371,9 @@ def _summary(result: dict) -> dict:
     out = {mode: {"sustained_sessions_at_24fps": s["sustained_sessions"],
                   "cpu_per_session_1": s["by_sessions"][0]["server_cpu_per_session"] if s["by_sessions"] else None,
                   "second_viewer_cpu_cores": s.get("second_viewer_cpu_cores"),
-                  "second_viewer_cost_ratio": s.get("second_viewer_cost_ratio")}
+                  "second_viewer_cost_ratio": s.get("second_viewer_cost_ratio"),
+                  "third_viewer_cpu_cores": s.get("third_viewer_cpu_cores"),
+                  "load_average_viewer_sweep": [p["load_average"] for p in s["by_viewers"]]}
            for mode, s in servers.items()}
     return out
 
@@ -378,12 +386,13 @@ def _plot(out_dir: Path, result: dict) -> Path:
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     (a_fps, a_cpu, a_late), (a_view, a_q, a_txt) = axes
-    colours = {"aiortc": "tab:red", "per-viewer": "tab:orange", "shared": "tab:blue"}
+    colours = {"aiortc": "tab:red", "per-viewer": "tab:orange", "shared-video": "tab:green", "shared": "tab:blue"}
     for mode, s in result["servers"].items():
         pts = s["by_sessions"]
         n = [p["sessions"] for p in pts]
         c = colours.get(mode, None)
-        label = {"aiortc": "before: aiortc per-viewer encoder", "shared": "after: shared encoder"}.get(mode, mode)
+        label = {"aiortc": "aiortc per-viewer encoders", "shared-video": "shared video, per-viewer audio",
+                 "shared": "shared video + audio"}.get(mode, mode)
         a_fps.plot(n, [p["fps_min"] for p in pts], "o-", color=c, label=f"{label} (min)")
         a_fps.plot(n, [p["fps_mean"] for p in pts], "o--", color=c, alpha=0.5, label=f"{label} (mean)")
         a_cpu.plot(n, [p["server_cpu_per_session"] for p in pts], "o-", color=c, label=label)
@@ -408,7 +417,7 @@ def _plot(out_dir: Path, result: dict) -> Path:
     lines = [f"load average before {result['load_average_before']}", f"after {result['load_average_after']}", ""]
     for mode, s in result["summary"].items():
         lines.append(f"{mode}: {s['sustained_sessions_at_24fps']} session(s) >= 24 fps; "
-                     f"2nd viewer {s['second_viewer_cpu_cores']} cores")
+                     f"2nd viewer {s['second_viewer_cpu_cores']}, 3rd {s['third_viewer_cpu_cores']} cores")
     a_txt.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace")
     fig.suptitle("avatar bench --suite capacity (lite engine, 512x512, server + clients on one machine)")
     fig.tight_layout()
