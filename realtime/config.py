@@ -46,7 +46,7 @@ class ServerConfig:
     admission_window: float = 3.0  # seconds of measurements behind each capacity estimate
     admission_retry_after: int = 5  # Retry-After (s) of a refusal
     # WebRTC video encoding (realtime/transports/webrtc/video_settings.py holds the defaults)
-    video_encoder: str = VIDEO_DEFAULTS.mode.value  # shared (once per session), per-viewer, or aiortc (its own)
+    video_encoder: str = VIDEO_DEFAULTS.mode.value  # shared (video + audio once per session), shared-video, per-viewer, aiortc
     video_codec: str = VIDEO_DEFAULTS.codec  # preferred codec: vp8 or h264
     video_bitrate_kbps: int = VIDEO_DEFAULTS.bitrate_kbps
     video_keyframe_interval: float = VIDEO_DEFAULTS.keyframe_interval_s

@@ -71,8 +71,9 @@ def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--admission-retry-after", type=int, default=_default("admission_retry_after"),
                    help="Retry-After seconds of a refusal (default: %(default)s)")
     g.add_argument("--video-encoder", default=_default("video_encoder"), choices=[m.value for m in EncoderMode],
-                   help="shared: encode once per session for all its viewers; per-viewer: one encoder per viewer; "
-                        "aiortc: aiortc's own per-viewer encoder (default: %(default)s)")
+                   help="media encoding: shared = video and Opus audio encoded once per session for all its viewers; "
+                        "shared-video = video shared, audio encoded per viewer; per-viewer = one encoder per viewer; "
+                        "aiortc = aiortc's own per-viewer encoders (default: %(default)s)")
     g.add_argument("--video-codec", default=_default("video_codec"), choices=list(VIDEO_CODECS),
                    help="preferred video codec when the viewer offers several (default: %(default)s)")
     g.add_argument("--video-bitrate", type=int, default=_default("video_bitrate_kbps"), metavar="KBPS",
