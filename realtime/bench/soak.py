@@ -111,7 +111,8 @@ class SoakSession:
     speaker: asyncio.Task | None = None
     last_frames: int = 0
     fps: list[float] = field(default_factory=list)
-    clock: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"video": [], "audio": []})
+    # kind -> [(wall time, send time - rtp / rate, rate)]
+    clock: dict[str, list[tuple[float, float, int]]] = field(default_factory=lambda: {"video": [], "audio": []})
 
 
 def _free_port() -> int:
@@ -232,7 +233,7 @@ async def _sample_clock(http: aiohttp.ClientSession, url: str, s: SoakSession) -
         if sender.get("viewer") != first:
             continue
         rate = VIDEO_RATE if sender["kind"] == "video" else AUDIO_RATE
-        s.clock[sender["kind"]].append((time.time(), sender["time"] - sender["rtp_timestamp"] / rate))
+        s.clock[sender["kind"]].append((time.time(), sender["time"] - sender["rtp_timestamp"] / rate, rate))
 
 
 async def _churn(http: aiohttp.ClientSession, url: str, sessions: list[SoakSession], size: int,
@@ -371,11 +372,10 @@ def summarise(samples: list[dict[str, Any]], sessions: list[SoakSession], errors
                       "p5": round(float(np.percentile(fps, 5)), 2)}
     drifts = []
     for s in sessions:
-        v, a = s.clock["video"], s.clock["audio"]
-        n = min(len(v), len(a))
-        if n >= 2:
-            av = np.array([(v[i][1] - v[0][1]) - (a[i][1] - a[0][1]) for i in range(n)]) * 1000
-            video = np.array([v[i][1] - v[0][1] for i in range(n)]) * 1000
+        series = av_series(s)
+        if series is not None:
+            n = series[0].size
+            av, video = series[1], series[2]
             k = max(1, n // 5)  # drift: the first fifth's median against the last fifth's (late packets are jitter)
             drifts.append({"samples": n,
                            "av_drift_ms": round(float(np.median(av[-k:]) - np.median(av[:k])), 2),
@@ -384,6 +384,26 @@ def summarise(samples: list[dict[str, Any]], sessions: list[SoakSession], errors
                            "video_clock_drift_ms": round(float(np.median(video[-k:]) - np.median(video[:k])), 2)})
     out["clock"] = drifts
     return out
+
+
+def unwrapped_offsets(track: list[tuple[float, float, int]]) -> np.ndarray:
+    """A track's clock offsets (s) relative to its first, across RTP's 32-bit timestamp wrap."""
+    offsets = np.array([o for _, o, _ in track])
+    period = 2**32 / track[0][2]  # one wrap of the RTP timestamp, in seconds
+    steps = np.diff(offsets)
+    steps -= period * np.round(steps / period)
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def av_series(s: SoakSession) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(seconds since the first sample, A/V offset change ms, video clock change ms) of a session."""
+    v, a = s.clock["video"], s.clock["audio"]
+    n = min(len(v), len(a))
+    if n < 2:
+        return None
+    video, audio = unwrapped_offsets(v[:n]) * 1000, unwrapped_offsets(a[:n]) * 1000
+    t = np.array([w for w, _, _ in v[:n]]) - v[0][0]
+    return t, video - audio, video
 
 
 def plot(samples: list[dict[str, Any]], sessions: list[SoakSession], path: Path) -> None:
@@ -406,11 +426,9 @@ def plot(samples: list[dict[str, Any]], sessions: list[SoakSession], path: Path)
     axes[2].set_ylabel("video fps received")
     axes[2].legend()
     for i, s in enumerate(sessions):
-        v, a = s.clock["video"], s.clock["audio"]
-        n = min(len(v), len(a))
-        if n >= 2:
-            av = [((v[k][1] - v[0][1]) - (a[k][1] - a[0][1])) * 1000 for k in range(n)]
-            axes[3].plot([(v[k][0] - v[0][0]) / 60 for k in range(n)], av, label=f"session {i}")
+        series = av_series(s)
+        if series is not None:
+            axes[3].plot(series[0] / 60, series[1], label=f"session {i}")
     axes[3].set_ylabel("A/V drift (ms)")
     axes[3].set_xlabel("minutes")
     axes[3].legend()

@@ -87,17 +87,30 @@ class SharedVideoEncoder:
                 self._encoder = FrameEncoder(self.codec, image.shape[0], self.settings)
                 force = True
             loop = asyncio.get_running_loop()
-            packet, is_key = await loop.run_in_executor(None, self._encoder.encode, image,
-                                                        SessionClock.video_pts(tick), force)
-            if is_key:
-                self._keyframe_wanted = False
-                self._last_keyframe = now
-            frame = EncodedFrame(tick, packet, is_key, self._last_tick)
-            self._last_tick = tick
-            self._cache[tick] = frame
-            while len(self._cache) > CACHED_FRAMES:
-                self._cache.popitem(last=False)
-            return frame
+            encoding = loop.run_in_executor(None, self._encoder.encode, image, SessionClock.video_pts(tick), force)
+            try:
+                packet, is_key = await asyncio.shield(encoding)
+            except asyncio.CancelledError:
+                # the viewer that asked went away, but the encode runs on in its thread and the codec
+                # now references this frame: keep the lock until it is done and file it, so the
+                # next encode neither overlaps it nor chains to a frame no viewer can get
+                await asyncio.wait([encoding])
+                if not encoding.cancelled() and encoding.exception() is None:
+                    self._file(tick, *encoding.result(), now)
+                raise
+            return self._file(tick, packet, is_key, now)
+
+    def _file(self, tick: int, packet: av.Packet, is_key: bool, now: float) -> EncodedFrame:
+        """Record the encoded frame of ``tick`` (the lock is held)."""
+        if is_key:
+            self._keyframe_wanted = False
+            self._last_keyframe = now
+        frame = EncodedFrame(tick, packet, is_key, self._last_tick)
+        self._last_tick = tick
+        self._cache[tick] = frame
+        while len(self._cache) > CACHED_FRAMES:
+            self._cache.popitem(last=False)
+        return frame
 
     def _image(self, tick: int) -> np.ndarray:
         s = self.session

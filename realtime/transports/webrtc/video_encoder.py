@@ -8,6 +8,7 @@ Used by the shared per-session encoder (``shared_video.py``) and by the encoder 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -22,7 +23,8 @@ FPS_TIME_BASE = Fraction(1, 25)
 
 
 class FrameEncoder:
-    """Encodes ``size x size`` RGB frames of one stream; not thread-safe (one caller at a time)."""
+    """Encodes ``size x size`` RGB frames of one stream. Calls are serialised by a lock: a libvpx or
+    x264 context used by two threads at once corrupts memory (it crashed a soak with SIGSEGV)."""
 
     def __init__(self, codec: str, size: int, settings: VideoEncoding) -> None:
         self.codec_name = codec
@@ -33,6 +35,7 @@ class FrameEncoder:
         self.encode_seconds = 0.0  # wall time spent in encode() (colour conversion included)
         self.bytes_out = 0
         self._ctx = self._open(codec, size, settings)
+        self._busy = threading.Lock()
 
     @staticmethod
     def _open(codec: str, size: int, s: VideoEncoding) -> av.video.codeccontext.VideoCodecContext:
@@ -78,6 +81,10 @@ class FrameEncoder:
 
     def encode(self, image: np.ndarray, pts: int, keyframe: bool = False) -> tuple[av.Packet, bool]:
         """(packet, is_keyframe) for ``image`` (uint8 RGB, size x size); ``pts`` at 90 kHz."""
+        with self._busy:
+            return self._encode(image, pts, keyframe)
+
+    def _encode(self, image: np.ndarray, pts: int, keyframe: bool) -> tuple[av.Packet, bool]:
         t0 = time.perf_counter()
         frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
         frame.pts = self.frames
