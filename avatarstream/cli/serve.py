@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 from typing import Any
 
@@ -133,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from avatarstream.realtime.http.app import PathOnlyAccessLogger, create_app
+
+    faulthandler.enable()  # a crash in native code (codecs, dlib) prints every thread's Python stack
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_sessions < 1:
