@@ -79,12 +79,32 @@ class Case:
     caps: object
 
 
+STREAMING = [n for n in engine_names() if engine_capabilities(n).streams]  # the stream tests run on these
+OFFLINE = [n for n in engine_names() if engine_capabilities(n).offline_render]  # the render_file test on these
+_BUILT: dict[str, Case] = {}  # one engine per name for the whole module (neural ones take seconds to build)
+
+
+def _case(name: str, tmp_path_factory) -> Case:
+    assert name in BUILDERS, f"engine {name!r} is registered but has no contract-test builder"
+    if name not in _BUILT:
+        engine, weights = BUILDERS[name](tmp_path_factory.mktemp(f"{name}_weights"))
+        _BUILT[name] = Case(name, engine, weights, engine_capabilities(name))
+    return _BUILT[name]
+
+
 @pytest.fixture(scope="module", params=engine_names())
 def case(request, tmp_path_factory) -> Case:
-    name = request.param
-    assert name in BUILDERS, f"engine {name!r} is registered but has no contract-test builder"
-    engine, weights = BUILDERS[name](tmp_path_factory.mktemp(f"{name}_weights"))
-    return Case(name, engine, weights, engine_capabilities(name))
+    return _case(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=STREAMING)
+def stream_case(request, tmp_path_factory) -> Case:
+    return _case(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=OFFLINE)
+def offline_case(request, tmp_path_factory) -> Case:
+    return _case(request.param, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
@@ -189,9 +209,8 @@ def test_capabilities_match_the_engine(case, portrait):
     stream.close()
 
 
-def test_stream_clock_flush_and_frames(case, portrait, speech):
-    if not case.caps.streams:
-        pytest.skip(f"the {case.name} engine does not stream (capabilities: streams=False, checked above)")
+def test_stream_clock_flush_and_frames(stream_case, portrait, speech):
+    case = stream_case
     size = _size(case.caps)
     audio = speech[:int(_seconds(case) * 16000) + 123]  # not a whole number of frames
     stream = case.engine.open_stream(portrait, size=size)
@@ -205,9 +224,8 @@ def test_stream_clock_flush_and_frames(case, portrait, speech):
     stream.close()
 
 
-def test_interrupt_keeps_the_clock_going(case, portrait, speech):
-    if not case.caps.streams:
-        pytest.skip(f"the {case.name} engine does not stream (capabilities: streams=False, checked above)")
+def test_interrupt_keeps_the_clock_going(stream_case, portrait, speech):
+    case = stream_case
     size = _size(case.caps)
     stream = case.engine.open_stream(portrait, size=size)
     before = _feed_in_odd_chunks(stream, speech[:int(_seconds(case) * 16000)], 0)
@@ -225,18 +243,16 @@ def test_interrupt_keeps_the_clock_going(case, portrait, speech):
     stream.close()
 
 
-def test_flush_after_whole_frames_adds_none(case, portrait, speech):
-    if not case.caps.streams:
-        pytest.skip(f"the {case.name} engine does not stream (capabilities: streams=False, checked above)")
+def test_flush_after_whole_frames_adds_none(stream_case, portrait, speech):
+    case = stream_case
     stream = case.engine.open_stream(portrait, size=_size(case.caps))
     frames = stream.feed(speech[:3 * SAMPLES_PER_FRAME]) + stream.flush()
     stream.close()
     assert [f.index for f in frames] == [0, 1, 2]
 
 
-def test_set_controls_accepts_supported_and_explains_the_rest(case, portrait):
-    if not case.caps.streams:
-        pytest.skip(f"the {case.name} engine does not stream (capabilities: streams=False, checked above)")
+def test_set_controls_accepts_supported_and_explains_the_rest(stream_case, portrait):
+    case = stream_case
     controls = case.caps.controls
     assert controls, "a streaming engine declares its live controls"
     stream = case.engine.open_stream(portrait, size=_size(case.caps))
@@ -256,9 +272,8 @@ def test_set_controls_accepts_supported_and_explains_the_rest(case, portrait):
     case.engine.open_stream(portrait, size=_size(case.caps), controls={name: lo}).close()
 
 
-def test_offline_render_writes_one_frame_per_40ms(case, portrait, speech, tmp_path):
-    if not case.caps.offline_render:
-        pytest.skip(f"the {case.name} engine does not render files itself (capabilities: offline_render=False)")
+def test_offline_render_writes_one_frame_per_40ms(offline_case, portrait, speech, tmp_path):
+    case = offline_case
     av = pytest.importorskip("av", reason="reading the MP4 needs PyAV")
     audio = speech[:int(0.3 * 16000) + 123]
     out = case.engine.render_file(portrait, audio, tmp_path / "out.mp4", progress=False)
