@@ -22,6 +22,8 @@ never grows.
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
+from typing import Generic, TypeVar
 
 import av
 import numpy as np
@@ -34,6 +36,8 @@ from avatarstream.realtime.transports.pacing import TickPacer
 from avatarstream.realtime.transports.webrtc.audio_convert import Upsampler16kTo48k
 from avatarstream.realtime.transports.webrtc.shared_audio import SharedAudioEncoder
 from avatarstream.realtime.transports.webrtc.shared_video import CACHED_FRAMES, SharedVideoEncoder
+
+EncoderT = TypeVar("EncoderT", SharedVideoEncoder, SharedAudioEncoder)
 
 MAX_VIDEO_LAG_FRAMES = 1  # a video sender may run up to one frame late (it catches up) before skipping
 MAX_AUDIO_LAG_FRAMES = 10  # an audio sender more than 200 ms behind the clock skips ahead;
@@ -135,39 +139,45 @@ class AvatarAudioTrack(MediaStreamTrack):
         return out
 
 
-class EncodedVideoTrack(MediaStreamTrack):
-    """A viewer's video as packets of a shared encoder (``bind`` it once the codec is negotiated)."""
+class _EncodedTrack(MediaStreamTrack, Generic[EncoderT]):
+    """A viewer's track that hands its sender packets of a session-wide encoder (``bind`` it once the
+    codec is negotiated): aiortc packetises them without encoding again. Each recv paces to the next
+    clock tick (``TickPacer``) and asks ``_packet_for`` for that tick's packet, or None to skip it."""
 
-    kind = "video"
-
-    def __init__(self, session: SessionOutput) -> None:
+    def __init__(self, session: SessionOutput, max_lag: int) -> None:
         super().__init__()
         self._session = session
-        self._encoder: SharedVideoEncoder | None = None
+        self._encoder: EncoderT | None = None
         self._bound = asyncio.Event()
-        self._pacer = TickPacer(MAX_ENCODED_LAG_FRAMES)
-        self._last_sent: int | None = None  # tick of the last packet this viewer's decoder got
+        self._pacer = TickPacer(max_lag)
         self.frames_sent = 0
-        self._late = 0  # ticks the shared stream had already left behind
-        self.keyframe_waits = 0  # frames not sent while waiting for a keyframe (join, or after a skip)
+        self._late = 0  # ticks the shared stream had already left behind, or not sendable yet
 
-    def bind(self, encoder: SharedVideoEncoder) -> None:
+    def bind(self, encoder: EncoderT) -> None:
         self._encoder = encoder
         self._bound.set()
 
     @property
-    def encoder(self) -> SharedVideoEncoder | None:
+    def encoder(self) -> EncoderT | None:
         return self._encoder
-
-    def request_keyframe(self) -> None:
-        """This viewer's decoder needs a keyframe (its sender got a PLI/FIR)."""
-        if self._encoder is not None:
-            self._encoder.request_keyframe()
 
     @property
     def frames_skipped(self) -> int:
         """Ticks skipped because this viewer's sender was late."""
         return self._pacer.skipped + self._late
+
+    # each kind paces on its own ticks (video 40 ms, audio 20 ms) and says what it sends for one
+    @staticmethod
+    @abstractmethod
+    def _current_tick(clock: SessionClock) -> int: ...
+
+    @staticmethod
+    @abstractmethod
+    def _tick_start(clock: SessionClock, tick: int) -> float: ...
+
+    @abstractmethod
+    async def _packet_for(self, encoder: EncoderT, tick: int) -> av.Packet | None:
+        """The packet to send at ``tick``, or None to skip the tick."""
 
     async def recv(self) -> av.Packet:
         s = self._session
@@ -178,25 +188,58 @@ class EncodedVideoTrack(MediaStreamTrack):
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
-            tick = self._pacer.next(clock.current_frame())
-            await clock.sleep_until(clock.frame_time(tick))
+            tick = self._pacer.next(self._current_tick(clock))
+            await clock.sleep_until(self._tick_start(clock, tick))
             if self.readyState != "live" or s.closed:
                 raise MediaStreamError
-            frame = await encoder.frame_at(tick)
-            if frame is None:  # the shared stream is past this tick: this sender is late
-                self._late += 1
+            packet = await self._packet_for(encoder, tick)
+            if packet is None:
                 continue
-            if not frame.keyframe and (self._last_sent is None or frame.previous != self._last_sent):
-                encoder.request_keyframe()  # the decoder lacks this frame's reference
-                self.keyframe_waits += 1
-                continue
-            self._last_sent = tick
             self.frames_sent += 1
-            return frame.packet
+            return packet
 
 
-class EncodedAudioTrack(MediaStreamTrack):
-    """A viewer's audio as packets of an Opus encoder (``bind`` it once Opus is negotiated).
+class EncodedVideoTrack(_EncodedTrack[SharedVideoEncoder]):
+    """A viewer's video as packets of the session's shared video encoder.
+
+    A frame is sent only when this viewer's decoder has its reference: after a skip, the viewer asks
+    for a keyframe and waits for it."""
+
+    kind = "video"
+
+    def __init__(self, session: SessionOutput) -> None:
+        super().__init__(session, MAX_ENCODED_LAG_FRAMES)
+        self._last_sent: int | None = None  # tick of the last packet this viewer's decoder got
+        self.keyframe_waits = 0  # frames not sent while waiting for a keyframe (join, or after a skip)
+
+    def request_keyframe(self) -> None:
+        """This viewer's decoder needs a keyframe (its sender got a PLI/FIR)."""
+        if self._encoder is not None:
+            self._encoder.request_keyframe()
+
+    @staticmethod
+    def _current_tick(clock: SessionClock) -> int:
+        return clock.current_frame()
+
+    @staticmethod
+    def _tick_start(clock: SessionClock, tick: int) -> float:
+        return clock.frame_time(tick)
+
+    async def _packet_for(self, encoder: SharedVideoEncoder, tick: int) -> av.Packet | None:
+        frame = await encoder.frame_at(tick)
+        if frame is None:  # the shared stream is past this tick: this sender is late
+            self._late += 1
+            return None
+        if not frame.keyframe and (self._last_sent is None or frame.previous != self._last_sent):
+            encoder.request_keyframe()  # the decoder lacks this frame's reference
+            self.keyframe_waits += 1
+            return None
+        self._last_sent = tick
+        return frame.packet
+
+
+class EncodedAudioTrack(_EncodedTrack[SharedAudioEncoder]):
+    """A viewer's audio as packets of the session's Opus encoder.
 
     Paced like ``AvatarAudioTrack``; a sender more than ``MAX_AUDIO_LAG_FRAMES`` behind, or one
     asking for a tick the encoder has already left behind, skips ahead by whole packets."""
@@ -204,45 +247,21 @@ class EncodedAudioTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(self, session: SessionOutput) -> None:
-        super().__init__()
-        self._session = session
-        self._encoder: SharedAudioEncoder | None = None
-        self._bound = asyncio.Event()
-        self._pacer = TickPacer(MAX_AUDIO_LAG_FRAMES)
-        self.frames_sent = 0
-        self._late = 0  # ticks the shared stream had already left behind
+        super().__init__(session, MAX_AUDIO_LAG_FRAMES)
         self.level: int | None = None  # audio level (dBov) of the packet recv() returned last
 
-    def bind(self, encoder: SharedAudioEncoder) -> None:
-        self._encoder = encoder
-        self._bound.set()
+    @staticmethod
+    def _current_tick(clock: SessionClock) -> int:
+        return clock.current_audio_frame()
 
-    @property
-    def encoder(self) -> SharedAudioEncoder | None:
-        return self._encoder
+    @staticmethod
+    def _tick_start(clock: SessionClock, tick: int) -> float:
+        return clock.audio_frame_time(tick)
 
-    @property
-    def frames_skipped(self) -> int:
-        """Ticks skipped because this viewer's sender was late."""
-        return self._pacer.skipped + self._late
-
-    async def recv(self) -> av.Packet:
-        s = self._session
-        clock = await _running_clock(s)
-        await self._bound.wait()
-        encoder = self._encoder
-        assert encoder is not None
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            tick = self._pacer.next(clock.current_audio_frame())
-            await clock.sleep_until(clock.audio_frame_time(tick))
-            if self.readyState != "live" or s.closed:
-                raise MediaStreamError
-            encoded = encoder.packet_at(tick)
-            if encoded is None:  # the stream is past this tick (beyond the cache): skip ahead
-                self._late += 1
-                continue
-            self.frames_sent += 1
-            self.level = encoded.level
-            return encoded.packet
+    async def _packet_for(self, encoder: SharedAudioEncoder, tick: int) -> av.Packet | None:
+        encoded = encoder.packet_at(tick)
+        if encoded is None:  # the stream is past this tick (beyond the cache): skip ahead
+            self._late += 1
+            return None
+        self.level = encoded.level
+        return encoded.packet
