@@ -154,9 +154,7 @@ def _assign_fp32(graph: onnx.GraphProto, floats: set[str], fp32_inputs: set[str]
     fp32_tensors = set(fp32_inputs)
     for i, n in enumerate(nodes):
         float_inputs = [x for x in n.input if x in floats and x not in initializers]
-        if i in fp32:
-            pass
-        elif n.op_type in LIGHT_OPS and all(x in fp32_tensors for x in float_inputs):
+        if i not in fp32 and n.op_type in LIGHT_OPS and all(x in fp32_tensors for x in float_inputs):
             fp32.add(i)  # also nodes with no float input at all: computed constants, Cast of integers
         if i in fp32:
             fp32_tensors.update(o for o in n.output if o in floats)
