@@ -56,9 +56,9 @@ from avatarstream.engines.liveportrait.config import LivePortraitConfig
 from avatarstream.engines.liveportrait.render_worker import RenderWorker
 from avatarstream.engines.liveportrait.renderer import RUNTIME_STAGES, PreparedAvatar, Renderer
 from avatarstream.engines.liveportrait.face_models import FaceModels
-from avatarstream.engines.liveportrait.source import (SourceCrop, crop_source, crop_transform_106, crop_transform_animal,
-                                         crop_with_transform, paste_back,
-                                         paste_mask, reframe, resize_to_limit, whole_image_source)
+from avatarstream.engines.liveportrait.source import (PasteBack, SourceCrop, crop_source, crop_transform_106,
+                                                     crop_transform_animal, crop_with_transform, reframe,
+                                                     resize_to_limit, whole_image_source)
 from avatarstream.engines.runtimes.backend_choice import open_stage_runtimes, parse_backend_choice
 from avatarstream.engines.runtimes.network_source import NetworkSource
 
@@ -139,6 +139,7 @@ class JoyVasaEngine:
         self.fp16 = (self.device != "cpu") if o.fp16 is None else o.fp16
         self.batch_size = o.batch_size or (8 if self.device != "cpu" else 1)
         self.crop = o.crop
+        self.paste_detail = o.paste_detail
         self.live_preset, self.offline_preset = LIVE_PRESET, OFFLINE_PRESET
         self.crop_scale = o.crop_scale if o.crop_scale is not None else LIVE_PRESET.crop_scale
         self.offline_cfg_scale = o.cfg_scale if o.cfg_scale is not None else OFFLINE_PRESET.cfg_scale
@@ -240,7 +241,7 @@ class JoyVasaEngine:
         stitch = renderer.stitch if paste and preset.stitching else None
         return PreparedPortrait(renderer=renderer, avatar=avatar, source=source,
                                 mode="animal" if face.kind == "animal" else "human", paste=paste, stitch=stitch,
-                                multiplier=preset.driving_multiplier)
+                                multiplier=preset.driving_multiplier, paste_detail=self.paste_detail)
 
     def open_stream(self, portrait: Portrait, *, size: int = CAPABILITIES.default_size,
                     controls: Mapping[str, Any] | None = None) -> "JoyVasaStream":
@@ -314,9 +315,11 @@ class PreparedPortrait:
     paste: bool  # paste the rendered crop back into the framing (else the render is the frame)
     stitch: Stitch | None  # LivePortrait's stitching (on exactly when pasting back, as the reference)
     multiplier: float  # the preset's driving multiplier
+    paste_detail: bool = True  # PasteBack(keep_detail=...): False is the reference's formula bit for bit
 
     def __post_init__(self) -> None:
-        self.mask = paste_mask()
+        # the paste-back's per-portrait parts (warped mask, still picture, round-trip detail), computed once
+        self.paste_back = PasteBack(self.source, keep_detail=self.paste_detail) if self.paste else None
 
     def driver(self, reference: MotionFrame, intensity: float) -> KeypointDriver:
         return KeypointDriver(source_motion(self.avatar), reference, self.mode,
@@ -324,7 +327,7 @@ class PreparedPortrait:
 
     def finish(self, generated: np.ndarray, size: int) -> np.ndarray:
         """A rendered 512 crop -> the output frame (pasted back, resized to ``size``)."""
-        image = paste_back(generated, self.source, self.mask) if self.paste else generated
+        image = self.paste_back(generated) if self.paste_back is not None else generated
         if image.shape[0] != size or image.shape[1] != size:
             interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
             image = cv2.resize(image, (size, size), interpolation=interp)

@@ -63,6 +63,10 @@ class JoyVasaOptions(EngineOptions):
     engines_dir: Path | None = None  # 'avatar export --out DIR' (needed by a non-torch backend)
     crop: bool = True  # render a LivePortrait face crop (cut from the original picture), stitch and paste it back
     # (False: the reference's flag_do_crop=False: the whole framed portrait is the network input, no stitching)
+    # paste-back keeps the picture's own detail where the render equals the source crop (an unchanged render pastes
+    # back to the picture itself; changed regions get the reference formula: engines.liveportrait.source.PasteBack);
+    # False: the reference's paste-back formula bit for bit
+    paste_detail: bool = True
     crop_scale: float | None = None  # None: the preset's (2.3, LivePortrait; JoyVASA inference.py uses 3.0)
     fp16: bool | None = None  # None: fp16 on GPU, fp32 on CPU
     batch_size: int | None = None  # frames rendered per renderer call; None: 8 on GPU, 1 on CPU

@@ -3,6 +3,12 @@
 CPU always (fp32); with ``--device cuda`` also CUDA fp32 and fp16 (autocast, as LivePortrait's
 ``flag_use_half_precision``). Weights: ``--weights DIR`` (official layout) or random weights of the
 real shapes. Writes ``liveportrait.png`` (ms per frame per network) next to the JSON.
+
+``paste_back``: the per-frame paste of a rendered 512 crop into the bundled human and cat portraits (512 framing),
+three ways timed in interleaved rounds: the reference function as it ran per frame before (``paste_back``, the
+mask warped every frame), ``PasteBack(keep_detail=False)`` (the same formula bit for bit, per-portrait parts
+cached) and ``PasteBack()`` (the default: keeps the picture's detail where the render is unchanged); with the
+ratios to the first. Written to ``paste_back.png``.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks, load_networks
+from avatarstream.engines.liveportrait.source import (PasteBack, crop_transform, crop_transform_animal,
+                                                     crop_with_transform, paste_back, reframe, resize_to_limit)
 
 BATCHES = (1, 8)
 NETWORKS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator", "stitching")
@@ -104,6 +113,74 @@ def plot(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+PASTE_WAYS = ("reference_per_frame", "reference_cached", "keep_detail")
+
+
+def _paste_sources() -> dict:
+    """The bundled human and cat, cropped (LivePortrait scale 2.3) and framed into 512 as the joyvasa engine does."""
+    from avatarstream.engines.face import detect_face
+    from avatarstream.engines.face.framing import frame_portrait
+    from avatarstream.engines.portraits import load_portrait
+
+    out = {}
+    for name, kind in (("human", "human"), ("cat", "animal")):
+        image = resize_to_limit(load_portrait(name, kind=kind).image)
+        face = detect_face(image, kind)
+        m = (crop_transform_animal if face.kind == "animal" else crop_transform)(face.points)
+        framed = frame_portrait(image, face, 512)
+        out[name] = reframe(crop_with_transform(image, m), framed.matrix, framed.image)
+    return out
+
+
+def bench_paste_back(quick: bool, rounds: int = 5, frames: int = 40) -> dict:
+    """ms per pasted frame, the three ways interleaved round by round (medians over rounds), and their ratios."""
+    rng = np.random.default_rng(0)
+    result = {}
+    for name, source in _paste_sources().items():
+        rendered = source.crop.copy()  # a render moving the mouth region, unchanged elsewhere
+        rendered[330:420, 190:330] = rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)
+        ways = {"reference_per_frame": lambda g, s=source: paste_back(g, s),
+                "reference_cached": PasteBack(source, keep_detail=False), "keep_detail": PasteBack(source)}
+        times: dict[str, list[float]] = {w: [] for w in PASTE_WAYS}
+        n = 5 if quick else frames
+        for _ in range(2 if quick else rounds):
+            for way in PASTE_WAYS:
+                fn = ways[way]
+                fn(rendered)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn(rendered)
+                times[way].append((time.perf_counter() - t0) * 1000 / n)
+        ms = {w: round(statistics.median(times[w]), 3) for w in PASTE_WAYS}
+        result[name] = {"frame": list(source.image.shape[:2]), "ms_per_frame": ms, "frames_per_round": n,
+                        "rounds": len(times["keep_detail"]),
+                        "ratio_to_reference_per_frame": {w: round(ms[w] / ms["reference_per_frame"], 3)
+                                                         for w in PASTE_WAYS}}
+    return result
+
+
+def plot_paste_back(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(PASTE_WAYS)
+    names = list(result)
+    for i, way in enumerate(PASTE_WAYS):
+        ax.bar([j + i * width for j in range(len(names))], [result[n]["ms_per_frame"][way] for n in names], width,
+               label=way.replace("_", " "))
+    ax.set_xticks([j + width * (len(PASTE_WAYS) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels(names)
+    ax.set_ylabel("ms per frame (CPU)")
+    ax.set_title("paste-back of a 512 render into the 512 framing")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_bench(opts) -> dict:
     torch.manual_seed(0)
     if opts.weights:
@@ -121,4 +198,8 @@ def run_bench(opts) -> dict:
         nets.to("cpu")
     png = Path(opts.out_dir) / "liveportrait.png"
     plot(results, png)
-    return {"weights": weights, "threads": torch.get_num_threads(), "results": results, "plot": str(png)}
+    pasted = bench_paste_back(opts.quick)
+    paste_png = Path(opts.out_dir) / "paste_back.png"
+    plot_paste_back(pasted, paste_png)
+    return {"weights": weights, "threads": torch.get_num_threads(), "results": results, "plot": str(png),
+            "paste_back": pasted, "paste_back_plot": str(paste_png)}

@@ -184,7 +184,8 @@ def soft_mask(size: int = CROP_SIZE, margin: float = 0.06, feather: float = 0.12
 
 def paste_back(generated: np.ndarray, source: SourceCrop, mask: np.ndarray | None = None) -> np.ndarray:
     """Blend a rendered 512 x 512 crop into the source picture: mask * warped + (1 - mask) * picture
-    (default mask: ``paste_mask``, the reference's shape)."""
+    (default mask: ``paste_mask``, the reference's shape). The reference formula; ``PasteBack`` caches its
+    per-portrait parts and can keep the picture's own detail where the render is unchanged."""
     h, w = source.image.shape[:2]
     mask = paste_mask(generated.shape[0]) if mask is None else mask
     warped = cv2.warpAffine(generated, source.crop_to_image, (w, h), flags=cv2.INTER_LINEAR,
@@ -193,3 +194,74 @@ def paste_back(generated: np.ndarray, source: SourceCrop, mask: np.ndarray | Non
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
     out = m * warped.astype(np.float32) + (1 - m) * source.image.astype(np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+# A rendered crop pixel whose channels all lie within this many grey levels of the source crop counts as
+# "unchanged" in proportion: agreement weight 1 - max|render - crop| / AGREEMENT_TOLERANCE, clipped to [0, 1].
+AGREEMENT_TOLERANCE = 4.0
+
+
+class PasteBack:
+    """Paste-back for one portrait, its per-portrait parts computed once (like F's appearance features).
+
+    ``keep_detail=False`` is the reference formula bit for bit (``paste_back``): out = trunc(m W(g) + (1 - m) P)
+    with W the bilinear crop -> picture warp, m the warped mask, g the render, P the picture.
+
+    ``keep_detail=True`` (default) adds back what the picture -> crop -> picture round trip loses, where the render
+    is unchanged: the detail D = P - W(crop) (crop = the source crop the networks saw), weighted by the warped
+    agreement a = W(clip(1 - max_c|g - crop| / tolerance, 0, 1)) (warped with a replicated border):
+
+        out = trunc(m W(g) + (1 - m) P + a (m D + 1/2))
+
+    A render equal to the source crop gives a = 1 wherever the crop reaches, so out = trunc(P + 1/2 + float error)
+    = P: the picture itself, including the mask's feather and where the crop ran past the picture. Where the
+    render differs by ``tolerance`` grey levels or more around a pixel (a moving mouth), a = 0 and the output is
+    the reference formula exactly: no edges of the still source show through a moving region.
+    """
+
+    def __init__(self, source: SourceCrop, mask: np.ndarray | None = None, *, keep_detail: bool = True,
+                 tolerance: float = AGREEMENT_TOLERANCE) -> None:
+        if tolerance <= 0:
+            raise EngineError(f"paste-back agreement tolerance must be positive, got {tolerance}")
+        self.source = source
+        h, w = source.image.shape[:2]
+        self.dsize = (w, h)
+        size = source.crop.shape[0]
+        mask = paste_mask(size) if mask is None else np.asarray(mask, np.float32)
+        self.mask = cv2.warpAffine(mask, source.crop_to_image, self.dsize, flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+        picture = source.image.astype(np.float32)
+        self.still = (1 - self.mask) * picture  # the reference's (1 - m) P, same float32 operations
+        self.detail: np.ndarray | None = None
+        if keep_detail:
+            back = self._warp(source.crop)
+            self.detail = self.mask * (picture - back.astype(np.float32)) + np.float32(0.5)
+            levels = np.arange(256, dtype=np.float32)
+            self.agreement_lut = np.clip(1 - levels / np.float32(tolerance), 0, 1).astype(np.float32)
+
+    @property
+    def keep_detail(self) -> bool:
+        return self.detail is not None
+
+    def _warp(self, crop_image: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+        return cv2.warpAffine(crop_image, self.source.crop_to_image, self.dsize, flags=cv2.INTER_LINEAR,
+                              borderMode=border, borderValue=0)
+
+    def agreement(self, generated: np.ndarray) -> np.ndarray:
+        """crop-sized float32 weight: 1 where the render equals the source crop, 0 from ``tolerance`` levels on."""
+        diff = cv2.absdiff(generated, self.source.crop)
+        worst = cv2.max(cv2.max(diff[..., 0], diff[..., 1]), diff[..., 2])
+        return cv2.LUT(worst, self.agreement_lut)
+
+    def __call__(self, generated: np.ndarray) -> np.ndarray:
+        """The rendered crop (the source crop's size, uint8 RGB) pasted into the picture."""
+        if generated.shape != self.source.crop.shape or generated.dtype != np.uint8:
+            raise EngineError(f"paste-back needs a {self.source.crop.shape} uint8 render, got "
+                              f"{generated.shape} {generated.dtype}")
+        out = self.mask * self._warp(generated).astype(np.float32) + self.still
+        if self.detail is not None:
+            # replicated border: the crop's edge pixels keep their own weight up to the footprint's edge, where
+            # the warp of the render (and of the crop, in D) blends them with the black border
+            weight = self._warp(self.agreement(generated), cv2.BORDER_REPLICATE)
+            cv2.accumulateProduct(cv2.merge((weight, weight, weight)), self.detail, out)  # out += a * (m D + 1/2)
+        return np.clip(out, 0, 255).astype(np.uint8)

@@ -29,3 +29,15 @@ def _small_inputs(inputs):
         x["warped"] = x["warped"][:, :32].contiguous()
         return x
     return make
+
+
+def test_bench_paste_back_and_plot(tmp_path):
+    result = bench.bench_paste_back(quick=True)
+    assert set(result) == {"human", "cat"}
+    for entry in result.values():
+        assert entry["frame"] == [512, 512] and entry["rounds"] == 2
+        assert all(entry["ms_per_frame"][w] > 0 for w in bench.PASTE_WAYS)
+        assert entry["ratio_to_reference_per_frame"]["reference_per_frame"] == 1.0
+    bench.plot_paste_back(result, tmp_path / "paste.png")
+    assert (tmp_path / "paste.png").stat().st_size > 1000
+    json.dumps(result)

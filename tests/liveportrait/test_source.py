@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -61,6 +62,24 @@ def test_crop_source_and_paste_back_round_trip():
     black = source.paste_back(np.zeros_like(src.crop), src)
     assert black[y, x].max() == 0 and np.array_equal(black[0, 0], image[0, 0])  # outside the crop: untouched
     _ = rng
+
+
+def test_paste_back_of_an_unchanged_render_is_the_picture_where_the_crop_runs_past_it():
+    yy, xx = np.mgrid[0:300, 0:260]
+    rng = np.random.default_rng(2)
+    image = np.stack([(xx * 1.7) % 256, (yy * 2.3) % 256, (xx * yy) % 251], -1).astype(np.uint8)
+    image = cv2.add(image, rng.integers(0, 40, image.shape, dtype=np.uint8))  # detail a double resampling loses
+    src = source.crop_source(image, _face_points(cx=60, cy=70, eye_dist=45, angle_deg=-15))  # near the corner
+    inside = cv2.warpAffine(np.full(image.shape[:2], 255, np.uint8), src.image_to_crop, (512, 512),
+                            flags=cv2.INTER_NEAREST, borderValue=0)
+    assert (inside == 0).mean() > 0.3  # the crop is padded on a third of its area
+    exact = source.PasteBack(src)(src.crop)
+    assert np.abs(exact.astype(int) - image).max() <= 1
+    reference = source.PasteBack(src, keep_detail=False)(src.crop)
+    np.testing.assert_array_equal(reference, source.paste_back(src.crop, src))
+    assert np.abs(reference.astype(int) - image).max() > 50  # the reference blends the padding's black in
+    with pytest.raises(EngineError, match="uint8 render"):
+        source.PasteBack(src)(src.crop[:256])
 
 
 def test_soft_mask_and_whole_image():
