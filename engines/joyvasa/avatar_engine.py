@@ -15,16 +15,18 @@ streams' motion windows together (``engines.joyvasa.motion_worker``; options ``m
 LivePortrait human (and optionally animal v1.0) networks, the JoyVASA motion generator and its
 motion template, and optionally ``chinese-hubert-base/config.json``.
 
-Per portrait (``prepare_portrait``), as the reference pipeline: the picture is limited to 1280 px,
-the face is cropped LivePortrait-style from the original picture (106 insightface points when the
-weights have them, else the 68 points of ``engines.face``), F and M run once. Every motion frame
-becomes driving keypoints (``KeypointDriver``: JoyVASA's post-processing, then LivePortrait's
-stitching, then the driving multiplier), rendered by W + G in batches and pasted back with the
-reference's mask into the output frame, a square around the face (``engines.face.framing``).
+Per portrait (``prepare_portrait``), as the reference pipeline: the picture is limited to 1280 px; with the
+preset's crop on, the face is cropped LivePortrait-style from the original picture (106 insightface points when
+the weights have them, else the 68 points of ``engines.face``), else the output framing (a square around the
+face, ``engines.face.framing``) is the network input; F and M run once. Every motion frame becomes driving
+keypoints (``KeypointDriver``: JoyVASA's post-processing, then, with the crop, LivePortrait's stitching, then
+the driving multiplier), rendered by W + G in batches and, with the crop, pasted back with the reference's mask
+into the output framing.
 
 Motion: ``open_stream`` uses the ``StreamingMotionGenerator`` (live); ``render_file`` (``avatar
-render``) the reference's offline 100-frame-window algorithm (``generate_offline``). The settings
-around the networks come from ``options.LIVE_PRESET`` / ``OFFLINE_PRESET`` (docs/joyvasa.md).
+render``) the reference's offline 100-frame-window algorithm (``generate_offline``). The settings around the
+networks come from ``options.LIVE_PRESET`` / ``OFFLINE_PRESET``, each one official JoyVASA configuration
+(docs/joyvasa.md).
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ MOTION_TEMPLATE_FILE = "JoyVASA/motion_template/motion_template.pkl"
 AUDIO_CONFIG_DIR = "chinese-hubert-base"
 ANIMAL_VARIANT = "animal-v1.0"  # JoyVASA's animal mode uses LivePortrait animals v1.0
 SPEECH_RMS = 0.01  # a frame whose audio RMS exceeds this counts as speech (AvatarFrame.speaking)
-MAX_SOURCE_SIDE = 1280  # the reference limits the source picture's longer side before cropping
 OUTPUT_SIZE = 512  # render_file's default frame size (G's output resolution); CAPABILITIES.sizes are all rendered
 
 
@@ -138,10 +139,10 @@ class JoyVasaEngine:
         self.runtimes = open_render_runtimes(self.backends, engines_dir, self.device)
         self.fp16 = (self.device != "cpu") if o.fp16 is None else o.fp16
         self.batch_size = o.batch_size or (8 if self.device != "cpu" else 1)
-        self.crop = o.crop
+        self.crop = o.crop  # None: each preset's flag_do_crop
         self.paste_detail = o.paste_detail
         self.live_preset, self.offline_preset = LIVE_PRESET, OFFLINE_PRESET
-        self.crop_scale = o.crop_scale if o.crop_scale is not None else LIVE_PRESET.crop_scale
+        self.crop_scale = o.crop_scale  # None: each preset's
         self.offline_cfg_scale = o.cfg_scale if o.cfg_scale is not None else OFFLINE_PRESET.cfg_scale
         self.seed = o.seed
         self.last_motion: MotionSequence | None = None  # render_file's motion (tests, inspection)
@@ -205,9 +206,9 @@ class JoyVasaEngine:
                 self._face_models = FaceModels(self.root)
             return self._face_models
 
-    def crop_face(self, image: np.ndarray, face) -> SourceCrop:
+    def crop_face(self, image: np.ndarray, face, preset: Preset) -> SourceCrop:
         """LivePortrait's source crop: from insightface 106 points when available (humans), else the 68 points."""
-        kw = dict(scale=self.crop_scale, vy_ratio=self.live_preset.crop_vy)
+        kw = dict(scale=preset.crop_scale if self.crop_scale is None else self.crop_scale, vy_ratio=preset.crop_vy)
         if face.kind == "animal":
             return crop_with_transform(image, crop_transform_animal(face.points, **kw))
         models = self.face_models() if face.kind == "human" else None
@@ -226,19 +227,22 @@ class JoyVasaEngine:
         return ANIMAL_VARIANT
 
     def prepare_portrait(self, portrait: Portrait, size: int, preset: Preset) -> "PreparedPortrait":
-        """Find the face, cut the source crop from the original picture, run F and M, frame the output."""
-        image = resize_to_limit(portrait.image, MAX_SOURCE_SIDE)
+        """Find the face, cut the source crop from the original picture, run F and M, frame the output.
+
+        The preset's crop, paste-back and stitching are on or off together; the engine's ``crop`` option, when
+        given, turns all three on or off."""
+        image = resize_to_limit(portrait.image, preset.source_max_dim)
         face = detect_face(image, portrait.kind)  # raises NoFaceError
         framed = frame_portrait(image, face, max(size, 512))  # paste back at >= 512, then resize
-        paste = self.crop and preset.paste_back
+        paste = preset.do_crop if self.crop is None else self.crop
         if paste:
-            source = reframe(self.crop_face(image, face), framed.matrix, framed.image)
+            source = reframe(self.crop_face(image, face, preset), framed.matrix, framed.image)
         else:
             source = whole_image_source(framed.image)  # the reference's flag_do_crop=False, on the framed square
         variant = self._variant_for(face.kind)
         renderer = self.renderer(variant)
         avatar = renderer.prepare(source.network_input)
-        stitch = renderer.stitch if paste and preset.stitching else None
+        stitch = renderer.stitch if paste else None  # the reference pastes back only with stitching
         return PreparedPortrait(renderer=renderer, avatar=avatar, source=source,
                                 mode="animal" if face.kind == "animal" else "human", paste=paste, stitch=stitch,
                                 multiplier=preset.driving_multiplier, paste_detail=self.paste_detail)
@@ -262,7 +266,7 @@ class JoyVasaEngine:
         x_T) rendered with ``OFFLINE_PRESET`` into an MP4, one frame per started 40 ms of audio.
 
         ``size``: one of ``CAPABILITIES.sizes`` (None: ``OUTPUT_SIZE``), as for ``open_stream``: the 512 render
-        is pasted back into a framing of at least 512 px, then the whole frame is resized (``PreparedPortrait.finish``)."""
+        (pasted back into a framing of at least 512 px when cropping) is resized (``PreparedPortrait.finish``)."""
         size = CAPABILITIES.check_size(OUTPUT_SIZE if size is None else size)
         audio = check_audio(audio16k)
         if audio.size == 0:

@@ -21,29 +21,70 @@ CAPABILITIES = EngineCapabilities(
 
 @dataclass(frozen=True)
 class Preset:
-    """The settings around the networks, taken together from one official configuration (docs/joyvasa.md)."""
+    """The settings around the networks, each equal to one official JoyVASA configuration (docs/joyvasa.md).
+
+    The official switches ``flag_do_crop``, ``flag_pasteback`` and ``flag_stitching`` are on or off together
+    here: the engine's frames are the portrait, so a crop is always pasted back, and the reference pastes back
+    only together with stitching (``live_portrait_wmg_pipeline.py``)."""
 
     name: str
+    configuration: str  # the official configuration it equals (command line, or app and its defaults)
     cfg_scale: float  # classifier-free guidance of the motion generator
+    do_crop: bool  # a LivePortrait face crop as the network input (False: the whole picture, resized)
     crop_scale: float  # LivePortrait source crop: square side = landmarks' extent x crop_scale
     crop_vy: float  # crop centre moved by crop_vy x side along the face's vertical axis
+    paste_back: bool  # paste the rendered crop into the portrait with the reference's mask
+    stitching: bool  # LivePortrait's stitching network, before the multiplier
     driving_multiplier: float  # x_d = x_s + (x_d - x_s) * multiplier, after stitching
-    paste_back: bool  # render the face crop and paste it into the portrait with the reference's mask
-    stitching: bool  # LivePortrait's stitching network (the reference pastes back only with it)
+    relative_motion: bool  # flag_relative_motion: for humans, the convex-hull multiplier (animals: always)
+    normalize_lip: bool  # flag_normalize_lip: close the source's lips first (lip retargeting MLP)
+    source_max_dim: int  # the picture's longer side is limited to this before cropping
+
+    def __post_init__(self) -> None:
+        if not self.do_crop == self.paste_back == self.stitching:
+            raise EngineError(f"preset {self.name}: crop, paste-back and stitching must be on or off together "
+                              f"(got {self.do_crop}, {self.paste_back}, {self.stitching})")
+        if self.relative_motion or self.normalize_lip:
+            raise EngineError(f"preset {self.name}: flag_relative_motion for humans and flag_normalize_lip (which "
+                              "needs LivePortrait's 203-point landmark model) are not implemented")
 
 
-# JoyVASA's ``inference.py`` motion defaults (ArgumentConfig: cfg 2.8, multiplier 1.10, no relative-motion
-# hull for humans) with its crop switches on, as its CLI allows:
-#   python inference.py -r IMAGE -a AUDIO --flag_do_crop --flag_pasteback --flag_stitching --scale 2.3
-# The crop scale is LivePortrait's (2.3, also JoyVASA's gradio app default) instead of inference.py's 3.0:
-# the networks were trained on 2.3 crops, and 3.0 pads close-ups with black (docs/joyvasa.md has figures).
-# The engine's frames show the portrait around the face, which needs the crop and paste-back; the
-# reference pastes back only together with stitching. Live and offline share it: they differ only in
-# how motion is generated (streaming chunks vs the reference's 100-frame windows).
-OFFICIAL_CROP_PRESET = Preset(name="joyvasa-inference-crop", cfg_scale=2.8, crop_scale=2.3, crop_vy=-0.125,
-                              driving_multiplier=1.10, paste_back=True, stitching=True)
-LIVE_PRESET = OFFICIAL_CROP_PRESET  # open_stream (avatar serve)
-OFFLINE_PRESET = OFFICIAL_CROP_PRESET  # render_file (avatar render)
+# ``avatar render`` (render_file): JoyVASA's inference.py as its README runs it for a human portrait,
+#   python inference.py -r IMAGE -a AUDIO --animation_mode human --cfg_scale 2.0
+# every other value its default (JoyVASA src/config/argument_config.py, ArgumentConfig):
+OFFLINE_PRESET = Preset(
+    name="joyvasa-inference-readme",
+    configuration="JoyVASA inference.py -r IMAGE -a AUDIO --animation_mode human --cfg_scale 2.0 (README)",
+    cfg_scale=2.0,  # README.md command line --cfg_scale 2.0 (ArgumentConfig.cfg_scale default 2.8)
+    do_crop=False,  # ArgumentConfig.flag_do_crop = False
+    crop_scale=3.0,  # ArgumentConfig.scale = 3.0 (unused while flag_do_crop is off)
+    crop_vy=-0.125,  # ArgumentConfig.vy_ratio = -0.125 (unused while flag_do_crop is off)
+    paste_back=False,  # ArgumentConfig.flag_pasteback = False
+    stitching=False,  # ArgumentConfig.flag_stitching = False
+    driving_multiplier=1.10,  # ArgumentConfig.driving_multiplier = 1.10
+    relative_motion=False,  # ArgumentConfig.flag_relative_motion = False
+    normalize_lip=False,  # ArgumentConfig.flag_normalize_lip = False
+    source_max_dim=1280,  # ArgumentConfig.source_max_dim = 1280
+)
+# ``avatar serve`` (open_stream): the same inference.py with its three crop switches, every other value its default:
+#   python inference.py -r IMAGE -a AUDIO --animation_mode human --flag_do_crop --flag_pasteback --flag_stitching
+# (the official configuration with a face crop pasted into the portrait that the engine runs exactly: JoyVASA's
+# gradio app also turns on flag_normalize_lip and flag_relative_motion, which the engine does not implement).
+LIVE_PRESET = Preset(
+    name="joyvasa-inference-crop",
+    configuration="JoyVASA inference.py -r IMAGE -a AUDIO --animation_mode human --flag_do_crop --flag_pasteback "
+                  "--flag_stitching",
+    cfg_scale=2.8,  # ArgumentConfig.cfg_scale = 2.8
+    do_crop=True,  # --flag_do_crop (ArgumentConfig.flag_do_crop)
+    crop_scale=3.0,  # ArgumentConfig.scale = 3.0 (passed to CropConfig.scale by inference.py's partial_fields)
+    crop_vy=-0.125,  # ArgumentConfig.vy_ratio = -0.125
+    paste_back=True,  # --flag_pasteback (ArgumentConfig.flag_pasteback)
+    stitching=True,  # --flag_stitching (ArgumentConfig.flag_stitching)
+    driving_multiplier=1.10,  # ArgumentConfig.driving_multiplier = 1.10
+    relative_motion=False,  # ArgumentConfig.flag_relative_motion = False
+    normalize_lip=False,  # ArgumentConfig.flag_normalize_lip = False
+    source_max_dim=1280,  # ArgumentConfig.source_max_dim = 1280
+)
 PE_MODES = ("constant", "per_position")  # the denoiser's positional encodings (engines.joyvasa.network)
 # The shared motion worker (engines.joyvasa.motion_worker): windows denoised together in one DiT call per step,
 # and how long the worker waits, when nothing is in flight, for other sessions' windows to join the first one.
@@ -61,18 +102,20 @@ class JoyVasaOptions(EngineOptions):
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     backend: str = "torch"  # engines.runtimes.backend_choice text for the renderer's stages
     engines_dir: Path | None = None  # 'avatar export --out DIR' (needed by a non-torch backend)
-    crop: bool = True  # render a LivePortrait face crop (cut from the original picture), stitch and paste it back
-    # (False: the reference's flag_do_crop=False: the whole framed portrait is the network input, no stitching)
+    # None: the preset's flag_do_crop (live: on, offline: off). True: render a LivePortrait face crop (cut from the
+    # original picture), stitch and paste it back (inference.py's --flag_do_crop --flag_pasteback --flag_stitching);
+    # False: the reference's flag_do_crop=False: the whole framed portrait is the network input, no stitching
+    crop: bool | None = None
     # paste-back keeps the picture's own detail where the render equals the source crop (an unchanged render pastes
     # back to the picture itself; changed regions get the reference formula: engines.liveportrait.source.PasteBack);
     # False: the reference's paste-back formula bit for bit
     paste_detail: bool = True
-    crop_scale: float | None = None  # None: the preset's (2.3, LivePortrait; JoyVASA inference.py uses 3.0)
+    crop_scale: float | None = None  # None: the preset's (3.0, JoyVASA inference.py; LivePortrait and the gradio app: 2.3)
     fp16: bool | None = None  # None: fp16 on GPU, fp32 on CPU
     batch_size: int | None = None  # frames rendered per renderer call; None: 8 on GPU, 1 on CPU
     chunk_frames: int = 10  # motion frames generated per diffusion step
     lookahead_ms: float = 80.0  # audio after a chunk that conditions it
-    cfg_scale: float | None = None  # None: the preset's (2.8, JoyVASA inference.py)
+    cfg_scale: float | None = None  # None: the preset's (live 2.8, offline 2.0)
     # positional encoding the motion generator was trained with: "constant" (every JoyVASA commit before
     # 74290f6, which the released weights predate) or "per_position" (HEAD). None: the checkpoint's
     # args.pe_mode when it records one, else "constant" (joyvasa.checkpoint.resolve_pe_mode; shown by
