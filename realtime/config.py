@@ -53,6 +53,10 @@ class ServerConfig:
     vp8_speed: int = VIDEO_DEFAULTS.vp8_speed
     h264_preset: str = VIDEO_DEFAULTS.h264_preset
     video_threads: int = VIDEO_DEFAULTS.threads
+    # memory of a long-running server (realtime/memory.py; the malloc settings are glibc's, ignored elsewhere)
+    release_memory: bool = True  # after a session or viewer ends: collect its cycles, return free malloc pages
+    gc_freeze: bool = True  # avatar serve: start-up objects out of the cyclic GC's sight (cheap collections)
+    malloc_arena_max: int = 0  # malloc arenas all threads share; 0: glibc's default (8 per core)
     portrait: Portrait | None = None  # already-loaded portrait (overrides ``image``)
     engine_loader: Callable[..., AvatarEngine] | None = None  # default: engines.registry.load_engine
 
@@ -61,6 +65,8 @@ class ServerConfig:
             self.size = engine_capabilities(self.engine).default_size or 0
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
+        if self.malloc_arena_max < 0:
+            raise ValueError(f"malloc_arena_max must be 0 (glibc's default) or more, got {self.malloc_arena_max}")
         self.admission_policy()  # ValueError for a bad setting, at start-up
         self.video_encoding()
 

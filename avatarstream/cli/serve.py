@@ -10,6 +10,7 @@ from typing import Any
 
 from avatarstream.engines.base import EngineError
 from avatarstream.engines.registry import engine_capabilities, engine_names
+from avatarstream.realtime.memory import freeze_startup_objects, limit_arenas
 from avatarstream.realtime.config import API_KEY_ENV, DEFAULT_ENGINE, ServerConfig
 from avatarstream.realtime.transports.webrtc.video_settings import H264_PRESETS, VIDEO_CODECS, EncoderMode
 from avatarstream.cli.backend_options import (add_backend_arguments, backend_options, engine_flag_options,
@@ -53,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server URL for clients behind NAT (repeatable; none by default)")
     add_capacity_arguments(p)
+    add_memory_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -87,6 +89,21 @@ def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
                    help="libx264 preset, with tune=zerolatency (default: %(default)s)")
     g.add_argument("--video-threads", type=int, default=_default("video_threads"),
                    help="threads per video encoder (default: %(default)s)")
+
+
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    """Memory of a long-running server (realtime/memory.py; docs/server.md, "Soak")."""
+    g = p.add_argument_group("memory", "garbage collection and glibc malloc (malloc settings are ignored on other "
+                                       "C libraries)")
+    g.add_argument("--malloc-arena-max", type=int, default=_default("malloc_arena_max"), metavar="N",
+                   help="malloc arenas shared by all threads; 0: glibc's default, 8 per core (default: %(default)s)")
+    g.add_argument("--no-release-memory", dest="release_memory", action="store_false",
+                   default=_default("release_memory"),
+                   help="after a session or viewer ends, leave its reference cycles to the garbage collector's "
+                        "own schedule and keep freed allocator memory instead of returning it to the system")
+    g.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false", default=_default("gc_freeze"),
+                   help="leave the start-up objects to the cyclic garbage collector (each full collection "
+                        "then scans every object: ~150 ms on 2 cores)")
 
 
 def capacity_options(args: argparse.Namespace) -> dict:
@@ -130,12 +147,20 @@ def _accepted(name: str, options: dict) -> dict:
     return {k: v for k, v in options.items() if k in accepted}
 
 
+async def _freeze(app: Any) -> None:
+    freeze_startup_objects()
+
+
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from avatarstream.realtime.http.app import PathOnlyAccessLogger, create_app
 
     faulthandler.enable()  # a crash in native code (codecs, dlib) prints every thread's Python stack
+    if args.malloc_arena_max < 0:
+        raise EngineError("--malloc-arena-max must be 0 (glibc's default) or more")
+    if args.malloc_arena_max:
+        limit_arenas(args.malloc_arena_max)  # before any thread starts: arenas already made stay
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_sessions < 1:
@@ -152,12 +177,16 @@ def run(args: argparse.Namespace) -> int:
                           viewer_connect_timeout=args.viewer_connect_timeout,
                           max_viewers_per_session=args.max_viewers, ice_servers=list(args.ice_server),
                           **capacity_options(args),
+                          release_memory=args.release_memory, gc_freeze=args.gc_freeze,
+                          malloc_arena_max=args.malloc_arena_max,
                           api_key=args.api_key, insecure=args.insecure, cors_origins=list(args.cors_origin))
     if config.binds_beyond_loopback and not config.api_key and not config.insecure:
         raise EngineError(f"--host {args.host} makes the server reachable from other machines: set an API key "
                           f"(--api-key or ${API_KEY_ENV}), or pass --insecure to serve without one")
     check_portrait(config, engine_options)
     app = create_app(config)
+    if config.gc_freeze:
+        app.on_startup.append(_freeze)  # after the app's own start-up (engine loaded, portrait prepared)
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     portrait = config.portrait.name if config.portrait else config.image
     print(f"avatar serve: {config.engine} engine, portrait {portrait}; open http://{shown}:{args.port}/",

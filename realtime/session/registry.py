@@ -11,12 +11,17 @@ The reaper runs every ``min(5, idle_timeout / 2, viewer_connect_timeout / 2)`` s
   WebRTC offer whose ICE never completes cannot hold a slot);
 * a session with no *connected* viewer and no input for ``idle_timeout`` is closed, whatever
   state its other viewers are in.
+
+When ``release_memory`` is on and a session or viewer has been torn down since its last pass,
+it also collects the reference cycles left behind (a closed WebRTC peer is one) and hands the C
+allocator's free pages back to the system (``realtime/memory.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +29,7 @@ from typing import Any
 
 from avatarstream.engines.base import AvatarEngine, Portrait
 from avatarstream.engines.registry import engine_options, load_engine
+from avatarstream.realtime import memory
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
 from avatarstream.realtime.session.admission import LoadMonitor
@@ -55,6 +61,8 @@ class SessionRegistry:
         self.draining = False  # True: no new sessions (503), running ones go on
         self.sessions_started = 0  # lifetime counters (metrics)
         self.sessions_ended = 0
+        self._viewers_left_ended = 0  # viewers_left of the sessions that have ended
+        self._trimmed_at = 0  # teardowns() at the last release_memory()
 
     # -- engines -------------------------------------------------------------------------
     async def engine(self, name: str | None = None) -> AvatarEngine:
@@ -140,6 +148,11 @@ class SessionRegistry:
     def _forget(self, session: AvatarSession) -> None:
         self._sessions.pop(session.id, None)
         self.sessions_ended += 1
+        self._viewers_left_ended += session.stats.viewers_left
+
+    def teardowns(self) -> int:
+        """Sessions ended plus viewers gone: changes whenever one of them is torn down."""
+        return self.sessions_ended + self._viewers_left_ended + sum(s.stats.viewers_left for s in self._sessions.values())
 
     async def close(self, session_or_id: AvatarSession | str) -> None:
         s = session_or_id if isinstance(session_or_id, AvatarSession) else self._sessions.get(session_or_id)
@@ -204,3 +217,14 @@ class SessionRegistry:
             if s.connected_viewer_count == 0 and now - s.last_activity > self.config.idle_timeout:
                 log.info("session %s idle for %.0f s: closing", s.id, now - s.last_activity)
                 await self.close(s)
+        await self.release_memory()
+
+    async def release_memory(self) -> bool:
+        """After a teardown since the last call: collect cycles (here: finalizers may touch the
+        loop), then return the allocator's free pages (off the loop). True if pages were returned."""
+        done = self.teardowns()
+        if not self.config.release_memory or done == self._trimmed_at:
+            return False
+        self._trimmed_at = done
+        gc.collect()
+        return await asyncio.get_running_loop().run_in_executor(None, memory.release_free_memory)

@@ -64,6 +64,7 @@ class SessionStats:
     frames_missing: int = 0  # output ticks whose frame was not ready (previous frame repeated)
     late_ticks: int = 0  # ticks processed more than one frame late (engine slower than real time)
     sent_log: deque = field(default_factory=lambda: deque(maxlen=3000))  # (index, wall, rms, mouth_open, has_frame)
+    viewers_left: int = 0  # viewers detached (left, dropped or killed) while the session went on
 
 
 class ViewerLimitError(Exception):
@@ -253,6 +254,7 @@ class AvatarSession:
     def detach_viewer(self, viewer: Viewer) -> None:
         if self._viewers.get(viewer.id) is viewer:
             del self._viewers[viewer.id]
+            self.stats.viewers_left += 1
 
     def viewer(self, viewer_id: str) -> Viewer | None:
         return self._viewers.get(viewer_id)
