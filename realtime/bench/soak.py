@@ -11,7 +11,15 @@ over the run (median of the last fifth of the samples minus median of the first 
 track's drift against the wall clock, and the same for the difference of the two tracks is the A/V
 drift (the session sends audio and video of one content frame at one clock tick, so any drift would
 be a pacing bug); a single late packet shows as A/V jitter, reported apart. Errors (HTTP failures, lost sessions, viewers that stop receiving) are
-counted, never hidden. Writes ``soak.json`` data into the report and ``soak.png``.
+counted, never hidden. Writes ``soak.json`` data into the report (with the time series of every
+sample, so figures can be re-derived) and ``soak.png``.
+
+Warm-up: growth is reported from the end of the warm-up, which is not a picked number but the
+first sample at which every churn action kind has completed ``WARM_UP_EACH`` times (each kind has
+then created and torn down its threads, codec contexts and peer connections several times, so
+the allocator's pools have seen the run's peak working set). Growth is also reported from the old
+fixed ``WARM_UP_S`` mark, and as a least-squares slope of RSS over the post-warm-up samples
+(MB per hour), which single steps up or down do not move much.
 """
 
 from __future__ import annotations
@@ -43,7 +51,10 @@ from avatarstream.realtime.transports.webrtc.peer import ice_configuration
 
 SAMPLE_S = 5.0  # seconds between samples
 CLOCK_SAMPLE_S = 1.0  # seconds between sender-clock samples
-WARM_UP_S = 20.0  # samples before this are not used for the growth figures
+WARM_UP_S = 20.0  # the first figures: growth from this mark on (start-up allocations excluded)
+WARM_UP_EACH = 5  # warm-up ends once every churn action kind has completed this many times
+CHURN_KINDS = ("extra_viewer", "killed_viewer", "session")
+SERIES_COLUMNS = ("t", "rss_mb", "fds", "threads", "cpu_s", "sessions", "churn", "fps")
 SENTENCES = ["Hello there, how are you today?", "Open wide and say papa, mama, baba.",
              "The quick brown fox jumps over the lazy dog.", "Thank you, goodbye."]
 VIDEO_RATE, AUDIO_RATE = 90_000, 48_000
@@ -58,6 +69,10 @@ class SoakOptions:
     abuse_s: float = 30.0  # an abusive agent floods its own session for this long, a third into the run (0: never)
     out_dir: Path = Path("bench-out")
     plot: bool = True
+    server_args: tuple[str, ...] = ()  # more ``avatar serve`` options (e.g. allocator settings to compare)
+    # after the churn stops, wait this long (a killed viewer holds its socket until ICE consent
+    # expires, ~30 s) and sample fds, threads and RSS once more, with only the long-lived sessions
+    settle_s: float = 45.0
 
 
 class CountingViewer:
@@ -138,9 +153,10 @@ async def _speak_forever(client: AvatarClient, speech: list[np.ndarray], errors:
     i = 0
     while True:
         try:
+            start = len(client.events)  # this utterance's playback_finished, not an earlier one
             await client.push_audio(pcm_bytes(speech[i % len(speech)]))
             await client.end_utterance()
-            await client.wait_for("playback_finished", timeout=30)
+            await client.wait_for("playback_finished", start=start, timeout=30)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # counted, the soak goes on
@@ -238,7 +254,7 @@ async def _sample_clock(http: aiohttp.ClientSession, url: str, s: SoakSession) -
 
 async def _churn(http: aiohttp.ClientSession, url: str, sessions: list[SoakSession], size: int,
                  errors: list[str], counts: dict[str, int]) -> None:
-    action = random.choice(["extra_viewer", "killed_viewer", "session"])
+    action = random.choice(CHURN_KINDS)
     try:
         if action == "session":  # a whole session created, watched, spoken to, deleted
             s = await _open_session(http, url, size)
@@ -274,6 +290,7 @@ async def run_soak(opts: SoakOptions) -> dict:
            "--max-sessions", str(opts.sessions + 2), "--log-level", "warning"]
     if "--no-admission" in subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True).stdout:
         cmd.append("--no-admission")  # the soak measures a fixed load, not the admission policy
+    cmd += list(opts.server_args)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = psutil.Process(proc.pid)
     errors: list[str] = []
@@ -281,6 +298,7 @@ async def run_soak(opts: SoakOptions) -> dict:
     churn_counts: dict[str, int] = {}
     samples: list[dict[str, Any]] = []
     sessions: list[SoakSession] = []
+    settled: dict[str, Any] | None = None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             await _wait_healthy(http, url, proc)
@@ -302,7 +320,8 @@ async def run_soak(opts: SoakOptions) -> dict:
                     break
                 row: dict[str, Any] = {"t": round(time.monotonic() - t0, 1),
                                        "rss_mb": round(server.memory_info().rss / 2**20, 1),
-                                       "fds": server.num_fds(), "threads": server.num_threads(), "fps": []}
+                                       "fds": server.num_fds(), "threads": server.num_threads(), "fps": [],
+                                       "cpu_s": round(sum(server.cpu_times()[:2]), 2)}
                 for s in sessions:
                     frames = s.viewer.video_frames
                     fps = (frames - s.last_frames) / SAMPLE_S
@@ -312,6 +331,7 @@ async def run_soak(opts: SoakOptions) -> dict:
                         errors.append(f"t={row['t']}: session {s.info.id} delivered no frames")
                 async with http.get(f"{url}/health") as resp:
                     row["sessions"] = (await resp.json()).get("sessions")
+                row["churn"] = dict(churn_counts)
                 row["abused"] = bool(abuse_window and abuse_window[0] <= row["t"] - SAMPLE_S and row["t"] <= abuse_window[1])
                 samples.append(row)
                 if abuse_window and abuse is None and row["t"] >= abuse_window[0]:
@@ -324,10 +344,16 @@ async def run_soak(opts: SoakOptions) -> dict:
             if churn is not None:
                 await churn
             abuse_result = await abuse if abuse is not None else None
+            if opts.settle_s > 0 and proc.poll() is None:  # churn over: what is left once it has all ended
+                await asyncio.sleep(opts.settle_s)
+                settled = {"t": round(time.monotonic() - t0, 1), "rss_mb": round(server.memory_info().rss / 2**20, 1),
+                           "fds": server.num_fds(), "threads": server.num_threads()}
             for s in sessions:
                 if s.speaker is not None:
                     s.speaker.cancel()
                     await asyncio.gather(s.speaker, return_exceptions=True)
+                errors += [f"agent of {s.info.id}: server error {ev.get('code')}: {ev.get('message')}"[:200]
+                           for ev in s.client.events if ev.get("type") == "error"]  # e.g. buffer_full
                 await s.viewer.close()
                 await s.client.close()
     finally:
@@ -339,6 +365,10 @@ async def run_soak(opts: SoakOptions) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
     result = summarise(samples, sessions, errors, churn_counts, opts)
+    if settled is not None and samples:
+        first = samples[0]
+        result["settled"] = {**settled, "after_s": opts.settle_s,
+                             "growth_from_first": {k: round(settled[k] - first[k], 1) for k in ("rss_mb", "fds", "threads")}}
     if abuse_result is not None:
         abused_fps = [f for r in samples if r.get("abused") for f in r["fps"]]
         ms = np.array(health_ms) if health_ms else np.zeros(1)
@@ -356,6 +386,28 @@ def _growth(values: list[float]) -> dict[str, float]:
     return {"first": values[0], "last": values[-1], "max": max(values), "growth": round(values[-1] - values[0], 2)}
 
 
+def warm_up_end(samples: list[dict[str, Any]], each: int = WARM_UP_EACH) -> float | None:
+    """Time of the first sample by which every churn kind has completed ``each`` times (None: never)."""
+    for r in samples:
+        done = r.get("churn", {})
+        if all(done.get(kind, 0) >= each for kind in CHURN_KINDS):
+            return r["t"]
+    return None
+
+
+def rss_growth(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """RSS growth over ``samples``: first to last, and the least-squares slope (MB and % per hour)."""
+    t = np.array([r["t"] for r in samples], dtype=float)
+    rss = np.array([r["rss_mb"] for r in samples], dtype=float)
+    out = {"from_t": float(t[0]), "first": float(rss[0]), "last": float(rss[-1]), "max": float(rss.max()),
+           "growth": round(float(rss[-1] - rss[0]), 2), "growth_pct": round(float(100 * (rss[-1] - rss[0]) / rss[0]), 2)}
+    if t.size >= 3 and t[-1] > t[0]:
+        slope = float(np.polyfit(t / 3600, rss, 1)[0])
+        out["slope_mb_per_h"] = round(slope, 2)
+        out["slope_pct_per_h"] = round(100 * slope / float(rss[0]), 2)
+    return out
+
+
 def summarise(samples: list[dict[str, Any]], sessions: list[SoakSession], errors: list[str],
               churn_counts: dict[str, int], opts: SoakOptions) -> dict:
     warm = [r for r in samples if r["t"] >= WARM_UP_S] or samples
@@ -370,6 +422,20 @@ def summarise(samples: list[dict[str, Any]], sessions: list[SoakSession], errors
         fps = np.array([r["fps"] for r in warm], dtype=float)
         out["fps"] = {"mean": round(float(fps.mean()), 2), "min": round(float(fps.min()), 2),
                       "p5": round(float(np.percentile(fps, 5)), 2)}
+        out["rss_after_20s"] = rss_growth(warm)
+        if len(warm) >= 2 and warm[-1]["t"] > warm[0]["t"]:  # server CPU (user + system), in cores
+            out["server_cpu_cores"] = round((warm[-1]["cpu_s"] - warm[0]["cpu_s"]) / (warm[-1]["t"] - warm[0]["t"]), 3)
+    end = warm_up_end(samples)
+    out["warm_up"] = {"rule": f"every churn kind ({', '.join(CHURN_KINDS)}) completed {WARM_UP_EACH} times",
+                      "ends_s": end}
+    after = [r for r in samples if end is not None and r["t"] >= end]
+    if len(after) >= 2:
+        out["rss_after_warm_up"] = rss_growth(after)
+        out["fds_after_warm_up"] = _growth([r["fds"] for r in after])
+        out["threads_after_warm_up"] = _growth([r["threads"] for r in after])
+    out["series"] = {"columns": list(SERIES_COLUMNS),
+                     "rows": [[sum(r.get("churn", {}).values()) if c == "churn" else r.get(c) for c in SERIES_COLUMNS]
+                              for r in samples]}
     drifts = []
     for s in sessions:
         series = av_series(s)
@@ -416,6 +482,10 @@ def plot(samples: list[dict[str, Any]], sessions: list[SoakSession], path: Path)
     fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
     axes[0].plot(t, [r["rss_mb"] for r in samples])
     axes[0].set_ylabel("server RSS (MB)")
+    end = warm_up_end(samples)
+    if end is not None:
+        axes[0].axvline(end / 60, color="grey", ls=":", label="warm-up ends")
+        axes[0].legend()
     axes[1].plot(t, [r["fds"] for r in samples], label="open fds")
     axes[1].plot(t, [r["threads"] for r in samples], label="threads")
     axes[1].legend()
