@@ -208,7 +208,7 @@ def test_paste_detail_off_is_the_reference_formula_bit_for_bit(engine, human_por
     finally:
         engine.paste_detail = True
     rng = np.random.default_rng(3)
-    for name, p in prepared.items():
+    for p in prepared.values():
         assert not p.paste_back.keep_detail
         for generated in (p.source.crop, rng.integers(0, 256, p.source.crop.shape, dtype=np.uint8)):
             np.testing.assert_array_equal(p.finish(generated, 512), paste_back(generated, p.source, paste_mask()))
