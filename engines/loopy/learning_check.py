@@ -13,6 +13,10 @@ Measures (why these):
   in latent space instead: a ridge readout from the latent cells under the mouth to lite's jaw,
   fitted on the encoded lite frames of the training set (its fit on those frames is the
   measure's ceiling, reported).
+* A random VAE's posterior is wide: ``latent_dist.std`` ~1, three times the spread of its means,
+  so the ``sample()``-encoded training targets and motion frames are mostly noise no model can
+  predict (the loss plateaus near 0.6 at any training length and nothing, audio included, is
+  learned). ``narrow_posterior`` makes it as narrow as a trained VAE's (``sample() == mode()``).
 * A random VAE's latents have a standard deviation far from SD's (the 0.18215 scaling factor
   belongs to SD's trained VAE and leaves these latents at std ~0.06: nearly pure noise at every
   timestep, so the noise-prediction loss falls just by learning ``eps ~ x_t``). The scaling factor
@@ -105,6 +109,7 @@ class LearningCheckResult:
     scaling_factor: float
     readout_ceiling: float  # correlation of the latent mouth readout with lite's jaw on the training frames
     readout_shuffled_lite: float  # the same readout on lite frames of the shuffled audio vs the true audio's jaw
+    random_posterior_std: float  # the random VAE's posterior std before narrow_posterior
     validation_loss: dict[str, list[float]] = field(default_factory=dict)  # stage -> [before, after]
     train_losses: dict[str, list[float]] = field(default_factory=dict)
     mouth_loss_real_audio: float = math.nan  # stage-2 validation MSE over the mouth cells, true audio
@@ -209,6 +214,23 @@ def encode(weights: LoopyWeights, frames: np.ndarray) -> torch.Tensor:
     return z * weights.vae.config.scaling_factor
 
 
+@torch.no_grad()
+def narrow_posterior(weights: LoopyWeights) -> float:
+    """Make the random VAE's posterior as narrow as a trained VAE's; returns its std before.
+
+    A random VAE's ``latent_dist`` has std ~1, three times the spread of its means (~0.33), so
+    ``latent_dist.sample()`` (the training targets and motion frames) would be mostly noise that
+    no model can predict. The log-variance half of ``quant_conv`` is set to the constant -30
+    (std 3e-7): ``sample()`` equals ``mode()``, as it nearly does for SD's trained VAE."""
+    conv = weights.vae.quant_conv
+    half = conv.out_channels // 2
+    x = torch.zeros(1, weights.vae.config.in_channels, 64, 64)
+    before = float(weights.vae.encode(x).latent_dist.std.mean())
+    conv.weight[half:] = 0.0
+    conv.bias[half:] = -30.0
+    return before
+
+
 def set_latent_scaling(weights: LoopyWeights, clips: list[SyntheticClip]) -> float:
     """Latent-diffusion recipe: scaling factor = 1 / std of the training set's latents."""
     weights.vae.register_to_config(scaling_factor=1.0)
@@ -304,6 +326,7 @@ def run_learning_check(opts: LearningCheckOptions, work: Path,
     box = clips[0].mouth_box  # one portrait, one crop: the same box in every clip
 
     weights = random_weights(cfg, seed=opts.seed)
+    posterior_std = narrow_posterior(weights)
     scaling = set_latent_scaling(weights, clips)
     readout = MouthReadout(np.concatenate([mouth_cells(encode(weights, c.frames), box) for c in clips]),
                            np.concatenate([c.jaw for c in clips]))
@@ -312,7 +335,7 @@ def run_learning_check(opts: LearningCheckOptions, work: Path,
     wrong = lite_clip(image, shuffled_audio(clips[0].audio, seed=opts.seed + 1), cfg.resolution, opts)
     k = min(len(wrong.jaw), len(clips[0].jaw))
     wrong_score = corr(readout(mouth_cells(encode(weights, wrong.frames[:k]), box)), clips[0].jaw[:k])
-    result = LearningCheckResult(asdict(opts), scaling, ceiling, wrong_score)
+    result = LearningCheckResult(asdict(opts), scaling, ceiling, wrong_score, posterior_std)
     result.seconds["data"] = time.perf_counter() - t0
 
     dataset = LoopyVideoDataset(data, cfg.resolution)
@@ -340,7 +363,8 @@ def run_learning_check(opts: LearningCheckOptions, work: Path,
         latents = _render_latents(pipe, first.frames[0], audio, work / f"render-{name}", opts.seed, opts.sample_steps)
         signal = readout(mouth_cells(latents[:n], box))
         result.signals[name] = signal.tolist()
-        result.rendered[name] = {"corr_with_lite_jaw": corr(signal, first.jaw[:n]), "std": float(signal.std())}
+        result.rendered[name] = {"corr_with_lite_jaw": corr(signal, first.jaw[:n]), "mean": float(signal.mean()),
+                                 "std": float(signal.std())}
     result.seconds["render"] = time.perf_counter() - t1
     weights.model.train()
     return result
@@ -379,12 +403,14 @@ def _plot(results: list[LearningCheckResult], path: Path) -> None:
 def summary(r: LearningCheckResult) -> dict:
     return {
         "seed": r.options["seed"], "scaling_factor": round(r.scaling_factor, 4),
+        "random_posterior_std": round(r.random_posterior_std, 3),
         "readout_ceiling": round(r.readout_ceiling, 3), "readout_shuffled_lite": round(r.readout_shuffled_lite, 3),
         "validation_loss": {k: [round(v, 4) for v in vs] for k, vs in r.validation_loss.items()},
         "mouth_loss_real_audio": round(r.mouth_loss_real_audio, 4),
         "mouth_loss_shuffled_audio": round(r.mouth_loss_shuffled_audio, 4),
         "audio_gain": float(f"{r.audio_gain:.2e}"),
         "rendered_corr_with_lite_jaw": {k: round(v["corr_with_lite_jaw"], 3) for k, v in r.rendered.items()},
+        "rendered_mean_opening": {k: round(v["mean"], 3) for k, v in r.rendered.items()},
         "seconds": {k: round(v, 1) for k, v in r.seconds.items()},
     }
 
