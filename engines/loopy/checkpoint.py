@@ -20,12 +20,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from avatarstream.engines.base import EngineError, MissingWeightsError
 from avatarstream.engines.loopy.config import LoopyConfig
+from avatarstream.engines.loopy.vae_calibration import latent_std, narrow_posterior
 
 CONFIG_FILE = "loopy.json"
 WEIGHTS_FILE = "loopy.safetensors"
@@ -141,10 +144,31 @@ def load_wav2vec2(path: Path):
 
 @dataclass
 class LoopyWeights:
+    """A Loopy model with its VAE and audio encoder.
+
+    ``scaling_factor_known`` is False for a random VAE (``random_weights``): its config carries
+    SD's 0.18215, which belongs to SD's trained VAE; the trainer replaces it by 1 / std of the
+    training set's latents (``calibrate_scaling_factor``) before training. A loaded VAE (SD's,
+    or a Loopy weights directory's ``vae/``, which stores the calibrated factor in its
+    ``config.json``) keeps its own factor."""
+
     config: LoopyConfig
     model: nn.Module  # LoopyModel
     vae: nn.Module  # AutoencoderKL
     wav2vec2: nn.Module  # Wav2Vec2Model
+    scaling_factor_known: bool = True
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def calibrate_scaling_factor(self, frames: Iterable[np.ndarray]) -> float:
+        """Set the VAE's latent scaling factor to 1 / std of the latent means of ``frames``
+        (batches of uint8 RGB frames), the latent-diffusion recipe; returns it."""
+        factor = 1.0 / latent_std(self.vae, frames)
+        self.vae.register_to_config(scaling_factor=factor)
+        self.scaling_factor_known = True
+        return factor
 
 
 def check_weights_dir(weights_dir: Path) -> None:
@@ -174,20 +198,31 @@ def load_weights_dir(weights_dir: Path) -> LoopyWeights:
     return LoopyWeights(cfg, model, vae, wav2vec2)
 
 
+def _saved_scaling_factor(vae_dir: Path) -> float | None:
+    try:
+        value = json.loads((vae_dir / "config.json").read_text()).get("scaling_factor")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def save_weights_dir(out_dir: Path, weights: LoopyWeights) -> Path:
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     weights.config.save(d / CONFIG_FILE)
     save_loopy_weights(weights.model, d / WEIGHTS_FILE)
-    if not (d / VAE_DIR / "config.json").is_file():
+    if not (d / VAE_DIR / "config.json").is_file() or _saved_scaling_factor(d / VAE_DIR) != weights.scaling_factor:
         weights.vae.save_pretrained(str(d / VAE_DIR))
     if not (d / WAV2VEC2_DIR / "config.json").is_file():
         weights.wav2vec2.save_pretrained(str(d / WAV2VEC2_DIR))
     return d
 
 
-def random_weights(cfg: LoopyConfig, seed: int = 0) -> LoopyWeights:
-    """A model of ``cfg``'s shapes with random weights (benchmarks, smoke tests, training from scratch)."""
+def random_weights(cfg: LoopyConfig, seed: int = 0, narrow_vae: bool = True) -> LoopyWeights:
+    """A model of ``cfg``'s shapes with random weights (benchmarks, smoke tests, training from scratch).
+
+    The random VAE gets a trained VAE's narrow posterior (``narrow_vae``; see ``vae_calibration``)
+    and is marked as having no published scaling factor (the trainer computes one)."""
     from diffusers import AutoencoderKL
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -200,4 +235,6 @@ def random_weights(cfg: LoopyConfig, seed: int = 0) -> LoopyWeights:
     wav2vec2 = Wav2Vec2Model(Wav2Vec2Config(**cfg.wav2vec2))
     vae = AutoencoderKL(**cfg.vae)
     model = LoopyModel(cfg, audio_feature_dim(wav2vec2.config))
-    return LoopyWeights(cfg, model, vae, wav2vec2)
+    if narrow_vae:
+        narrow_posterior(vae)
+    return LoopyWeights(cfg, model, vae, wav2vec2, scaling_factor_known=False)

@@ -16,11 +16,13 @@ Measures (why these):
 * A random VAE's posterior is wide: ``latent_dist.std`` ~1, three times the spread of its means,
   so the ``sample()``-encoded training targets and motion frames are mostly noise no model can
   predict (the loss plateaus near 0.6 at any training length and nothing, audio included, is
-  learned). ``narrow_posterior`` makes it as narrow as a trained VAE's (``sample() == mode()``).
+  learned). ``vae_calibration.narrow_posterior`` makes it as narrow as a trained VAE's
+  (``sample() == mode()``); ``random_weights`` applies it, the check measures the std before.
 * A random VAE's latents have a standard deviation far from SD's (the 0.18215 scaling factor
   belongs to SD's trained VAE and leaves these latents at std ~0.06: nearly pure noise at every
   timestep, so the noise-prediction loss falls just by learning ``eps ~ x_t``). The scaling factor
-  is set from the training set's latents, the latent-diffusion recipe (1 / std).
+  is set from the training set's latents, the latent-diffusion recipe (1 / std), as the trainer
+  does for any VAE without a published factor (here from every training frame).
 * Loss: noise-prediction MSE on a fixed validation set of draws (clips, reference frames, motion
   frames, timesteps, noise), before and after each stage, so "the loss falls" is not read off
   noisy single-sample training losses.
@@ -69,6 +71,7 @@ from avatarstream.engines.loopy.config import tiny_config
 from avatarstream.engines.loopy.dataset import LoopyVideoDataset
 from avatarstream.engines.loopy.pipeline import LoopyPipeline
 from avatarstream.engines.loopy.train import LoopyTrainer, TrainingBatch
+from avatarstream.engines.loopy.vae_calibration import encode_means, narrow_posterior
 from avatarstream.engines.media_files import write_mp4
 
 SENTENCES = ("Hello there, how are you doing today? I am fine.",
@@ -206,37 +209,9 @@ class MouthReadout:
         return np.c_[features - self.mean, np.ones(len(features))] @ self.coef
 
 
-@torch.no_grad()
 def encode(weights: LoopyWeights, frames: np.ndarray) -> torch.Tensor:
     """VAE latent means of ``frames`` scaled by the VAE's scaling factor."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    z = torch.cat([weights.vae.encode(x[i: i + 16]).latent_dist.mode() for i in range(0, len(x), 16)])
-    return z * weights.vae.config.scaling_factor
-
-
-@torch.no_grad()
-def narrow_posterior(weights: LoopyWeights) -> float:
-    """Make the random VAE's posterior as narrow as a trained VAE's; returns its std before.
-
-    A random VAE's ``latent_dist`` has std ~1, three times the spread of its means (~0.33), so
-    ``latent_dist.sample()`` (the training targets and motion frames) would be mostly noise that
-    no model can predict. The log-variance half of ``quant_conv`` is set to the constant -30
-    (std 3e-7): ``sample()`` equals ``mode()``, as it nearly does for SD's trained VAE."""
-    conv = weights.vae.quant_conv
-    half = conv.out_channels // 2
-    x = torch.zeros(1, weights.vae.config.in_channels, 64, 64)
-    before = float(weights.vae.encode(x).latent_dist.std.mean())
-    conv.weight[half:] = 0.0
-    conv.bias[half:] = -30.0
-    return before
-
-
-def set_latent_scaling(weights: LoopyWeights, clips: list[SyntheticClip]) -> float:
-    """Latent-diffusion recipe: scaling factor = 1 / std of the training set's latents."""
-    weights.vae.register_to_config(scaling_factor=1.0)
-    std = float(torch.cat([encode(weights, c.frames) for c in clips]).std())
-    weights.vae.register_to_config(scaling_factor=1.0 / std)
-    return 1.0 / std
+    return encode_means(weights.vae, frames) * weights.scaling_factor
 
 
 @dataclass
@@ -325,9 +300,10 @@ def run_learning_check(opts: LearningCheckOptions, work: Path,
         clips.append(clip)
     box = clips[0].mouth_box  # one portrait, one crop: the same box in every clip
 
-    weights = random_weights(cfg, seed=opts.seed)
-    posterior_std = narrow_posterior(weights)
-    scaling = set_latent_scaling(weights, clips)
+    # the product path's calibration of a random VAE (vae_calibration), here on every training frame
+    weights = random_weights(cfg, seed=opts.seed, narrow_vae=False)
+    posterior_std = narrow_posterior(weights.vae)
+    scaling = weights.calibrate_scaling_factor([c.frames for c in clips])
     readout = MouthReadout(np.concatenate([mouth_cells(encode(weights, c.frames), box) for c in clips]),
                            np.concatenate([c.jaw for c in clips]))
     ceiling = corr(readout(mouth_cells(encode(weights, clips[0].frames), box)), clips[0].jaw)

@@ -19,6 +19,12 @@ VAE: the denoising targets (and the motion frames, which at inference are genera
 i.e. samples) are encoded with ``latent_dist.sample()`` (SD's training convention, a little
 latent augmentation); the reference image is encoded with ``latent_dist.mode()`` as at
 inference, where the reference must be deterministic (resumable renders, per-clip seeds).
+
+Latent scaling: a VAE with a published scaling factor (SD's 0.18215, or the factor a Loopy
+weights directory stores in ``vae/config.json``) keeps it. A random VAE (the tiny config, or
+training from scratch) has none: the trainer sets it to 1 / std of the latents of
+``SCALING_BATCHES`` x ``SCALING_BATCH_FRAMES`` training frames (how SD's factor was derived), and
+it is saved with the checkpoint so inference scales by the same value.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from avatarstream.engines.loopy.loopy_model import LoopyModel
 from avatarstream.engines.loopy.noise_schedule import training_scheduler
 from avatarstream.engines.loopy.temporal_segment import sample_indices, segment_groups
 
+SCALING_BATCHES = 8  # batches of training frames behind a computed latent scaling factor
+SCALING_BATCH_FRAMES = 8
 AUDIO_CACHE_CLIPS = 32  # wav2vec2 features kept in memory (about 10 MB per 10 s clip for wav2vec2-base)
 
 
@@ -130,6 +138,7 @@ def build_weights(opts: TrainOptions) -> LoopyWeights:
         weights.model = LoopyModel(cfg, audio_feature_dim(weights.wav2vec2.config))
     if opts.base is not None:
         weights.vae = load_vae(Path(opts.base) / "vae")
+        weights.scaling_factor_known = True  # SD's published factor
         init_from_base(weights.model, load_base_unet_state(opts.base))
     return weights
 
@@ -149,6 +158,7 @@ class LoopyTrainer:
         torch.manual_seed(seed)
         self.model = weights.model.to(self.device).train()
         self.vae = weights.vae.to(self.device).eval().requires_grad_(False)
+        self.scaling_note = self._choose_scaling_factor(seed)
         self.audio = AudioFeatureExtractor(weights.wav2vec2, self.device)
         self._audio_cache: dict[str, torch.Tensor] = {}
         groups = self.model.parameter_groups()
@@ -162,6 +172,24 @@ class LoopyTrainer:
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
         self.noise_scheduler = training_scheduler()
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
+
+    def _choose_scaling_factor(self, seed: int) -> str:
+        """Keep the VAE's published latent scaling factor, or compute one from the training frames
+        (a random VAE has none); returns a one-line description of the choice."""
+        w = self.weights
+        if w.scaling_factor_known:
+            return f"latent scaling factor {w.scaling_factor:.6g} (the VAE's own)"
+        rng = np.random.default_rng([seed, 1])  # its own stream: the training draws do not depend on it
+        batches = []
+        for _ in range(SCALING_BATCHES):
+            clip = self.dataset[int(rng.integers(0, len(self.dataset)))]
+            n = min(SCALING_BATCH_FRAMES, clip.num_frames)
+            batches.append(clip.frames[np.sort(rng.choice(clip.num_frames, n, replace=False))])
+        previous = w.scaling_factor
+        factor = w.calibrate_scaling_factor(batches)
+        return (f"latent scaling factor {factor:.6g} = 1 / std of the latents of {sum(map(len, batches))} sampled training "
+                f"frames (the random VAE has no published factor; {previous:g} would leave them at std "
+                f"{previous / factor:.3f})")
 
     # -- data ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -281,6 +309,7 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
                                 min_frames=1 if opts.stage == 1 else weights.config.clip_frames)
     trainer = LoopyTrainer(weights, dataset, opts.stage, opts.lr, opts.device, opts.seed, opts.batch_size,
                            freeze_stage1=opts.freeze_stage1)
+    print(f"loopy stage {opts.stage}: {trainer.scaling_note}", flush=True)
     if opts.gradient_checkpointing:
         trainer.model.reference_net.unet.enable_gradient_checkpointing()
         trainer.model.denoising_unet.unet.enable_gradient_checkpointing()
