@@ -221,10 +221,13 @@ class SessionRegistry:
 
     async def release_memory(self) -> bool:
         """After a teardown since the last call: collect cycles (here: finalizers may touch the
-        loop), then return the allocator's free pages (off the loop). True if pages were returned."""
+        loop) where start-up objects are frozen, so the collection is cheap (``avatar serve``; an
+        embedding process keeps CPython's own schedule), then return the allocator's free pages
+        (off the loop). True if pages were returned."""
         done = self.teardowns()
         if not self.config.release_memory or done == self._trimmed_at:
             return False
         self._trimmed_at = done
-        gc.collect()
+        if memory.startup_frozen():
+            gc.collect()
         return await asyncio.get_running_loop().run_in_executor(None, memory.release_free_memory)

@@ -86,6 +86,7 @@ async def test_a_closed_peer_is_freed_by_the_reaper_pass_after_a_viewer_leaves(b
     registry = SessionRegistry(ServerConfig(), Portrait(np.full((128, 128, 3), 128, np.uint8)),
                                engine_loader=lambda name, **_: bar_engine)
     gc.disable()  # no automatic collection may free it behind the test's back
+    gc.freeze()  # as avatar serve does after start-up: the reaper collects only where that is cheap
     try:
         session = await registry.create(size=64)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -103,8 +104,31 @@ async def test_a_closed_peer_is_freed_by_the_reaper_pass_after_a_viewer_leaves(b
         await registry.reap()
         assert peer() is None
     finally:
+        gc.unfreeze()
         gc.enable()
         await registry.stop()
+
+
+async def test_an_embedded_registry_leaves_collection_to_cpython(bar_engine, monkeypatch):
+    """Without frozen start-up objects a full collection scans the host process's every object
+    (~130 ms with torch loaded): the reaper must not hold the event loop for it, only trim."""
+    collections: list[int] = []
+    trims: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
+    monkeypatch.setattr(memory, "release_free_memory", lambda: trims.append(1) or True)
+    for frozen, expected in ((False, []), (True, [1])):
+        collections.clear()
+        monkeypatch.setattr(memory, "startup_frozen", lambda frozen=frozen: frozen)
+        registry = SessionRegistry(ServerConfig(), Portrait(np.full((128, 128, 3), 128, np.uint8)),
+                                   engine_loader=lambda name, **_: bar_engine)
+        try:
+            session = await registry.create(size=64)
+            await registry.close(session)
+            await registry.reap()
+        finally:
+            await registry.stop()
+        assert collections == expected, frozen
+    assert trims == [1, 1]
 
 
 async def test_no_release_when_turned_off(bar_engine, monkeypatch):
