@@ -89,28 +89,37 @@ def bench_device(nets: LivePortraitNetworks, device: str, fp16: bool, quick: boo
     return result
 
 
-def plot(results: dict[str, dict], path: Path) -> None:
+def _grouped_bars(path: Path, groups: list[str], series: list[tuple[str, list[float]]], *, ylabel: str,
+                  title: str, figsize: tuple[float, float], tick_labels: list[str], tick_size: float | None = None,
+                  log: bool = False) -> None:
+    """One bar per (group, series), the series side by side within each group; written to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(NETWORKS)
-    configs = [(setup, b) for setup in results for b in BATCHES]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / max(1, len(configs))
-    for i, (setup, b) in enumerate(configs):
-        vals = [results[setup][n][f"batch_{b}"]["ms_per_frame"] for n in names]
-        ax.bar([j + i * width for j in range(len(names))], vals, width, label=f"{setup}, batch {b}")
-    ax.set_xticks([j + width * (len(configs) - 1) / 2 for j in range(len(names))])
-    ax.set_xticklabels([n.replace("_", "\n") for n in names], fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms per frame (log)")
-    ax.set_title("LivePortrait networks")
+    fig, ax = plt.subplots(figsize=figsize)
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series):
+        ax.bar([j + i * width for j in range(len(groups))], values, width, label=label)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))])
+    ax.set_xticklabels(tick_labels, fontsize=tick_size)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    names = list(NETWORKS)
+    series = [(f"{setup}, batch {b}", [results[setup][n][f"batch_{b}"]["ms_per_frame"] for n in names])
+              for setup in results for b in BATCHES]
+    _grouped_bars(path, names, series, ylabel="ms per frame (log)", title="LivePortrait networks", figsize=(10, 4.5),
+                  tick_labels=[n.replace("_", "\n") for n in names], tick_size=8, log=True)
 
 
 PASTE_WAYS = ("reference_per_frame", "reference_cached", "keep_detail")
@@ -160,25 +169,10 @@ def bench_paste_back(quick: bool, rounds: int = 5, frames: int = 40) -> dict:
 
 
 def plot_paste_back(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(PASTE_WAYS)
     names = list(result)
-    for i, way in enumerate(PASTE_WAYS):
-        ax.bar([j + i * width for j in range(len(names))], [result[n]["ms_per_frame"][way] for n in names], width,
-               label=way.replace("_", " "))
-    ax.set_xticks([j + width * (len(PASTE_WAYS) - 1) / 2 for j in range(len(names))])
-    ax.set_xticklabels(names)
-    ax.set_ylabel("ms per frame (CPU)")
-    ax.set_title("paste-back of a 512 render into the 512 framing")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    series = [(way.replace("_", " "), [result[n]["ms_per_frame"][way] for n in names]) for way in PASTE_WAYS]
+    _grouped_bars(path, names, series, ylabel="ms per frame (CPU)",
+                  title="paste-back of a 512 render into the 512 framing", figsize=(7, 3.5), tick_labels=names)
 
 
 def run_bench(opts) -> dict:
