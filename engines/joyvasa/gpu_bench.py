@@ -172,28 +172,14 @@ def worker_throughput(networks: LivePortraitNetworks, device: torch.device, seco
     for n in sessions_list:
         worker = RenderWorker(renderer, max_batch=max_batch, max_wait_ms=4.0, max_pending=max(64, 4 * n * CHUNK_FRAMES))
         worker.render([(avatar, k) for k in chunk])  # warm-up (allocations, kernels)
-        latencies: list[list[float]] = [[] for _ in range(n)]
-        stop = time.perf_counter() + seconds
-        start = threading.Barrier(n)
 
-        def session(k: int, start: threading.Barrier = start, stop: float = stop, worker: RenderWorker = worker,
-                    latencies: list[list[float]] = latencies) -> None:
-            start.wait()
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                worker.render([(avatar, kp) for kp in chunk], session=k)
-                latencies[k].append((time.perf_counter() - t0) * 1000.0)
+        def one_chunk(k: int, _g: torch.Generator, worker: RenderWorker = worker) -> None:
+            worker.render([(avatar, kp) for kp in chunk], session=k)
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         before = worker.stats.frames
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=session, args=(k,)) for k in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall, latencies = _sessions_run(n, seconds, one_chunk)
         frames = worker.stats.frames - before
         all_lat = sorted(x for lat in latencies for x in lat)
         sizes = worker.stats.batch_sizes
