@@ -26,11 +26,11 @@ SUITES: dict[str, str] = {
     "liveportrait": "avatarstream.engines.liveportrait.bench",
     "export": "avatarstream.export.bench",
     "loopy": "avatarstream.engines.loopy.bench",
-    "api": "avatarstream.realtime.bench.latency",
-    "soak": "avatarstream.realtime.bench.soak",
-    "capacity": "avatarstream.realtime.bench.capacity",
-    "placement": "avatarstream.realtime.bench.placement",
-    "gpu": "avatarstream.engines.joyvasa.gpu_bench",
+    "api": "avatarstream.bench.api_latency",
+    "soak": "avatarstream.bench.soak",
+    "capacity": "avatarstream.bench.capacity",
+    "placement": "avatarstream.bench.placement",
+    "gpu": "avatarstream.bench.gpu",
 }
 
 

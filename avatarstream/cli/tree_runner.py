@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("engines", "export", "realtime", "web")  # as pyproject.toml [tool.setuptools.package-dir]
+SUBPACKAGES = ("bench", "engines", "export", "realtime", "web")  # as pyproject.toml [tool.setuptools.package-dir]
 
 
 def map_tree(root: Path = ROOT) -> None:

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from avatarstream.realtime.bench.av_sync import cross_correlate, rms_envelope
+from avatarstream.bench.av_sync import cross_correlate, rms_envelope
 from avatarstream.realtime.client import AvatarClient
-from avatarstream.realtime.bench.viewer_recorder import RecordingViewer, mouth_openings
+from avatarstream.bench.viewer_recorder import RecordingViewer, mouth_openings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -22,7 +22,7 @@ from aiohttp import ClientSession, web
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'avatarstream[cluster]')")
 parser = pytest.importorskip("prometheus_client.parser", reason="prometheus-client is not installed")
 
-from avatarstream.realtime.bench.viewer_recorder import RecordingViewer  # noqa: E402
+from avatarstream.bench.viewer_recorder import RecordingViewer  # noqa: E402
 from avatarstream.realtime.cluster.front import FRONT, Front, FrontConfig, create_front_app  # noqa: E402
 from avatarstream.realtime.cluster.worker import NAMESPACE, WorkerSpec, start_worker  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession, web
 
-from avatarstream.realtime.bench.viewer_recorder import RecordingViewer
+from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient, SessionInfo
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app

@@ -40,7 +40,7 @@ from pipecat.workers.runner import WorkerRunner  # noqa: E402
 from avatarstream.integrations.espeak_tts import EspeakTTSService  # noqa: E402
 from avatarstream.integrations.local_server import LocalAvatarServer  # noqa: E402
 from avatarstream.integrations.pipecat import AvatarStreamVideoService  # noqa: E402
-from avatarstream.realtime.bench.viewer_recorder import mouth_openings  # noqa: E402
+from avatarstream.bench.viewer_recorder import mouth_openings  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 RATE = 24_000

@@ -24,7 +24,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtp import RtcpSrPacket
 
-from avatarstream.realtime.bench.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
+from avatarstream.bench.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
 
 NTP_EPOCH_OFFSET = 2208988800
 

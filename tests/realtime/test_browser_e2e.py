@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from avatarstream.realtime.bench.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
+from avatarstream.bench.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from avatarstream.realtime.bench.viewer_recorder import RecordingViewer
+from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient, ClientError
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
@@ -196,7 +196,7 @@ def test_capacity_bench_quick(tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("psutil")
     from avatarstream.cli.bench import BenchOptions
-    from avatarstream.realtime.bench import capacity
+    from avatarstream.bench import capacity
 
     result = capacity.run_bench(BenchOptions(out_dir=tmp_path, quick=True))
     json.dumps(result)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from avatarstream.realtime.bench.soak import SoakOptions, run_soak
+from avatarstream.bench.soak import SoakOptions, run_soak
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

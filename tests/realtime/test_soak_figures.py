@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from avatarstream.realtime.bench.soak import (CHURN_KINDS, SERIES_COLUMNS, WARM_UP_EACH, SoakOptions, rss_growth,
+from avatarstream.bench.soak import (CHURN_KINDS, SERIES_COLUMNS, WARM_UP_EACH, SoakOptions, rss_growth,
                                               summarise, warm_up_end)
 
 

@@ -33,7 +33,7 @@ from aiohttp import web
 from tqdm import tqdm
 
 from avatarstream.engines.base import EngineError
-from avatarstream.realtime.bench.viewer_recorder import Recording, RecordingViewer, mouth_openings
+from avatarstream.bench.viewer_recorder import Recording, RecordingViewer, mouth_openings
 from avatarstream.realtime.client import AvatarClient
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app

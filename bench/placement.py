@@ -29,7 +29,7 @@ import aiohttp
 import numpy as np
 
 from avatarstream.engines.base import EngineError
-from avatarstream.realtime.bench.viewer_recorder import RecordingViewer
+from avatarstream.bench.viewer_recorder import RecordingViewer
 
 if TYPE_CHECKING:  # the run_bench contract of `avatar bench`; the CLI imports this module by name only
     from avatarstream.cli.bench import BenchOptions

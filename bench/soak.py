@@ -45,7 +45,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from avatarstream.engines.base import EngineError
-from avatarstream.realtime.bench.latency import espeak_16k, pcm_bytes
+from avatarstream.bench.api_latency import espeak_16k, pcm_bytes
 from avatarstream.realtime.client import AvatarClient, SessionInfo
 from avatarstream.realtime.transports.webrtc.peer import ice_configuration
 
@@ -267,7 +267,7 @@ async def _churn(http: aiohttp.ClientSession, url: str, sessions: list[SoakSessi
             await v.join(http, target.info.whep_url, target.info.token)
             await asyncio.sleep(3.0)
             if action == "killed_viewer":  # a viewer process killed: no DELETE, no DTLS close, it just vanishes
-                child = subprocess.Popen([sys.executable, "-m", "avatarstream.realtime.bench.soak", "--viewer",
+                child = subprocess.Popen([sys.executable, "-m", "avatarstream.bench.soak", "--viewer",
                                           target.info.whep_url, target.info.token],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await asyncio.sleep(6.0)

@@ -41,8 +41,8 @@ import av
 import numpy as np
 
 from avatarstream.engines.base import FPS, EngineError
-from avatarstream.realtime.bench.latency import espeak_16k, pcm_bytes
-from avatarstream.realtime.bench.viewer_recorder import RecordingViewer
+from avatarstream.bench.api_latency import espeak_16k, pcm_bytes
+from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
 from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, VideoEncoding
