@@ -20,9 +20,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:  # engines.face imports this module
+    from avatarstream.engines.face.landmarks import FaceLandmarks
 
 SAMPLE_RATE = 16_000
 FPS = 25
@@ -51,6 +54,9 @@ class Portrait:
     image: np.ndarray  # H x W x 3 uint8, RGB
     name: str = "portrait"
     kind: str = "auto"  # "human", "animal" or "auto"
+    # The face in ``image`` when the caller already found it (``engines.face.detect_face`` run elsewhere, e.g. on
+    # a machine with dlib): the lite and joyvasa engines then skip their own detection. None: they detect it.
+    face: FaceLandmarks | None = None
 
     def __post_init__(self) -> None:
         img = self.image
@@ -58,6 +64,14 @@ class Portrait:
             raise EngineError("portrait image must be an H x W x 3 uint8 RGB array")
         if min(img.shape[:2]) < 64:
             raise EngineError(f"portrait image is too small ({img.shape[1]}x{img.shape[0]}); need at least 64x64")
+        if self.face is not None:
+            points = np.asarray(getattr(self.face, "points", None))
+            if points.shape != (68, 2) or getattr(self.face, "kind", None) not in ("human", "animal"):
+                raise EngineError("portrait face must be an engines.face.FaceLandmarks (68 points, kind human or animal)")
+            size = np.array([img.shape[1], img.shape[0]], np.float64)  # (w, h)
+            if not (np.isfinite(points).all() and (np.abs(points - size / 2) <= 1.5 * size).all()):
+                raise EngineError(f"portrait face points lie far outside the {img.shape[1]}x{img.shape[0]} image; "
+                                  "give them in the image's pixels")
 
 
 @dataclass(frozen=True)

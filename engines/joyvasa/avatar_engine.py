@@ -227,12 +227,18 @@ class JoyVasaEngine:
         return ANIMAL_VARIANT
 
     def prepare_portrait(self, portrait: Portrait, size: int, preset: Preset) -> "PreparedPortrait":
-        """Find the face, cut the source crop from the original picture, run F and M, frame the output.
+        """Find the face (or take ``portrait.face``), cut the source crop from the original picture, run F and M,
+        frame the output.
 
         The preset's crop, paste-back and stitching are on or off together; the engine's ``crop`` option, when
         given, turns all three on or off."""
         image = resize_to_limit(portrait.image, preset.source_max_dim)
-        face = detect_face(image, portrait.kind)  # raises NoFaceError
+        if portrait.face is not None:  # found by the caller, in portrait.image's pixels (resizing only scales them)
+            sx = image.shape[1] / portrait.image.shape[1]
+            sy = image.shape[0] / portrait.image.shape[0]
+            face = portrait.face.transformed(np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]]))
+        else:
+            face = detect_face(image, portrait.kind)  # raises NoFaceError
         framed = frame_portrait(image, face, max(size, 512))  # paste back at >= 512, then resize
         paste = preset.do_crop if self.crop is None else self.crop
         if paste:

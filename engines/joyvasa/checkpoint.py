@@ -171,16 +171,18 @@ def random_motion_generator(seed: int = 0, config: DitConfig = DitConfig(), audi
 
 
 def write_random_checkpoint(path: str | Path, seed: int = 0, *, config: DitConfig = DitConfig(),
-                            iteration: int = 20000, pe_mode: str | None = None) -> Path:
+                            iteration: int = 20000, pe_mode: str | None = None, audio_config=None) -> Path:
     """Write a fake official checkpoint: same format, keys and shapes as the release, seeded random values.
 
     ``ckpt['args']`` is an ``argparse.Namespace`` with the six architecture args plus a few training
     paths as ``pathlib.Path`` (like the real file); ``pe_mode`` given: also ``args.pe_mode`` (which the
-    release lacks). Returns ``path``.
+    release lacks). ``audio_config``: the encoder's architecture (None: the published base model; the
+    miniature's ``small_audio_config()`` must then be saved as the weights' ``chinese-hubert-base/config.json``).
+    Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = random_motion_generator(seed, config)
+    model = random_motion_generator(seed, config, audio_config)
     args = argparse.Namespace(**{k: getattr(config, k) for k in ARG_NAMES}, fps=25, pad_mode="zero",
                               exp_name="random-weights", data_root=pathlib.Path("datasets/random"),
                               save_dir=pathlib.Path("experiments/random"), seed=seed)

@@ -142,10 +142,11 @@ class LiteEngine:
     def prepare(self, portrait: Portrait, size: int = CAPABILITIES.default_size):
         """Face detection, framing and warp maps for ``portrait`` at ``size`` (cached per image)."""
         size = CAPABILITIES.check_size(size)
-        key = (portrait.image.shape, hashlib.sha1(portrait.image.tobytes()).hexdigest(), portrait.kind, int(size))
+        known = None if portrait.face is None else hashlib.sha1(portrait.face.points.tobytes()).hexdigest()
+        key = (portrait.image.shape, hashlib.sha1(portrait.image.tobytes()).hexdigest(), portrait.kind, int(size), known)
         with self._lock:
             if key not in self._cache:
-                face = detect_face(portrait.image, portrait.kind)
+                face = portrait.face if portrait.face is not None else detect_face(portrait.image, portrait.kind)
                 framed = frame_portrait(portrait.image, face, int(size))
                 renderer = WarpRenderer(framed, teeth=face.kind == "human")
                 if len(self._cache) >= 4:
