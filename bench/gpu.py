@@ -32,8 +32,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from avatarstream.bench.joyvasa import window_latency
 from avatarstream.engines.base import EngineError
-from avatarstream.engines.joyvasa.bench import window_latency
 from avatarstream.engines.joyvasa.checkpoint import random_motion_generator, small_motion_generator
 from avatarstream.engines.joyvasa.motion_worker import MotionWindow, MotionWorker, step_noise
 from avatarstream.engines.joyvasa.network import DitTalkingHead

@@ -21,11 +21,11 @@ except ImportError:  # the gpu suite runs on machines with torch but not necessa
     psutil = None
 
 SUITES: dict[str, str] = {
-    "lite": "avatarstream.engines.lite.bench",
-    "joyvasa": "avatarstream.engines.joyvasa.bench",
-    "liveportrait": "avatarstream.engines.liveportrait.bench",
-    "export": "avatarstream.export.bench",
-    "loopy": "avatarstream.engines.loopy.bench",
+    "lite": "avatarstream.bench.lite",
+    "joyvasa": "avatarstream.bench.joyvasa",
+    "liveportrait": "avatarstream.bench.liveportrait",
+    "export": "avatarstream.bench.export",
+    "loopy": "avatarstream.bench.loopy",
     "api": "avatarstream.bench.api_latency",
     "soak": "avatarstream.bench.soak",
     "capacity": "avatarstream.bench.capacity",

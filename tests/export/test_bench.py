@@ -11,7 +11,7 @@ from avatarstream.cli.bench import BenchOptions
 
 
 def test_bench_small_stages(tmp_path):
-    from avatarstream.export.bench import run_bench
+    from avatarstream.bench.export import run_bench
 
     opts = BenchOptions(out_dir=tmp_path, quick=True, backend="all")
     report = run_bench(opts, stages=["stitching", "stitching_eye"])

@@ -34,7 +34,7 @@ def test_quick_bench_writes_json_and_plots(tmp_path):
 
 
 def test_live_vs_offline_alone_writes_json(tmp_path, capsys):
-    from avatarstream.engines.joyvasa.bench import main
+    from avatarstream.bench.joyvasa import main
     from avatarstream.engines.joyvasa.options import LIVE_PRESET, OFFLINE_PRESET, JoyVasaOptions
 
     out = tmp_path / "live.json"

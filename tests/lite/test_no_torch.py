@@ -15,7 +15,7 @@ def test_lite_engine_imports_and_runs_without_torch():
         "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
         "from avatarstream.engines.registry import load_engine\n"
         "from avatarstream.engines.portraits import load_portrait\n"
-        "import avatarstream.engines.face, avatarstream.engines.lite.bench, avatarstream.cli.render\n"
+        "import avatarstream.engines.face, avatarstream.bench.lite, avatarstream.cli.render\n"
         "s = load_engine('lite').open_stream(load_portrait('human'), size=128)\n"
         "frames = s.feed(np.zeros(3 * 640, np.float32)) + s.flush()\n"
         "assert [f.index for f in frames] == [0, 1, 2]\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from avatarstream.engines.liveportrait import bench
+from avatarstream.bench import liveportrait as bench
 
 
 def test_bench_device_and_plot(small_networks, tmp_path, monkeypatch):

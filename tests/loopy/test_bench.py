@@ -6,7 +6,7 @@ from avatarstream.cli.bench import BenchOptions
 
 
 def test_bench_quick_writes_json_ready_result_and_plot(tiny_weights_dir, tmp_path):
-    from avatarstream.engines.loopy.bench import run_bench
+    from avatarstream.bench.loopy import run_bench
 
     result = run_bench(BenchOptions(out_dir=tmp_path, quick=True, weights=str(tiny_weights_dir)))
     (run,) = result["runs"]

@@ -1,4 +1,4 @@
-"""End-to-end learning check (engines/loopy/learning_check.py): the tiny Loopy config trained on a
+"""End-to-end learning check (bench/loopy_learning_check.py): the tiny Loopy config trained on a
 synthetic talking-portrait set (the lite engine animating the bundled portrait to espeak-ng
 speech, cropped around the face) lowers its validation loss and learns to use the audio: the
 mouth's denoising loss is lower with the clip's true audio than with audio from elsewhere, and
@@ -15,7 +15,7 @@ import pytest
 def test_tiny_loopy_learns_from_a_synthetic_talking_portrait_set(tmp_path):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    from avatarstream.engines.loopy.learning_check import LearningCheckOptions, run_learning_check, summary
+    from avatarstream.bench.loopy_learning_check import LearningCheckOptions, run_learning_check, summary
 
     r = run_learning_check(LearningCheckOptions(seed=0, stage1_steps=200, stage2_steps=300), tmp_path)
     print("\n", summary(r))

@@ -70,7 +70,7 @@ def _time_runtime(runtime: StageRuntime, feeds: dict[str, torch.Tensor], device:
 
 
 def run_bench(opts, stages: Sequence[str] | None = None) -> dict:
-    """``opts`` is ``realtime.bench_command.BenchOptions``; ``stages`` limits the stages (default: all)."""
+    """``opts`` is ``avatarstream.cli.bench.BenchOptions``; ``stages`` limits the stages (default: all)."""
     from avatarstream.export.exporter import export_all
 
     device = "cuda" if opts.device == "cuda" else "cpu"

@@ -39,7 +39,7 @@ shoulders at 5.6 eye distances, where the mouth is 1.5 x 0.5 latent cells at 64 
 motion and blinks can be turned off so the mouth is the only thing the reference and the
 motion frames do not explain.
 
-``python -m avatarstream.engines.loopy.learning_check --out DIR`` runs it for several seeds and
+``python -m avatarstream.bench.loopy_learning_check --out DIR`` runs it for several seeds and
 writes ``learning_check.json`` and ``learning_check.png``.
 """
 
@@ -392,7 +392,7 @@ def summary(r: LearningCheckResult) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m avatarstream.engines.loopy.learning_check",
+    p = argparse.ArgumentParser(prog="python -m avatarstream.bench.loopy_learning_check",
                                 description="Train Loopy's tiny config on a lite-rendered talking-portrait set "
                                             "and measure whether the rendered mouth follows the audio.")
     p.add_argument("--out", type=Path, required=True, help="directory for learning_check.json and .png")
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_learning_check(opts, Path(tmp)))
         print(json.dumps(summary(results[-1])), flush=True)
     _plot(results, args.out / "learning_check.png")
-    report = {"command": "python -m avatarstream.engines.loopy.learning_check " + " ".join(argv or []),
+    report = {"command": "python -m avatarstream.bench.loopy_learning_check " + " ".join(argv or []),
               "machine": {"cpus": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
                           "torch": torch.__version__},
               "wall_s": round(time.time() - t0, 1), "runs": [summary(r) for r in results],

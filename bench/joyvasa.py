@@ -1,6 +1,6 @@
 """``avatar bench --engine joyvasa``: per-window latency and the streaming-vs-offline motion study.
 
-Results (JSON, returned to ``realtime.bench_command``):
+Results (JSON, returned to ``avatarstream.cli.bench``):
 
 * ``latency_cpu``: audio features for one 4 s window, one denoising step (batch [uncond, cond]), one
   whole window (all diffusion steps) and one streaming chunk, at 1 and at 2 torch threads.
@@ -12,7 +12,7 @@ Results (JSON, returned to ``realtime.bench_command``):
 * ``live_vs_offline``: the same metric between the joyvasa engine's two motion paths as configured by
   default: ``open_stream``'s streaming generator (``JoyVasaOptions`` chunk / lookahead, ``LIVE_PRESET``
   CFG) and ``render_file``'s offline generator (``OFFLINE_PRESET`` CFG), same audio and seed. Alone:
-  ``python -m avatarstream.engines.joyvasa.bench [--quick] [--seconds S] [--weights DIR] [--out FILE]``.
+  ``python -m avatarstream.bench.joyvasa [--quick] [--seconds S] [--weights DIR] [--out FILE]``.
 
 Weights: ``--weights`` (a directory with ``JoyVASA/motion_generator/*.pt`` and the template, or a
 checkpoint file); without it, seeded random weights of the real shapes. ``--quick`` uses the
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import platform
 
-    p = argparse.ArgumentParser(prog="python -m avatarstream.engines.joyvasa.bench", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m avatarstream.bench.joyvasa", description=main.__doc__)
     p.add_argument("--weights", default=None, help="weights directory or checkpoint (default: random weights)")
     p.add_argument("--quick", action="store_true", help="the miniature model instead of the real shapes")
     p.add_argument("--seconds", type=float, default=6.0, help="seconds of speech (default 6)")
