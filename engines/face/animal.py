@@ -20,6 +20,7 @@ import numpy as np
 
 from avatarstream.engines.face.landmarks import FaceLandmarks
 from avatarstream.engines.face.layout import CAT, place_layout
+from avatarstream.engines.face.muzzle import locate_muzzle
 
 CASCADES = ("haarcascade_frontalcatface_extended.xml", "haarcascade_frontalcatface.xml")
 PADS = (0.0, 0.15, 0.3, 0.45)  # border added on each side, as a fraction of the longer side
@@ -118,7 +119,8 @@ def _pupil(gray: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray | 
 
 
 def cat_landmarks_in_box(image_rgb: np.ndarray, box, score: float = 0.0) -> FaceLandmarks:
-    """68 points for the cat face in ``box``: eyes at the pupils when they are found, the rest by proportion."""
+    """68 points for the animal face in ``box``: eyes at the pupils when they are found, nose and mouth
+    where ``muzzle.locate_muzzle`` finds them (else by the cat's proportions, ``mouth_found`` False)."""
     x, y, w, h = box
     side = (w + h) / 2
     left = np.array([x + EYE_X[0] * w, y + EYE_Y * h])
@@ -130,6 +132,16 @@ def cat_landmarks_in_box(image_rgb: np.ndarray, box, score: float = 0.0) -> Face
         dist = float(np.linalg.norm(d))
         if 0.3 * side <= dist <= 0.6 * side and abs(np.degrees(np.arctan2(d[1], d[0]))) <= 25:
             left, right = pl, pr
+    muzzle = locate_muzzle(image_rgb, left, right)
+    if muzzle is not None and muzzle.found:
+        gap = muzzle.mouth_bottom - muzzle.mouth_top
+        shape = replace(CAT, nose_tip_y=muzzle.nose_y, mouth_y=muzzle.mouth_top + gap / 2, lip_gap=gap,
+                        mouth_half_width=muzzle.mouth_half_width, upper_lip_height=0.05, lower_lip_height=0.07,
+                        chin_y=max(CAT.chin_y, muzzle.mouth_bottom + 0.35),
+                        mouth_x=float(np.clip(muzzle.mouth_x, -0.25, 0.25)))
+        pts = place_layout(shape, left, right)
+        return FaceLandmarks(pts, (float(x), float(y), float(w), float(h)), "animal", float(score))
+    # no mouth located: the cat proportions, which the engine animates less
     pts = place_layout(CAT, left, right)
     # A turned head puts the muzzle off the eyes' midpoint; the cascade box is centred on the
     # muzzle, so slide the nose and mouth (and half-way the jaw) onto the box's centre line.
@@ -139,7 +151,7 @@ def cat_landmarks_in_box(image_rgb: np.ndarray, box, score: float = 0.0) -> Face
     pts[27:36] += shift * ex
     pts[48:68] += shift * ex
     pts[0:17] += 0.5 * shift * ex
-    return FaceLandmarks(pts, (float(x), float(y), float(w), float(h)), "animal", float(score))
+    return FaceLandmarks(pts, (float(x), float(y), float(w), float(h)), "animal", float(score), mouth_found=False)
 
 
 _recent: OrderedDict[str, FaceLandmarks | None] = OrderedDict()  # the search is slow (~1 s CPU): remember a few

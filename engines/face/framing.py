@@ -13,9 +13,12 @@ import numpy as np
 
 from avatarstream.engines.face.landmarks import FaceLandmarks
 
-# square side in eye distances: a human portrait shows head and shoulders, an animal its head
-SIDE_IN_EYE_DISTANCES = {"human": 5.6, "animal": 3.3}
-MIN_SIDE_IN_EYE_DISTANCES = {"human": 3.6, "animal": 2.6}
+# square side in eye distances: a human portrait shows head and shoulders, an animal its whole head
+# with the ears (a dog's or cat's ear tips stand up to ~2.1 eye distances above the eyes, its cheeks
+# ~1.7 to each side) and a margin of background
+SIDE_IN_EYE_DISTANCES = {"human": 5.6, "animal": 5.0}
+MIN_SIDE_IN_EYE_DISTANCES = {"human": 3.6, "animal": 3.0}
+ANIMAL_TOP_ABOVE_EYES = 2.4  # the animal square's top edge, eye distances above the eyes' midpoint
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ def square_around_face(shape: tuple[int, int], face: FaceLandmarks) -> tuple[flo
     cx, cy = face.center
     if face.kind == "human":
         cy += 0.25 * d  # a little more chin/neck than forehead
+    else:  # room for the ears: the top edge well above the eyes
+        left, right = face.eye_centers
+        cy = float((left[1] + right[1]) / 2) - ANIMAL_TOP_ABOVE_EYES * d + side / 2
     # slide the square inside the picture where it fits
     cx = float(np.clip(cx, side / 2, w - side / 2)) if side <= w else w / 2
     cy = float(np.clip(cy, side / 2, h - side / 2)) if side <= h else h / 2

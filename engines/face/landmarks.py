@@ -32,6 +32,7 @@ class FaceLandmarks:
     box: tuple[float, float, float, float]  # x, y, width, height in pixels
     kind: str  # "human" or "animal"
     score: float  # detector confidence (dlib score or cascade vote count); higher is surer
+    mouth_found: bool = True  # False: the mouth's place is a guess (an animal whose mouth was not located)
 
     def __post_init__(self) -> None:
         if self.points.shape != (68, 2):
@@ -58,7 +59,8 @@ class FaceLandmarks:
         x, y, w, h = self.box
         corners = np.array([[x, y], [x + w, y + h]]) @ m[:, :2].T + m[:, 2]
         (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
-        return FaceLandmarks(pts, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)), self.kind, self.score)
+        return FaceLandmarks(pts, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)), self.kind, self.score,
+                             self.mouth_found)
 
 
 def eye_centers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

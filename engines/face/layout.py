@@ -29,6 +29,7 @@ class FaceProportions:
     jaw_top_y: float = 0.05
     jaw_half_width: float = 0.95
     chin_y: float = 1.5
+    mouth_x: float = 0.0  # the nose and mouth's offset from the eyes' midpoint along the eye line
 
 
 HUMAN = FaceProportions()
@@ -55,12 +56,14 @@ def face_frame_points(p: FaceProportions) -> np.ndarray:
         pts[first:first + 6] = [[cx - w, 0], [cx - w / 3, -h], [cx + w / 3, -h], [cx + w, 0], [cx + w / 3, h],
                                 [cx - w / 3, h]]
     mw, uh, lh, g, my = p.mouth_half_width, p.upper_lip_height, p.lower_lip_height, p.lip_gap / 2, p.mouth_y
-    outer = [[-mw, 0], [-0.6 * mw, -0.8 * uh], [-0.25 * mw, -uh], [0, -0.85 * uh], [0.25 * mw, -uh],
-             [0.6 * mw, -0.8 * uh], [mw, 0], [0.6 * mw, 0.8 * lh], [0.3 * mw, lh], [0, lh], [-0.3 * mw, lh],
-             [-0.6 * mw, 0.8 * lh]]
+    outer = [[-mw, 0], [-0.6 * mw, -0.8 * uh - g], [-0.25 * mw, -uh - g], [0, -0.85 * uh - g], [0.25 * mw, -uh - g],
+             [0.6 * mw, -0.8 * uh - g], [mw, 0], [0.6 * mw, 0.8 * lh + g], [0.3 * mw, lh + g], [0, lh + g],
+             [-0.3 * mw, lh + g], [-0.6 * mw, 0.8 * lh + g]]
     inner = [[-0.8 * mw, 0], [-0.35 * mw, -g], [0, -g], [0.35 * mw, -g], [0.8 * mw, 0], [0.35 * mw, g], [0, g],
              [-0.35 * mw, g]]
     pts[48:68] = np.array(outer + inner) + [0, my]
+    pts[27:36, 0] += p.mouth_x
+    pts[48:68, 0] += p.mouth_x
     return pts
 
 

@@ -7,6 +7,7 @@ audio -> per-frame features -> motion (``FacePose``) -> warp render -> ``AvatarF
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import deque
@@ -20,7 +21,10 @@ from avatarstream.engines.lite.audio_features import AudioFeatureExtractor, Fram
 from avatarstream.engines.face.framing import frame_portrait
 from avatarstream.engines.lite.motion import FacePose, MotionControls, MotionGenerator
 from avatarstream.engines.lite.options import CAPABILITIES, LiteOptions
+from avatarstream.engines.lite.face_mesh import UNSURE_MOUTH_TRAVEL
 from avatarstream.engines.lite.warp_renderer import WarpRenderer
+
+log = logging.getLogger(__name__)
 
 def _apply_controls(target: MotionControls, controls: Mapping[str, Any]) -> dict[str, str]:
     ok, rejected = CAPABILITIES.validate_controls(controls)
@@ -148,6 +152,9 @@ class LiteEngine:
             if key not in self._cache:
                 face = portrait.face if portrait.face is not None else detect_face(portrait.image, portrait.kind)
                 framed = frame_portrait(portrait.image, face, int(size))
+                if not face.mouth_found:
+                    log.warning("lite: no mouth located with confidence on this %s portrait; its jaw moves "
+                                "at %.0f%% and no mouth interior is painted", face.kind, 100 * UNSURE_MOUTH_TRAVEL)
                 renderer = WarpRenderer(framed, teeth=face.kind == "human")
                 if len(self._cache) >= 4:
                     self._cache.pop(next(iter(self._cache)))

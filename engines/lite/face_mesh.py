@@ -66,9 +66,10 @@ def build_mesh(face: FaceLandmarks, size: int) -> FaceMesh:
 
 
 JAW_TRAVEL = {"human": 0.38, "animal": 0.22}  # lower-lip travel at jaw = 1, in eye distances
+UNSURE_MOUTH_TRAVEL = 0.6  # share of that travel where the mouth's place is a guess (animate less)
 
 
-def motion_bases(mesh: FaceMesh, kind: str = "human") -> dict[str, np.ndarray]:
+def motion_bases(mesh: FaceMesh, kind: str = "human", mouth_found: bool = True) -> dict[str, np.ndarray]:
     """Full-strength point displacements (N, 2) for each facial motion (head motion is separate)."""
     n = len(mesh.points)
     ex, ey, d = mesh.ex, mesh.ey, mesh.eye_distance
@@ -76,13 +77,14 @@ def motion_bases(mesh: FaceMesh, kind: str = "human") -> dict[str, np.ndarray]:
     out = {}
 
     jaw = np.zeros((n, 2))
-    open_ = JAW_TRAVEL.get(kind, 0.38) * d
+    open_ = JAW_TRAVEL.get(kind, 0.38) * d * (1.0 if mouth_found else UNSURE_MOUTH_TRAVEL)
     for i, w in {57: 1.0, 56: 0.95, 58: 0.95, 55: 0.8, 59: 0.8, 66: 1.0, 65: 0.92, 67: 0.92,
                  48: 0.45, 54: 0.45, 60: 0.45, 64: 0.45,
                  8: 0.9, 7: 0.82, 9: 0.82, 6: 0.62, 10: 0.62, 5: 0.38, 11: 0.38, 4: 0.14, 12: 0.14}.items():
         jaw[i] = w * open_ * ey
-    for i, w in {61: 0.1, 62: 0.12, 63: 0.1, 50: 0.05, 51: 0.06, 52: 0.05}.items():
-        jaw[i] = -w * open_ * ey
+    if kind == "human":  # the upper lip lifts a little; an animal's upper lip hangs from its nose: still
+        for i, w in {61: 0.1, 62: 0.12, 63: 0.1, 50: 0.05, 51: 0.06, 52: 0.05}.items():
+            jaw[i] = -w * open_ * ey
     for i, sgn in ((48, 1), (60, 1), (54, -1), (64, -1)):  # corners draw in a little as the jaw drops
         jaw[i] += sgn * 0.06 * open_ * ex
     out["jaw"] = jaw

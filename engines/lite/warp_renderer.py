@@ -15,11 +15,13 @@ import cv2
 import numpy as np
 
 from avatarstream.engines.lite.face_mesh import JAW_TRAVEL, FaceMesh, build_mesh, motion_bases
+from avatarstream.engines.face import mouth_opening
 from avatarstream.engines.face.framing import FramedPortrait
 from avatarstream.engines.lite.motion import FacePose
 from avatarstream.engines.lite.mouth_interior import paint_mouth
 
-JAW_LEVELS = (0.5, 1.0)  # exact piecewise-affine maps at these openings, linear in between
+JAW_LEVELS = (0.5, 1.0)
+OPEN_AT_REST = 0.1  # inner-lip gap (eye distances) above which the photo's mouth is already open  # exact piecewise-affine maps at these openings, linear in between
 
 
 def _backward_field(points: np.ndarray, triangles: np.ndarray, disp: np.ndarray,
@@ -76,8 +78,11 @@ class WarpRenderer:
         self.teeth = teeth
         self.mesh: FaceMesh = build_mesh(framed.face, self.size)
         m = self.mesh
-        self.bases = motion_bases(m, framed.face.kind)
+        self.bases = motion_bases(m, framed.face.kind, framed.face.mouth_found)
         self.jaw_travel = JAW_TRAVEL.get(framed.face.kind, 0.38) * m.eye_distance
+        # the painted interior: not where the mouth's place is a guess, nor over a mouth already
+        # open in the photo (its own opening and tongue stretch with the jaw)
+        self.paint_interior = framed.face.mouth_found and mouth_opening(framed.face.points) < OPEN_AT_REST
         # the face region: the static ring's bounding box
         ang = np.linspace(0, 2 * np.pi, 64)
         ring = m.ring_center + np.outer(m.ring_axes[0] * np.cos(ang), m.ex) + np.outer(m.ring_axes[1] * np.sin(ang), m.ey)
@@ -161,7 +166,7 @@ class WarpRenderer:
         out[y0:y1, x0:x1] = cv2.remap(self.base, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         gap_px = pose.jaw * self.jaw_travel
         strength = float(np.clip(gap_px / (0.06 * self.mesh.eye_distance), 0, 1))
-        if strength > 0.01:
+        if strength > 0.01 and self.paint_interior:
             lips = self.landmarks(pose)
             # the lower inner-lip landmarks sit slightly above the lip's edge: cover the seam
             lips[[65, 66, 67]] += 0.035 * self.mesh.eye_distance * strength * self.mesh.ey
