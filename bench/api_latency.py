@@ -32,6 +32,7 @@ import numpy as np
 from aiohttp import web
 from tqdm import tqdm
 
+from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.engines.base import EngineError
 from avatarstream.bench.viewer_recorder import Recording, RecordingViewer, mouth_openings
 from avatarstream.realtime.client import AvatarClient
@@ -199,10 +200,7 @@ def _mouth_latencies(rec: Recording, pushes: list[tuple[float, float, float]],
 def _plot(out_dir: Path, first: list[float], to_started: list[float], mouth_viewer: list[float],
           mouth_sender: list[float], rec: Recording, pushes: list[tuple[float, float, float]],
           mouth_info: dict[str, Any]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     arrivals, mouth = mouth_info.pop("_series")
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7))
@@ -224,8 +222,6 @@ def _plot(out_dir: Path, first: list[float], to_started: list[float], mouth_view
         ax2.axvspan(t_push - t0, t_push - t0 + seconds, color="orange", alpha=0.15, label="utterance pushed (length)" if i == 0 else None)
     ax2.set_xlabel("seconds")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
     path = Path(out_dir) / "api_latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path

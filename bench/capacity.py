@@ -40,6 +40,7 @@ import aiohttp
 import av
 import numpy as np
 
+from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.engines.base import FPS, EngineError
 from avatarstream.bench.api_latency import espeak_16k, pcm_bytes
 from avatarstream.bench.viewer_recorder import RecordingViewer
@@ -379,10 +380,7 @@ def _summary(result: dict) -> dict:
 
 
 def _plot(out_dir: Path, result: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     (a_fps, a_cpu, a_late), (a_view, a_q, a_txt) = axes
@@ -420,8 +418,6 @@ def _plot(out_dir: Path, result: dict) -> Path:
                      f"2nd viewer {s['second_viewer_cpu_cores']}, 3rd {s['third_viewer_cpu_cores']} cores")
     a_txt.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace")
     fig.suptitle("avatar bench --suite capacity (lite engine, 512x512, server + clients on one machine)")
-    fig.tight_layout()
     path = out_dir / "capacity.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 
+from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.timing import device_sync
 from avatarstream.engines.base import EngineError
 from avatarstream.engines.runtimes.network_source import NetworkSource
 from avatarstream.engines.runtimes.stage_registry import get_stage, stage_names
@@ -48,23 +50,19 @@ def _backends(requested: str, device: str) -> tuple[list[str], dict[str, str]]:
     return [b for b in wanted if b not in skipped], skipped
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _time_runtime(runtime: StageRuntime, feeds: dict[str, torch.Tensor], device: str, *, repeats: int,
                   budget_s: float) -> tuple[list[float], dict[str, torch.Tensor]]:
+    sync = device_sync(device)
     t0 = time.perf_counter()
     out = runtime.run(feeds)  # warm-up (CUDA-graph capture, ORT allocations)
-    _sync(device)
+    sync()
     first = time.perf_counter() - t0
     n = max(1, min(repeats, int(budget_s / max(first, 1e-6))))
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
         out = runtime.run(feeds)
-        _sync(device)
+        sync()
         times.append((time.perf_counter() - t0) * 1000.0)
     return times, {k: v.detach().float().cpu() for k, v in out.items()}
 
@@ -155,10 +153,7 @@ def _renderer_ratio(results: dict) -> dict:
 
 
 def _plot(results: dict, backends: list[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_lat, ax_fps) = plt.subplots(1, 2, figsize=(13, 4.8))
     names = list(results)
@@ -190,7 +185,5 @@ def _plot(results: dict, backends: list[str], path: Path) -> Path:
     ax_fps.set_title("throughput vs batch")
     if ax_fps.lines:
         ax_fps.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.timing import median_ms
 from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
 from avatarstream.engines.joyvasa.checkpoint import load_motion_generator, random_motion_generator, small_motion_generator
 from avatarstream.engines.joyvasa.motion import MotionTemplate
@@ -97,19 +99,6 @@ def load_bench_model(opts) -> tuple[DitTalkingHead, MotionTemplate, str]:
 
 # -- latency --------------------------------------------------------------------------------------
 
-def _timed(fn, reps: int, sync=lambda: None) -> float:
-    """Median milliseconds of ``reps`` calls after one warm-up call."""
-    fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
-
-
 @torch.no_grad()
 def window_latency(model: DitTalkingHead, reps: int, sync=lambda: None, graphed=None) -> dict:
     cfg = model.cfg
@@ -125,10 +114,10 @@ def window_latency(model: DitTalkingHead, reps: int, sync=lambda: None, graphed=
     denoise = make()
     x_in = torch.cat([x_T, x_T])
     out = {
-        "audio_features_ms": _timed(lambda: model.audio_features(audio), reps, sync),
-        "denoise_step_ms": _timed(lambda: denoise(x_in, 10), max(3, reps * 3), sync),
-        "window_ms": _timed(lambda: sample(make(), x_T, model.schedule(), generator=torch.Generator().manual_seed(1)),
-                            max(1, reps // 2), sync),
+        "audio_features_ms": median_ms(lambda: model.audio_features(audio), reps, sync=sync),
+        "denoise_step_ms": median_ms(lambda: denoise(x_in, 10), max(3, reps * 3), sync=sync),
+        "window_ms": median_ms(lambda: sample(make(), x_T, model.schedule(), generator=torch.Generator().manual_seed(1)),
+                               max(1, reps // 2), sync=sync),
         "steps": cfg.n_diff_steps,
         "window_frames": cfg.n_motions,
     }
@@ -292,10 +281,7 @@ def live_vs_offline(model, template, audio: np.ndarray, progress=print) -> dict:
 # -- plots ----------------------------------------------------------------------------------------
 
 def plot(result: dict, out_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
     study = result["streaming_vs_offline"]
@@ -323,10 +309,8 @@ def plot(result: dict, out_dir: Path) -> list[str]:
     ax2.set_xlabel("motion dim (0-62 exp, 63 scale, 64-66 t, 67-69 pitch/yaw/roll)")
     ax2.set_ylabel("RMSE (normalised)")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
     p = out_dir / "joyvasa_rmse.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
+    save_figure(fig, p, dpi=110)
     paths.append(str(p))
 
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -343,10 +327,8 @@ def plot(result: dict, out_dir: Path) -> list[str]:
     ax.set_ylabel("ms")
     ax.set_yscale("log")
     ax.set_title("JoyVASA latency: 100-frame window (4 s of video) and 10-frame chunk (0.4 s)", fontsize=9)
-    fig.tight_layout()
     p = out_dir / "joyvasa_latency.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
+    save_figure(fig, p, dpi=110)
     paths.append(str(p))
     return paths
 

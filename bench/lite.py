@@ -20,6 +20,7 @@ from fractions import Fraction
 import numpy as np
 import psutil
 
+from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.engines.base import FPS, SAMPLE_RATE, Portrait
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as WebRTC delivers microphone audio
@@ -158,10 +159,7 @@ def run_bench(opts) -> dict:
 
 
 def _plot(path, stages: dict, per_frame: list[dict], result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     names = ["features", "motion", "render", "encode_vp8", "encode_h264"]
@@ -181,6 +179,4 @@ def _plot(path, stages: dict, per_frame: list[dict], result: dict) -> None:
     b.set_title(f"at 25 fps: engine {rt['engine']['cpu_cores']} cores, "
                 f"engine+VP8 {rt['engine_vp8']['cpu_cores']} cores", fontsize=10)
     b.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

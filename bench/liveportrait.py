@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.timing import call_times_ms, device_sync
 from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks, load_networks
 from avatarstream.engines.liveportrait.source import (PasteBack, crop_transform, crop_transform_animal,
                                                      crop_with_transform, paste_back, reframe, resize_to_limit)
@@ -51,20 +53,6 @@ def _calls(nets: LivePortraitNetworks, x: dict[str, torch.Tensor]):
     }
 
 
-def time_call(fn, device: str, iters: int, warmup: int) -> list[float]:
-    out = []
-    for i in range(warmup + iters):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
 def bench_device(nets: LivePortraitNetworks, device: str, fp16: bool, quick: bool) -> dict:
     nets.to(device)
     g = torch.Generator().manual_seed(0)
@@ -79,7 +67,7 @@ def bench_device(nets: LivePortraitNetworks, device: str, fp16: bool, quick: boo
             amp = (torch.autocast("cuda", dtype=torch.float16) if fp16 and name != "stitching"
                    else contextlib.nullcontext())
             with torch.inference_mode(), amp:
-                times = time_call(calls[name], device, iters, warmup)
+                times = call_times_ms(calls[name], iters, warmup=warmup, sync=device_sync(device))
             ms = statistics.median(times)
             result.setdefault(name, {})[f"batch_{batch}"] = {
                 "ms": round(ms, 3), "ms_per_frame": round(ms / batch, 3), "runs": len(times)}
@@ -93,10 +81,7 @@ def _grouped_bars(path: Path, groups: list[str], series: list[tuple[str, list[fl
                   title: str, figsize: tuple[float, float], tick_labels: list[str], tick_size: float | None = None,
                   log: bool = False) -> None:
     """One bar per (group, series), the series side by side within each group; written to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=figsize)
     width = 0.8 / max(1, len(series))
@@ -109,9 +94,7 @@ def _grouped_bars(path: Path, groups: list[str], series: list[tuple[str, list[fl
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot(results: dict[str, dict], path: Path) -> None:

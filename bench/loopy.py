@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.engines.base import SAMPLE_RATE
 from avatarstream.engines.loopy.checkpoint import load_weights_dir, random_weights
 from avatarstream.engines.loopy.config import get_config
@@ -68,10 +69,7 @@ def _label(e: dict) -> str:
 
 
 def _plot(entries: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     stages = sorted({s for e in entries for s in e["stage_ms_per_frame"]})
     fig, ax = plt.subplots(figsize=(7, 3 + 0.4 * len(entries)))
@@ -85,9 +83,7 @@ def _plot(entries: list[dict], path) -> None:
     ax.set_xlabel("ms per output frame (25 DDIM steps x 3 passes)")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Loopy render time per frame")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run_bench(opts) -> dict:

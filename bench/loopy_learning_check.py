@@ -63,6 +63,7 @@ import cv2
 import numpy as np
 import torch
 
+from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Portrait
 from avatarstream.engines.lite.engine import LiteEngine
 from avatarstream.engines.loopy.audio_conditioning import audio_windows
@@ -347,10 +348,7 @@ def run_learning_check(opts: LearningCheckOptions, work: Path,
 
 
 def _plot(results: list[LearningCheckResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for r in results:
@@ -371,9 +369,7 @@ def _plot(results: list[LearningCheckResult], path: Path) -> None:
     axes[1].set_ylabel("mouth opening (latent readout)")
     axes[1].set_title(f"rendered mouth, seed {r.options['seed']}", fontsize=9)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def summary(r: LearningCheckResult) -> dict:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import numpy as np
 
+from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.engines.base import EngineError
 from avatarstream.bench.viewer_recorder import RecordingViewer
 
@@ -143,10 +144,7 @@ def _summary(samples: list[tuple[float, float]]) -> dict:
 
 
 def _plot(out_dir: Path, runs: dict[str, list[tuple[float, float]]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, samples in runs.items():
@@ -158,7 +156,5 @@ def _plot(out_dir: Path, runs: dict[str, list[tuple[float, float]]]) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     path = out_dir / "placement.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

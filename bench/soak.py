@@ -44,6 +44,7 @@ import psutil
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.engines.base import EngineError
 from avatarstream.bench.api_latency import espeak_16k, pcm_bytes
 from avatarstream.realtime.client import AvatarClient, SessionInfo
@@ -473,10 +474,7 @@ def av_series(s: SoakSession) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Non
 
 
 def plot(samples: list[dict[str, Any]], sessions: list[SoakSession], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = [r["t"] / 60 for r in samples]
     fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
@@ -503,9 +501,7 @@ def plot(samples: list[dict[str, Any]], sessions: list[SoakSession], path: Path)
     axes[3].set_xlabel("minutes")
     axes[3].legend()
     fig.suptitle("avatar bench --soak: lite engine, churn throughout")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 async def _viewer_main(whep_url: str, token: str) -> None:
