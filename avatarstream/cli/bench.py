@@ -9,16 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-try:
-    import psutil
-except ImportError:  # the gpu suite runs on machines with torch but not necessarily psutil
-    psutil = None
 
 SUITES: dict[str, str] = {
     "lite": "avatarstream.bench.lite",
@@ -31,6 +25,7 @@ SUITES: dict[str, str] = {
     "capacity": "avatarstream.bench.capacity",
     "placement": "avatarstream.bench.placement",
     "gpu": "avatarstream.bench.gpu",
+    "portraits": "avatarstream.bench.portraits",
 }
 
 
@@ -63,23 +58,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="gpu suite: run on CPU with miniature networks (checks the suite without a GPU)")
 
 
-def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-    }
-    if psutil is not None:  # absent on the bare GPU machines the gpu suite runs on
-        info["cpu_count"] = psutil.cpu_count()
-        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
-    torch = sys.modules.get("torch")  # report torch only where the suite loaded it
-    if torch is not None:
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def run(args: argparse.Namespace) -> int:
     if args.soak is not None:
         args.suite, args.seconds = "soak", args.soak
@@ -90,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     )
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(SUITES[args.suite])
+    from avatarstream.bench.machine import machine_info  # measurement is imported only when a suite runs
     t0 = time.time()
     result = module.run_bench(opts)
     report = {
