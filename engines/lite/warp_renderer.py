@@ -21,7 +21,7 @@ from avatarstream.engines.lite.motion import FacePose
 from avatarstream.engines.lite.mouth_interior import paint_mouth
 
 JAW_LEVELS = (0.5, 1.0)
-OPEN_AT_REST = 0.1  # inner-lip gap (eye distances) above which the photo's mouth is already open  # exact piecewise-affine maps at these openings, linear in between
+OPEN_AT_REST = 0.1  # inner-lip gap (eye distances) above which an animal's mouth is already open in the photo  # exact piecewise-affine maps at these openings, linear in between
 
 
 def _backward_field(points: np.ndarray, triangles: np.ndarray, disp: np.ndarray,
@@ -82,7 +82,8 @@ class WarpRenderer:
         self.jaw_travel = JAW_TRAVEL.get(framed.face.kind, 0.38) * m.eye_distance
         # the painted interior: not where the mouth's place is a guess, nor over a mouth already
         # open in the photo (its own opening and tongue stretch with the jaw)
-        self.paint_interior = framed.face.mouth_found and mouth_opening(framed.face.points) < OPEN_AT_REST
+        animal_open = framed.face.kind == "animal" and mouth_opening(framed.face.points) >= OPEN_AT_REST
+        self.paint_interior = framed.face.mouth_found and not animal_open
         # the face region: the static ring's bounding box
         ang = np.linspace(0, 2 * np.pi, 64)
         ring = m.ring_center + np.outer(m.ring_axes[0] * np.cos(ang), m.ex) + np.outer(m.ring_axes[1] * np.sin(ang), m.ey)
