@@ -17,7 +17,7 @@ Per portrait (the bundled cat and astronaut, plus every picture in ``AVATARSTREA
 - whether the crop keeps the head: the labelled ear tips mapped into the 512x512 frame.
 
 Writes ``portraits.json`` (via the CLI) and ``portraits.png``, a contact sheet: per portrait the
-rest frame and the frames of smallest, median and largest measured opening, mouth box (red) and
+rest frame and the frames of smallest, median and largest mouth-box change, mouth box (red) and
 nose patch (green) drawn on the first. About 8 s per portrait on a 2-core CPU.
 """
 
@@ -199,7 +199,7 @@ def measure(path: Path, engine, audio: np.ndarray) -> tuple[dict, list[np.ndarra
         nose_color_r=round(max(r for _, r in lagged_r(nose_c, env, 1)), 3),
         nose_flow_max_px=round(float(max(nose_flow)), 3),
     )
-    order = np.argsort(opening_a)
+    order = np.argsort(np.array(change))
     picks = [rest] + [frames[int(order[i])] for i in (0, len(order) // 2, -1)]
     sheet = [p.copy() for p in picks]
     cv2.rectangle(sheet[0], jaw_box[:2], jaw_box[2:], (255, 0, 0), 2)
