@@ -28,7 +28,9 @@ class ServerConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"backend": ..., "engines_dir": ...}
     host: str = "127.0.0.1"
     port: int = 8080
-    max_sessions: int = 4  # concurrent sessions; more get 503 + Retry-After
+    # an explicit cap on concurrent sessions (watched or not; more get 503 + Retry-After); None or 0: no
+    # fixed cap, admission by measured load decides (realtime/session/admission.py)
+    max_sessions: int | None = None
     size: int = 0  # default video width and height in pixels; 0: the engine's default size
     idle_timeout: float = 300.0  # s without a connected viewer or input before a session is closed
     viewer_connect_timeout: float = 15.0  # s a WebRTC viewer may take to connect (ICE + DTLS)
@@ -39,7 +41,9 @@ class ServerConfig:
     insecure: bool = False  # allow a non-loopback host without an API key
     cors_origins: list[str] = field(default_factory=list)  # origins allowed to call the API from a browser
     # admission by measured load (realtime/session/admission.py)
-    admission: bool = True  # refuse (503 + Retry-After) the session that would push the others below min_fps
+    # refuse (503 + Retry-After) the session that would push the active ones below min_fps, at creation
+    # and when an unwatched session's first viewer attaches
+    admission: bool = True
     admission_min_fps: float = 24.0
     admission_cpu_cores: float = 0.0  # CPU the sessions may use; 0: every core of the machine
     admission_headroom: float = 0.85  # fraction of that CPU (and of the event loop thread) sessions may fill
@@ -65,6 +69,8 @@ class ServerConfig:
             self.size = engine_capabilities(self.engine).default_size or 0
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
+        if self.max_sessions is not None and self.max_sessions < 0:
+            raise ValueError(f"max_sessions must be 0 or None (no fixed cap) or more, got {self.max_sessions}")
         if self.malloc_arena_max < 0:
             raise ValueError(f"malloc_arena_max must be 0 (glibc's default) or more, got {self.malloc_arena_max}")
         self.admission_policy()  # ValueError for a bad setting, at start-up

@@ -34,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=_default("host"),
                    help="address to listen on (default: %(default)s; 0.0.0.0 for all interfaces needs an API key)")
     p.add_argument("--port", type=int, default=_default("port"), help="(default: %(default)s)")
-    p.add_argument("--max-sessions", type=int, default=_default("max_sessions"),
-                   help="concurrent sessions; more get HTTP 503 (default: %(default)s)")
+    p.add_argument("--max-sessions", type=int, default=0,
+                   help="an explicit cap on concurrent sessions, watched or not; more get HTTP 503 (default: 0, no "
+                        "fixed cap: admission by measured load decides how many sessions may render)")
     p.add_argument("--size", type=int, default=engine_capabilities(DEFAULT_ENGINE).default_size,
                    help=f"video width and height in pixels (default: %(default)s; {engine_sizes(streaming_only=True)})")
     p.add_argument("--idle-timeout", type=float, default=_default("idle_timeout"),
@@ -64,7 +65,8 @@ def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-admission", dest="admission", action="store_false", default=_default("admission"),
                    help="admit sessions up to --max-sessions whatever the measured load")
     g.add_argument("--admission-min-fps", type=float, default=_default("admission_min_fps"),
-                   help="refuse (503) the session that would push the others below this frame rate (default: %(default)s)")
+                   help="refuse (503) the new session, or the first viewer of an unwatched one, that would push the "
+                        "active sessions below this frame rate (default: %(default)s)")
     g.add_argument("--admission-cpu-cores", type=float, default=_default("admission_cpu_cores"),
                    help="CPU cores the sessions may use; 0: all of the machine's (default: %(default)s)")
     g.add_argument("--admission-headroom", type=float, default=_default("admission_headroom"),
@@ -163,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
         limit_arenas(args.malloc_arena_max)  # before any thread starts: arenas already made stay
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.max_sessions < 1:
-        raise EngineError("--max-sessions must be at least 1")
+    if args.max_sessions < 0:
+        raise EngineError("--max-sessions must be 0 (no fixed cap: admission by measured load) or more")
     caps = engine_capabilities(args.engine)  # unknown engine -> EngineError listing the known ones
     if not caps.streams:
         raise EngineError(f"the {args.engine} engine renders files only and cannot serve; use 'avatar render "
@@ -173,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     args.size = resolve_size(caps, args.size)
     engine_options = backend_options(args)
     config = ServerConfig(image=args.image, engine=args.engine, weights=args.weights, host=args.host, port=args.port,
-                          max_sessions=args.max_sessions, size=args.size, idle_timeout=args.idle_timeout,
+                          max_sessions=args.max_sessions or None, size=args.size, idle_timeout=args.idle_timeout,
                           viewer_connect_timeout=args.viewer_connect_timeout,
                           max_viewers_per_session=args.max_viewers, ice_servers=list(args.ice_server),
                           **capacity_options(args),

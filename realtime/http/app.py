@@ -38,8 +38,10 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 async def health(request: web.Request) -> web.Response:
     registry, cfg = request.app[REGISTRY], request.app[CONFIG]
     return web.json_response({"status": "ok", "engine": cfg.engine, "sessions": len(registry),
-                              "max_sessions": cfg.max_sessions, "draining": registry.draining,
-                              # measured capacity (admission), for a front or a cluster placing sessions
+                              "active_sessions": registry.active_count,
+                              "max_sessions": cfg.max_sessions or None, "draining": registry.draining,
+                              # the figures admission uses (active sessions, their cost, the capacity), in
+                              # words ("summary") and numbers, for a user, a front or a cluster placing sessions
                               "capacity": registry.load.snapshot()})
 
 

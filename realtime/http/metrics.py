@@ -7,8 +7,10 @@ cluster workers). Two kinds of metric:
   status and error code (the code the error middleware put in its JSON body: ``session_limit``
   for a 503, ``unauthorized`` ...), and request durations by route;
 * read from the live state when scraped (``ServerCollector``): sessions active / started / ended,
-  the session cap and the draining flag, viewers by transport, the measured capacity
-  (``realtime/session/admission.py``), and per session: frames delivered per second over the last
+  the session cap (where one is set) and the draining flag, viewers by transport, the figures
+  admission uses (``realtime/session/admission.py``: active sessions, the CPU and event loop
+  time an active and an inactive session cost, the usable CPU, the capacity in active sessions,
+  the slowest active session's frame rate), and per session: frames delivered per second over the last
   ``FPS_WINDOW_S`` seconds, clock ticks, frames missing, late ticks, frames the engine dropped,
   video frames the WebRTC viewers skipped, engine milliseconds per tick, queued speech (the
   playback buffer's depth), viewers; and the GPU memory torch holds where an engine loaded torch
@@ -63,9 +65,10 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         reg, now = self.registry, time.time()
         sessions = [s for s in reg if not s.closed]
-        yield GaugeMetricFamily("avatar_sessions_active", "Sessions running now", len(sessions))
-        yield GaugeMetricFamily("avatar_sessions_max", "Concurrent session cap (max_sessions)",
-                                reg.config.max_sessions)
+        yield GaugeMetricFamily("avatar_sessions_active", "Sessions running now, watched or not", len(sessions))
+        if reg.config.max_sessions:
+            yield GaugeMetricFamily("avatar_sessions_max", "Concurrent session cap (max_sessions; absent: none)",
+                                    reg.config.max_sessions)
         yield GaugeMetricFamily("avatar_draining", "1 while the server takes no new sessions", int(reg.draining))
         yield CounterMetricFamily("avatar_sessions_started", "Sessions started", reg.sessions_started)
         yield CounterMetricFamily("avatar_sessions_ended", "Sessions ended (closed, idle, failed)",
@@ -84,11 +87,31 @@ class ServerCollector(Collector):
         yield from _gpu_memory()
 
     def _capacity(self) -> Iterator[Metric]:
+        """The figures admission uses (``realtime/session/admission.py``); a cost not yet measured is absent."""
         load = self.registry.load
+        yield GaugeMetricFamily("avatar_admission_active_sessions",
+                                "Sessions rendering now (a viewer or agent attached, or speech playing): "
+                                "what admission counts", self.registry.active_count)
         cap = load.capacity
         if cap is not None:
-            yield GaugeMetricFamily("avatar_capacity_sessions",
-                                    "Sessions this server sustains at the admission frame rate (measured)", cap)
+            yield GaugeMetricFamily("avatar_capacity_sessions", "Active sessions this server sustains at the "
+                                    "admission frame rate (measured)", cap)
+        figures = (
+            ("avatar_admission_cpu_per_active_session_cores", "Process CPU one active session costs (cores)",
+             load.cpu.per_active),
+            ("avatar_admission_cpu_per_inactive_session_cores", "Process CPU one unwatched, silent session "
+             "costs (cores)", load.cpu.per_inactive),
+            ("avatar_admission_loop_per_active_session", "Fraction of the event loop thread one active "
+             "session costs", load.loop.per_active),
+        )
+        for name, doc, value in figures:
+            if value is not None:
+                yield GaugeMetricFamily(name, doc, value)
+        yield GaugeMetricFamily("avatar_admission_usable_cpu_cores", "CPU the sessions may fill: budget x headroom "
+                                "(cores)", load.policy.usable_cores)
+        if load.min_active_fps is not None:
+            yield GaugeMetricFamily("avatar_admission_min_active_session_fps", "Lowest frame rate an active session "
+                                    "delivered over the admission window", load.min_active_fps)
         yield GaugeMetricFamily("avatar_cpu_cores_used", "Process CPU over the admission window (cores)",
                                 load.cpu_cores_used)
         yield GaugeMetricFamily("avatar_event_loop_busy", "Fraction of the event loop thread busy",

@@ -25,6 +25,7 @@ class OutputSlot:
     utterance: int | None = None
     position: int = 0  # samples of ``utterance`` played once this slot is sent
     frame: AvatarFrame | None = None
+    rendered: bool = False  # its audio went to the engine: a frame is expected
 
 
 class OutputRing:

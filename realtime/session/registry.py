@@ -1,7 +1,14 @@
-"""Creates, finds and closes sessions; enforces the session cap, admission by measured load
-(``admission.py``: a session that would push the others below ``admission_min_fps`` gets 503 +
-Retry-After), viewer connect deadlines and the idle timeout. The load monitor samples once a
-second; new sessions get the server's WebRTC video encoding settings. A draining registry
+"""Creates, finds and closes sessions; enforces the session cap (``max_sessions``, none by
+default), admission by measured load (``admission.py``), viewer connect deadlines and the idle
+timeout. The load monitor samples once a second; new sessions get the server's WebRTC video
+encoding settings.
+
+Admission is checked twice: a new session is created while one more *active* session fits
+(``check_capacity``), and an inactive session (no viewer, no speech) starts rendering, when its
+first viewer or agent attaches or speech arrives, only while one more fits
+(``check_activation``, the sessions' ``activation_check``). Either refusal is 503
+``session_limit`` + Retry-After with the measured figures; the already active sessions keep
+their frame rate. A draining registry
 (``draining = True``: a cluster worker being retired, ``realtime/cluster/``) refuses new sessions
 with 503 while its running ones go on to their end.
 
@@ -101,36 +108,54 @@ class SessionRegistry:
 
     @property
     def full(self) -> bool:
-        return len(self._sessions) + self._reserved >= self.config.max_sessions
+        """The explicit cap (``max_sessions``) is reached; never with no cap set."""
+        cap = self.config.max_sessions
+        return cap is not None and cap > 0 and len(self._sessions) + self._reserved >= cap
+
+    @property
+    def active_count(self) -> int:
+        """Sessions rendering now (a viewer or agent attached, or speech playing)."""
+        return sum(1 for s in self._sessions.values() if s.active and not s.closed)
 
     def check_capacity(self) -> None:
-        """Raise SessionLimitError if no session slot is free, or if one more session would push the
-        running ones below the admission frame rate, or while draining (cheap: call before reading a body)."""
+        """Raise SessionLimitError while draining, if the explicit session cap is reached, or if one
+        more active session would push the active ones below the admission frame rate (cheap: call
+        before reading a body). Sessions being created count as active."""
         if self.draining:
             raise SessionLimitError("this server is draining (finishing its sessions before it stops); "
                                     "retry on another server", retry_after=self.load.policy.retry_after_s)
         if self.full:
             raise SessionLimitError(
-                f"server is at its limit of {self.config.max_sessions} concurrent session(s); retry later",
-                retry_after=5)
-        running = len(self._sessions) + self._reserved
-        if not self.load.admits(running):
-            policy = self.load.policy
-            raise SessionLimitError(
-                f"server is at its measured capacity ({self.load.capacity} session(s) at >= {policy.min_fps:g} fps); "
-                "retry later", retry_after=policy.retry_after_s)
+                f"server is at its limit of {self.config.max_sessions} concurrent session(s) (--max-sessions); "
+                "retry later", retry_after=5)
+        refusal = self.load.refusal(self.active_count + self._reserved)
+        if refusal is not None:
+            raise SessionLimitError(f"no room for a new session: {refusal}; retry later",
+                                    retry_after=self.load.policy.retry_after_s)
+
+    def check_activation(self, session: AvatarSession) -> None:
+        """Raise SessionLimitError if the inactive ``session`` may not start rendering now: one more
+        active session would push the active ones below the admission frame rate."""
+        if session.active:
+            return
+        refusal = self.load.refusal(self.active_count + self._reserved)
+        if refusal is not None:
+            raise SessionLimitError(f"this session cannot start rendering now: {refusal}; it stays open "
+                                    "(unwatched): retry later", retry_after=self.load.policy.retry_after_s)
 
     async def create(self, portrait: Portrait | None = None, *, engine: str | None = None, size: int | None = None,
                      controls: Mapping[str, Any] | None = None, origin: str = "api") -> AvatarSession:
         """Start a session; raises SessionLimitError, NoFaceError, EngineError."""
         self.check_capacity()
         self._reserved += 1
+        self.load.creation_started()
         try:
             eng = await self.engine(engine)
             opts = self.config.session_options(size=size, controls=controls or None)
             session = AvatarSession(eng, portrait or self.default_portrait,
                                     engine_name=engine or self.config.engine, options=opts, origin=origin)
             session.playback_latency_observers = self.playback_latency_observers
+            session.activation_check = self.check_activation
             try:
                 await session.start()
             except BaseException:
@@ -144,6 +169,7 @@ class SessionRegistry:
             return session
         finally:
             self._reserved -= 1
+            self.load.creation_ended()
 
     def _forget(self, session: AvatarSession) -> None:
         self._sessions.pop(session.id, None)

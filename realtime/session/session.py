@@ -63,12 +63,17 @@ class SessionStats:
     ticks: int = 0  # clock ticks processed (audio taken)
     frames_missing: int = 0  # output ticks whose frame was not ready (previous frame repeated)
     late_ticks: int = 0  # ticks processed more than one frame late (engine slower than real time)
+    active_ticks: int = 0  # ticks whose audio went to the engine (a viewer attached or speech playing)
+    active_frames_missing: int = 0  # slots of those ticks sent without their frame (the engine fell behind)
     sent_log: deque = field(default_factory=lambda: deque(maxlen=3000))  # (index, wall, rms, mouth_open, has_frame)
     viewers_left: int = 0  # viewers detached (left, dropped or killed) while the session went on
 
 
 class ViewerLimitError(Exception):
     """The session already has ``max_viewers`` viewers."""
+
+
+ActivationCheck = Callable[["AvatarSession"], None]  # raises to refuse: the session may not start rendering
 
 
 class AvatarSession:
@@ -100,7 +105,11 @@ class AvatarSession:
         self._sent_position: dict[int, int] = {}
         self._pending_output_markers: list[PlaybackMarker] = []
         self._speaking = False
+        self._rendering = False  # the last tick's audio went to the engine
         self._closed = False
+        # called before an inactive session starts rendering (first viewer, or speech with nobody
+        # watching); raises to refuse it (the registry's admission by measured load)
+        self.activation_check: ActivationCheck | None = None
         self._on_close: list[Callable[[AvatarSession], Any]] = []
         self._pushed_at: dict[int, float] = {}  # utterance -> monotonic time of its first pushed audio
         # called with each utterance's push-to-playback latency in seconds (first audio pushed -> sent)
@@ -176,9 +185,21 @@ class AvatarSession:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
+    @property
+    def active(self) -> bool:
+        """The engine renders for this session: a viewer of any transport is attached, or speech is
+        queued or playing. An inactive session costs only its clock (no engine work, no encoding)."""
+        return bool(self._viewers) or self._rendering or self._buffer.queued_samples > 0
+
+    def _check_activation(self) -> None:
+        if not self.active and self.activation_check is not None:
+            self.activation_check(self)
+
     # -- input ---------------------------------------------------------------------------
     def push_audio(self, pcm16k: np.ndarray) -> int:
-        """Queue speech (float32 mono 16 kHz); returns its utterance id. Raises BufferFull."""
+        """Queue speech (float32 mono 16 kHz); returns its utterance id. Raises BufferFull, or
+        what ``activation_check`` raises when nobody watches and the server has no room to render."""
+        self._check_activation()
         self.touch()
         utterance = self._buffer.push(pcm16k)
         if utterance not in self._pushed_at and len(self._pushed_at) < MAX_TIMED_UTTERANCES:
@@ -243,11 +264,14 @@ class AvatarSession:
 
     # -- viewers (any transport) ------------------------------------------------------------
     def attach_viewer(self, viewer: Viewer) -> None:
-        """Register a viewer; raises ViewerLimitError at ``max_viewers``."""
+        """Register a viewer; raises ViewerLimitError at ``max_viewers``, or what
+        ``activation_check`` raises when this first viewer would make the session render and the
+        server has no room for one more active session."""
         if self._closed:
             raise ViewerLimitError("the session has ended")
         if len(self._viewers) >= self.options.max_viewers:
             raise ViewerLimitError(f"this session already has its limit of {self.options.max_viewers} viewers")
+        self._check_activation()
         self.touch()
         self._viewers[viewer.id] = viewer
 
@@ -309,9 +333,13 @@ class AvatarSession:
             while self._next_tick <= due:
                 n = self._next_tick
                 block = self._buffer.take_block(SAMPLES_PER_FRAME)
-                self._ring.put(OutputSlot(n, block.samples, block.markers, block.utterance, block.position))
-                if self._viewers or block.utterance is not None:
-                    self._pump.submit(n, block.samples)  # nobody watching and nothing playing: no engine work
+                # nobody watching and nothing playing: no engine work
+                self._rendering = bool(self._viewers) or block.utterance is not None
+                self._ring.put(OutputSlot(n, block.samples, block.markers, block.utterance, block.position,
+                                          rendered=self._rendering))
+                if self._rendering:
+                    self._pump.submit(n, block.samples)
+                    self.stats.active_ticks += 1
                 self._next_tick = n + 1
                 self.stats.ticks += 1
                 self._on_sent(n - self.delay_frames)
@@ -344,6 +372,8 @@ class AvatarSession:
         frame = slot.frame
         if frame is None:
             self.stats.frames_missing += 1
+            if slot.rendered:
+                self.stats.active_frames_missing += 1
         speaking = bool(frame.speaking) if frame is not None else self._speaking
         if speaking != self._speaking:
             self._speaking = speaking

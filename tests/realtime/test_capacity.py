@@ -154,9 +154,10 @@ def test_admission_refuses_beyond_measured_capacity():
                 health = await resp.json()
             cap = health["capacity"]
             assert cap["capacity_sessions"] == len(clients) and cap["available_sessions"] == 0
-            assert cap["cpu_per_session_cores"] > 0 and cap["cpu_budget_cores"] == 0.3
+            assert cap["active_sessions"] == len(clients) and cap["cpu_per_active_session_cores"] > 0
+            assert cap["cpu_budget_cores"] == 0.3
             await asyncio.sleep(2.0)
-            assert registry.load.min_session_fps >= 24.0
+            assert registry.load.min_active_fps >= 24.0
             for viewer in viewers:
                 await viewer.close()
             for client in clients:
@@ -175,7 +176,7 @@ def test_health_reports_capacity_and_admission_can_be_off():
             async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as resp:
                 cap = (await resp.json())["capacity"]
             assert cap["admission"] is False and cap["target_fps"] == 24.0
-            assert registry.load.admits(100)
+            assert registry.load.refusal(100) is None
         finally:
             await runner.cleanup()
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_serve_defaults():
     args = build_parser().parse_args(["serve"])
     assert (args.image, args.engine, args.host, args.port, args.max_sessions, args.size) == \
-        (None, "lite", "127.0.0.1", 8080, 4, 512)
+        (None, "lite", "127.0.0.1", 8080, 0, 512)  # 0: no fixed cap, admission by measured load
     args = build_parser().parse_args(["serve", "--image", "cat", "--max-sessions", "2", "--size", "256"])
     assert (args.image, args.max_sessions, args.size) == ("cat", 2, 256)
 
