@@ -17,13 +17,7 @@ Each is reported as p50/p90/p99 over several sessions / utterances; a PNG plot g
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import time
-import wave
-from io import BytesIO
-from math import gcd
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +26,9 @@ import numpy as np
 from aiohttp import web
 from tqdm import tqdm
 
+from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.speech import espeak_speech, pcm_bytes, require_espeak
 from avatarstream.engines.base import EngineError
 from avatarstream.bench.viewer_recorder import Recording, RecordingViewer, mouth_openings
 from avatarstream.realtime.client import AvatarClient
@@ -52,20 +48,8 @@ def run_bench(opts: BenchOptions) -> dict:
     """Entry point for ``avatar bench --engine api``."""
     if opts.device != "cpu":
         raise EngineError("the api benchmark runs the lite engine on the CPU; use --device cpu")
-    if shutil.which("espeak-ng") is None:
-        raise EngineError("the api benchmark speaks with espeak-ng: apt-get install espeak-ng")
+    require_espeak("api")
     return asyncio.run(_bench(opts))
-
-
-def espeak_16k(text: str) -> np.ndarray:
-    from scipy.signal import resample_poly
-
-    wav = subprocess.run(["espeak-ng", "-s", "160", "--stdout", text], check=True, capture_output=True).stdout
-    with wave.open(BytesIO(wav)) as w:
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
-    g = gcd(16000, rate)
-    return resample_poly(pcm, 16000 // g, rate // g).astype(np.float32) / 32768.0
 
 
 def speech_onset(audio: np.ndarray, rate: int = 16000, threshold: float = 0.02) -> float:
@@ -74,10 +58,6 @@ def speech_onset(audio: np.ndarray, rate: int = 16000, threshold: float = 0.02) 
     n = audio.size // hop
     loud = np.nonzero(np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1)) > threshold)[0]
     return float(loud[0] * hop / rate) if loud.size else 0.0
-
-
-def pcm_bytes(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def stats_ms(values_s: list[float]) -> dict:
@@ -102,11 +82,11 @@ async def _bench(opts: BenchOptions) -> dict:
 
     n_sessions = 1 if opts.quick else 5
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
-    speech = [espeak_16k(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
+    speech = [espeak_speech(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
     url, registry, runner = await _start_server()
     http = aiohttp.ClientSession()
     result: dict = {"size": SIZE, "engine": "lite", "sessions": n_sessions, "utterances": n_utterances,
-                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+                    "load_average_before": load_average()}
     try:
         # 1) session create -> first video frame at the viewer
         create, join, first = [], [], []
@@ -158,7 +138,7 @@ async def _bench(opts: BenchOptions) -> dict:
         await http.close()
         await runner.cleanup()
 
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews timings
+    result["load_average_after"] = load_average()  # other work on the machine skews timings
     rec = viewer.recording
     mouth_viewer, mouth_sender, mouth_info = _mouth_latencies(rec, pushes, t_idle_end)
     result.update({

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -40,9 +37,11 @@ import aiohttp
 import av
 import numpy as np
 
+from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.serve_process import free_port, wait_healthy
 from avatarstream.engines.base import FPS, EngineError
-from avatarstream.bench.api_latency import espeak_16k, pcm_bytes
+from avatarstream.bench.speech import espeak_speech, pcm_bytes, require_espeak
 from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
@@ -80,15 +79,14 @@ def run_bench(opts: BenchOptions) -> dict:
     """Entry point for ``avatar bench --suite capacity``."""
     if opts.device != "cpu":
         raise EngineError("the capacity benchmark runs the lite engine on the CPU; use --device cpu")
-    if shutil.which("espeak-ng") is None:
-        raise EngineError("the capacity benchmark speaks with espeak-ng: apt-get install espeak-ng")
+    require_espeak("capacity")
     plan = plan_for(opts)
     result: dict = {"size": SIZE, "engine": "lite", "plan": asdict(plan),
-                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
-    speech = [espeak_16k(text) for text in SPEECH]
+                    "load_average_before": load_average()}
+    speech = [espeak_speech(text) for text in SPEECH]
     result["encoders"] = encoder_quality(speech, plan.quality_frames)
     result["servers"] = {mode: asyncio.run(_server_capacity(mode, plan, speech)) for mode in plan.modes}
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average_after"] = load_average()
     result["summary"] = _summary(result)
     result["plot"] = str(_plot(Path(opts.out_dir), result))
     return result
@@ -193,34 +191,18 @@ def ssim_luma(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---- 2. server capacity ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Server:
     """``avatar serve`` in a subprocess (its CPU is measured apart from the viewers')."""
 
     def __init__(self, mode: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(self.port), "--size", str(SIZE),
                "--max-sessions", "64", "--no-admission", "--video-encoder", mode, "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     async def ready(self, http: aiohttp.ClientSession, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise EngineError(f"avatar serve exited: {err[-2000:]}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{self.url}/health") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.3)
-        raise EngineError("avatar serve did not start in time")
+        await wait_healthy(http, self.url, self.proc, timeout=timeout, poll_s=0.3)
 
     def cpu_seconds(self) -> float:
         import psutil
@@ -306,7 +288,7 @@ async def _measure(server: _Server, sessions: list[_Session], plan: Plan) -> dic
             "fps_min": round(min(fps), 2), "fps_mean": round(float(np.mean(fps)), 2),
             "fps_per_viewer": [round(f, 2) for f in fps],
             "lateness_p99_ms": round(float(np.percentile(late_all, 99)) * 1000, 1) if late_all.size else None,
-            "load_average": round(os.getloadavg()[0], 2)}
+            "load_average": load_average()[0]}
 
 
 async def _server_capacity(mode: str, plan: Plan, speech: list[np.ndarray]) -> dict:

@@ -21,18 +21,15 @@ miniature model (``checkpoint.SMALL_CONFIG``) as a smoke run.
 
 from __future__ import annotations
 
-import math
 import shutil
-import subprocess
-import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.speech import espeak_speech, speechlike_audio
 from avatarstream.bench.timing import median_ms
 from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError
 from avatarstream.engines.joyvasa.checkpoint import load_motion_generator, random_motion_generator, small_motion_generator
@@ -59,29 +56,13 @@ def bench_audio(seconds: float) -> tuple[np.ndarray, str]:
     n = int(seconds * SAMPLE_RATE)
     if shutil.which("espeak-ng"):
         parts: list[np.ndarray] = []
-        with tempfile.TemporaryDirectory() as tmp:
-            i = 0
-            while sum(p.size for p in parts) < n:
-                wav = Path(tmp) / f"{i}.wav"
-                subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), SENTENCES[i % len(SENTENCES)]], check=True)
-                with wave.open(str(wav)) as w:
-                    sr = w.getframerate()
-                    pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
-                if sr != SAMPLE_RATE:
-                    from scipy.signal import resample_poly
-
-                    g = math.gcd(sr, SAMPLE_RATE)
-                    pcm = resample_poly(pcm, SAMPLE_RATE // g, sr // g).astype(np.float32)
-                parts += [pcm, np.zeros(int(0.4 * SAMPLE_RATE), np.float32)]
-                i += 1
+        i = 0
+        while sum(p.size for p in parts) < n:
+            parts += [espeak_speech(SENTENCES[i % len(SENTENCES)], words_per_minute=150),
+                      np.zeros(int(0.4 * SAMPLE_RATE), np.float32)]
+            i += 1
         return np.concatenate(parts)[:n], "espeak-ng speech"
-    rng = np.random.default_rng(0)
-    t = np.arange(n) / SAMPLE_RATE
-    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2
-    return (0.2 * envelope * voiced + 0.01 * rng.standard_normal(n)).astype(np.float32), "synthetic speech-like signal"
+    return speechlike_audio(seconds), "synthetic speech-like signal"
 
 
 def load_bench_model(opts) -> tuple[DitTalkingHead, MotionTemplate, str]:

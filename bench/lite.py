@@ -21,34 +21,10 @@ import numpy as np
 import psutil
 
 from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.speech import speechlike_audio
 from avatarstream.engines.base import FPS, SAMPLE_RATE, Portrait
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as WebRTC delivers microphone audio
-
-
-def speechlike_audio(seconds: float, seed: int = 0) -> np.ndarray:
-    """Voiced 'syllables' (~4/s, 120-220 Hz glottal pulses through two moving formants) with pauses."""
-    from scipy.signal import lfilter
-
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    f0 = 150 + 40 * np.sin(2 * np.pi * 0.7 * t)
-    phase = np.cumsum(f0 / SAMPLE_RATE)
-    source = (np.diff(np.floor(phase), prepend=0) > 0).astype(np.float64)  # pulse train
-    out = np.zeros(n)
-    seg = SAMPLE_RATE // 10
-    for start in range(0, n, seg):
-        f1, f2 = rng.uniform(300, 850), rng.uniform(900, 2400)
-        x = source[start:start + seg]
-        for f, bw in ((f1, 90.0), (f2, 120.0)):
-            r = np.exp(-np.pi * bw / SAMPLE_RATE)
-            x = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / SAMPLE_RATE), r * r], x)
-        out[start:start + seg] = x / (np.sqrt(np.mean(x ** 2)) + 1e-9)  # formant gains vary; keep syllables even
-    syllables = np.clip(np.sin(2 * np.pi * 4.0 * t), 0, None) ** 0.7
-    phrases = (np.sin(2 * np.pi * 0.25 * t) > -0.5).astype(np.float64)  # speech 2/3 of the time
-    audio = out * 0.12 * syllables * phrases + 0.002 * rng.standard_normal(n)
-    return audio.astype(np.float32)
 
 
 class _Encoders:

@@ -9,25 +9,17 @@ per-stage split next to the JSON.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import torch
 
+from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
-from avatarstream.engines.base import SAMPLE_RATE
+from avatarstream.bench.speech import speechlike_audio
 from avatarstream.engines.loopy.checkpoint import load_weights_dir, random_weights
 from avatarstream.engines.loopy.config import get_config
 from avatarstream.engines.loopy.pipeline import LoopyPipeline
-
-
-def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)
-    tone = np.sin(2 * np.pi * (140 + 30 * np.sin(2 * np.pi * 0.5 * t)) * t)
-    return (0.3 * envelope * tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 def bench_config(name: str, device: str, seconds: float, steps: int, out_dir, weights_dir=None) -> dict:
@@ -39,7 +31,7 @@ def bench_config(name: str, device: str, seconds: float, steps: int, out_dir, we
         weights = random_weights(cfg, seed=0)
     pipe = LoopyPipeline(weights, device)
     portrait = (np.random.default_rng(1).random((cfg.resolution, cfg.resolution, 3)) * 255).astype(np.uint8)
-    audio = _speechlike(seconds)
+    audio = speechlike_audio(seconds)
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -49,14 +41,13 @@ def bench_config(name: str, device: str, seconds: float, steps: int, out_dir, we
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     frames = result.num_frames
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     entry = {
         "config": cfg.name, "device": device, "dtype": str(pipe.dtype).replace("torch.", ""),
         "resolution": cfg.resolution, "frames": frames, "clip_frames": cfg.clip_frames, "ddim_steps": steps,
         "guidance_passes": 3, "wall_s": round(wall, 3), "ms_per_frame": round(1000 * wall / frames, 2),
         "stage_ms_per_frame": {k: round(v / frames, 2) for k, v in result.stage_ms.items()},
         "weights": str(weights_dir) if weights_dir is not None else "random",
-        "load_avg_1min_after": None if load is None else round(load, 2),
+        "load_avg_1min_after": load_average()[0],
         "parameters_m": round(sum(p.numel() for p in weights.model.parameters()) / 1e6, 2),
     }
     if device == "cuda":

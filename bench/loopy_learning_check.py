@@ -49,11 +49,8 @@ import argparse
 import json
 import math
 import os
-import shutil
-import subprocess
 import tempfile
 import time
-import wave
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -63,7 +60,9 @@ import cv2
 import numpy as np
 import torch
 
+from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.speech import espeak_speech
 from avatarstream.engines.base import SAMPLE_RATE, SAMPLES_PER_FRAME, Portrait
 from avatarstream.engines.lite.engine import LiteEngine
 from avatarstream.engines.loopy.audio_conditioning import audio_windows
@@ -128,22 +127,9 @@ class LearningCheckResult:
         return self.mouth_loss_shuffled_audio - self.mouth_loss_real_audio
 
 
-def espeak_speech(text: str, words_per_minute: int = 150) -> np.ndarray:
-    """``text`` spoken by espeak-ng, float32 mono at 16 kHz."""
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-s", str(words_per_minute), "-w", str(wav), text], check=True, capture_output=True)
-        with wave.open(str(wav)) as w:
-            rate = w.getframerate()
-            pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768.0
-    if rate != SAMPLE_RATE:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(rate, SAMPLE_RATE)
-        pcm = resample_poly(pcm, SAMPLE_RATE // g, rate // g)
-    return pcm.astype(np.float32)
+def sentence_speech(text: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng at 150 words per minute, float32 mono at 16 kHz."""
+    return espeak_speech(text, words_per_minute=150)
 
 
 def shuffled_audio(audio: np.ndarray, seed: int = 1) -> np.ndarray:
@@ -284,7 +270,7 @@ def _render_latents(pipe: LoopyPipeline, image: np.ndarray, audio: np.ndarray, w
 
 
 def run_learning_check(opts: LearningCheckOptions, work: Path,
-                       speech: Callable[[str], np.ndarray] = espeak_speech) -> LearningCheckResult:
+                       speech: Callable[[str], np.ndarray] = sentence_speech) -> LearningCheckResult:
     """Build the synthetic set, train the tiny config's two stages, and measure (see the module docstring)."""
     t0 = time.perf_counter()
     torch.manual_seed(opts.seed)
@@ -412,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary(results[-1])), flush=True)
     _plot(results, args.out / "learning_check.png")
     report = {"command": "python -m avatarstream.bench.loopy_learning_check " + " ".join(argv or []),
-              "machine": {"cpus": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
+              "machine": {"cpus": os.cpu_count(), "load_avg_1min": load_average()[0],
                           "torch": torch.__version__},
               "wall_s": round(time.time() - t0, 1), "runs": [summary(r) for r in results],
               "details": [asdict(r) for r in results]}

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 import numpy as np
 
+from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
+from avatarstream.bench.serve_process import free_port
 from avatarstream.engines.base import EngineError
 from avatarstream.bench.viewer_recorder import RecordingViewer
 
@@ -51,10 +51,10 @@ def run_bench(opts: BenchOptions) -> dict:
         raise EngineError("the placement benchmark runs a Ray cluster: pip install 'avatarstream[cluster]'") from None
     trials = 3 if opts.quick else 20
     result: dict = {"size": SIZE, "engine": "lite", "trials": trials,
-                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+                    "load_average_before": load_average()}
     with _target("single") as single, _target("cluster") as cluster:
         runs = asyncio.run(_trials({"single": single, "cluster": cluster}, trials))
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average_after"] = load_average()
     result["targets"] = {name: _summary(samples) for name, samples in runs.items()}
     s, c = result["targets"]["single"], result["targets"]["cluster"]
     result["cluster_over_single"] = {k: round(c["first_frame_ms"][k] / s["first_frame_ms"][k], 3)
@@ -66,9 +66,7 @@ def run_bench(opts: BenchOptions) -> dict:
 @contextlib.contextmanager
 def _target(name: str) -> Iterator[str]:
     """``avatar <TARGETS[name]>`` in its own process; yields its URL once it can place a session."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "avatarstream.cli", *TARGETS[name], "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -28,9 +28,7 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,8 +43,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from avatarstream.bench.plotting import pyplot, save_figure
-from avatarstream.engines.base import EngineError
-from avatarstream.bench.api_latency import espeak_16k, pcm_bytes
+from avatarstream.bench.serve_process import free_port, wait_healthy
+from avatarstream.bench.speech import espeak_speech, pcm_bytes, require_espeak
 from avatarstream.realtime.client import AvatarClient, SessionInfo
 from avatarstream.realtime.transports.webrtc.peer import ice_configuration
 
@@ -129,25 +127,6 @@ class SoakSession:
     fps: list[float] = field(default_factory=list)
     # kind -> [(wall time, send time - rtp / rate, rate)]
     clock: dict[str, list[tuple[float, float, int]]] = field(default_factory=lambda: {"video": [], "audio": []})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _wait_healthy(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise EngineError(f"avatar serve exited with code {proc.returncode}")
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with http.get(f"{url}/health") as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.5)
-    raise EngineError("avatar serve did not become healthy")
 
 
 async def _speak_forever(client: AvatarClient, speech: list[np.ndarray], errors: list[str]) -> None:
@@ -281,10 +260,9 @@ async def _churn(http: aiohttp.ClientSession, url: str, sessions: list[SoakSessi
 
 
 async def run_soak(opts: SoakOptions) -> dict:
-    if shutil.which("espeak-ng") is None:
-        raise EngineError("the soak benchmark speaks with espeak-ng: apt-get install espeak-ng")
-    speech = [espeak_16k(t) for t in SENTENCES]
-    port = _free_port()
+    require_espeak("soak")
+    speech = [espeak_speech(t) for t in SENTENCES]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(opts.out_dir / "soak-server.log", "w")
     cmd = [sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(port), "--size", str(opts.size),
@@ -302,7 +280,7 @@ async def run_soak(opts: SoakOptions) -> dict:
     settled: dict[str, Any] | None = None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            await _wait_healthy(http, url, proc)
+            await wait_healthy(http, url, proc)
             for _ in range(opts.sessions):
                 s = await _open_session(http, url, opts.size)
                 s.speaker = asyncio.ensure_future(_speak_forever(s.client, speech, errors))

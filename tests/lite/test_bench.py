@@ -25,7 +25,7 @@ def test_bench_quick_writes_json_with_stage_keys(tmp_path, capsys):
 
 
 def test_speechlike_audio_has_syllables_and_pauses():
-    from avatarstream.bench.lite import speechlike_audio
+    from avatarstream.bench.speech import speechlike_audio
 
     a = speechlike_audio(4.0)
     rms = np.sqrt((a[: 100 * 640].reshape(100, 640) ** 2).mean(axis=1))
