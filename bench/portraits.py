@@ -13,7 +13,8 @@ Per portrait (the bundled cat and astronaut, plus every picture in ``AVATARSTREA
   the same for the mean colour change (|RGB - rest|, levels) in that box, a cruder opening
   measure that also counts a painted interior;
 - motion outside the mouth: in a patch on the labelled nose, the colour change (mean |RGB - rest|,
-  levels) and the flow (px) per frame, their maxima and their correlation with the envelope;
+  levels) and the patch's shift (template matching, px) per frame, their maxima and the colour
+  change's correlation with the envelope;
 - whether the crop keeps the head: the labelled ear tips mapped into the 512x512 frame.
 
 Writes ``portraits.json`` (via the CLI) and ``portraits.png``, a contact sheet: per portrait the
@@ -114,14 +115,25 @@ def _box(centre: np.ndarray, half_w: float, top: float, bottom: float) -> tuple[
     return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
 
 
-def _flow_v(rest_gray: np.ndarray, gray: np.ndarray, box) -> tuple[float, float]:
-    """Mean downward flow and mean flow magnitude (px) inside ``box``."""
+def _shift(rest_gray: np.ndarray, gray: np.ndarray, box, search: int) -> tuple[float, float]:
+    """Where the rest frame's patch ``box`` is found in ``gray`` (normalised cross-correlation,
+    sub-pixel peak), as (dx, dy) in px; ``search`` px searched around it."""
     x0, y0, x1, y1 = box
-    pad = 16
-    a0, b0, a1, b1 = max(0, x0 - pad), max(0, y0 - pad), min(SIZE, x1 + pad), min(SIZE, y1 + pad)
-    flow = cv2.calcOpticalFlowFarneback(rest_gray[b0:b1, a0:a1], gray[b0:b1, a0:a1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    f = flow[y0 - b0:y1 - b0, x0 - a0:x1 - a0]
-    return float(f[..., 1].mean()), float(np.linalg.norm(f, axis=2).mean())
+    tpl = rest_gray[y0:y1, x0:x1]
+    a0, b0 = max(0, x0 - search), max(0, y0 - search)
+    a1, b1 = min(SIZE, x1 + search), min(SIZE, y1 + search)
+    res = cv2.matchTemplate(gray[b0:b1, a0:a1], tpl, cv2.TM_CCOEFF_NORMED)
+    _, _, _, (px, py) = cv2.minMaxLoc(res)
+
+    def sub(c, i, n):  # parabola through the peak and its neighbours
+        if 0 < i < n - 1:
+            den = c[i - 1] - 2 * c[i] + c[i + 1]
+            return i + (0.5 * (c[i - 1] - c[i + 1]) / den if abs(den) > 1e-9 else 0.0)
+        return float(i)
+
+    fx = sub(res[py, :], px, res.shape[1])
+    fy = sub(res[:, px], py, res.shape[0])
+    return float(fx + a0 - x0), float(fy + b0 - y0)
 
 
 def measure(path: Path, engine, audio: np.ndarray) -> tuple[dict, list[np.ndarray] | None]:
@@ -167,17 +179,21 @@ def measure(path: Path, engine, audio: np.ndarray) -> tuple[dict, list[np.ndarra
     rest = stream.idle_frame()
     frames = [f.image for f in stream.feed(audio)] + [f.image for f in stream.flush()]
     rest_gray = cv2.cvtColor(rest, cv2.COLOR_RGB2GRAY)
-    # the jaw region: under the mouth line, as wide as a mouth
+    # the jaw: a patch of lower lip and chin under the mouth line, tracked by template matching
     jaw_box = _box(mouth, 0.3 * d, 0.0 * d, 0.45 * d)
+    if out["mouth_region_from"] == "label":
+        chin_box = _box(mouth, 0.25 * d, 0.12 * d, 0.42 * d)
+    else:  # under the detected outer lower lip
+        chin_box = _box(np.array([mouth[0], face.points[57][1]]), 0.25 * d, 0.05 * d, 0.35 * d)
     nr = max(3.0, 0.1 * d)
     nose_box = _box(nose, nr, -nr, nr)
     opening, change, nose_color, nose_flow = [], [], [], []
     for img in frames:
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-        opening.append(_flow_v(rest_gray, g, jaw_box)[0] / d)
+        opening.append(_shift(rest_gray, g, chin_box, int(0.5 * d))[1] / d)
         x0, y0, x1, y1 = jaw_box
         change.append(float(np.abs(img[y0:y1, x0:x1].astype(np.float32) - rest[y0:y1, x0:x1]).mean()))
-        nose_flow.append(_flow_v(rest_gray, g, nose_box)[1])
+        nose_flow.append(float(np.hypot(*_shift(rest_gray, g, nose_box, int(0.2 * d)))))
         x0, y0, x1, y1 = nose_box
         nose_color.append(float(np.abs(img[y0:y1, x0:x1].astype(np.float32) - rest[y0:y1, x0:x1]).mean()))
     opening_a, env = np.array(opening), envelope(audio, len(frames))
@@ -197,7 +213,7 @@ def measure(path: Path, engine, audio: np.ndarray) -> tuple[dict, list[np.ndarra
         mouth_change_r_at_lag_le_1=round(change_near[1], 3), mouth_change_lag=change_near[0],
         nose_color_change_max=round(float(nose_c.max()), 2), nose_color_change_mean=round(float(nose_c.mean()), 3),
         nose_color_r=round(max(r for _, r in lagged_r(nose_c, env, 1)), 3),
-        nose_flow_max_px=round(float(max(nose_flow)), 3),
+        nose_shift_max_px=round(float(max(nose_flow)), 3),
     )
     order = np.argsort(np.array(change))
     picks = [rest] + [frames[int(order[i])] for i in (0, len(order) // 2, -1)]

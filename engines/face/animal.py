@@ -135,7 +135,10 @@ def cat_landmarks_in_box(image_rgb: np.ndarray, box, score: float = 0.0) -> Face
     muzzle = locate_muzzle(image_rgb, left, right)
     if muzzle is not None and muzzle.found:
         gap = muzzle.mouth_bottom - muzzle.mouth_top
-        shape = replace(CAT, nose_tip_y=muzzle.nose_y, mouth_y=muzzle.mouth_top + gap / 2, lip_gap=gap,
+        # the nostril points at the nose's lower edge, as wide as a nose: every mesh triangle over
+        # the nose then has still corners only, so the jaw cannot drag it
+        shape = replace(CAT, nose_tip_y=muzzle.nose_bottom - 0.08, nostril_half_width=0.2,
+                        mouth_y=muzzle.mouth_top + gap / 2, lip_gap=gap,
                         mouth_half_width=muzzle.mouth_half_width, upper_lip_height=0.05, lower_lip_height=0.07,
                         chin_y=max(CAT.chin_y, muzzle.mouth_bottom + 0.35),
                         mouth_x=float(np.clip(muzzle.mouth_x, -0.25, 0.25)))

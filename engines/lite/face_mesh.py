@@ -41,13 +41,31 @@ def _separate_lips(pts: np.ndarray, min_gap: float) -> np.ndarray:
     return pts
 
 
+NOSE_GUARD = slice(74, 82)  # an animal mesh's still points around the nose
+
+
+def nose_guard(lm: np.ndarray, d: float, ex: np.ndarray, ey: np.ndarray) -> np.ndarray:
+    """Eight still points boxing an animal's nose (bridge tip to nostrils, 0.1 eye distances of
+    margin, the bottom kept above the upper inner lip): every triangle over the nose then has still
+    corners only, so no speech motion resamples it."""
+    nose = lm[28:36]
+    centre = nose.mean(axis=0)
+    u, v = (nose - centre) @ ex, (nose - centre) @ ey
+    lip_v = float(((lm[[61, 62, 63]] - centre) @ ey).min())
+    u0, u1 = u.min() - 0.1 * d, u.max() + 0.1 * d
+    v0, v1 = v.min() - 0.05 * d, min(v.max() + 0.1 * d, lip_v - 0.03 * d)
+    box = [(u0, v0), ((u0 + u1) / 2, v0), (u1, v0), (u1, (v0 + v1) / 2), (u1, v1), ((u0 + u1) / 2, v1), (u0, v1),
+           (u0, (v0 + v1) / 2)]
+    return np.array([centre + a * ex + b * ey for a, b in box])
+
+
 def build_mesh(face: FaceLandmarks, size: int) -> FaceMesh:
     lm = _separate_lips(np.asarray(face.points, np.float64), 1.0)
     ex, ey = face_axes(lm)
     d = face.eye_distance
     # forehead: the brows lifted by 0.7 eye distances
     forehead = lm[[17, 19, 21, 22, 24, 26]] - 0.7 * d * ey
-    core = np.vstack([lm, forehead])
+    core = np.vstack([lm, forehead, nose_guard(lm, d, ex, ey) if face.kind == "animal" else np.zeros((0, 2))])
     # the static ring: an ellipse in the face frame around everything that moves (+ room for the jaw)
     centre = core.mean(axis=0)
     rel = core - centre
@@ -94,6 +112,8 @@ def motion_bases(mesh: FaceMesh, kind: str = "human", mouth_found: bool = True) 
     for i, w in {48: -1, 60: -1, 54: 1, 64: 1, 49: -0.55, 59: -0.55, 53: 0.55, 55: 0.55, 61: -0.45, 67: -0.45,
                  63: 0.45, 65: 0.45, 50: -0.2, 58: -0.2, 52: 0.2, 56: 0.2}.items():
         width[i] = w * spread * ex
+    if kind != "human":  # an animal's upper lip hangs from its nose: only the corners and lower lip move
+        width[[49, 50, 51, 52, 53, 61, 62, 63]] = 0.0
     out["width"] = width
 
     blink = np.zeros((n, 2))
@@ -114,6 +134,8 @@ def motion_bases(mesh: FaceMesh, kind: str = "human", mouth_found: bool = True) 
     weights = {**{i: 0.55 for i in range(17, 27)}, **{i: 1.0 for i in range(27, 36)},
                **{i: 0.65 for i in range(36, 48)}, **{i: 0.75 for i in range(48, 68)},
                **{i: 0.2 for i in range(0, 17)}, **{i: 0.3 for i in range(68, 74)}}
+    if kind == "animal":  # the guard slides with the nose
+        weights.update({i: 1.0 for i in range(NOSE_GUARD.start, NOSE_GUARD.stop)})
     for i, w in weights.items():
         yaw[i] = w * turn * ex
     out["yaw"] = yaw
