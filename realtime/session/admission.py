@@ -31,8 +31,11 @@ sessions, is the smaller of::
     (cpu budget * headroom - base - per_inactive * inactive) / cpu per active session
     (headroom - loop base - loop per_inactive * inactive) / loop per active session
 
-and, as soon as an active session delivers less than ``min_fps`` over the window (other work on
-the machine, a cost the model missed), the active sessions there are now. A session at 0 fps
+and, once active sessions have delivered less than ``min_fps`` for two windows that do not
+overlap (other work on the machine, a cost the model missed), the active sessions there are now. The frame rate is
+judged over steady windows only, like the costs: a session's first frames after it starts
+rendering, and the others' during a creation or a viewer's connection set-up, are transients,
+not saturation; the last steady window's figure stands until the next one. A session at 0 fps
 because nothing asked for frames is inactive and never counts as evidence of saturation. Until
 the first active session's cost is measured (half a window after it started), at most one
 active session per core of the CPU budget is admitted.
@@ -173,6 +176,8 @@ class LoadMonitor:
         self.min_active_fps: float | None = None  # lowest frame rate an active session delivered over the window
         self._first_active_at: float | None = None  # when the first session became active (unmeasured limit)
         self._creating = 0  # session creations in progress (portrait analysis, engine stream opening)
+        self._below_since: float | None = None  # first steady window with an active session under min_fps
+        self._below_for = 0.0  # s from that window to the latest steady one, all under min_fps
         self._quiet_since = 0.0  # monotonic time the last creation ended
 
     # -- measuring ---------------------------------------------------------------------------
@@ -206,9 +211,10 @@ class LoadMonitor:
         self.cpu_cores_used = (last.cpu - first.cpu) / dt
         self.loop_busy = (last.loop_cpu - first.loop_cpu) / dt
         steady = len({(s.active, s.inactive) for s in self._samples}) == 1  # the same sessions all window
-        if steady and not self._creating and first.t >= self._quiet_since:
-            self.cpu.learn(self.cpu_cores_used, last.active, last.inactive)
-            self.loop.learn(self.loop_busy, last.active, last.inactive)
+        if not steady or self._creating or first.t < self._quiet_since:
+            return  # a session started, stopped or was being created: its set-up is no running cost
+        self.cpu.learn(self.cpu_cores_used, last.active, last.inactive)
+        self.loop.learn(self.loop_busy, last.active, last.inactive)
         fps = []
         for sid, c in last.counters.items():
             before = first.counters.get(sid)
@@ -219,6 +225,12 @@ class LoadMonitor:
                 d_ticks = c.ticks - before.ticks
                 fps.append(FPS * max(0.0, 1 - (c.bad - before.bad) / d_active) * min(1.0, d_ticks / (FPS * dt)))
         self.min_active_fps = min(fps) if fps else None
+        if self.min_active_fps is None or self.min_active_fps >= self.policy.min_fps:
+            self._below_since, self._below_for = None, 0.0
+        elif self._below_since is None:
+            self._below_since = last.t
+        else:
+            self._below_for = last.t - self._below_since
 
     # -- what it says ----------------------------------------------------------------------------
     @property
@@ -231,8 +243,9 @@ class LoadMonitor:
 
     @property
     def saturated(self) -> bool:
-        """An active session delivered less than ``min_fps`` over the last window."""
-        return self.min_active_fps is not None and self.min_active_fps < self.policy.min_fps
+        """Active sessions have delivered less than ``min_fps`` in every steady window for at least
+        one window's length (two windows that do not overlap): a shorter dip is a transient."""
+        return self._below_since is not None and self._below_for >= self.policy.window_s
 
     def _limits(self) -> dict[str, int]:
         p, inactive = self.policy, self.inactive_sessions
@@ -280,7 +293,8 @@ class LoadMonitor:
         if limited_by == "frame rate":
             return (f"{self.active_sessions} active session(s) already run and one delivered "
                     f"{self.min_active_fps:.1f} fps over the last {p.window_s:g} s, below the {p.min_fps:g} fps "
-                    f"target: the machine is saturated, so no further session may become active")
+                    f"target for {self._below_for + p.window_s:.0f} s: the machine is "
+                    "saturated, so no further session may become active")
         if limited_by == "event loop":
             return (f"{active} active session(s) keep the event loop thread {self._use(self.loop, active):.0%} busy "
                     f"({self.loop.per_active:.1%} each) of the {p.headroom:.0%} sessions may fill; one more "
