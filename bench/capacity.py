@@ -1,7 +1,7 @@
 """``avatar bench --suite capacity``: how many lite-engine sessions one server sustains, before and after
 shared encoding, and what each video encoder setting costs against the quality it gives.
 
-Two parts, side by side in one run:
+Three parts, side by side in one run:
 
 1. Encoder settings (in this process): ~100 real lite-engine frames (espeak-ng speech, 512x512)
    are encoded with aiortc's own VP8 encoder (its built-in settings) and with each candidate
@@ -16,6 +16,9 @@ Two parts, side by side in one run:
    added session: server CPU (cores, from its process times) per session, delivered fps per session
    (frames the viewer received), p99 frame lateness (arrival vs the frame's pts, relative to the
    session's best frame). Then one session with 1..V viewers: the cost of each extra viewer.
+3. Admission (``capacity_admission.py``): sessions asked / admitted / refused and each admitted
+   session's delivered fps, watched and unwatched sessions mixed (the unwatched ones' viewers
+   come late), with admission by measured load on and off on the same sequence.
 
 Viewers and agents run in this process on the same machine (their decoding costs CPU too, the
 same for both modes); the load average is reported before and after.
@@ -37,6 +40,7 @@ import aiohttp
 import av
 import numpy as np
 
+from avatarstream.bench import capacity_admission
 from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
 from avatarstream.bench.serve_process import free_port, wait_healthy
@@ -86,6 +90,9 @@ def run_bench(opts: BenchOptions) -> dict:
     speech = [espeak_speech(text) for text in SPEECH]
     result["encoders"] = encoder_quality(speech, plan.quality_frames)
     result["servers"] = {mode: asyncio.run(_server_capacity(mode, plan, speech)) for mode in plan.modes}
+    result["admission_mix"] = capacity_admission.admission_mix(opts.quick, opts.seconds, speech)
+    result["admission_mix"]["summary"] = capacity_admission.summary(result["admission_mix"])
+    result["admission_mix"]["plot"] = str(capacity_admission.plot_mix(Path(opts.out_dir), result["admission_mix"]))
     result["load_average_after"] = load_average()
     result["summary"] = _summary(result)
     result["plot"] = str(_plot(Path(opts.out_dir), result))
@@ -398,6 +405,9 @@ def _plot(out_dir: Path, result: dict) -> Path:
     for mode, s in result["summary"].items():
         lines.append(f"{mode}: {s['sustained_sessions_at_24fps']} session(s) >= 24 fps; "
                      f"2nd viewer {s['second_viewer_cpu_cores']}, 3rd {s['third_viewer_cpu_cores']} cores")
+    for name, m in result.get("admission_mix", {}).get("summary", {}).items():
+        lines.append(f"{name}: {m['asked']} asked, {m['viewers_admitted']} watched, {m['viewers_refused']} refused; "
+                     f"min {m['fps_min']} fps")
     a_txt.text(0, 1, "\n".join(lines), va="top", fontsize=9, family="monospace")
     fig.suptitle("avatar bench --suite capacity (lite engine, 512x512, server + clients on one machine)")
     path = out_dir / "capacity.png"

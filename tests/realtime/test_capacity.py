@@ -192,8 +192,10 @@ def test_config_refuses_bad_settings():
         ServerConfig(vp8_speed=17)
 
 
+@pytest.mark.slow  # ~100 s on 2 busy cores: three avatar serve subprocesses
 def test_capacity_bench_quick(tmp_path):
-    """The tiny capacity bench: 1..2 sessions per mode, both encoder modes, JSON fields and a plot."""
+    """The tiny capacity bench: 1..2 sessions per mode, both encoder modes, JSON fields and a plot;
+    the admission mix: 3 sessions asked, watched at once and late, admission on."""
     pytest.importorskip("matplotlib")
     pytest.importorskip("psutil")
     from avatarstream.cli.bench import BenchOptions
@@ -209,6 +211,12 @@ def test_capacity_bench_quick(tmp_path):
     enc = result["encoders"]
     assert "aiortc vp8 (old)" in enc and all(e["frames_decoded"] > 0 and e["psnr_db"] > 25 for e in enc.values())
     assert Path(result["plot"]).exists()
+    mix = result["admission_mix"]["settings"]["admission"]  # watched and unwatched sessions, admission on
+    assert mix["asked"] == 3 and mix["created"] + len(mix["refused_at_create"]) == 3
+    assert mix["viewers_admitted"] + mix["viewers_refused"] == mix["created"] and mix["viewers_admitted"] >= 1
+    assert all((p["fps"] is not None) == p["admitted"] for p in mix["sessions"])
+    assert all(p["fps"] > 0 for p in mix["sessions"] if p["admitted"])
+    assert mix["health"]["capacity"]["summary"] and Path(result["admission_mix"]["plot"]).exists()
 
 
 def _read_speech(path: Path) -> tuple[np.ndarray, int]:
