@@ -1,5 +1,7 @@
-"""Animal (cat) faces: OpenCV's Haar cat-face cascades, searched robustly, then the 68-point
-layout placed from the box and refined with the pupils found in it.
+"""Animal faces: OpenCV's Haar cat-face cascades (which also find many dogs), searched robustly,
+then the 68-point layout placed from the box, refined with the pupils found in it and with the nose
+and mouth that ``muzzle.locate_muzzle`` finds; where the cascades find nothing, a pair of eyes with a
+nose and mouth below them (``animal_by_eyes``).
 
 The cascades were trained on faces filling a fraction of the picture; a close-up whose face fills
 the frame (or runs past its edge) is missed at the native scale. So the search also runs on
@@ -20,7 +22,7 @@ import numpy as np
 
 from avatarstream.engines.face.landmarks import FaceLandmarks
 from avatarstream.engines.face.layout import CAT, place_layout
-from avatarstream.engines.face.muzzle import locate_muzzle
+from avatarstream.engines.face.muzzle import Muzzle, locate_muzzle
 
 CASCADES = ("haarcascade_frontalcatface_extended.xml", "haarcascade_frontalcatface.xml")
 PADS = (0.0, 0.15, 0.3, 0.45)  # border added on each side, as a fraction of the longer side
@@ -132,7 +134,16 @@ def cat_landmarks_in_box(image_rgb: np.ndarray, box, score: float = 0.0) -> Face
         dist = float(np.linalg.norm(d))
         if 0.3 * side <= dist <= 0.6 * side and abs(np.degrees(np.arctan2(d[1], d[0]))) <= 25:
             left, right = pl, pr
-    muzzle = locate_muzzle(image_rgb, left, right)
+    return landmarks_from_eyes(image_rgb, left, right, box, score)
+
+
+def landmarks_from_eyes(image_rgb: np.ndarray, left: np.ndarray, right: np.ndarray, box, score: float = 0.0,
+                        muzzle: Muzzle | None = None) -> FaceLandmarks:
+    """68 points for an animal with its eyes at ``left`` / ``right``; nose and mouth from ``muzzle``
+    (located here when not given) or, where no mouth is located, by the cat's proportions."""
+    x, y, w, h = box
+    if muzzle is None:
+        muzzle = locate_muzzle(image_rgb, left, right)
     if muzzle is not None and muzzle.found:
         gap = muzzle.mouth_bottom - muzzle.mouth_top
         # the nostril points at the nose's lower edge, as wide as a nose: every mesh triangle over
@@ -157,6 +168,58 @@ def cat_landmarks_in_box(image_rgb: np.ndarray, box, score: float = 0.0) -> Face
     return FaceLandmarks(pts, (float(x), float(y), float(w), float(h)), "animal", float(score), mouth_found=False)
 
 
+EYE_SEARCH_SIDE = 400  # the eye search runs on a copy with this longer side
+EYE_RADII = (0.012, 0.05)  # eye radii searched, fractions of the shorter side
+EYE_MIN_RESPONSE = 12.0  # grey levels: how much darker than its surround a blob must be
+
+
+def dark_blobs(gray: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """(response, x, y, radius) of the 40 strongest dark round blobs (difference of Gaussians)."""
+    g = gray.astype(np.float32)
+    out = []
+    for r in np.geomspace(*EYE_RADII, 5) * min(g.shape):
+        resp = cv2.GaussianBlur(g, (0, 0), 2.5 * r) - cv2.GaussianBlur(g, (0, 0), r)
+        k = max(3, int(2 * r) | 1)
+        peaks = (resp == cv2.dilate(resp, np.ones((k, k), np.uint8))) & (resp > EYE_MIN_RESPONSE)
+        out += [(float(resp[y, x]), float(x), float(y), float(r)) for y, x in zip(*np.nonzero(peaks))]
+    return sorted(out, reverse=True)[:40]
+
+
+def animal_by_eyes(image_rgb: np.ndarray) -> FaceLandmarks | None:
+    """Last resort for faces the cat cascades miss (e.g. an alpaca): pairs of dark blobs of similar
+    size and strength, level within 25 degrees and 3-10 radii apart, kept where ``locate_muzzle``
+    finds a nose and a mouth below them; the strongest (response x distance) wins. About 0.3 s."""
+    h, w = image_rgb.shape[:2]
+    s = min(1.0, EYE_SEARCH_SIDE / max(h, w))
+    small = image_rgb if s == 1.0 else cv2.resize(image_rgb, (round(w * s), round(h * s)),
+                                                   interpolation=cv2.INTER_AREA)
+    blobs = dark_blobs(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+    best = None
+    for i, a in enumerate(blobs):
+        for b in blobs[i + 1:]:
+            a_, b_ = (a, b) if a[1] <= b[1] else (b, a)
+            dist = float(np.hypot(b_[1] - a_[1], b_[2] - a_[2]))
+            rr = max(a[3], b[3])
+            if abs(np.degrees(np.arctan2(b_[2] - a_[2], b_[1] - a_[1]))) > 25 or not 3.0 * rr <= dist <= 10 * rr:
+                continue
+            if min(a[0], b[0]) < 0.5 * max(a[0], b[0]) or min(a[3], b[3]) < 0.5 * rr or dist < 0.08 * min(small.shape[:2]):
+                continue
+            score = min(a[0], b[0]) * dist
+            if best is not None and score <= best[0]:
+                continue
+            left, right = np.array(a_[1:3]) / s, np.array(b_[1:3]) / s
+            muzzle = locate_muzzle(image_rgb, left, right)
+            if muzzle is not None and muzzle.found:
+                best = (score, left, right, muzzle)
+    if best is None:
+        return None
+    _, left, right, muzzle = best
+    d = float(np.linalg.norm(right - left))
+    cx, cy = (left + right) / 2 + [0.0, 0.45 * d]
+    box = (float(cx - 1.1 * d), float(cy - 1.1 * d), 2.2 * d, 2.2 * d)
+    return landmarks_from_eyes(image_rgb, left, right, box, 0.0, muzzle)
+
+
 _recent: OrderedDict[str, FaceLandmarks | None] = OrderedDict()  # the search is slow (~1 s CPU): remember a few
 _recent_lock = threading.Lock()
 
@@ -170,6 +233,8 @@ def detect_cat(image_rgb: np.ndarray) -> FaceLandmarks | None:
     gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
     found = best_cat_box(gray)
     face = None if found is None else cat_landmarks_in_box(image_rgb, found[0], found[1])
+    if face is None:  # no cat-like face: an animal whose eyes, nose and mouth can be found
+        face = animal_by_eyes(image_rgb)
     with _recent_lock:
         _recent[key] = face
         while len(_recent) > 8:

@@ -31,6 +31,8 @@ MOUTH_SPAN = 0.9  # the mouth is searched this far below the nose
 MAX_NOSE_GAP = 0.2  # ... and must start at most this far below it
 NOSE_PEAK_HALF_WIDTH = 0.15  # ... and centred this close to the midline
 NOSE_PEAK_SHARE = 0.35  # nose candidates: blobs at least this share of the strongest
+LINE_MAX_HEIGHT = 0.1  # a candidate ending this close below its centre (eye distances) is a line
+NOSE_MIN_DISTINCT = 14.0  # CIELAB distance from the fur a nose above such a line must reach
 OPEN_MIN = 0.12  # a dark band taller than this (eye distances) is an open mouth
 MIN_CONTRAST = 12.0  # L* units: the mouth band must be at least this much darker than the fur
 
@@ -83,6 +85,16 @@ def _v(row: float) -> float:
     return row / PX + V_RANGE[0]
 
 
+def _run_height(distinct: np.ndarray, row: int, col: int) -> int:
+    """Rows from (row, col) down its column that stay at half its distinctness or more (a nose's
+    lower half is tall; a smile is a thin line, though a drawn philtrum may join it to the nose above)."""
+    col_v = distinct[:, col]
+    hi = row
+    while hi + 1 < len(col_v) and col_v[hi + 1] >= 0.5 * col_v[row]:
+        hi += 1
+    return hi - row + 1
+
+
 def locate_muzzle(image_rgb: np.ndarray, left_eye: np.ndarray, right_eye: np.ndarray) -> Muzzle | None:
     """The nose and mouth below these eyes; None where no nose-like blob is found at all."""
     patch = face_frame_patch(image_rgb, left_eye, right_eye)
@@ -112,10 +124,26 @@ def locate_muzzle(image_rgb: np.ndarray, left_eye: np.ndarray, right_eye: np.nda
         return None
     k = int(np.argmin(ys))
     nr, nc = r0 + int(ys[k]), c0 + int(xs[k])
+    if _run_height(distinct, nr, nc) < LINE_MAX_HEIGHT * PX:
+        # a thin line (a smile) stronger than a pale nose (a cartoon's pink nose): the nose is the
+        # most distinct spot above it, where one stands out
+        top_r = _row(NOSE_V[0])
+        bottom_r = nr - int(0.1 * PX)
+        if bottom_r > top_r:
+            above = distinct[top_r:bottom_r, c0 + c0_in:c0 + c1_in]
+            iy, ix = np.unravel_index(int(np.argmax(above)), above.shape)
+            if above[iy, ix] >= max(NOSE_MIN_DISTINCT, 0.25 * distinct[nr, nc]):
+                nr, nc = top_r + int(iy), c0 + c0_in + int(ix)
     at = float(distinct[nr, nc])
     end = nr
+    low = at
+    # down the column to where the nose fades (half its distinctness) or, after a dip, a stronger
+    # feature begins (a drawn philtrum joining a pale nose to a dark smile)
     while end + 1 < min(lab.shape[0], nr + int(0.35 * PX)) and distinct[end + 1, nc] >= 0.5 * at:
+        if low < 0.8 * at and distinct[end + 1, nc] > at:
+            break
         end += 1
+        low = min(low, float(distinct[end, nc]))
     nose_x = nc / PX + U_RANGE[0]
     nose_y = _v(nr)
     nose_bottom = _v(end)

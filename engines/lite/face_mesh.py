@@ -48,7 +48,7 @@ def nose_guard(lm: np.ndarray, d: float, ex: np.ndarray, ey: np.ndarray) -> np.n
     """Eight still points boxing an animal's nose (bridge tip to nostrils, 0.1 eye distances of
     margin, the bottom kept above the upper inner lip): every triangle over the nose then has still
     corners only, so no speech motion resamples it."""
-    nose = lm[28:36]
+    nose = lm[27:36]
     centre = nose.mean(axis=0)
     u, v = (nose - centre) @ ex, (nose - centre) @ ey
     lip_v = float(((lm[[61, 62, 63]] - centre) @ ey).min())
@@ -124,8 +124,9 @@ def motion_bases(mesh: FaceMesh, kind: str = "human", mouth_found: bool = True) 
     out["blink"] = blink
 
     brows = np.zeros((n, 2))
-    brows[17:27] = -0.09 * d * ey
-    brows[[18, 19, 20, 23, 24, 25]] *= 1.2
+    if kind == "human":  # fur shows no brows, and an alpaca's nose sits at its eyes' level
+        brows[17:27] = -0.09 * d * ey
+        brows[[18, 19, 20, 23, 24, 25]] *= 1.2
     out["brows"] = brows
 
     # a slight turn (yaw), faked in 2-D: the features slide sideways over the face, the nose most
