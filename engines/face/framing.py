@@ -17,7 +17,7 @@ from avatarstream.engines.face.landmarks import FaceLandmarks
 # with the ears (a dog's or cat's ear tips stand up to ~2.1 eye distances above the eyes, its cheeks
 # ~1.7 to each side) and a margin of background
 SIDE_IN_EYE_DISTANCES = {"human": 5.6, "animal": 5.0}
-MIN_SIDE_IN_EYE_DISTANCES = {"human": 3.6, "animal": 3.0}
+MIN_SIDE_IN_EYE_DISTANCES = {"human": 3.6, "animal": 2.6}
 ANIMAL_TOP_ABOVE_EYES = 2.4  # the animal square's top edge, eye distances above the eyes' midpoint
 
 
