@@ -18,15 +18,14 @@ Windows of different lengths never share a call: each step runs one call per win
 Fairness: a free slot goes to the session with the fewest windows in flight, ties in round-robin order, so a
 session with a backlog never starves the others. Back-pressure: at most ``max_pending`` windows wait to start;
 a submit beyond that blocks up to its timeout and then raises :class:`MotionQueueFull`. ``cancel`` drops a
-session's windows (queued and in flight), ``close`` stops the worker and fails what is left.
+session's windows (queued and in flight), ``close`` stops the worker and fails what is left. The queue, fairness,
+deadline, cancel and close are ``engines.runtimes.batching_worker``'s; this module says only how windows are
+batched: continuously, one DiT call per step over the windows in flight.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict, deque
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -36,6 +35,7 @@ from avatarstream.engines.base import EngineError
 from avatarstream.engines.joyvasa.network import DitTalkingHead
 from avatarstream.engines.joyvasa.options import MOTION_MAX_BATCH, MOTION_MAX_WAIT_MS
 from avatarstream.engines.joyvasa.sampler import posterior_coefficients
+from avatarstream.engines.runtimes.batching_worker import BatchingWorker, QueuedRequest, fail_future, resolve_future
 
 # A session that submitted or got back a window this recently counts as active: the idle worker waits for its next.
 # Streams submit one window per chunk (400 ms of audio for the default 10 frames), so 1 s spans two of them.
@@ -99,29 +99,23 @@ class MotionWorkerStats:
         return sum(k * v for k, v in self.windows_per_call.items()) / max(1, self.calls)
 
 
-class MotionWorker:
+class MotionWorker(BatchingWorker[MotionWindow]):
     """Batches the denoising of several sessions' motion windows on one model; see the module docstring."""
+
+    label = "motion"
+    unit = "windows"
+    queue_full = MotionQueueFull
 
     def __init__(self, model: DitTalkingHead, *, max_batch: int = MOTION_MAX_BATCH,
                  max_wait_ms: float = MOTION_MAX_WAIT_MS, max_pending: int = 64, name: str = "motion-worker") -> None:
         if max_batch < 1 or max_pending < 1:
             raise EngineError(f"need max_batch >= 1 and max_pending >= 1, got {max_batch}, {max_pending}")
         self.model = model
-        self.max_batch = max_batch
-        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
-        self.max_pending = max_pending
         self.stats = MotionWorkerStats()
         self._schedule = model.schedule()
         self.num_steps = self._steps = self._schedule.num_steps  # T: a window's noise is step_noise(..., T, ...)
-        self._queues: "OrderedDict[Hashable, deque[tuple[MotionWindow, Future]]]" = OrderedDict()
-        self._pending = 0  # windows queued, not started
         self._active: list[_Active] = []  # touched by the worker thread only
-        self._in_flight: dict[Hashable, int] = {}  # session -> windows in flight (under the lock)
-        self._last_seen: dict[Hashable, float] = {}  # session -> its last submit or finished window (under the lock)
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        super().__init__(max_batch=max_batch, max_wait_ms=max_wait_ms, max_pending=max_pending, name=name)
 
     # -- sessions' side ------------------------------------------------------------------------
 
@@ -131,107 +125,40 @@ class MotionWorker:
         if tuple(window.noise.shape) != expected:
             raise EngineError(f"a motion window needs step noise of shape {expected} (step_noise), "
                               f"got {tuple(window.noise.shape)}")
-        future: Future = Future()
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._closed and self._pending >= self.max_pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise MotionQueueFull(f"the motion queue stayed full ({self._pending} windows) for {timeout:.1f} s")
-                self._cond.wait(left)
-            if self._closed:
-                raise EngineError("the motion worker is closed")
-            self._queues.setdefault(session, deque()).append((window, future))
-            self._pending += 1
-            self._last_seen[session] = time.monotonic()
-            self._cond.notify_all()
-        return future
+        return self._enqueue(QueuedRequest(session, window, 1), timeout)
 
     def sample(self, session: Hashable, window: MotionWindow, *, timeout: float = 60.0) -> torch.Tensor:
         """Submit and wait: ``offline.sample_window``'s result for this window."""
         return self.submit(session, window).result(timeout)
 
-    def cancel(self, session: Hashable) -> int:
-        """Drop a leaving session's windows, queued or in flight (their futures are cancelled); returns how many."""
-        with self._cond:
-            queued = self._queues.pop(session, deque())
-            self._pending -= len(queued)
-            self._last_seen.pop(session, None)
-            self._cond.notify_all()
-        for _, future in queued:
-            future.cancel()
-        # In-flight windows: cancelling the future is enough, the worker drops done windows before each call.
+    # -- how windows are batched: continuously, one DiT call per step ----------------------------
+
+    def _busy(self) -> bool:
+        return bool(self._active)
+
+    def _room(self) -> int:
+        return self.max_batch - len(self._active)
+
+    def _batch_target(self) -> int:
+        # idle: wait for the windows of the sessions active lately, not at all when the first one's is the only one
+        return min(self.max_batch, self._recent_sessions(ACTIVE_SESSION_S))
+
+    def _cancel_in_flight(self, session: Hashable) -> int:
+        # Cancelling the future is enough: the worker drops done windows before each call.
         flying = [a for a in list(self._active) if a.session == session]
         for a in flying:
             a.future.cancel()
-        return len(queued) + len(flying)
+        return len(flying)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop taking work, fail what is queued or in flight, and join the worker thread."""
-        with self._cond:
-            self._closed = True
-            queued = [f for q in self._queues.values() for _, f in q]
-            self._queues.clear()
-            self._pending = 0
-            self._cond.notify_all()
-        self._thread.join(timeout)
-        for future in queued + [a.future for a in self._active]:
-            _fail(future, EngineError("the motion worker is closed"))
+    def _fail_in_flight(self, exc: EngineError) -> None:
+        for a in self._active:
+            fail_future(a.future, exc)
         self._active = []
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    # -- the worker thread ----------------------------------------------------------------------
-
-    def _take(self, room: int) -> list[tuple[Hashable, MotionWindow, Future]]:
-        """Up to ``room`` queued windows, fewest-in-flight session first, ties round-robin. Caller holds the lock."""
-        taken = []
-        counts = dict(self._in_flight)
-        while len(taken) < room and self._queues:
-            order = list(self._queues)
-            session = min(order, key=lambda s: (counts.get(s, 0), order.index(s)))
-            queue = self._queues[session]
-            window, future = queue.popleft()
-            self._pending -= 1
-            if not queue:
-                del self._queues[session]
-            else:
-                self._queues.move_to_end(session)
-            if future.cancelled():
-                continue
-            counts[session] = counts.get(session, 0) + 1
-            taken.append((session, window, future))
-        return taken
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and not self._queues and not self._active:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                if not self._active:  # nothing in flight: let the other active sessions join for a short while
-                    now = time.monotonic()
-                    until = now + self.max_wait_s
-                    for s in [s for s, t in self._last_seen.items() if now - t > ACTIVE_SESSION_S]:
-                        del self._last_seen[s]
-                    expected = min(self.max_batch, len(self._last_seen))
-                    while not self._closed and self._pending < expected:
-                        left = until - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                    if self._closed:
-                        return
-                taken = self._take(self.max_batch - len(self._active))
-                for session, _, _ in taken:
-                    self._in_flight[session] = self._in_flight.get(session, 0) + 1
-                self._cond.notify_all()  # room in the queue
-            for session, window, future in taken:
-                self._start(session, window, future)
-            self._step()
+    def _process(self, taken: list[tuple[QueuedRequest[MotionWindow], int]]) -> None:
+        for request, _ in taken:
+            self._start(request.session, request.payload, request.future)
+        self._step()
 
     def _start(self, session: Hashable, window: MotionWindow, future: Future) -> None:
         model = self.model
@@ -247,23 +174,13 @@ class MotionWorker:
                                             audio_in, prev_motion, prev_audio, cross,
                                             window.noise.to(device, torch.float32), float(window.cfg_scale)))
         except Exception as exc:  # noqa: BLE001 - the error belongs to this window
-            self._finish(session)
-            _fail(future, exc)
-
-    def _finish(self, session: Hashable) -> None:
-        with self._cond:
-            if session in self._last_seen:  # not after a cancel
-                self._last_seen[session] = time.monotonic()
-            left = self._in_flight.get(session, 0) - 1
-            if left > 0:
-                self._in_flight[session] = left
-            else:
-                self._in_flight.pop(session, None)
+            self._release(session)
+            fail_future(future, exc)
 
     def _step(self) -> None:
         for a in [a for a in self._active if a.future.done()]:  # cancelled or failed: no more calls for it
             self._active.remove(a)
-            self._finish(a.session)
+            self._release(a.session)
         groups: dict[int, list[_Active]] = {}
         for a in self._active:
             groups.setdefault(int(a.x.shape[1]), []).append(a)
@@ -272,10 +189,10 @@ class MotionWorker:
                 self._call(group)
             except Exception as exc:  # noqa: BLE001 - the error belongs to the windows of this call
                 for a in group:
-                    _fail(a.future, exc)
+                    fail_future(a.future, exc)
         for a in [a for a in self._active if a.future.done()]:
             self._active.remove(a)
-            self._finish(a.session)
+            self._release(a.session)
 
     @torch.no_grad()
     def _call(self, group: list[_Active]) -> None:
@@ -317,18 +234,5 @@ class MotionWorker:
             a.t -= 1
             if a.t == 0:
                 s.windows += 1
-                _resolve(a.future, a.x.cpu())
+                resolve_future(a.future, a.x.cpu())
 
-
-def _resolve(future: Future, value) -> None:
-    try:
-        future.set_result(value)
-    except InvalidStateError:  # cancelled meanwhile by its session
-        pass
-
-
-def _fail(future: Future, exc: BaseException) -> None:
-    try:
-        future.set_exception(exc)
-    except InvalidStateError:
-        pass
