@@ -1,7 +1,10 @@
 """Media files around the engines, with PyAV: any audio file -> 16 kHz mono float32
 (``load_audio_16k``), RGB frames + 16 kHz audio -> an H.264/AAC MP4 (``write_mp4``), and a
 streaming engine's frames for a whole file (``stream_frames``). Shared by ``avatar render``, the
-offline renderers (Loopy, JoyVASA's ``render_file``) and data preparation."""
+offline renderers (Loopy, JoyVASA's ``render_file``) and data preparation.
+
+PyAV is imported by the functions that use it, so the engines that import this module still load where it is
+not installed (the GPU check machine: its streaming path never writes or reads a media file)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from avatarstream.engines.base import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, EngineError, EngineStream
@@ -19,6 +21,8 @@ STREAM_CHUNK_FRAMES = 10  # audio fed per EngineStream.feed call when rendering 
 
 def load_audio_16k(path: str | Path) -> np.ndarray:
     """Decode any audio file FFmpeg can read into float32 mono at 16 kHz, in [-1, 1]."""
+    import av
+
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"audio file not found: {path}")
@@ -82,6 +86,8 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], audio: np.ndarray, fps: 
 
 def _mux(tmp: Path, frames: Iterable[np.ndarray], audio: np.ndarray, fps: int, sample_rate: int, crf: int,
          preset: str) -> int:
+    import av
+
     n = 0
     with av.open(str(tmp), mode="w", format="mp4") as container:
         video = None

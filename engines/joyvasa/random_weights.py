@@ -23,13 +23,17 @@ from avatarstream.engines.liveportrait.config import LivePortraitConfig
 
 
 def write_random_weights(root: str | Path, *, small: bool = False, seed: int = 0,
-                         motion_config: DitConfig | None = None) -> Path:
+                         motion_config: DitConfig | None = None,
+                         liveportrait_config: LivePortraitConfig | None = None) -> Path:
     """Write the files ``JoyVasaEngine(weights=root)`` needs; returns ``root``.
 
-    ``motion_config``: the motion generator's architecture (default: the release's, or ``SMALL_CONFIG``)."""
+    ``motion_config``: the motion generator's architecture (default: the release's, or ``SMALL_CONFIG``);
+    ``liveportrait_config``: the LivePortrait networks' (default: the official ones, or ``small()``); open the
+    engine with the same ``liveportrait_config``."""
     root = Path(root)
-    write_random_checkpoints(root, seed=seed, variants=("human",),
-                             config=LivePortraitConfig.small() if small else None)
+    if liveportrait_config is None and small:
+        liveportrait_config = LivePortraitConfig.small()
+    write_random_checkpoints(root, seed=seed, variants=("human",), config=liveportrait_config)
     config = motion_config or (SMALL_CONFIG if small else DitConfig())
     if small:  # the miniature encoder's architecture; the real one is the published base config (no file needed)
         small_audio_config(config.audio_model).save_pretrained(str(root / AUDIO_CONFIG_DIR))

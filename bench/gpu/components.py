@@ -1,6 +1,4 @@
-"""``avatar bench --suite gpu``: the one-call GPU check of the neural real-time path (random weights, real shapes).
-
-Measures, on one CUDA GPU, side by side in one run:
+"""The GPU check's component sections (``avatar bench --suite gpu``), on the engine's own networks:
 
 * ``renderer``: LivePortrait W + G (warping + SPADE) in ms per frame at batch 1, 2 and 8 for eager FP32, FP16
   autocast and the FP16 step replayed as a CUDA graph (one graph per batch size), with peak GPU memory;
@@ -16,9 +14,6 @@ Measures, on one CUDA GPU, side by side in one run:
   (the shared ``engines.joyvasa.motion_worker``, one DiT call per step for all sessions): windows per second,
   motion frames per second per session (25 keeps up with real time), p50/p99 window latency, the worker/alone
   ratio and the worker's mean windows per call. The audio encoder is not included.
-
-Writes ``gpu.png`` next to the suite's JSON. Without a CUDA GPU it refuses, except with ``--dry-run``: the same
-code on CPU with the miniature networks and short runs (what the tests run).
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,14 +28,12 @@ import torch
 
 from avatarstream.bench.joyvasa import window_latency
 from avatarstream.engines.base import EngineError
-from avatarstream.engines.joyvasa.checkpoint import random_motion_generator, small_motion_generator
 from avatarstream.engines.joyvasa.motion_worker import MotionWindow, MotionWorker, step_noise
 from avatarstream.engines.joyvasa.network import DitTalkingHead
 from avatarstream.engines.joyvasa.offline import initial_noise, sample_window
 from avatarstream.engines.joyvasa.options import MOTION_MAX_BATCH, MOTION_MAX_WAIT_MS
 from avatarstream.engines.joyvasa.streaming import StreamingConfig
 from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
-from avatarstream.engines.liveportrait.config import LivePortraitConfig
 from avatarstream.engines.liveportrait.render_worker import RenderWorker
 from avatarstream.engines.liveportrait.renderer import PreparedAvatar, Renderer
 
@@ -50,25 +42,25 @@ SESSIONS = (1, 2, 4, 8)
 CHUNK_FRAMES = 2  # frames per session request (80 ms of motion)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 2) -> float:
+def median_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times)
 
 
-def _render_inputs(networks: LivePortraitNetworks, batch: int, device: torch.device, seed: int = 0):
+def render_inputs(networks: LivePortraitNetworks, batch: int, device: torch.device, seed: int = 0):
     """A source volume and keypoints of the networks' shapes (from running F and M on a random image)."""
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(1, 3, 256, 256, generator=g).to(device)
@@ -115,7 +107,7 @@ class GraphedWarpDecode:
 def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps: int, batches=BATCHES) -> dict:
     rows = []
     for batch in batches:
-        f_s, kp_s, kp_d = _render_inputs(networks, batch, device, seed=batch)
+        f_s, kp_s, kp_d = render_inputs(networks, batch, device, seed=batch)
         modes: dict[str, Callable[[], object]] = {}
         fp32 = Renderer(networks, device=str(device))
         args = (f_s, kp_s, kp_d)
@@ -128,7 +120,7 @@ def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps:
         for mode, fn in modes.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            ms = _median_ms(fn, device, reps)
+            ms = median_ms(fn, device, reps)
             row = {"mode": mode, "batch": batch, "ms_per_batch": round(ms, 3), "ms_per_frame": round(ms / batch, 3),
                    "fps": round(1000.0 * batch / ms, 1)}
             if device.type == "cuda":
@@ -141,7 +133,7 @@ def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps:
 def fp16_parity(networks: LivePortraitNetworks, device: torch.device) -> dict:
     if device.type != "cuda":
         return {"skipped": "FP16 autocast needs a CUDA device"}
-    f_s, kp_s, kp_d = _render_inputs(networks, 2, device, seed=7)
+    f_s, kp_s, kp_d = render_inputs(networks, 2, device, seed=7)
     ref = Renderer(networks, device=str(device)).warp_decode(f_s, kp_s, kp_d)
     half = Renderer(networks, device=str(device), fp16=True).warp_decode(f_s, kp_s, kp_d)
     graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)(f_s, kp_s, kp_d).float()
@@ -150,13 +142,12 @@ def fp16_parity(networks: LivePortraitNetworks, device: torch.device) -> dict:
             "cuda_graph_fp16_vs_fp32_relative": float((graphed - ref).abs().max()) / scale}
 
 
-def joyvasa_latency(dry_run: bool, device: torch.device, reps: int) -> dict:
-    model = (small_motion_generator(0) if dry_run else random_motion_generator(0)).to(device).eval()
-    out = {"eager_fp32": window_latency(model, reps, sync=lambda: _sync(device))}
+def joyvasa_latency(model: DitTalkingHead, device: torch.device, reps: int) -> dict:
+    out = {"eager_fp32": window_latency(model, reps, sync=lambda: sync(device))}
     if device.type == "cuda":
         from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
 
-        out["cuda_graph_fp32"] = window_latency(model, reps, sync=lambda: _sync(device), graphed=GraphedDenoiser(model))
+        out["cuda_graph_fp32"] = window_latency(model, reps, sync=lambda: sync(device), graphed=GraphedDenoiser(model))
     for mode, r in out.items():
         print(f"gpu bench: joyvasa {mode}: {r['window_ms']:.1f} ms per {r['window_frames']}-frame window")
     return out
@@ -165,7 +156,7 @@ def joyvasa_latency(dry_run: bool, device: torch.device, reps: int) -> dict:
 def worker_throughput(networks: LivePortraitNetworks, device: torch.device, seconds: float,
                       sessions_list=SESSIONS, max_batch: int = 8) -> dict:
     renderer = Renderer(networks, device=str(device), fp16=device.type == "cuda")
-    f_s, kp_s, kp_d = _render_inputs(networks, 1, device, seed=11)
+    f_s, kp_s, kp_d = render_inputs(networks, 1, device, seed=11)
     avatar = PreparedAvatar(feature_3d=f_s, motion=None, keypoints=kp_s)  # type: ignore[arg-type]
     chunk = [kp_d[0].cpu().numpy()] * CHUNK_FRAMES
     rows = []
@@ -231,10 +222,9 @@ def _sessions_run(n: int, seconds: float, one_window: Callable[[int, torch.Gener
     return time.perf_counter() - t0, latencies
 
 
-def motion_worker_throughput(dry_run: bool, device: torch.device, seconds: float, sessions_list=SESSIONS,
+def motion_worker_throughput(model: DitTalkingHead, device: torch.device, seconds: float, sessions_list=SESSIONS,
                              max_batch: int = MOTION_MAX_BATCH, max_wait_ms: float = MOTION_MAX_WAIT_MS) -> dict:
     """Streaming motion windows denoised per second by n sessions, each on its own vs through the shared worker."""
-    model = (small_motion_generator(0) if dry_run else random_motion_generator(0)).to(device).eval()
     config = StreamingConfig()  # the engine's default chunk and lookahead
     length, chunk = config.chunk_frames + config.lookahead_audio_frames, config.chunk_frames
     steps = model.schedule().num_steps
@@ -258,7 +248,7 @@ def motion_worker_throughput(dry_run: bool, device: torch.device, seconds: float
         row: dict = {"sessions": n}
         for mode, fn in (("alone", alone), ("worker", shared)):
             wall, latencies = _sessions_run(n, seconds, fn)
-            _sync(device)
+            sync(device)
             windows = sum(len(x) for x in latencies)
             all_lat = sorted(x for lat in latencies for x in lat)
             row[mode] = {
@@ -279,101 +269,3 @@ def motion_worker_throughput(dry_run: bool, device: torch.device, seconds: float
               f"{row['worker']['mean_windows_per_call']} windows per call")
     return {"window_frames": length, "chunk_frames": chunk, "steps": steps, "max_batch": max_batch,
             "max_wait_ms": max_wait_ms, "seconds": seconds, "rows": rows}
-
-
-def plot(result: dict, path: Path) -> Path:
-    """Three panels drawn with OpenCV (present wherever the engines run): ms/frame per mode and batch, the
-    render worker's total fps against concurrent sessions, and motion windows per second against concurrent
-    sessions, each session alone vs through the shared motion worker."""
-    import cv2
-
-    w, h = 1500, 420
-    img = np.full((h, w, 3), 255, np.uint8)
-    colors = [(200, 80, 30), (40, 160, 40), (30, 30, 200), (150, 50, 150)]
-    title = f"gpu check: {result.get('device_name', '')}"
-    cv2.putText(img, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-
-    rows = result["renderer"]["rows"]
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    top = max(r["ms_per_frame"] for r in rows) or 1.0
-    x0, y0, pw, ph = 40, 60, 440, 300
-    cv2.putText(img, "W+G ms per frame (batch 1 / 2 / 8)", (x0, y0 - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    bar = pw // (len(BATCHES) * (len(modes) + 1))
-    for bi, batch in enumerate(BATCHES):
-        for mi, mode in enumerate(modes):
-            r = next((r for r in rows if r["mode"] == mode and r["batch"] == batch), None)
-            if r is None:
-                continue
-            x = x0 + (bi * (len(modes) + 1) + mi) * bar
-            y = y0 + ph - int(ph * r["ms_per_frame"] / top)
-            cv2.rectangle(img, (x, y), (x + bar - 2, y0 + ph), colors[mi % len(colors)], -1)
-    for mi, mode in enumerate(modes):
-        cv2.putText(img, mode, (x0 + 5, y0 + 15 + 16 * mi), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colors[mi % len(colors)], 1)
-    cv2.putText(img, f"max {top:.1f} ms", (x0, y0 + ph + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-
-    wrows = result["worker"]["rows"]
-    x1 = 540
-    fmax = max(r["fps_total"] for r in wrows) or 1.0
-    smax = max(r["sessions"] for r in wrows)
-    cv2.putText(img, "worker: total fps vs sessions", (x1, y0 - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.rectangle(img, (x1, y0), (x1 + pw, y0 + ph), (0, 0, 0), 1)
-    pts = [(x1 + int(pw * r["sessions"] / smax), y0 + ph - int(ph * r["fps_total"] / fmax)) for r in wrows]
-    for a, b in zip(pts, pts[1:]):
-        cv2.line(img, a, b, colors[0], 2, cv2.LINE_AA)
-    for p, r in zip(pts, wrows):
-        cv2.circle(img, p, 4, colors[2], -1)
-        cv2.putText(img, f"{r['sessions']}: {r['fps_total']:.1f}", (p[0] - 40, p[1] + 18), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4, (0, 0, 0), 1)
-    mrows = result["motion_worker"]["rows"]
-    x2 = 1040
-    wmax = max(max(r["alone"]["windows_per_s"], r["worker"]["windows_per_s"]) for r in mrows) or 1.0
-    smax = max(r["sessions"] for r in mrows)
-    cv2.putText(img, "motion windows/s vs sessions", (x2, y0 - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.rectangle(img, (x2, y0), (x2 + pw, y0 + ph), (0, 0, 0), 1)
-    for mi, mode in enumerate(("alone", "worker")):
-        pts = [(x2 + int(pw * r["sessions"] / smax), y0 + ph - int(ph * r[mode]["windows_per_s"] / wmax)) for r in mrows]
-        for a, b in zip(pts, pts[1:]):
-            cv2.line(img, a, b, colors[mi], 2, cv2.LINE_AA)
-        for p, r in zip(pts, mrows):
-            cv2.circle(img, p, 4, colors[mi], -1)
-            cv2.putText(img, f"{r[mode]['windows_per_s']:.1f}", (p[0] - 30, p[1] + (18 if mi else -8)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, colors[mi], 1)
-        cv2.putText(img, mode, (x2 + 5, y0 + 15 + 16 * mi), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colors[mi], 1)
-    if not cv2.imwrite(str(path), img):
-        raise EngineError(f"could not write {path}")
-    return path
-
-
-def run_bench(opts) -> dict:
-    """``opts``: ``avatarstream.cli.bench.BenchOptions`` (``dry_run``: CPU, miniature networks, short runs)."""
-    dry_run = bool(getattr(opts, "dry_run", False))
-    if not dry_run and not torch.cuda.is_available():
-        raise EngineError("the gpu suite needs a CUDA GPU (torch.cuda.is_available() is False); "
-                          "--dry-run runs the same code on CPU with miniature networks")
-    device = torch.device("cpu") if dry_run else torch.device("cuda", torch.cuda.current_device())
-    out_dir = Path(opts.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if dry_run:
-        torch.set_num_threads(2)
-    t0 = time.perf_counter()
-    config = LivePortraitConfig.small() if dry_run else None
-    networks = LivePortraitNetworks.random(seed=0, config=config).to(device)
-    reps = 1 if dry_run else 10
-    result: dict = {
-        "mode": "dry-run (CPU, miniature networks)" if dry_run else "cuda (random weights of the real shapes)",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cuda_available": torch.cuda.is_available(),
-        "torch": torch.__version__,
-    }
-    result["renderer"] = renderer_latency(networks, device, reps, batches=BATCHES[:2] if dry_run else BATCHES)
-    result["parity"] = fp16_parity(networks, device)
-    result["joyvasa"] = joyvasa_latency(dry_run, device, 2 if dry_run else 4)
-    result["worker"] = worker_throughput(networks, device, seconds=0.5 if dry_run else 8.0,
-                                         sessions_list=(1, 2) if dry_run else SESSIONS)
-    result["motion_worker"] = motion_worker_throughput(dry_run, device, seconds=0.5 if dry_run else 4.0)
-    if device.type == "cuda":
-        result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    result["plot"] = str(plot(result, out_dir / "gpu.png"))
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    return result

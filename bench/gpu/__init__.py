@@ -1,0 +1,168 @@
+"""``avatar bench --suite gpu``: the one-call GPU check. It measures the product on one CUDA GPU with random
+weights of the real shapes and answers, in ``gpu.json`` and ``gpu.png`` (docs/gpu-check.md):
+
+1. ``sessions`` (``sessions.py``): how many served ``joyvasa`` sessions one GPU holds at 25 fps, 512 x 512,
+   each streaming speech at 1x; ``fps`` summarises it per session count;
+2. ``first_frame`` (``first_frame.py``): portrait bytes to the first rendered frame of a new session;
+3. ``audio_to_mouth`` (``audio_to_mouth.py``): a pushed speech onset to the first frame sent that carries it;
+4. ``memory`` (``sessions.py``): GPU memory at rest, per added session, peak;
+5. ``stage_budget`` (``stage_budget.py``): ms per frame per stage at batch 1 and at the workers' batch, with
+   ``torch_compile`` (``compile_probe.py``) tried under a hard time limit;
+
+plus the component sections kept from the first check (``components.py``: ``renderer``, ``parity``,
+``joyvasa``, ``worker``, ``motion_worker``) and ``targets`` (``targets.py``): each target, its figure, met or not.
+
+Time: every section states its H100 estimate (``PLAN``, ``QUICK_PLAN``) and runs only when the time left
+covers it (``deadline.py``); ``time_budget`` in the JSON says what ran, took how long, and what was skipped.
+The full check is planned for <= 330 s on one H100, ``--quick`` (items 1-4) for <= 170 s. Without a CUDA GPU it
+refuses, except with ``--dry-run``: the same code on CPU with the miniature networks and short runs (the tests).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from avatarstream.bench.gpu import components
+from avatarstream.bench.gpu.audio_to_mouth import audio_to_mouth
+from avatarstream.bench.gpu.compile_probe import probe
+from avatarstream.bench.gpu.deadline import Deadline
+from avatarstream.bench.gpu.first_frame import first_frame
+from avatarstream.bench.gpu.plot import plot
+from avatarstream.bench.gpu.product import build_product, warm_up
+from avatarstream.bench.gpu.sessions import STEPS, sessions_per_gpu
+from avatarstream.bench.gpu.stage_budget import stage_budget
+from avatarstream.bench.gpu.targets import judge
+from avatarstream.engines.base import EngineError
+
+# H100 estimates in seconds per section (setup: random weights written and loaded, one warm-up stream)
+PLAN = {"setup": 60, "sessions": 50, "audio_to_mouth": 40, "first_frame": 15, "stage_budget": 25,
+        "renderer": 15, "parity": 3, "joyvasa": 15, "worker": 18, "motion_worker": 22, "torch_compile": 60}
+QUICK_PLAN = {"setup": 60, "sessions": 40, "audio_to_mouth": 25, "first_frame": 12}
+BUDGET_S = 330.0  # the whole check, by its own clock (one device call of 480 s leaves room for start-up)
+QUICK_BUDGET_S = 170.0
+COMPILE_MAX_S = 150.0  # torch.compile gets the time left, up to this, as a hard limit (plan: >= 60 s left)
+
+
+def _settings(dry_run: bool, quick: bool) -> dict:
+    if dry_run:
+        return {"steps": (1, 2), "warm_s": 0.8, "measure_s": 1.2, "a2m_onsets": 1, "first_frames": 2, "reps": 1,
+                "renderer_batches": components.BATCHES[:2], "worker_sessions": (1, 2), "worker_s": 0.4,
+                "motion_s": 0.3, "joyvasa_reps": 1}
+    if quick:
+        return {"steps": STEPS, "warm_s": 1.5, "measure_s": 3.0, "a2m_onsets": 6, "first_frames": 10}
+    return {"steps": STEPS, "warm_s": 2.0, "measure_s": 4.0, "a2m_onsets": 10, "first_frames": 12, "reps": 10,
+            "renderer_batches": components.BATCHES, "worker_sessions": components.SESSIONS, "worker_s": 3.0,
+            "motion_s": 2.0, "joyvasa_reps": 4}
+
+
+def _reach(sessions: dict) -> tuple[int | None, int, int]:
+    """(largest N at 25 fps, frames per render batch, windows per DiT call) the workers reached there."""
+    rows = sessions.get("rows") or []
+    largest = sessions.get("largest_n_at_25fps")
+    row = next((r for r in rows if r["sessions"] == largest), rows[-1] if rows else None)
+    if row is None:
+        return largest, 8, 1
+    return largest, max(1, row["render_max_batch"]), max(1, row["motion_max_windows_per_call"])
+
+
+def run_bench(opts) -> dict:
+    """``opts``: ``avatarstream.cli.bench.BenchOptions`` (``dry_run``: CPU, miniature networks, short runs;
+    ``quick``: items 1-4 only)."""
+    dry_run = bool(getattr(opts, "dry_run", False))
+    quick = bool(getattr(opts, "quick", False))
+    if not dry_run and not torch.cuda.is_available():
+        raise EngineError("the gpu suite needs a CUDA GPU (torch.cuda.is_available() is False); "
+                          "--dry-run runs the same code on CPU with miniature networks")
+    device = torch.device("cpu") if dry_run else torch.device("cuda", torch.cuda.current_device())
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dry_run:
+        torch.set_num_threads(2)
+    plan = QUICK_PLAN if quick else PLAN
+    deadline = Deadline(QUICK_BUDGET_S if quick else BUDGET_S)
+    if dry_run:  # the CPU is not the H100 the estimates are for: the dry run runs every section
+        deadline.total_s = 3600.0
+    cfg = _settings(dry_run, quick)
+    t0 = time.perf_counter()
+    result: dict = {
+        "mode": "dry-run (CPU, miniature networks)" if dry_run else "cuda (random weights of the real shapes)",
+        "quick": quick, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cuda_available": torch.cuda.is_available(), "torch": torch.__version__,
+        "plan_s": dict(plan), "budget_s": deadline.total_s if not dry_run else None,
+    }
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        holder: dict = {}
+
+        def setup() -> dict:
+            product = holder["product"] = build_product(dry_run, Path(tmp), device)
+            return {**product.describe(), "warm_up_s": round(warm_up(product), 1)}
+
+        result["product"] = deadline.run("setup", plan["setup"], setup)
+        product = holder.get("product")
+        if product is None:
+            raise EngineError(f"the gpu check could not build the engine: {result['product'].get('error')}")
+        try:
+            _run_sections(result, product, deadline, plan, cfg, dry_run, quick, out_dir)
+        finally:
+            product.engine.close()
+    if device.type == "cuda":
+        result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    result["targets"] = judge(result, dry_run)
+    result["time_budget"] = deadline.report()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["plot"] = str(plot(result, out_dir / "gpu.png"))
+    return result
+
+
+def _run_sections(result: dict, product, deadline: Deadline, plan: dict, cfg: dict, dry_run: bool, quick: bool,
+                  out_dir: Path) -> None:
+    device = product.device
+    result["sessions"] = deadline.run("sessions", plan["sessions"], lambda: sessions_per_gpu(
+        product, deadline, steps=cfg["steps"], warm_s=cfg["warm_s"], measure_s=cfg["measure_s"],
+        stop_below=not dry_run))
+    sessions = result["sessions"]
+    result["memory"] = sessions.get("memory", {k: v for k, v in sessions.items() if k in ("skipped", "error")})
+    result["fps"] = {"per_session_min": {r["sessions"]: r["fps_min"] for r in sessions.get("rows", [])},
+                     "per_session_p5": {r["sessions"]: r["fps_p5"] for r in sessions.get("rows", [])},
+                     "largest_n_at_25fps": sessions.get("largest_n_at_25fps")}
+    largest, batch, windows = _reach(sessions)
+    counts = [1] + ([largest] if largest and largest != 1 else [])  # the dry run's CPU holds no N: 1 only
+    # at 1 session: a2m_onsets onsets; at the largest N every session probes, at least 2 each (1 in the dry run)
+    result["audio_to_mouth"] = deadline.run("audio_to_mouth", plan["audio_to_mouth"], lambda: audio_to_mouth(
+        product, counts, onsets_total=cfg["a2m_onsets"], onsets_min=1 if dry_run else 2,
+        settle_s=0.3 if dry_run else 1.0, wait_s=1.5 if dry_run else 3.0))
+    result["first_frame"] = deadline.run("first_frame", plan["first_frame"],
+                                         lambda: first_frame(product, cfg["first_frames"]))
+    if quick:
+        for name in ("stage_budget", "torch_compile", "renderer", "parity", "joyvasa", "worker", "motion_worker"):
+            result[name] = {"skipped": "--quick answers items 1-4 only"}
+        return
+    networks = product.engine.renderer("human").networks
+    model = product.engine.model
+    result["stage_budget"] = deadline.run("stage_budget", plan["stage_budget"],
+                                          lambda: stage_budget(product, batch, windows, cfg["reps"]))
+    result["renderer"] = deadline.run("renderer", plan["renderer"], lambda: components.renderer_latency(
+        networks, device, cfg["reps"], batches=cfg["renderer_batches"]))
+    result["parity"] = deadline.run("parity", plan["parity"], lambda: components.fp16_parity(networks, device))
+    result["joyvasa"] = deadline.run("joyvasa", plan["joyvasa"], lambda: components.joyvasa_latency(
+        model, device, cfg["joyvasa_reps"]))
+    result["worker"] = deadline.run("worker", plan["worker"], lambda: components.worker_throughput(
+        networks, device, seconds=cfg["worker_s"], sessions_list=cfg["worker_sessions"]))
+    result["motion_worker"] = deadline.run("motion_worker", plan["motion_worker"], lambda: components.
+                                           motion_worker_throughput(model, device, seconds=cfg["motion_s"]))
+    # torch.compile last, in a child process, with the time left (up to 150 s) as its hard limit
+    if dry_run:  # tests/joyvasa/test_gpu_bench.py runs the probe's child on its own (a dynamo trace on the CPU)
+        result["torch_compile"] = {"skipped": "dry run: torch.compile is tried on the GPU"}
+        return
+    result["torch_compile"] = deadline.run("torch_compile", plan["torch_compile"], lambda: probe(
+        out_dir / "torch_compile.json", sorted({1, batch}), dry_run,
+        timeout_s=min(COMPILE_MAX_S, deadline.left() - 5.0), reps=cfg["reps"]))
+    compiled = result["torch_compile"]
+    if isinstance(result["stage_budget"], dict) and "rows" in result["stage_budget"]:
+        result["stage_budget"]["rows"] += compiled.get("rows", [])
+
