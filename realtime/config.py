@@ -13,6 +13,7 @@ from typing import Any
 from avatarstream.engines.base import AvatarEngine, Portrait
 from avatarstream.engines.registry import engine_capabilities
 from avatarstream.realtime.session.admission import AdmissionPolicy
+from avatarstream.realtime.session.latency import LatencySettings, latency_preset
 from avatarstream.realtime.session.session import SessionOptions
 from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, EncoderMode, VideoEncoding
 
@@ -35,7 +36,7 @@ class ServerConfig:
     idle_timeout: float = 300.0  # s without a connected viewer or input before a session is closed
     viewer_connect_timeout: float = 15.0  # s a WebRTC viewer may take to connect (ICE + DTLS)
     max_viewers_per_session: int = 8
-    margin_frames: int = 2  # render-time allowance on top of the engine's lookahead (frames)
+    latency: str = "adaptive"  # latency preset (realtime/session/latency.py): classic, adaptive or low
     ice_servers: list[str] = field(default_factory=list)  # STUN/TURN URLs for clients behind NAT
     api_key: str | None = None  # None: from $AVATARSTREAM_API_KEY; "" or unset there: no key
     insecure: bool = False  # allow a non-loopback host without an API key
@@ -73,14 +74,18 @@ class ServerConfig:
             raise ValueError(f"max_sessions must be 0 or None (no fixed cap) or more, got {self.max_sessions}")
         if self.malloc_arena_max < 0:
             raise ValueError(f"malloc_arena_max must be 0 (glibc's default) or more, got {self.malloc_arena_max}")
+        self.latency_settings()  # ValueError naming the presets, at start-up
         self.admission_policy()  # ValueError for a bad setting, at start-up
         self.video_encoding()
 
     def session_options(self, **overrides: Any) -> SessionOptions:
         """The per-session options these settings imply (``overrides``: size, controls)."""
-        base = SessionOptions(size=self.size, margin_frames=self.margin_frames,
+        base = SessionOptions(size=self.size, latency=self.latency_settings(),
                               max_viewers=self.max_viewers_per_session)
         return SessionOptions(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def latency_settings(self) -> LatencySettings:
+        return latency_preset(self.latency)
 
     def admission_policy(self) -> AdmissionPolicy:
         return AdmissionPolicy(enabled=self.admission, min_fps=self.admission_min_fps,

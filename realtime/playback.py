@@ -8,7 +8,8 @@ or was interrupted, so events can be emitted when that audio is actually sent.
 
 Jitter: a (re)starting utterance is held back until ``start_threshold_seconds`` of it are
 queued (or it has ended), so a live stream arriving in 20 ms packets does not turn every
-small arrival jitter into a gap.
+small arrival jitter into a gap. The session may size that hold per take from the input's
+measured arrival (``take_block(n, start_samples)``, ``session/input_arrival.py``).
 
 Cost: every operation is O(1) amortised, whatever an agent sends. Totals are kept running
 (never re-summed), audio lives in per-utterance deques of chunks, pushes smaller than
@@ -137,6 +138,13 @@ class PlaybackBuffer:
         return len(self._queue)
 
     @property
+    def waiting_utterance(self) -> int | None:
+        """Id of the head utterance while it is held back (starting, or rebuffering), else None."""
+        if self._queue and not self._playing:
+            return self._queue[0].id
+        return None
+
+    @property
     def open_utterance(self) -> int | None:
         """Id of the utterance that further ``push`` calls extend, if any."""
         if self._queue and not self._queue[-1].ended:
@@ -194,7 +202,10 @@ class PlaybackBuffer:
         block = self.take_block(n)
         return block.samples, block.markers
 
-    def take_block(self, n: int) -> PlaybackBlock:
+    def take_block(self, n: int, start_samples: int | None = None) -> PlaybackBlock:
+        """Take ``n`` samples; a held-back utterance starts once ``start_samples`` of it are queued
+        (default: the buffer's ``start_threshold``) or it has ended."""
+        threshold = self.start_threshold if start_samples is None else start_samples
         out = np.zeros(n, np.float32)
         markers, self._pending = self._pending, []
         pos = 0
@@ -202,7 +213,7 @@ class PlaybackBuffer:
         while pos < n and self._queue:
             utt = self._queue[0]
             if not self._playing:
-                if utt.queued >= self.start_threshold or utt.ended:
+                if utt.queued >= threshold or utt.ended:
                     self._playing = True
                 else:
                     break  # wait for more audio (jitter threshold)

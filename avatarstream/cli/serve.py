@@ -12,6 +12,7 @@ from avatarstream.engines.base import EngineError
 from avatarstream.engines.registry import engine_capabilities, engine_names
 from avatarstream.realtime.memory import freeze_startup_objects, limit_arenas
 from avatarstream.realtime.config import API_KEY_ENV, DEFAULT_ENGINE, ServerConfig
+from avatarstream.realtime.session.latency import PRESETS
 from avatarstream.realtime.transports.webrtc.video_settings import H264_PRESETS, VIDEO_CODECS, EncoderMode
 from avatarstream.cli.backend_options import (add_backend_arguments, backend_options, engine_flag_options,
                                               engine_sizes, resolve_size)
@@ -52,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "server's own page (repeatable; '*' for any)")
     p.add_argument("--insecure", action="store_true",
                    help="serve on a non-loopback address without an API key (anyone reaching it can create sessions)")
+    p.add_argument("--latency", default=_default("latency"), choices=list(PRESETS),
+                   help="latency preset: 'adaptive' sizes the render margin and the start hold from measurements "
+                        "(p99 + guard), 'low' trades smoothness for delay (p90, no guard: ~1 frame in 10 may "
+                        "repeat under load), 'classic' the old fixed 80 ms margin + 60 ms hold (default: %(default)s)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server URL for clients behind NAT (repeatable; none by default)")
     add_capacity_arguments(p)
@@ -178,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
                           max_sessions=args.max_sessions or None, size=args.size, idle_timeout=args.idle_timeout,
                           viewer_connect_timeout=args.viewer_connect_timeout,
                           max_viewers_per_session=args.max_viewers, ice_servers=list(args.ice_server),
+                          latency=args.latency,
                           **capacity_options(args),
                           release_memory=args.release_memory, gc_freeze=args.gc_freeze,
                           malloc_arena_max=args.malloc_arena_max,

@@ -25,6 +25,7 @@ class OutputSlot:
     utterance: int | None = None
     position: int = 0  # samples of ``utterance`` played once this slot is sent
     frame: AvatarFrame | None = None
+    taken_at: float = 0.0  # time.monotonic() when its audio was taken (for render times)
     rendered: bool = False  # its audio went to the engine: a frame is expected
 
 

@@ -7,11 +7,18 @@ Data flow (all timing from ``SessionClock``)::
                                                                  └──> OutputRing slot i (frame)
     transports at clock tick m send slot m - D: its frame + its audio; events of slot m - D fire
 
-``D = lookahead_frames + margin_frames`` is the lip-sync delay: frame ``i`` needs audio up to
-``i + lookahead`` before the engine can render it, plus a margin for render time. Audio and
-video of one slot leave at the same clock tick, so the returned audio is delayed exactly as
-much as the video. Events (``playback_started`` ...) are emitted at that same tick, i.e. when
-the audio is actually sent, not when it was queued.
+The lip-sync delay is ``lookahead + margin`` (ms): frame ``i`` needs audio up to slot
+``i + lookahead`` before the engine can render it, plus a margin for render time. Slot ``n`` is
+taken at ``frame_time(n) + phase`` and sent at clock tick ``n + D``, so audio and video of one slot
+leave together, delayed by ``40 ms * D - phase = 40 ms * lookahead + margin``. The margin is
+fixed or measured per session (``render_margin.py``: p99 of the session's render times + a guard,
+``latency.py`` presets); it moves by changing ``phase`` (when slots are taken), which never skips or
+repeats a slot. ``D`` (whole frames) only grows, while nothing audible is in flight, when the
+margin needs more than ``40 ms * (D - lookahead)``. Events (``playback_started`` ...) are emitted
+at the tick that sends their slot, i.e. when the audio is actually sent, not when it was queued.
+
+A held-back (starting) utterance is taken as soon as its queued audio covers what the incoming
+stream needs (``input_arrival.py``), or a fixed start threshold.
 
 The session orchestrates and owns: its clock task, the engine pump and its task, the event bus
 and the viewers of any transport (``realtime/transports/``), all closed by ``close()``. It knows
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -34,25 +42,31 @@ from typing import Any
 import numpy as np
 
 from avatarstream.engines.base import FPS, SAMPLES_PER_FRAME, AvatarEngine, AvatarFrame, Portrait
-from avatarstream.realtime.clock import SessionClock
+from avatarstream.realtime.clock import FRAME_SECONDS, SessionClock
 from avatarstream.realtime.playback import PlaybackBuffer, PlaybackMarker
 from avatarstream.realtime.session.engine_pump import EnginePump
 from avatarstream.realtime.session.events import EventBus, EventType, SessionEvent
+from avatarstream.realtime.session.input_arrival import InputArrival
+from avatarstream.realtime.session.latency import ADAPTIVE, LatencySettings
 from avatarstream.realtime.session.output_ring import OutputRing, OutputSlot
+from avatarstream.realtime.session.render_margin import RenderMargin
 from avatarstream.realtime.transports.base import Viewer, ViewerState
 
 log = logging.getLogger(__name__)
 
 
 MAX_TIMED_UTTERANCES = 512  # utterances whose push time is kept for the push-to-playback latency
+MAX_MARGIN_MS = 400.0  # a measured margin is capped here (10 frames): beyond it the engine is not real time
+FRAME_MS = FRAME_SECONDS * 1000
+QUIET_RMS = 0.01  # -40 dBFS: a slot this quiet may be repeated once when the delay grows
+ENGINE_BEHIND_S = 0.08  # a frame still missing this long after its last audio was taken: the engine is behind
 
 
 @dataclass(frozen=True)
 class SessionOptions:
     size: int  # video width and height in pixels (the server's default: its engine's default size)
-    margin_frames: int = 2  # render-time allowance on top of the engine's lookahead
+    latency: LatencySettings = ADAPTIVE  # render margin and start threshold: fixed or measured (latency.py)
     max_buffer_seconds: float = 120.0  # queued speech beyond this is refused (BufferFull)
-    start_threshold_seconds: float = 0.06
     ring_frames: int = 32  # slots kept after being sent (plus the lip-sync delay)
     max_viewers: int = 8  # viewers of all transports together; more get 409
     controls: Mapping[str, Any] | None = None
@@ -64,7 +78,8 @@ class SessionStats:
     frames_missing: int = 0  # output ticks whose frame was not ready (previous frame repeated)
     late_ticks: int = 0  # ticks processed more than one frame late (engine slower than real time)
     active_ticks: int = 0  # ticks whose audio went to the engine (a viewer attached or speech playing)
-    active_frames_missing: int = 0  # slots of those ticks sent without their frame (the engine fell behind)
+    active_frames_missing: int = 0  # slots of those ticks without their frame 80 ms after its audio was taken
+    # (the engine fell behind, whatever the margin; ``frames_missing`` counts frames not ready when sent)
     sent_log: deque = field(default_factory=lambda: deque(maxlen=3000))  # (index, wall, rms, mouth_open, has_frame)
     viewers_left: int = 0  # viewers detached (left, dropped or killed) while the session went on
 
@@ -93,13 +108,22 @@ class AvatarSession:
         self.events = EventBus()
         self.clock: SessionClock | None = None
         self.lookahead_frames = 0
-        self.delay_frames = 0  # D: lip-sync delay between taking audio and sending it
+        self.delay_frames = 0  # D: clock ticks between a slot's index and the tick that sends it
+        self.phase = 0.0  # s after frame_time(n) at which slot n is taken
+        self.latency = self.options.latency
         self.started = asyncio.Event()
-        self._buffer = PlaybackBuffer(self.options.max_buffer_seconds, self.options.start_threshold_seconds)
+        fixed_start = self.latency.start_threshold_ms
+        self._buffer = PlaybackBuffer(self.options.max_buffer_seconds,
+                                      (fixed_start if fixed_start is not None else 60.0) / 1000)
+        self._margin = RenderMargin(self.latency)
+        self._arrival = InputArrival(self.latency)
         self._ring = OutputRing(self.options.ring_frames)
         self._pump = EnginePump(engine, portrait, size=self.size, controls=self.options.controls,
                                 on_frame=self._file_frame, name=f"engine-{self.id[:6]}")
-        self._next_tick = 0
+        self._next_tick = 0  # next slot to take
+        self._next_event = 0  # next slot whose events fire (when its send tick comes)
+        self._last_audible = -1  # newest slot with audible audio or markers
+        self._behind_checked = 0  # slots below this were checked for active_frames_missing
         self._tasks: set[asyncio.Task] = set()
         self._viewers: dict[str, Viewer] = {}
         self._sent_position: dict[int, int] = {}
@@ -119,8 +143,11 @@ class AvatarSession:
     async def start(self) -> None:
         """Open the engine stream (face detection etc., in the worker) and start the clock."""
         self.lookahead_frames = await self._pump.open()
-        self.delay_frames = self.lookahead_frames + self.options.margin_frames
-        self._ring = OutputRing(self.options.ring_frames + self.delay_frames)
+        start_margin = min(MAX_MARGIN_MS, max(1.0, self._margin.margin_ms()))
+        self.delay_frames = self.lookahead_frames + math.ceil(start_margin / FRAME_MS)
+        self._plan(may_grow=False)
+        max_delay = self.lookahead_frames + math.ceil(max(MAX_MARGIN_MS, self.latency.margin_start_ms) / FRAME_MS)
+        self._ring = OutputRing(self.options.ring_frames + max_delay)
         self.clock = SessionClock.start_now()
         self._spawn(self._run_clock(), "clock")
         self._spawn(self._pump.run(), "engine")
@@ -181,6 +208,43 @@ class AvatarSession:
 
     def _file_frame(self, tick: int, frame: AvatarFrame) -> None:
         self._ring.set_frame(tick, frame)
+        last_needed = self._ring.get(tick + self.lookahead_frames)  # the audio this frame waited for
+        if last_needed is not None and last_needed.taken_at:
+            self._margin.record((time.monotonic() - last_needed.taken_at) * 1000)
+
+    # -- latency -------------------------------------------------------------------------
+    @property
+    def margin_ms(self) -> float:
+        """The render margin in effect (ms): ``40 * (D - lookahead) - phase``."""
+        return (self.delay_frames - self.lookahead_frames) * FRAME_MS - self.phase * 1000
+
+    @property
+    def delay_ms(self) -> float:
+        """Lip-sync delay (ms): a slot's audio taken -> that audio and its frame sent."""
+        return self.delay_frames * FRAME_MS - self.phase * 1000
+
+    def _plan(self, may_grow: bool) -> None:
+        """Set ``phase`` (and, if ``may_grow``, ``D``) so that the delay is lookahead + margin."""
+        margin = min(MAX_MARGIN_MS, max(1.0, self._margin.margin_ms()))
+        frames = self.lookahead_frames + math.ceil(margin / FRAME_MS)
+        if frames > self.delay_frames and may_grow:
+            self.delay_frames += 1  # one frame per tick: each growth repeats one (quiet) sent slot
+        self.phase = max(0.0, (self.delay_frames - self.lookahead_frames) * FRAME_MS - margin) / 1000
+
+    def _nothing_audible_in_flight(self) -> bool:
+        """Growing ``D`` at a send tick makes every sender send one slot again: the one it sent at
+        this tick or, if it reads ``D`` after the change, the one of the tick before. Only while both
+        and every taken, unsent slot are quiet and carry no markers (called once per send tick)."""
+        return self._last_audible < self._next_event - 2 and not self._pending_output_markers
+
+    def latency_stats(self) -> dict[str, Any]:
+        r50, r99 = self._margin.quantile_ms(50), self._margin.quantile_ms(99)
+        return {"preset": self.latency.name, "delay_ms": round(self.delay_ms, 1),
+                "margin_ms": round(self.margin_ms, 1), "delay_frames": self.delay_frames,
+                "lookahead_frames": self.lookahead_frames, "phase_ms": round(self.phase * 1000, 1),
+                "render_ms_p50": None if r50 is None else round(r50, 1),
+                "render_ms_p99": None if r99 is None else round(r99, 1),
+                "input_jitter_ms": round(self._arrival.jitter_ms(), 1)}
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -202,6 +266,7 @@ class AvatarSession:
         self._check_activation()
         self.touch()
         utterance = self._buffer.push(pcm16k)
+        self._arrival.observe(time.monotonic(), utterance, int(np.size(pcm16k)))
         if utterance not in self._pushed_at and len(self._pushed_at) < MAX_TIMED_UTTERANCES:
             self._pushed_at[utterance] = time.monotonic()
         return utterance
@@ -224,7 +289,7 @@ class AvatarSession:
         dropped = self._buffer.interrupt()
         _, markers = self._buffer.take(0)
         utterances = {m.utterance for m in markers}
-        first_unsent = self._next_tick - self.delay_frames
+        first_unsent = self._next_event
         for slot in self._ring.silence_from(first_unsent):
             if slot.utterance is not None or slot.markers:
                 dropped += slot.audio.size
@@ -316,34 +381,74 @@ class AvatarSession:
         return {
             "ticks": st.ticks, "frames_rendered": pump.frames_rendered, "frames_missing": st.frames_missing,
             "late_ticks": st.late_ticks, "engine_dropped_frames": pump.engine_dropped_frames,
-            "engine_ms_per_tick": pump.engine_ms / max(1, st.ticks),
+            "engine_ms_per_tick": pump.engine_ms / max(1, st.ticks), "latency": self.latency_stats(),
         }
 
     # -- the clock -----------------------------------------------------------------------
     async def _run_clock(self) -> None:
-        """Every 40 ms: take the next audio frame into the ring (whatever the engine is doing, so
-        the audio never has gaps), emit the events of the slot being sent, wake the engine."""
+        """Take slot ``n`` at ``frame_time(n) + phase`` (whatever the engine is doing, so the audio
+        never has gaps) and wake the engine; at each clock tick ``m`` emit the events of slot
+        ``m - D``, the one being sent."""
         clock = self.clock
         assert clock is not None
         while True:
-            await clock.sleep_until(clock.frame_time(self._next_tick))
-            due = clock.current_frame()
-            if due > self._next_tick + 1:
+            take_at = clock.frame_time(self._next_tick) + self.phase
+            send_at = clock.frame_time(self._next_event + self.delay_frames)
+            wake_at = min(take_at, send_at)
+            await clock.sleep_until(wake_at)
+            now = clock.now()
+            if now - wake_at > FRAME_SECONDS:  # the loop woke more than a frame late
                 self.stats.late_ticks += 1
+            due = math.floor((now - clock.t0 - self.phase) / FRAME_SECONDS)
+            took = False
             while self._next_tick <= due:
-                n = self._next_tick
-                block = self._buffer.take_block(SAMPLES_PER_FRAME)
-                # nobody watching and nothing playing: no engine work
-                self._rendering = bool(self._viewers) or block.utterance is not None
-                self._ring.put(OutputSlot(n, block.samples, block.markers, block.utterance, block.position,
-                                          rendered=self._rendering))
-                if self._rendering:
-                    self._pump.submit(n, block.samples)
-                    self.stats.active_ticks += 1
-                self._next_tick = n + 1
-                self.stats.ticks += 1
-                self._on_sent(n - self.delay_frames)
-            self._pump.wake()
+                self._take(self._next_tick, now)
+                took = True
+            if took:
+                self._pump.wake()
+            sending = clock.current_frame() - self.delay_frames
+            emitted = self._next_event <= sending
+            while self._next_event <= sending:
+                self._on_sent(self._next_event)
+                self._next_event += 1
+            if not emitted and self._pending_output_markers and sending < 0:
+                self._on_sent(sending)  # an interrupt before the first slot was sent
+            self._plan(may_grow=emitted and self._nothing_audible_in_flight())
+
+    def _take(self, n: int, now: float) -> None:
+        """Take slot ``n`` of the playback buffer into the ring and hand its audio to the engine."""
+        start = None
+        waiting = self._buffer.waiting_utterance
+        if waiting is not None and self.latency.start_threshold_ms is None:
+            start = self._arrival.start_samples(now, waiting, SAMPLES_PER_FRAME)
+        block = self._buffer.take_block(SAMPLES_PER_FRAME, start)
+        # nobody watching and nothing playing: no engine work
+        self._rendering = bool(self._viewers) or block.utterance is not None
+        self._ring.put(OutputSlot(n, block.samples, block.markers, block.utterance, block.position, taken_at=now,
+                                  rendered=self._rendering))
+        if block.markers or (block.utterance is not None
+                             and float(np.sqrt(np.mean(np.square(block.samples, dtype=np.float64)))) >= QUIET_RMS):
+            self._last_audible = n
+        if self._rendering:
+            self._pump.submit(n, block.samples)
+            self.stats.active_ticks += 1
+        self._next_tick = n + 1
+        self.stats.ticks += 1
+
+    def _count_engine_behind(self, upto: int) -> None:
+        """``active_frames_missing``: slots whose frame was not filed ``ENGINE_BEHIND_S`` after the
+        last audio it needs was taken (the fixed margin every frame had before margins were measured),
+        so the count says the engine fell behind, not that a measured margin was tight."""
+        now = time.monotonic()
+        while self._behind_checked <= upto:
+            c = self._behind_checked
+            needed = self._ring.get(c + self.lookahead_frames)
+            if needed is not None and now - needed.taken_at < ENGINE_BEHIND_S - 0.001:
+                return
+            slot = self._ring.get(c)
+            if slot is not None and slot.rendered and slot.frame is None:
+                self.stats.active_frames_missing += 1
+            self._behind_checked = c + 1
 
     def _on_sent(self, c: int) -> None:
         """Content frame ``c`` leaves on every viewer's tracks now: emit its events."""
@@ -367,13 +472,12 @@ class AvatarSession:
                     "utterance": m.utterance,
                     "playback_position": round(m.position / self._buffer.sample_rate, 3),
                     "interrupted": m.kind == "interrupted"}, c)
+        self._count_engine_behind(c)
         if slot is None:
             return
         frame = slot.frame
         if frame is None:
             self.stats.frames_missing += 1
-            if slot.rendered:
-                self.stats.active_frames_missing += 1
         speaking = bool(frame.speaking) if frame is not None else self._speaking
         if speaking != self._speaking:
             self._speaking = speaking

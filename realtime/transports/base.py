@@ -21,6 +21,7 @@ import numpy as np
 from avatarstream.engines.base import AvatarFrame
 from avatarstream.realtime.clock import SessionClock
 from avatarstream.realtime.session.events import SessionEvent
+from avatarstream.realtime.session.latency import LatencySettings
 
 
 class ViewerState(str, Enum):
@@ -88,6 +89,8 @@ class SessionOutput(Protocol):
 @runtime_checkable
 class SessionInput(Protocol):
     """What a transport that carries speech in (microphone, agent audio) may do."""
+
+    latency: LatencySettings  # e.g. how many packets a microphone's receiver may hold
 
     def push_audio(self, pcm16k: np.ndarray) -> int: ...
 

@@ -14,6 +14,7 @@ import pytest
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
 from avatarstream.realtime.clock import AUDIO_SAMPLES_PER_FRAME, VIDEO_PTS_PER_FRAME
 from avatarstream.realtime.session.events import EventBus
+from avatarstream.realtime.session.latency import CLASSIC
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
 from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
 from avatarstream.realtime.transports.webrtc.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -41,7 +42,7 @@ async def next_event(q: asyncio.Queue, type_: str, timeout: float = 5.0):
 
 @pytest.fixture
 async def session(bar_engine):
-    s = AvatarSession(bar_engine, portrait(), engine_name="bar", options=SessionOptions(size=128, margin_frames=2))
+    s = AvatarSession(bar_engine, portrait(), engine_name="bar", options=SessionOptions(size=128, latency=CLASSIC))
     await s.start()
     yield s
     await s.close()

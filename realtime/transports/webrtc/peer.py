@@ -1,7 +1,8 @@
 """WebRTC negotiation for one viewer: offer in, answer out, one ``RTCPeerConnection`` = one Viewer.
 
 The viewer receives the session's avatar video + audio (``tracks.py``); if its offer sends audio
-(a microphone) and the caller accepts it, that audio is fed into the session (``microphone.py``);
+(a microphone) and the caller accepts it, that audio is fed into the session (``microphone.py``),
+its receiver holding as many packets as the session's latency settings say (``receive_buffer.py``);
 if it opens a data channel named ``events``, the session's events are sent on it as JSON.
 
 Viewer state follows the peer connection: ``connecting`` until ICE + DTLS complete, then
@@ -34,6 +35,7 @@ from aiortc.sdp import SessionDescription
 from avatarstream.realtime.errors import BadOffer
 from avatarstream.realtime.transports.base import ServedSession, ViewerState
 from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
+from avatarstream.realtime.transports.webrtc.receive_buffer import set_receive_buffer
 from avatarstream.realtime.transports.webrtc.shared_audio import SESSION_AUDIO_ENCODERS
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
 from avatarstream.realtime.transports.webrtc.tracks import (AvatarAudioTrack, AvatarVideoTrack, EncodedAudioTrack,
@@ -262,6 +264,9 @@ async def connect_viewer(session: ServedSession, offer: RTCSessionDescription, *
     @pc.on("track")
     def _on_track(track: Any) -> None:
         if track.kind == "audio" and accept_microphone:
+            for transceiver in pc.getTransceivers():  # before any packet: hold only what the session asks
+                if transceiver.receiver.track is track:
+                    set_receive_buffer(transceiver.receiver, session.latency.mic_receive_packets)
             viewer.accept_microphone(track)
 
     @pc.on("datachannel")

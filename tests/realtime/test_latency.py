@@ -1,0 +1,240 @@
+"""The delays a session adds are sized from measurements: the render margin follows the engine's
+measured render time (and rises under load without a glitch), a starting live stream is held only
+as long as its arrival jitter needs, and the microphone's receiver holds no packet it need not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtp import RtpPacket
+
+from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
+from avatarstream.realtime.session.input_arrival import InputArrival
+from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LOW, LatencySettings, latency_preset
+from avatarstream.realtime.session.render_margin import RenderMargin
+from avatarstream.realtime.session.session import AvatarSession, SessionOptions
+from avatarstream.realtime.transports.webrtc.receive_buffer import InOrderAudioBuffer, set_receive_buffer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def portrait() -> Portrait:
+    return Portrait(np.full((128, 128, 3), 128, np.uint8))
+
+
+def bursts(seconds: float, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * 220 * t) * ((t // 0.2) % 2 == 0)).astype(np.float32)
+
+
+def slowed(bar_engine, render_s):
+    """Make every feed of the bar engine block for ``render_s()`` seconds (a CPU-bound renderer)."""
+    original_open = bar_engine.open_stream
+
+    def open_slow(portrait, **kw):
+        stream = original_open(portrait, **kw)
+        feed = stream.feed
+
+        def slow_feed(audio):
+            time.sleep(render_s())
+            return feed(audio)
+
+        stream.feed = slow_feed
+        return stream
+
+    bar_engine.open_stream = open_slow
+
+
+class Sink:
+    """A viewer that sends, at each clock tick m, the frame and audio of slot m - D (as the tracks do)."""
+
+    id = "sink"
+    transport = "test"
+    state = "connected"
+    state_since = 0.0
+
+    def __init__(self, session):
+        self.session = session
+        self.sent = []  # (content index, frame index or None, audio rms)
+
+    def stats(self):
+        return {}
+
+    async def close(self):
+        pass
+
+    async def run(self, seconds):
+        s = self.session
+        clock = s.clock
+        end = clock.current_frame() + int(seconds * 25)
+        tick = clock.current_frame() + 1
+        while tick < end:
+            await clock.sleep_until(clock.frame_time(tick))
+            c = tick - s.delay_frames
+            slot = s.output_at(c)
+            if slot is not None:
+                rms = float(np.sqrt(np.mean(slot.audio.astype(np.float64) ** 2)))
+                self.sent.append((c, slot.frame.mouth_open if slot.frame else None, rms))
+            tick += 1
+
+
+async def test_measured_margin_follows_render_time_and_keeps_each_slot_together(bar_engine):
+    slowed(bar_engine, lambda: 0.012)  # 12 ms per feed
+    s = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64, latency=ADAPTIVE))
+    await s.start()
+    sink = Sink(s)
+    s.attach_viewer(sink)
+    try:
+        assert s.delay_ms == pytest.approx(40 + ADAPTIVE.margin_start_ms)  # until render times are measured
+        await sink.run(1.5)  # idle frames are rendered: their render times are measured
+        stats = s.latency_stats()
+        assert 12 <= stats["render_ms_p50"] < 30
+        # delay = lookahead + (p99 of render time + 5 ms guard), well under the fixed 120 ms (the
+        # margin is recomputed every 5 frames: a few ms of difference to the quantile right now)
+        assert s.delay_ms == pytest.approx(40 + s._margin.quantile_ms(99) + 5, abs=6)
+        assert s.delay_ms < 100 and s.delay_frames == 3
+        sink.sent.clear()
+        missing_before = s.stats.frames_missing
+        s.push_audio(bursts(1.5))
+        s.end_utterance()
+        await sink.run(1.6)
+        # frames are ready when their slot is sent (p99 of a short window, on a busy shared machine:
+        # allow one in ten late)
+        assert s.stats.frames_missing - missing_before <= 4
+        spoken = [(c, mouth, rms) for c, mouth, rms in sink.sent if rms > 0.05]
+        assert len(spoken) >= 15
+        for _c, mouth, rms in spoken:  # the frame sent with each slot was rendered from that slot's audio
+            assert mouth == pytest.approx(min(1.0, rms * 8), abs=1e-6)
+    finally:
+        await s.close()
+
+
+async def test_margin_rises_under_load_and_delay_frames_grow_only_in_quiet(bar_engine):
+    """D grows only while every slot in flight is quiet (a pause: one quiet slot is sent twice)."""
+    render = {"s": 0.005}
+    slowed(bar_engine, lambda: render["s"])
+    s = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64, latency=ADAPTIVE))
+    await s.start()
+    sink = Sink(s)
+    s.attach_viewer(sink)
+    try:
+        await sink.run(1.5)
+        quiet_delay = s.delay_ms
+        assert quiet_delay < 100  # 40 ms lookahead + p99 of ~5 ms renders + 5 ms (busy machine: a bit more)
+        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(48000) / 16000)).astype(np.float32)
+        s.push_audio(tone)  # 3 s of sound without a pause, while the machine gets loaded
+        await sink.run(0.5)
+        frames_while_speaking = s.delay_frames
+        render["s"] = 0.07  # now 70 ms per feed: more than the frames D holds
+        await sink.run(1.5)
+        assert s.delay_frames == frames_while_speaking  # not while sound is in flight
+        assert s.margin_ms == pytest.approx((s.delay_frames - 1) * 40)  # phase 0: the most D allows
+        s.end_utterance()
+        await sink.run(1.5)  # the utterance ended: D grows in silence, the delay covers the render time
+        assert s.delay_frames >= 3
+        assert s.margin_ms >= 70
+        sent = [c for c, _, _ in sink.sent]
+        repeated = [(c, rms) for i, (c, _, rms) in enumerate(sink.sent) if c in sent[:i]]
+        assert len(repeated) == s.delay_frames - frames_while_speaking  # one slot per frame D grew by
+        assert all(rms < 0.01 for _, rms in repeated)  # and only quiet ones
+    finally:
+        await s.close()
+
+
+async def test_events_fire_at_the_tick_that_sends_their_slot(bar_engine):
+    s = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64, latency=ADAPTIVE))
+    await s.start()
+    sink = Sink(s)
+    s.attach_viewer(sink)
+    try:
+        await sink.run(1.2)
+        q = s.subscribe_events()
+        t_push = time.monotonic()
+        s.push_audio(bursts(0.4))
+        s.end_utterance()
+        while (ev := await asyncio.wait_for(q.get(), 2)).type != "playback_started":
+            pass
+        sent_at = s.clock.frame_time(ev.frame + s.delay_frames)
+        now = time.monotonic()
+        assert -0.002 < now - sent_at < 0.025  # emitted at the slot's send tick (a busy loop: a little later)
+        assert now - t_push < s.delay_ms / 1000 + 0.04 + 0.025  # + at most one slot's wait
+    finally:
+        await s.close()
+
+
+def test_render_margin_is_a_quantile_plus_guard_after_warm_up():
+    m = RenderMargin(LatencySettings(margin_quantile=99, margin_guard_ms=5, margin_min_samples=25, window=100))
+    assert m.margin_ms() == 80.0  # the start value
+    for i in range(100):
+        m.record(10.0 + (i % 10))  # 10..19 ms
+    assert m.margin_ms() == pytest.approx(np.percentile([10 + i % 10 for i in range(100)], 99) + 5)
+    for _ in range(100):
+        m.record(40.0)  # the machine got loaded: the window fills with slow frames
+    assert m.margin_ms() == pytest.approx(45.0)
+    assert RenderMargin(CLASSIC).margin_ms() == 80.0
+
+
+def test_a_steady_stream_starts_after_one_slot_and_a_jittery_one_waits_for_its_jitter():
+    packet = 320  # 20 ms at 16 kHz
+    steady = InputArrival(ADAPTIVE)
+    for k in range(60):
+        steady.observe(10.0 + 0.02 * k, 1, packet)
+    assert steady.jitter_ms() == pytest.approx(ADAPTIVE.jitter_guard_ms)  # no lateness: the guard only
+    # the last packet (up to sample 60 * 320) came on time at 11.18 s. A take 5 ms later needs just
+    # its slot: the next slot's packets are due by the take after, 2 ms guard included
+    assert steady.start_samples(11.185, 1, SAMPLES_PER_FRAME) == SAMPLES_PER_FRAME
+    # a take 1 ms after the packet: the next slot's last packet may come up to 1 ms after that take
+    # (0.04 + 0.002 - 0.001 s), so it waits for 16 samples (1 ms) more, i.e. the next packet
+    assert steady.start_samples(11.181, 1, SAMPLES_PER_FRAME) == pytest.approx(SAMPLES_PER_FRAME + 16, abs=1)
+
+    rng = np.random.default_rng(0)
+    jittery = InputArrival(ADAPTIVE)
+    for k in range(200):
+        jittery.observe(10.0 + 0.02 * k + rng.uniform(0, 0.03), 1, packet)  # up to 30 ms late
+    assert 25 < jittery.jitter_ms() < 35
+    assert jittery.start_samples(10.0 + 0.02 * 199 + 0.001, 1, SAMPLES_PER_FRAME) > SAMPLES_PER_FRAME + 16 * 20
+
+    at_once = InputArrival(ADAPTIVE)  # an agent pushing faster than real time is never late
+    for k in range(40):
+        at_once.observe(10.0 + 0.001 * k, 2, 1600)
+    assert at_once.jitter_ms() == pytest.approx(ADAPTIVE.jitter_guard_ms)
+
+
+def test_in_order_audio_buffer_holds_nothing_and_drops_what_comes_too_late():
+    def packet(seq):
+        p = RtpPacket(sequence_number=seq, timestamp=seq * 960)
+        p._data = bytes([seq % 256])
+        return p
+
+    buf = InOrderAudioBuffer()
+    out = [buf.add(packet(s))[1] for s in (65534, 65535, 0, 2, 1, 2, 3)]  # across the 16-bit wrap
+    assert [f.timestamp if f else None for f in out] == [65534 * 960, 65535 * 960, 0, 2 * 960, None, None, 3 * 960]
+    assert buf.dropped_late == 2
+    aiortc = JitterBuffer(capacity=16, prefetch=4)  # aiortc's own: the first frame after 4 more
+    assert [aiortc.add(packet(s))[1] is not None for s in range(6)] == [False] * 4 + [True, True]
+
+
+def test_receive_buffer_replaces_aiortcs_on_a_real_receiver():
+    from unittest.mock import MagicMock
+
+    from aiortc import RTCRtpReceiver
+
+    receiver = RTCRtpReceiver("audio", MagicMock(state="new"))
+    set_receive_buffer(receiver, 0)
+    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, InOrderAudioBuffer)
+    set_receive_buffer(receiver, CLASSIC.mic_receive_packets)
+    assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 4
+
+
+def test_presets_and_bad_settings():
+    assert latency_preset("classic") is CLASSIC and latency_preset("low") is LOW
+    with pytest.raises(ValueError, match="classic, adaptive, low"):
+        latency_preset("fast")
+    with pytest.raises(ValueError, match="margin_ms"):
+        LatencySettings(margin_ms=-1)
+    with pytest.raises(ValueError, match="mic_receive_packets"):
+        LatencySettings(mic_receive_packets=9)
