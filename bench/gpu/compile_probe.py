@@ -16,8 +16,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from avatarstream.cli.tree_runner import map_tree; "
-         "map_tree(); from avatarstream.bench.gpu.compile_probe import child; child(sys.argv[2:])")
+# The child maps the tree as avatarstream/cli/tree_runner.py does (the GPU machine has no install of the project):
+# the runner is loaded from its file, since importing avatarstream.cli first would need the mapping already.
+CHILD = ("import sys, importlib.util; "
+         "spec = importlib.util.spec_from_file_location('tree_runner', sys.argv[1] + '/avatarstream/cli/tree_runner.py'); "
+         "runner = importlib.util.module_from_spec(spec); spec.loader.exec_module(runner); runner.map_tree(); "
+         "from avatarstream.bench.gpu.compile_probe import child; child(sys.argv[2:])")
 
 
 def probe(out_json: Path, batches: list[int], dry_run: bool, timeout_s: float, reps: int) -> dict:

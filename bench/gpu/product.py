@@ -83,7 +83,7 @@ def build_product(dry_run: bool, workdir: Path, device: torch.device) -> Product
     root = write_random_weights(workdir / "weights", small=dry_run,
                                 liveportrait_config=DRY_RUN_RENDERER if dry_run else None)
     t1 = time.perf_counter()
-    options: dict[str, Any] = {"weights": str(root), "device": str(device)}
+    options: dict[str, Any] = {"weights": str(root), "device": device.type}  # "cuda": as avatar serve resolves it
     if dry_run:
         options.update(liveportrait_config=DRY_RUN_RENDERER, **DRY_RUN_STREAM)
     engine = load_engine("joyvasa", **options)
