@@ -7,19 +7,20 @@ Per portrait (the bundled cat and astronaut, plus every picture in ``AVATARSTREA
 - where the engine's face detection puts the mouth and nose, and how far that is from the
   hand-labelled positions below (eye distances);
 - mouth opening vs speech envelope: the opening is re-measured on the OUTPUT frames, independent of
-  the engine's motion values: the mean downward optical flow (Farneback) from the silent rest frame
-  in a box under the LABELLED mouth (the detected one where no label exists); Pearson r and lag at
-  -3..3 frames (positive lag: the mouth follows the sound);
-  the same for the mean colour change (|RGB - rest|, levels) in that box, a cruder opening
-  measure that also counts a painted interior;
+  the engine's motion values: how much further down a patch of lower lip and chin under the
+  LABELLED mouth (the detected one where no label exists) has moved from the silent rest frame
+  than a patch of upper lip above it (template matching, sub-pixel), in eye distances, so moving
+  the whole muzzle (or the nose) does not count as opening; Pearson r and lag at -3..3 frames
+  (positive lag: the mouth follows the sound); the same r for the mean colour change
+  (|RGB - rest|, levels) in a mouth box, a cruder measure that also counts a painted interior;
 - motion outside the mouth: in a patch on the labelled nose, the colour change (mean |RGB - rest|,
   levels) and the patch's shift (template matching, px) per frame, their maxima and the colour
   change's correlation with the envelope;
 - whether the crop keeps the head: the labelled ear tips mapped into the 512x512 frame.
 
 Writes ``portraits.json`` (via the CLI) and ``portraits.png``, a contact sheet: per portrait the
-rest frame and the frames of smallest, median and largest mouth-box change, mouth box (red) and
-nose patch (green) drawn on the first. About 8 s per portrait on a 2-core CPU.
+rest frame and the frames of smallest, median and largest mouth-box change, the chin patch (red),
+upper-lip patch (orange) and nose patch (green) drawn on the first. About 8 s per portrait on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -183,14 +184,18 @@ def measure(path: Path, engine, audio: np.ndarray) -> tuple[dict, list[np.ndarra
     jaw_box = _box(mouth, 0.3 * d, 0.0 * d, 0.45 * d)
     if out["mouth_region_from"] == "label":
         chin_box = _box(mouth, 0.25 * d, 0.12 * d, 0.42 * d)
-    else:  # under the detected outer lower lip
+        lip_box = _box(mouth, 0.2 * d, -0.3 * d, -0.1 * d)
+    else:  # under the detected outer lower lip, above the upper one
         chin_box = _box(np.array([mouth[0], face.points[57][1]]), 0.25 * d, 0.05 * d, 0.35 * d)
+        lip_box = _box(np.array([mouth[0], face.points[51][1]]), 0.2 * d, -0.2 * d, 0.0)
     nr = max(3.0, 0.1 * d)
     nose_box = _box(nose, nr, -nr, nr)
     opening, change, nose_color, nose_flow = [], [], [], []
     for img in frames:
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-        opening.append(_shift(rest_gray, g, chin_box, int(0.5 * d))[1] / d)
+        chin_dy = _shift(rest_gray, g, chin_box, int(0.5 * d))[1]
+        lip_dy = _shift(rest_gray, g, lip_box, int(0.3 * d))[1]
+        opening.append((chin_dy - lip_dy) / d)
         x0, y0, x1, y1 = jaw_box
         change.append(float(np.abs(img[y0:y1, x0:x1].astype(np.float32) - rest[y0:y1, x0:x1]).mean()))
         nose_flow.append(float(np.hypot(*_shift(rest_gray, g, nose_box, int(0.2 * d)))))
@@ -218,7 +223,8 @@ def measure(path: Path, engine, audio: np.ndarray) -> tuple[dict, list[np.ndarra
     order = np.argsort(np.array(change))
     picks = [rest] + [frames[int(order[i])] for i in (0, len(order) // 2, -1)]
     sheet = [p.copy() for p in picks]
-    cv2.rectangle(sheet[0], jaw_box[:2], jaw_box[2:], (255, 0, 0), 2)
+    cv2.rectangle(sheet[0], chin_box[:2], chin_box[2:], (255, 0, 0), 2)
+    cv2.rectangle(sheet[0], lip_box[:2], lip_box[2:], (255, 160, 0), 2)
     cv2.rectangle(sheet[0], nose_box[:2], nose_box[2:], (0, 255, 0), 2)
     return out, sheet
 
