@@ -12,8 +12,8 @@ For each setting an ``avatar serve`` subprocess (lite engine, ``SIZE`` px, share
    watched session, so the admission window measures it.
 2. A viewer (and an agent) for each unwatched session, the late viewers, ``settle_s`` apart.
 3. Over ``window_s``: each watched session's delivered frame rate: frames sent with a newly
-   rendered frame per second (``/stats/{id}``: ticks minus ticks that repeated the previous frame
-   because the engine had not rendered theirs), and frames its viewer received per second (which
+   rendered frame per second (``/metrics``' per-session counters: ticks minus ticks that repeated
+   the previous frame because the engine had not rendered theirs), and frames its viewer received per second (which
    counts repeated frames too: a viewer receives ~25 fps even from an engine that renders 10);
    the server's CPU (cores, from its process times) and ``/health``'s capacity figures.
 
@@ -110,13 +110,23 @@ async def _speak(client: AvatarClient, speech: list[np.ndarray]) -> None:
         i += 1
 
 
-async def _counters(http: aiohttp.ClientSession, url: str, asked: _Asked) -> tuple[int, int]:
-    """(ticks, ticks sent without a newly rendered frame) of a session, from ``/stats/{id}``."""
-    info = asked.client.session
-    assert info is not None
-    async with http.get(f"{url}/stats/{info.id}", headers={"Authorization": f"Bearer {info.token}"}) as resp:
-        stats = await resp.json()
-    return int(stats["ticks"]), int(stats["frames_missing"])
+async def _counters(http: aiohttp.ClientSession, url: str) -> tuple[float, dict[str, tuple[float, float]]]:
+    """(when, {session id: (ticks, ticks sent without a newly rendered frame)}) of every session, from one
+    ``GET /metrics`` (one instant for all sessions: reading them one by one from a busy server skews the
+    windows)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    when = time.monotonic()
+    values: dict[str, dict[str, float]] = {"ticks": {}, "missing": {}}
+    for family in text_string_to_metric_families(text):
+        key = {"avatar_session_ticks": "ticks", "avatar_session_frames_missing": "missing"}.get(family.name)
+        if key is not None:
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    values[key][sample.labels["session"]] = sample.value
+    return when, {sid: (ticks, values["missing"].get(sid, 0.0)) for sid, ticks in values["ticks"].items()}
 
 
 def _refusal_message(text: str) -> str:
@@ -174,19 +184,20 @@ async def _run_setting(admission: bool, plan: MixPlan, speech: list[np.ndarray])
             for asked in late:
                 if await _watch(http, asked, speech):
                     await asyncio.sleep(plan.settle_s)
-            before = {s.index: await _counters(http, server.url, s) for s in sessions if s.viewer is not None}
+            m0, before = await _counters(http, server.url)
             c0, t0 = server.cpu_seconds(), time.monotonic()
             await asyncio.sleep(plan.window_s)
             c1, t1 = server.cpu_seconds(), time.monotonic()
-            after = {i: await _counters(http, server.url, s) for s in sessions if (i := s.index) in before}
+            m1, after = await _counters(http, server.url)
             async with http.get(f"{server.url}/health") as resp:
                 health = await resp.json()
             per_session = []
             for s in sessions:
                 fps = received = None
-                if s.viewer is not None:
-                    (ticks0, missing0), (ticks1, missing1) = before[s.index], after[s.index]
-                    fps = round(((ticks1 - ticks0) - (missing1 - missing0)) / (t1 - t0), 2)
+                info = s.client.session
+                if s.viewer is not None and info is not None and info.id in before and info.id in after:
+                    (ticks0, missing0), (ticks1, missing1) = before[info.id], after[info.id]
+                    fps = round(((ticks1 - ticks0) - (missing1 - missing0)) / (m1 - m0), 2)
                     times = np.array([v.t for v in s.viewer.recording.video])
                     received = round(float(((times >= t0) & (times < t1)).sum() / (t1 - t0)), 2)
                 per_session.append({"session": s.index, "watched": "at once" if s.watch_at_once else "late",
