@@ -84,3 +84,19 @@ def test_the_crop_keeps_the_ears(lite_engine):
         for ear in LABELS[name].ears:
             x, y = np.asarray(ear) @ m[:, :2].T + m[:, 2]
             assert 0 <= x < 256 and 0 <= y < 256, (name, ear, (x, y))
+
+
+def test_portraits_bench_writes_json_and_contact_sheet(tmp_path, monkeypatch):
+    import json
+
+    from avatarstream.cli import main
+
+    monkeypatch.setenv("AVATARSTREAM_PORTRAITS", str(DATA))
+    assert main(["bench", "--suite", "portraits", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "portraits.json").read_text())
+    rows = {r["portrait"]: r for r in report["result"]["portraits"]}
+    assert list(rows) == ["astronaut.jpg", "cat.jpg", "s23.jpg"]  # --quick: the first three
+    assert rows["astronaut.jpg"]["kind"] == "human" and rows["astronaut.jpg"]["mouth_region_from"] == "detection"
+    assert rows["s23.jpg"]["mouth_found"] and rows["s23.jpg"]["ears_in_crop"] == 2
+    sheet = cv2.imread(str(tmp_path / "portraits.png"))
+    assert sheet is not None and sheet.shape[0] > 3 * 192
