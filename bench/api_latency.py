@@ -11,7 +11,13 @@ real aiortc viewer joins over WHEP and an agent pushes espeak-ng speech over the
   ``sender`` the time the server sent it (RTCP sender reports), so the transport share shows.
   The leading silence espeak-ng puts before each word is subtracted (it is content, not latency).
 
-Each is reported as p50/p90/p99 over several sessions / utterances; a PNG plot goes next to the JSON.
+Each is reported as p50/p90/p99 over several sessions / utterances, for each latency preset side by side
+(``classic``: the fixed settings before they were measured; ``adaptive``, the default; ``low``): one server
+per preset in this process; the presets take turns in blocks (one session + viewer at a time, the others'
+servers idle), alternating over rounds so that every preset meets the machine's changing load.
+``side_by_side`` puts the figures next to the delay in effect and the smoothness counters (frames missing
+at their send tick, late clock ticks, video ticks the viewer's sender skipped). A PNG plot goes next to the
+JSON.
 """
 
 from __future__ import annotations
@@ -68,8 +74,12 @@ def stats_ms(values_s: list[float]) -> dict:
             "mean": round(float(ms.mean()), 1), "max": round(float(ms.max()), 1)}
 
 
-async def _start_server() -> tuple[str, SessionRegistry, web.AppRunner]:
-    app = create_app(ServerConfig(engine="lite", size=SIZE, max_sessions=2, port=0))
+PRESETS = ("classic", "adaptive", "low")  # classic: the fixed settings before issue 26, side by side
+
+
+async def start_server(latency: str, max_sessions: int = 4) -> tuple[str, SessionRegistry, web.AppRunner]:
+    """A server (lite, 512 px, the ``latency`` preset) in this process on a random loopback port."""
+    app = create_app(ServerConfig(engine="lite", size=SIZE, max_sessions=max_sessions, port=0, latency=latency))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -78,79 +88,147 @@ async def _start_server() -> tuple[str, SessionRegistry, web.AppRunner]:
     return f"http://127.0.0.1:{port}", app[REGISTRY], runner
 
 
-async def _bench(opts: BenchOptions) -> dict:
+def server_figures(session: Any) -> dict:
+    """The session's latency settings in effect and its smoothness counters (for side-by-side runs)."""
+    stats = session.pipeline_stats()
+    skipped = [v.get("video", {}).get("skipped", 0) for v in session.viewer_stats() if v.get("transport") == "webrtc"]
+    return {**stats["latency"], "ticks": stats["ticks"], "frames_missing": stats["frames_missing"],
+            "late_ticks": stats["late_ticks"], "video_ticks_skipped": max(skipped) if skipped else None,
+            "engine_ms_per_tick": round(stats["engine_ms_per_tick"], 2)}
 
-    n_sessions = 1 if opts.quick else 5
+
+class _Speaker:
+    """One block of the push -> mouth part: a session of one preset's server, its WHEP viewer and agent
+    socket, 1.5 s of idle motion (the reference for "the mouth moved"), then utterances one by one."""
+
+    def __init__(self, preset: str, url: str, registry: SessionRegistry) -> None:
+        self.preset, self.url, self.registry = preset, url, registry
+        self.pushes: list[tuple[float, float, float]] = []  # (push + onset, wall push + onset, seconds)
+        self.to_started: list[float] = []
+
+    async def open(self, http: aiohttp.ClientSession) -> None:
+        self.client = AvatarClient(self.url, http=http)
+        info = await self.client.create_session(size=SIZE)
+        session = self.registry.get(info.id)
+        assert session is not None  # created in this process a moment ago
+        self.session = session
+        self.viewer = RecordingViewer(keep_images=True, max_video_frames=5000, image_size=256)
+        await self.viewer.join(http, info.whep_url, info.token)
+        await asyncio.wait_for(self.viewer.first_video.wait(), 30)
+        await self.client.connect(sample_rate=16000)
+        await asyncio.sleep(1.5)  # idle motion (and the render margin measured)
+        self.t_idle_end = time.monotonic()
+
+    async def say(self, audio: np.ndarray) -> None:
+        mark = self.client.mark()
+        t_push, wall_push = time.monotonic(), time.time()
+        await self.client.push_audio(pcm_bytes(audio))
+        await self.client.end_utterance()
+        await self.client.wait_for("playback_started", start=mark, timeout=10)
+        self.to_started.append(time.monotonic() - t_push)
+        await self.client.wait_for("playback_finished", start=mark, timeout=30)
+        onset = speech_onset(audio)
+        self.pushes.append((t_push + onset, wall_push + onset, audio.size / 16000 - onset))
+
+    async def close(self) -> dict:
+        figures = server_figures(self.session)
+        await self.viewer.close()
+        await self.client.close()
+        return figures
+
+
+async def _create_to_first_frame(http: aiohttp.ClientSession, url: str) -> tuple[float, float, float]:
+    client = AvatarClient(url, http=http)
+    t0 = time.monotonic()
+    info = await client.create_session(size=SIZE)
+    t1 = time.monotonic()
+    viewer = RecordingViewer(keep_images=False)
+    await viewer.join(http, info.whep_url, info.token)
+    await asyncio.wait_for(viewer.first_video.wait(), 30)
+    first_at = viewer.recording.video[0].t
+    await viewer.close()
+    await client.close()
+    return t1 - t0, first_at - t1, first_at - t0
+
+
+def sum_counters(blocks: list[dict]) -> dict:
+    """The server figures of several blocks: counters added up, settings of the last block."""
+    out = dict(blocks[-1])
+    for key in ("ticks", "frames_missing", "late_ticks", "video_ticks_skipped"):
+        out[key] = sum(b[key] or 0 for b in blocks)
+    out["delay_ms_per_block"] = [b["delay_ms"] for b in blocks]
+    return out
+
+
+async def _bench(opts: BenchOptions) -> dict:
+    n_rounds = 1 if opts.quick else 2
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
     speech = [espeak_speech(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
-    url, registry, runner = await _start_server()
+    per_block = -(-n_utterances // n_rounds)
     http = aiohttp.ClientSession()
-    result: dict = {"size": SIZE, "engine": "lite", "sessions": n_sessions, "utterances": n_utterances,
-                    "load_average_before": load_average()}
+    result: dict = {"size": SIZE, "engine": "lite", "rounds": n_rounds, "utterances": n_utterances,
+                    "presets": {}, "load_average_before": load_average()}
+    servers = {p: await start_server(p) for p in PRESETS}  # an unwatched server costs next to nothing
+    first: dict[str, list[tuple[float, float, float]]] = {p: [] for p in PRESETS}
+    to_started: dict[str, list[float]] = {p: [] for p in PRESETS}
+    mouth: dict[str, tuple[list[float], list[float]]] = {p: ([], []) for p in PRESETS}
+    detection: dict[str, list[dict]] = {p: [] for p in PRESETS}
+    figures: dict[str, list[dict]] = {p: [] for p in PRESETS}
     try:
-        # 1) session create -> first video frame at the viewer
-        create, join, first = [], [], []
-        for _ in tqdm(range(n_sessions), desc="sessions", unit="session"):
-            client = AvatarClient(url, http=http)
-            t0 = time.monotonic()
-            info = await client.create_session(size=SIZE)
-            t1 = time.monotonic()
-            viewer = RecordingViewer(keep_images=False)
-            await viewer.join(http, info.whep_url, info.token)
-            await asyncio.wait_for(viewer.first_video.wait(), 30)
-            first_at = viewer.recording.video[0].t
-            create.append(t1 - t0)
-            join.append(first_at - t1)
-            first.append(first_at - t0)
-            await viewer.close()
-            await client.close()
-
-        # 2) pushed audio -> playback_started, and -> mouth motion at the viewer
-        client = AvatarClient(url, http=http)
-        info = await client.create_session(size=SIZE)
-        session = registry.get(info.id)
-        assert session is not None  # created in this process a moment ago
-        viewer = RecordingViewer(keep_images=True, max_video_frames=5000, image_size=256)
-        await viewer.join(http, info.whep_url, info.token)
-        await asyncio.wait_for(viewer.first_video.wait(), 30)
-        await client.connect(sample_rate=16000)
-        await asyncio.sleep(1.5)  # idle motion: the reference for "the mouth moved"
-        t_idle_end = time.monotonic()
-        pushes, to_started = [], []
-        for audio in tqdm(speech, desc="utterances", unit="utt"):
-            mark = client.mark()
-            t_push, wall_push = time.monotonic(), time.time()
-            await client.push_audio(pcm_bytes(audio))
-            await client.end_utterance()
-            await client.wait_for("playback_started", start=mark, timeout=10)
-            to_started.append(time.monotonic() - t_push)
-            await client.wait_for("playback_finished", start=mark, timeout=30)
-            onset = speech_onset(audio)
-            pushes.append((t_push + onset, wall_push + onset, audio.size / 16000 - onset))
-            await asyncio.sleep(0.6)  # back to idle between utterances
-        await viewer.close()
-        stats = session.pipeline_stats()
-        result["server"] = {"delay_frames": session.delay_frames, "lookahead_frames": session.lookahead_frames,
-                            "frames_missing": stats["frames_missing"], "late_ticks": stats["late_ticks"],
-                            "engine_ms_per_tick": round(stats["engine_ms_per_tick"], 2)}
-        await client.close()
+        # rounds of blocks, one preset at a time (so each runs alone), the presets alternating (so each
+        # meets the machine's changing load as the others do)
+        for r in tqdm(range(n_rounds), desc="rounds", unit="round"):
+            for preset, (url, registry, _) in servers.items():
+                first[preset].append(await _create_to_first_frame(http, url))
+                block = _Speaker(preset, url, registry)
+                await block.open(http)
+                for audio in speech[r * per_block:(r + 1) * per_block]:
+                    await block.say(audio)
+                    await asyncio.sleep(0.6)  # back to idle between utterances
+                figures[preset].append(await block.close())
+                to_started[preset] += block.to_started
+                viewer_s, sender_s, info = _mouth_latencies(block.viewer.recording, block.pushes, block.t_idle_end)
+                info.pop("_series")
+                mouth[preset][0].extend(viewer_s)
+                mouth[preset][1].extend(sender_s)
+                detection[preset].append(info)
     finally:
+        for _, _, runner in servers.values():
+            await runner.cleanup()
         await http.close()
-        await runner.cleanup()
-
     result["load_average_after"] = load_average()  # other work on the machine skews timings
-    rec = viewer.recording
-    mouth_viewer, mouth_sender, mouth_info = _mouth_latencies(rec, pushes, t_idle_end)
-    result.update({
-        "create_ms": stats_ms(create),
-        "join_ms": stats_ms(join),
-        "create_to_first_frame_ms": stats_ms(first),
-        "push_to_playback_started_ms": stats_ms(to_started),
-        "push_to_mouth_ms": {"viewer": stats_ms(mouth_viewer), "sender": stats_ms(mouth_sender)},
-        "mouth_detection": mouth_info,
-    })
-    result["plot"] = str(_plot(opts.out_dir, first, to_started, mouth_viewer, mouth_sender, rec, pushes, mouth_info))
+
+    for preset in PRESETS:
+        create, join, total = (list(x) for x in zip(*first[preset], strict=True))
+        result["presets"][preset] = {
+            "create_ms": stats_ms(create), "join_ms": stats_ms(join), "create_to_first_frame_ms": stats_ms(total),
+            "push_to_playback_started_ms": stats_ms(to_started[preset]),
+            "push_to_mouth_ms": {"viewer": stats_ms(mouth[preset][0]), "sender": stats_ms(mouth[preset][1])},
+            "mouth_detection": detection[preset],
+            "server": sum_counters(figures[preset]),
+        }
+    result["side_by_side"] = side_by_side(result["presets"], "push_to_mouth_ms")
+    curves = {p: (to_started[p], mouth[p][0], mouth[p][1]) for p in PRESETS}
+    result["plot"] = str(_plot(opts.out_dir, curves, "api_latency.png",
+                               "agent API: push -> mouth by latency preset (lite engine, 512x512, 127.0.0.1)",
+                               [("push -> mouth at the viewer", 1), ("push -> mouth at the sender", 2),
+                                ("push -> playback_started", 0)]))
     return result
+
+
+def side_by_side(presets: dict, key: str) -> list[dict]:
+    """One row per preset: p50/p99 of ``key`` at the viewer and at the sender, the delay in effect and
+    the smoothness counters."""
+    rows = []
+    for name, r in presets.items():
+        srv = r["server"]
+        rows.append({"preset": name, "viewer_p50": r[key]["viewer"]["p50"], "viewer_p99": r[key]["viewer"]["p99"],
+                     "sender_p50": r[key]["sender"]["p50"], "sender_p99": r[key]["sender"]["p99"],
+                     "delay_ms": srv["delay_ms"], "margin_ms": srv["margin_ms"],
+                     "render_ms_p99": srv["render_ms_p99"], "frames_missing": srv["frames_missing"],
+                     "late_ticks": srv["late_ticks"], "video_ticks_skipped": srv["video_ticks_skipped"],
+                     "ticks": srv["ticks"]})
+    return rows
 
 
 def _mouth_latencies(rec: Recording, pushes: list[tuple[float, float, float]],
@@ -177,31 +255,25 @@ def _mouth_latencies(rec: Recording, pushes: list[tuple[float, float, float]],
     return viewer, sender, info
 
 
-def _plot(out_dir: Path, first: list[float], to_started: list[float], mouth_viewer: list[float],
-          mouth_sender: list[float], rec: Recording, pushes: list[tuple[float, float, float]],
-          mouth_info: dict[str, Any]) -> Path:
+def _plot(out_dir: Path, curves: dict[str, tuple], name: str, title: str,
+          panels: list[tuple[str, int]]) -> Path:
+    """One panel per ``(title, index into each preset's curves)``: the CDF of each preset's values."""
     plt = pyplot()
-
-    arrivals, mouth = mouth_info.pop("_series")
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7))
-    series = [("create -> first frame", first), ("push -> playback_started", to_started),
-              ("push -> mouth (viewer)", mouth_viewer), ("push -> mouth (sender)", mouth_sender)]
-    for name, values in series:
-        if values:
-            ms = np.sort(np.asarray(values) * 1000)
-            ax1.step(ms, np.arange(1, ms.size + 1) / ms.size, where="post", label=f"{name} (p50 {np.median(ms):.0f} ms)")
-    ax1.set_xlabel("latency (ms)")
-    ax1.set_ylabel("fraction")
-    ax1.set_title("agent API latency (lite engine, 512x512, 127.0.0.1)")
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
-    t0 = pushes[0][0] - 1.0 if pushes else arrivals[0]
-    ax2.plot(arrivals - t0, mouth, lw=0.8, label="mouth opening at the viewer")
-    ax2.axhline(mouth_info["threshold"], color="grey", ls="--", lw=0.8, label="motion threshold")
-    for i, (t_push, _, seconds) in enumerate(pushes):
-        ax2.axvspan(t_push - t0, t_push - t0 + seconds, color="orange", alpha=0.15, label="utterance pushed (length)" if i == 0 else None)
-    ax2.set_xlabel("seconds")
-    ax2.legend(fontsize=8)
-    path = Path(out_dir) / "api_latency.png"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8), sharex=True)
+    colors = {"classic": "tab:grey", "adaptive": "tab:blue", "low": "tab:orange"}
+    for ax, (panel, i) in zip(np.atleast_1d(axes), panels, strict=True):
+        for preset, series in curves.items():
+            values = series[i]
+            if values:
+                ms = np.sort(np.asarray(values) * 1000)
+                ax.step(ms, np.arange(1, ms.size + 1) / ms.size, where="post", color=colors.get(preset),
+                        label=f"{preset}: p50 {np.median(ms):.0f}, p99 {np.percentile(ms, 99):.0f} ms")
+        ax.set_title(panel)
+        ax.set_xlabel("latency (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    np.atleast_1d(axes)[0].set_ylabel("fraction")
+    fig.suptitle(title)
+    path = Path(out_dir) / name
     save_figure(fig, path, dpi=110)
     return path

@@ -15,7 +15,12 @@ from avatarstream.cli import main as avatar
 def test_api_latency_benchmark_writes_json_and_plot(tmp_path):
     assert avatar(["bench", "--engine", "api", "--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "api.json").read_text())["result"]
-    for key in ("create_to_first_frame_ms", "push_to_playback_started_ms"):
-        assert report[key]["n"] >= 1 and report[key]["p50"] > 0
-    assert report["push_to_mouth_ms"]["viewer"]["n"] >= 1
+    assert set(report["presets"]) == {"classic", "adaptive", "low"}  # today's fixed settings side by side
+    for preset in report["presets"].values():
+        for key in ("create_to_first_frame_ms", "push_to_playback_started_ms"):
+            assert preset[key]["n"] >= 1 and preset[key]["p50"] > 0
+        assert preset["push_to_mouth_ms"]["viewer"]["n"] >= 1
+    rows = {row["preset"]: row for row in report["side_by_side"]}
+    assert rows["classic"]["delay_ms"] == 120.0  # lookahead 40 + the fixed 80 ms margin
+    assert rows["adaptive"]["delay_ms"] < rows["classic"]["delay_ms"]  # lite renders in far less than 80 ms
     assert Path(report["plot"]).is_file()
