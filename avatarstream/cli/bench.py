@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "export": "avatarstream.bench.export",
     "loopy": "avatarstream.bench.loopy",
     "api": "avatarstream.bench.api_latency",
+    "microphone": "avatarstream.bench.microphone",
     "soak": "avatarstream.bench.soak",
     "capacity": "avatarstream.bench.capacity",
     "placement": "avatarstream.bench.placement",
