@@ -49,7 +49,7 @@ COMPILE_MAX_S = 150.0  # torch.compile gets the time left, up to this, as a hard
 
 def _settings(dry_run: bool, quick: bool) -> dict:
     if dry_run:
-        return {"steps": (1, 2), "warm_s": 0.8, "measure_s": 1.2, "a2m_onsets": 1, "first_frames": 2, "reps": 1,
+        return {"steps": (1, 2), "warm_s": 0.5, "measure_s": 1.0, "a2m_onsets": 1, "first_frames": 2, "reps": 1,
                 "renderer_batches": components.BATCHES[:2], "worker_sessions": (1, 2), "worker_s": 0.4,
                 "motion_s": 0.3, "joyvasa_reps": 1}
     if quick:

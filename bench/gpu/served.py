@@ -69,9 +69,9 @@ async def close_sessions(served: list[Served]) -> None:
             s.feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await s.feeder
-    for s in served:
-        await s.sink.close()
-        await s.session.close()
+    await asyncio.gather(*(s.sink.close() for s in served))
+    # together: each waits for its engine's feed in flight (long on a slow CPU, where a lagging pump feeds 1 s)
+    await asyncio.gather(*(s.session.close() for s in served))
 
 
 class UtilSampler:

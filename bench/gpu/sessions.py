@@ -5,7 +5,8 @@ sessions start (``served.open_sessions``), each fed the shipped speech at 1x; af
 record of ``measure_s`` seconds gives, per session, the delivered fps (fresh frames per tick x 25), and over
 all sessions: ``fps_min`` (the worst session), ``fps_p5`` (5th percentile of every session's per-second fps),
 frame time p50/p99 (time between fresh frames sent; 40 ms at 25 fps), the server's own late / missing counts,
-the workers' batches (render frames per batch, motion windows per DiT call) and the GPU utilisation.
+the lip-sync delay the server's latency preset settled on and the render time it measured (worst session), the
+workers' batches (render frames per batch, motion windows per DiT call) and the GPU utilisation.
 A step *holds* 25 fps when every session delivers >= 24.75 fps (>= 99 % of its ticks fresh).
 
 Memory (``torch.cuda`` counters): allocated at rest (engine loaded and warmed up, no session), after each added
@@ -89,7 +90,9 @@ async def measure_step(product: Product, n: int, warm_s: float, measure_s: float
         missing = sum(s.session.stats.frames_missing - m0 for s, (m0, _, _) in zip(served, stats0))
         late = sum(s.session.stats.late_ticks - l0 for s, (_, l0, _) in zip(served, stats0))
         ticks = sum(s.session.stats.ticks - t0 for s, (_, _, t0) in zip(served, stats0))
-        engine_ms = [s.session.pipeline_stats()["engine_ms_per_tick"] for s in served]
+        pipeline = [s.session.pipeline_stats() for s in served]
+        engine_ms = [x["engine_ms_per_tick"] for x in pipeline]
+        latency = [x.get("latency") or {} for x in pipeline]  # the server's latency preset, where it has one
     finally:
         await close_sessions(served)
     row = {
@@ -100,6 +103,9 @@ async def measure_step(product: Product, n: int, warm_s: float, measure_s: float
         "frame_time_p50_ms": percentile(intervals, 50), "frame_time_p99_ms": percentile(intervals, 99),
         "frames_missing": missing, "late_ticks": late, "ticks": ticks,
         "engine_ms_per_tick_mean": round(float(np.mean(engine_ms)), 2),
+        "lip_sync_delay_ms_max": max((x["delay_ms"] for x in latency if x.get("delay_ms") is not None), default=None),
+        "render_ms_p99_max": max((x["render_ms_p99"] for x in latency if x.get("render_ms_p99") is not None),
+                                 default=None),
         "holds_25fps": min(fps) >= HOLD_FPS, **workers, **gpu,
     }
     if device.type == "cuda":

@@ -44,6 +44,7 @@ def test_refuses_without_a_gpu(tmp_path):
     assert "needs a CUDA GPU" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # ~80 s on a shared 2-core CPU: the miniature renderer is far from real time there
 def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
     proc = _run(tmp_path, "--dry-run")
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
@@ -71,7 +72,7 @@ def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
     a2m = result["audio_to_mouth"]
     assert [r["sessions"] for r in a2m["rows"]] == [1] and "AvatarSession" in a2m["path"]
     row = a2m["rows"][0]
-    assert row["onsets"] + row["onsets_lost"] >= 1 and row["designed_ms"] == row["delay_frames"] * 40 + 20
+    assert row["onsets"] + row["onsets_lost"] >= 1 and row["designed_ms"] == pytest.approx(row["delay_ms"] + 20, abs=0.1)
     # 4. memory: the weights counted once; the torch.cuda figures null on the CPU, with the reason
     memory = result["memory"]
     assert memory["weights_mb"] > 0 and memory["at_rest_mb"] is None and "CUDA" in memory["unavailable"]
@@ -123,6 +124,7 @@ def test_the_time_budget_skips_what_does_not_fit_and_survives_a_failure():
 
 def test_the_sink_counts_delivered_frames_and_the_onset_of_a_served_session():
     """The viewer the check counts with, on a real served session of the lite engine (real time on this CPU)."""
+    from avatarstream.bench.gpu.audio_to_mouth import lip_sync_delay_ms
     from avatarstream.bench.gpu.inputs import speech, speech_burst
     from avatarstream.bench.gpu.sink import FrameSink
     from avatarstream.engines.portraits import load_portrait
@@ -142,7 +144,7 @@ def test_the_sink_counts_delivered_frames_and_the_onset_of_a_served_session():
             session.end_utterance()
             await asyncio.wait_for(sink.onset_seen.wait(), 5.0)
             await asyncio.sleep(0.8)
-            return session.delay_frames, sink, t0, time.monotonic()
+            return lip_sync_delay_ms(session), sink, t0, time.monotonic()
         finally:
             await sink.close()
             await session.close()
@@ -150,7 +152,7 @@ def test_the_sink_counts_delivered_frames_and_the_onset_of_a_served_session():
     delay, sink, t0, t1 = asyncio.run(main())
     assert len(sink.onset_latencies_ms) == 1
     # the onset leaves after the lip-sync delay and the wait for the next tick (+- scheduling on a shared CPU)
-    assert delay * 40 - 15 <= sink.onset_latencies_ms[0] <= delay * 40 + 40 + 150, (delay, sink.onset_latencies_ms)
+    assert delay - 15 <= sink.onset_latencies_ms[0] <= delay + 40 + 150, (delay, sink.onset_latencies_ms)
     assert sink.delivered_fps(t0, t1) > 20  # the lite engine keeps up: (nearly) every tick a fresh frame
     intervals = sink.fresh_intervals_ms(t0, t1)
     assert np.median(intervals) == pytest.approx(40, abs=8)
