@@ -26,16 +26,13 @@ upper-lip patch (orange) and nose patch (green) drawn on the first. About 8 s pe
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from avatarstream.bench.speech import espeak_speech, require_espeak
 from avatarstream.engines.base import SAMPLES_PER_FRAME, NoFaceError
 
 SIZE = 512
@@ -78,17 +75,8 @@ def portrait_set() -> list[Path]:
 
 def speech(text: str = SPEECH) -> np.ndarray:
     """espeak-ng speech at the engine's sample rate, float32 in [-1, 1]."""
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("the portraits bench needs espeak-ng for real speech (apt-get install espeak-ng)")
-    from scipy.signal import resample_poly
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-        with wave.open(str(path)) as w:
-            rate = w.getframerate()
-            pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768.0
-    return resample_poly(pcm, 16000, rate).astype(np.float32) if rate != 16000 else pcm
+    require_espeak("portraits")
+    return espeak_speech(text)
 
 
 def envelope(audio: np.ndarray, n_frames: int) -> np.ndarray:
