@@ -31,14 +31,16 @@ sessions, is the smaller of::
     (cpu budget * headroom - base - per_inactive * inactive) / cpu per active session
     (headroom - loop base - loop per_inactive * inactive) / loop per active session
 
-and, once active sessions have delivered less than ``min_fps`` for two windows that do not
-overlap (other work on the machine, a cost the model missed), the active sessions there are now. The frame rate is
-judged over steady windows only, like the costs: a session's first frames after it starts
-rendering, and the others' during a creation or a viewer's connection set-up, are transients,
-not saturation; the last steady window's figure stands until the next one. A session at 0 fps
+and, once active sessions have delivered less than ``min_fps`` in every window for longer than a
+window and a second (other work on the machine, a cost the model missed), the active sessions
+there are now. Only sessions that rendered over the whole window are judged (a session's first
+frames after it starts are its start-up), and no window that overlaps a creation; a shorter dip
+(a viewer's connection set-up, a stall) is a transient, not saturation. A session at 0 fps
 because nothing asked for frames is inactive and never counts as evidence of saturation. Until
-the first active session's cost is measured (half a window after it started), at most one
-active session per core of the CPU budget is admitted.
+the first active session's cost is measured, at most one active session per core of the CPU
+budget is admitted; that first estimate may come from a window in which sessions started (their
+mean counts), so it is there half a window after the first one started rendering with no
+creation in progress.
 
 A new session is admitted while one more *active* session fits (it will need that cost once
 watched); a session becomes active (its first viewer attaches, or speech arrives with nobody
@@ -62,6 +64,7 @@ from avatarstream.engines.base import FPS
 from avatarstream.realtime.session.session import AvatarSession
 
 SMOOTHING = 0.3  # weight of a new window's cost in the running estimate
+CONFIRM_EXTRA_S = 1.0  # a shortfall counts once it outlasted a window by this much (one sampling interval)
 MIN_COST = 1e-4  # a per-active-session cost is never taken as less than this (cores or loop fraction)
 
 
@@ -136,8 +139,8 @@ class CostModel:
         self.per_inactive: float | None = None
         self.per_active: float | None = None
 
-    def learn(self, used: float, active: int, inactive: int) -> None:
-        """One window's use with a steady ``active`` and ``inactive`` session count."""
+    def learn(self, used: float, active: float, inactive: float) -> None:
+        """One window's use with ``active`` and ``inactive`` sessions (steady, or their means)."""
         if active == 0 and inactive == 0:
             self.base = _smooth(self.base, used)
         elif active == 0:
@@ -146,7 +149,7 @@ class CostModel:
             rest = used - self.idle(inactive)
             self.per_active = _smooth(self.per_active, max(MIN_COST, rest / active, 0.5 * used / active))
 
-    def idle(self, inactive: int) -> float:
+    def idle(self, inactive: float) -> float:
         """What the server and ``inactive`` sessions use (0 for a term not yet measured)."""
         return (self.base or 0.0) + (self.per_inactive or 0.0) * inactive
 
@@ -210,19 +213,29 @@ class LoadMonitor:
             return
         self.cpu_cores_used = (last.cpu - first.cpu) / dt
         self.loop_busy = (last.loop_cpu - first.loop_cpu) / dt
-        steady = len({(s.active, s.inactive) for s in self._samples}) == 1  # the same sessions all window
-        if not steady or self._creating or first.t < self._quiet_since:
-            return  # a session started, stopped or was being created: its set-up is no running cost
+        if self._creating or first.t < self._quiet_since:
+            return  # a session was being created: its set-up is no session's running cost
+        self._judge_frame_rate(first, last, dt)
+        if len({(s.active, s.inactive) for s in self._samples}) > 1:  # sessions started or stopped
+            active = sum(s.active for s in self._samples) / len(self._samples)
+            if self.cpu.per_active is None and active >= 0.5:  # a first estimate, from the mean counts
+                inactive = sum(s.inactive for s in self._samples) / len(self._samples)
+                self.cpu.learn(self.cpu_cores_used, active, inactive)
+                self.loop.learn(self.loop_busy, active, inactive)
+            return
         self.cpu.learn(self.cpu_cores_used, last.active, last.inactive)
         self.loop.learn(self.loop_busy, last.active, last.inactive)
+
+    def _judge_frame_rate(self, first: _Sample, last: _Sample, dt: float) -> None:
+        """The lowest frame rate of the sessions active over the whole window (one that started
+        rendering within it is in its own start-up), and how long it has stayed under ``min_fps``."""
         fps = []
         for sid, c in last.counters.items():
             before = first.counters.get(sid)
             if before is None:
                 continue
-            d_active = c.active_ticks - before.active_ticks
-            if d_active >= FPS * self.policy.window_s * 0.5:  # active for most of the window
-                d_ticks = c.ticks - before.ticks
+            d_active, d_ticks = c.active_ticks - before.active_ticks, c.ticks - before.ticks
+            if d_active >= max(d_ticks - 1, FPS * self.policy.window_s * 0.5):  # rendering all window long
                 fps.append(FPS * max(0.0, 1 - (c.bad - before.bad) / d_active) * min(1.0, d_ticks / (FPS * dt)))
         self.min_active_fps = min(fps) if fps else None
         if self.min_active_fps is None or self.min_active_fps >= self.policy.min_fps:
@@ -243,9 +256,10 @@ class LoadMonitor:
 
     @property
     def saturated(self) -> bool:
-        """Active sessions have delivered less than ``min_fps`` in every steady window for at least
-        one window's length (two windows that do not overlap): a shorter dip is a transient."""
-        return self._below_since is not None and self._below_for >= self.policy.window_s
+        """Active sessions have delivered less than ``min_fps`` in every window for longer than a
+        window and a second (two windows that do not overlap, even around a stall that straddles
+        the first one's end): a shorter dip is a transient."""
+        return self._below_since is not None and self._below_for >= self.policy.window_s + CONFIRM_EXTRA_S
 
     def _limits(self) -> dict[str, int]:
         p, inactive = self.policy, self.inactive_sessions
@@ -293,7 +307,7 @@ class LoadMonitor:
         if limited_by == "frame rate":
             return (f"{self.active_sessions} active session(s) already run and one delivered "
                     f"{self.min_active_fps:.1f} fps over the last {p.window_s:g} s, below the {p.min_fps:g} fps "
-                    f"target for {self._below_for + p.window_s:.0f} s: the machine is "
+                    f"target in every window of the last {self._below_for + p.window_s:.0f} s: the machine is "
                     "saturated, so no further session may become active")
         if limited_by == "event loop":
             return (f"{active} active session(s) keep the event loop thread {self._use(self.loop, active):.0%} busy "
