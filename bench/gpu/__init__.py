@@ -135,9 +135,9 @@ def _run_sections(result: dict, product, deadline: Deadline, plan: dict, cfg: di
     # at 1 session: a2m_onsets onsets; at the largest N every session probes, at least 2 each (1 in the dry run)
     result["audio_to_mouth"] = deadline.run("audio_to_mouth", plan["audio_to_mouth"], lambda: audio_to_mouth(
         product, counts, onsets_total=cfg["a2m_onsets"], onsets_min=1 if dry_run else 2,
-        settle_s=0.3 if dry_run else 1.0, wait_s=1.5 if dry_run else 3.0))
+        settle_s=0.3 if dry_run else 1.0, wait_s=1.5 if dry_run else 3.0, time_left=deadline.left))
     result["first_frame"] = deadline.run("first_frame", plan["first_frame"],
-                                         lambda: first_frame(product, cfg["first_frames"]))
+                                         lambda: first_frame(product, cfg["first_frames"], time_left=deadline.left))
     if quick:
         for name in ("stage_budget", "torch_compile", "renderer", "parity", "joyvasa", "worker", "motion_worker"):
             result[name] = {"skipped": "--quick answers items 1-4 only"}

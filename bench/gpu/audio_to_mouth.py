@@ -84,14 +84,18 @@ async def measure(product: Product, n: int, onsets: int, settle_s: float, wait_s
 
 
 def audio_to_mouth(product: Product, counts: list[int], onsets_total: int, onsets_min: int = 2,
-                   settle_s: float = 1.0, wait_s: float = 3.0) -> dict:
+                   settle_s: float = 1.0, wait_s: float = 3.0, time_left=lambda: float("inf")) -> dict:
     """At each N of ``counts``: about ``onsets_total`` onsets spread over the N sessions (at least ``onsets_min``
-    each); an onset not seen ``wait_s`` after the designed delay counts as lost."""
-    rows = []
+    each); an onset not seen ``wait_s`` after the designed delay counts as lost. An N whose estimate (2 s per
+    onset round + 3 s) exceeds ``time_left()`` is skipped."""
+    rows, skipped = [], []
     for n in counts:
         per_session = max(onsets_min, -(-onsets_total // n))
+        if time_left() < 2.0 * per_session + 3.0 + settle_s:
+            skipped.append({"sessions": n, "why": f"time budget: {time_left():.0f} s left"})
+            continue
         rows.append(run_async(measure(product, n, per_session, settle_s, wait_s)))
     return {"path": "served sessions in-process (AvatarSession + the engine's shared workers, speech pushed with "
                     "push_audio, frames read by a transport-contract sink); no HTTP layer: realtime.http and the "
                     "session registry import aiortc/PyAV, absent on the GPU machine",
-            "burst_s": BURST_S, "rows": rows}
+            "burst_s": BURST_S, "rows": rows, "skipped": skipped}

@@ -105,7 +105,8 @@ class GraphedWarpDecode:
 
 
 def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps: int, batches=BATCHES) -> dict:
-    rows = []
+    rows: list[dict] = []
+    errors: list[dict] = []
     for batch in batches:
         f_s, kp_s, kp_d = render_inputs(networks, batch, device, seed=batch)
         modes: dict[str, Callable[[], object]] = {}
@@ -115,8 +116,11 @@ def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps:
         if device.type == "cuda":
             fp16 = Renderer(networks, device=str(device), fp16=True)
             modes["eager_fp16"] = lambda r=fp16, a=args: r.warp_decode(*a)
-            graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)
-            modes["cuda_graph_fp16"] = lambda g=graphed, a=args: g(*a)
+            try:
+                graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)
+                modes["cuda_graph_fp16"] = lambda g=graphed, a=args: g(*a)
+            except Exception as exc:  # noqa: BLE001 - the eager rows stand; the failure is reported
+                errors.append({"mode": "cuda_graph_fp16", "batch": batch, "error": f"{type(exc).__name__}: {exc}"})
         for mode, fn in modes.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -127,7 +131,7 @@ def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps:
                 row["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
             rows.append(row)
             print(f"gpu bench: renderer {mode:<16} batch {batch}: {ms / batch:8.2f} ms/frame")
-    return {"rows": rows}
+    return {"rows": rows, "errors": errors}
 
 
 def fp16_parity(networks: LivePortraitNetworks, device: torch.device) -> dict:

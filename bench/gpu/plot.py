@@ -34,7 +34,9 @@ def _frame(img, x0: int, y0: int, title: str) -> None:
 
 
 def _missing(img, x0: int, y0: int, section: dict | None) -> bool:
-    if isinstance(section, dict) and not ("skipped" in section or "error" in section):
+    """Say why a section has no figures (skipped or failed as a whole); False when it has them."""
+    whole = isinstance(section, dict) and (isinstance(section.get("skipped"), str) or "error" in section)
+    if isinstance(section, dict) and not whole:
         return False
     why = "not run" if not isinstance(section, dict) else str(section.get("skipped") or section.get("error"))
     _text(img, why[:60], (x0 + 10, y0 + PANEL_H // 2), 0.4, COLORS[2])
@@ -83,7 +85,7 @@ def _bars(img, x0, y0, groups: list[tuple[str, list[tuple[str, float]]]], top: f
             c = COLORS[names.index(name) % len(COLORS)]
             y = y0 + PANEL_H - int((PANEL_H - 20) * min(v, top) / top)
             cv2.rectangle(img, (x, y), (x + bar - 3, y0 + PANEL_H), c, -1)
-            _text(img, f"{v:.0f}", (x, y - 3), 0.35, c)
+            _text(img, f"{v:.1f}" if v < 10 else f"{v:.0f}", (x, y - 3), 0.35, c)
             x += bar
         if marks and label in marks:
             y = y0 + PANEL_H - int((PANEL_H - 20) * min(marks[label], top) / top)

@@ -65,11 +65,22 @@ def renderer_rows(product: Product, batch: int, reps: int) -> list[dict]:
             rows.append(_row("spade", mode, batch, median_ms(g, device, reps), batch))
             image = g().float()
     if device.type == "cuda":
-        graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)
-        rows.append(_row("warping+spade", "cuda_graph_fp16", batch,
-                         median_ms(lambda: graphed(f_s, kp_s, kp_d), device, reps), batch))
+        def graph_row() -> dict:
+            graphed = GraphedWarpDecode(networks, f_s, kp_s, kp_d)
+            return _row("warping+spade", "cuda_graph_fp16", batch,
+                        median_ms(lambda: graphed(f_s, kp_s, kp_d), device, reps), batch)
+
+        rows.append(_optional("warping+spade", "cuda_graph_fp16", batch, graph_row))
     rows.append(_row("host_copy", "eager_fp32", batch, median_ms(lambda: tensor_to_images(image), device, reps), batch))
     return rows
+
+
+def _optional(stage: str, mode: str, batch: int, make_row) -> dict:
+    """An optional mode's row, or the reason it failed (the eager rows stand either way)."""
+    try:
+        return make_row()
+    except Exception as exc:  # noqa: BLE001 - e.g. a CUDA graph capture that fails on this machine
+        return {"stage": stage, "mode": mode, "batch": batch, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def motion_rows(product: Product, windows: int, reps: int) -> list[dict]:
@@ -94,22 +105,27 @@ def motion_rows(product: Product, windows: int, reps: int) -> list[dict]:
         step = torch.full((k,), steps // 2, dtype=torch.long, device=device)
         net = model.denoising_net
         cross = net.cross_attention_terms(torch.cat([pa, a], 1))
-        for mode, fp16 in (("eager_fp32", False), ("fp16_autocast", True)):
-            if fp16 and device.type != "cuda":
-                continue
+        def dit_row(fp16: bool) -> dict:
             with _autocast(device, fp16):
                 ms = median_ms(lambda: net(x, a, pm, pa, step, cross), device, reps)
-            rows.append(_row("dit_step", mode, windows, ms * steps, windows * chunk, ms_per_step=round(ms, 3),
-                             steps=steps))
-        if device.type == "cuda" and windows == 1:
+            return _row("dit_step", "fp16_autocast" if fp16 else "eager_fp32", windows, ms * steps, windows * chunk,
+                        ms_per_step=round(ms, 3), steps=steps)
+
+        def graph_row() -> dict:
             from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
 
             graphed = GraphedDenoiser(model, length)
             denoise = graphed.guided_denoiser(a[1:2].float(), pm[:1].float(), pa[:1].float())
             x1 = x[:2].float()
             ms = median_ms(lambda: denoise(x1, steps // 2), device, reps)
-            rows.append(_row("dit_step", "cuda_graph_fp32", windows, ms * steps, windows * chunk,
-                             ms_per_step=round(ms, 3), steps=steps))
+            return _row("dit_step", "cuda_graph_fp32", windows, ms * steps, windows * chunk,
+                        ms_per_step=round(ms, 3), steps=steps)
+
+        rows.append(dit_row(False))
+        if device.type == "cuda":
+            rows.append(_optional("dit_step", "fp16_autocast", windows, lambda: dit_row(True)))
+            if windows == 1:
+                rows.append(_optional("dit_step", "cuda_graph_fp32", windows, graph_row))
     return rows
 
 
@@ -166,10 +182,13 @@ def stage_budget(product: Product, batch: int, windows: int, reps: int, compiled
     rows += cpu_rows(product, reps)
     for r in (compiled or {}).get("rows", []):
         rows.append(r)
+    errors = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     fp16 = product.engine.fp16
     pairs = [(1, 1)] + ([(batches[-1], window_counts[-1])] if (batches[-1], window_counts[-1]) != (1, 1) else [])
     totals = [product_totals(rows, b, k, fp16) for b, k in pairs]
     for r in rows:
         print(f"gpu check: stage {r['stage']:<14} {r['mode']:<16} batch {r['batch']}: {r['ms_per_frame']:8.3f} ms/frame")
-    return {"batches": batches, "motion_windows": window_counts, "reps": reps, "rows": rows, "product": totals,
+    return {"batches": batches, "motion_windows": window_counts, "reps": reps, "rows": rows, "errors": errors,
+            "product": totals,
             "note": "per output frame; the audio encoder and DiT once per chunk of chunk_frames frames"}
