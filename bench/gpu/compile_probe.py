@@ -77,5 +77,6 @@ def child(argv: list[str]) -> None:
         mode = "torch_compile_fp16" if not dry else "torch_compile_eager_backend"
         result["rows"].append({"stage": "warping+spade", "mode": mode, "batch": batch, "ms_per_call": round(ms, 3),
                                "ms_per_frame": round(ms / batch, 3), "same_run_eager_ms_per_frame": round(eager / batch, 3),
+                               "speedup_vs_eager": round(eager / ms, 2) if ms > 0 else None,
                                "compile_s": result["compile_s"][str(batch)]})
         out_json.write_text(json.dumps(result))
