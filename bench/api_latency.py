@@ -75,6 +75,7 @@ def stats_ms(values_s: list[float]) -> dict:
 
 
 PRESETS = ("classic", "adaptive", "low")  # classic: the fixed settings before issue 26, side by side
+UTTERANCES_PER_BLOCK = 5  # then the next preset takes its turn (short blocks: the presets meet the same load)
 
 
 async def start_server(latency: str, max_sessions: int = 4) -> tuple[str, SessionRegistry, web.AppRunner]:
@@ -161,8 +162,8 @@ def sum_counters(blocks: list[dict]) -> dict:
 
 
 async def _bench(opts: BenchOptions) -> dict:
-    n_rounds = 1 if opts.quick else 2
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
+    n_rounds = 1 if opts.quick else -(-n_utterances // UTTERANCES_PER_BLOCK)
     speech = [espeak_speech(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
     per_block = -(-n_utterances // n_rounds)
     http = aiohttp.ClientSession()

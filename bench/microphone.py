@@ -34,7 +34,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from tqdm import tqdm
 
-from avatarstream.bench.api_latency import (PRESETS, SIZE, UTTERANCES, _mouth_latencies, _plot, server_figures,
+from avatarstream.bench.api_latency import (PRESETS, SIZE, UTTERANCES, UTTERANCES_PER_BLOCK, _mouth_latencies, _plot, server_figures,
                                             side_by_side, speech_onset, start_server, stats_ms, sum_counters)
 from avatarstream.bench.machine import load_average
 from avatarstream.bench.speech import espeak_speech, require_espeak
@@ -173,8 +173,8 @@ async def _block(http: aiohttp.ClientSession, url: str, registry: SessionRegistr
 
 
 async def _bench(opts: BenchOptions) -> dict:
-    n_rounds = 1 if opts.quick else 2
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
+    n_rounds = 1 if opts.quick else -(-n_utterances // UTTERANCES_PER_BLOCK)
     speech = [espeak_speech(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
     per_block = -(-n_utterances // n_rounds)
     http = aiohttp.ClientSession()

@@ -394,12 +394,11 @@ class AvatarSession:
         while True:
             take_at = clock.frame_time(self._next_tick) + self.phase
             send_at = clock.frame_time(self._next_event + self.delay_frames)
-            wake_at = min(take_at, send_at)
-            await clock.sleep_until(wake_at)
+            await clock.sleep_until(min(take_at, send_at))
             now = clock.now()
-            if now - wake_at > FRAME_SECONDS:  # the loop woke more than a frame late
-                self.stats.late_ticks += 1
             due = math.floor((now - clock.t0 - self.phase) / FRAME_SECONDS)
+            if due >= self._next_tick and now - take_at > FRAME_SECONDS:  # a take more than a frame late
+                self.stats.late_ticks += 1
             took = False
             while self._next_tick <= due:
                 self._take(self._next_tick, now)
