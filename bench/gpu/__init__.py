@@ -32,11 +32,13 @@ from avatarstream.bench.gpu.compile_probe import probe
 from avatarstream.bench.gpu.deadline import Deadline
 from avatarstream.bench.gpu.first_frame import first_frame
 from avatarstream.bench.gpu.plot import plot
-from avatarstream.bench.gpu.product import build_product, warm_up
+from avatarstream.bench.gpu.product import DRY_RUN_RENDERER, build_product, warm_up
 from avatarstream.bench.gpu.sessions import STEPS, sessions_per_gpu
 from avatarstream.bench.gpu.stage_budget import stage_budget
 from avatarstream.bench.gpu.targets import judge
 from avatarstream.engines.base import EngineError
+from avatarstream.engines.joyvasa.checkpoint import random_motion_generator, small_motion_generator
+from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
 
 # H100 estimates in seconds per section (setup: random weights written and loaded, one warm-up stream)
 PLAN = {"setup": 60, "sessions": 50, "audio_to_mouth": 40, "first_frame": 15, "stage_budget": 25,
@@ -86,7 +88,7 @@ def run_bench(opts) -> dict:
     deadline = Deadline(QUICK_BUDGET_S if quick else BUDGET_S)
     if dry_run:  # the CPU is not the H100 the estimates are for: the dry run runs every section
         deadline.total_s = 3600.0
-    cfg = _settings(dry_run, quick)
+    cfg = {**_settings(dry_run, quick), "out_dir": out_dir}
     t0 = time.perf_counter()
     result: dict = {
         "mode": "dry-run (CPU, miniature networks)" if dry_run else "cuda (random weights of the real shapes)",
@@ -100,16 +102,28 @@ def run_bench(opts) -> dict:
 
         def setup() -> dict:
             product = holder["product"] = build_product(dry_run, Path(tmp), device)
-            return {**product.describe(), "warm_up_s": round(warm_up(product), 1)}
+            out = product.describe()
+            try:  # a failing warm-up is reported; the sections still run (and report their own failures)
+                out["warm_up_s"] = round(warm_up(product), 1)
+            except Exception as exc:  # noqa: BLE001
+                out["warm_up_error"] = f"{type(exc).__name__}: {exc}"
+            return out
 
         result["product"] = deadline.run("setup", plan["setup"], setup)
         product = holder.get("product")
-        if product is None:
-            raise EngineError(f"the gpu check could not build the engine: {result['product'].get('error')}")
-        try:
-            _run_sections(result, product, deadline, plan, cfg, dry_run, quick, out_dir)
-        finally:
-            product.engine.close()
+        if product is None:  # the engine did not build: still measure the networks on their own
+            why = f"the engine did not build: {result['product'].get('error') or result['product'].get('skipped')}"
+            for name in ("sessions", "memory", "fps", "audio_to_mouth", "first_frame", "stage_budget"):
+                result[name] = {"skipped": why}
+            if not quick:
+                networks = LivePortraitNetworks.random(0, config=DRY_RUN_RENDERER if dry_run else None).to(device)
+                model = (small_motion_generator(0) if dry_run else random_motion_generator(0)).to(device).eval()
+                _component_sections(result, networks, model, device, deadline, plan, cfg, batch=8)
+        else:
+            try:
+                _run_sections(result, product, deadline, plan, cfg, dry_run, quick)
+            finally:
+                product.engine.close()
     if device.type == "cuda":
         result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     result["targets"] = judge(result, dry_run)
@@ -119,8 +133,7 @@ def run_bench(opts) -> dict:
     return result
 
 
-def _run_sections(result: dict, product, deadline: Deadline, plan: dict, cfg: dict, dry_run: bool, quick: bool,
-                  out_dir: Path) -> None:
+def _run_sections(result: dict, product, deadline: Deadline, plan: dict, cfg: dict, dry_run: bool, quick: bool) -> None:
     device = product.device
     result["sessions"] = deadline.run("sessions", plan["sessions"], lambda: sessions_per_gpu(
         product, deadline, steps=cfg["steps"], warm_s=cfg["warm_s"], measure_s=cfg["measure_s"],
@@ -142,10 +155,18 @@ def _run_sections(result: dict, product, deadline: Deadline, plan: dict, cfg: di
         for name in ("stage_budget", "torch_compile", "renderer", "parity", "joyvasa", "worker", "motion_worker"):
             result[name] = {"skipped": "--quick answers items 1-4 only"}
         return
-    networks = product.engine.renderer("human").networks
-    model = product.engine.model
     result["stage_budget"] = deadline.run("stage_budget", plan["stage_budget"],
                                           lambda: stage_budget(product, batch, windows, cfg["reps"]))
+    _component_sections(result, product.engine.renderer("human").networks, product.engine.model, device, deadline,
+                        plan, cfg, batch)
+    if isinstance(result["stage_budget"], dict) and "rows" in result["stage_budget"]:
+        result["stage_budget"]["rows"] += result["torch_compile"].get("rows", [])
+
+
+def _component_sections(result: dict, networks, model, device: torch.device, deadline: Deadline, plan: dict,
+                        cfg: dict, batch: int) -> None:
+    """The first check's sections on ``networks`` / ``model``, then torch.compile (not in the dry run)."""
+    dry_run = device.type == "cpu"
     result["renderer"] = deadline.run("renderer", plan["renderer"], lambda: components.renderer_latency(
         networks, device, cfg["reps"], batches=cfg["renderer_batches"]))
     result["parity"] = deadline.run("parity", plan["parity"], lambda: components.fp16_parity(networks, device))
@@ -160,9 +181,6 @@ def _run_sections(result: dict, product, deadline: Deadline, plan: dict, cfg: di
         result["torch_compile"] = {"skipped": "dry run: torch.compile is tried on the GPU"}
         return
     result["torch_compile"] = deadline.run("torch_compile", plan["torch_compile"], lambda: probe(
-        out_dir / "torch_compile.json", sorted({1, batch}), dry_run,
+        cfg["out_dir"] / "torch_compile.json", sorted({1, batch}), dry_run,
         timeout_s=min(COMPILE_MAX_S, deadline.left() - 5.0), reps=cfg["reps"]))
-    compiled = result["torch_compile"]
-    if isinstance(result["stage_budget"], dict) and "rows" in result["stage_budget"]:
-        result["stage_budget"]["rows"] += compiled.get("rows", [])
 
