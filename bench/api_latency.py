@@ -179,7 +179,8 @@ async def _bench(opts: BenchOptions) -> dict:
         # rounds of blocks, one preset at a time (so each runs alone), the presets alternating (so each
         # meets the machine's changing load as the others do)
         for r in tqdm(range(n_rounds), desc="rounds", unit="round"):
-            for preset, (url, registry, _) in servers.items():
+            for preset in PRESETS[r % 3:] + PRESETS[:r % 3]:  # each preset goes first in turn
+                url, registry, _ = servers[preset]
                 first[preset].append(await _create_to_first_frame(http, url))
                 block = _Speaker(preset, url, registry)
                 await block.open(http)

@@ -186,7 +186,8 @@ async def _bench(opts: BenchOptions) -> dict:
     figures: dict[str, list[dict]] = {p: [] for p in PRESETS}
     try:
         for r in tqdm(range(n_rounds), desc="rounds", unit="round"):
-            for preset, (url, registry, _) in servers.items():
+            for preset in PRESETS[r % 3:] + PRESETS[:r % 3]:  # each preset goes first in turn
+                url, registry, _ = servers[preset]
                 viewer_s, sender_s, info, server = await _block(http, url, registry,
                                                                 speech[r * per_block:(r + 1) * per_block])
                 mouth[preset][0].extend(viewer_s)
