@@ -263,12 +263,15 @@ def plot_mix(out_dir: Path, mix: dict) -> Path:
         xs = np.arange(len(rows))
         colours = ["tab:blue" if p["watched"] == "at once" else "tab:green" for p in rows]
         ax.bar(xs, [p["fps"] or 0 for p in rows], color=colours)
+        ax.plot(xs, [p["received_fps"] if p["received_fps"] is not None else np.nan for p in rows], "k.",
+                label="frames received by the bench's viewer (repeats included)")
         for x, p in zip(xs, rows):
             if not p["admitted"]:
                 ax.annotate("refused\n(503)", (x, 1), ha="center", fontsize=7, color="tab:red")
         ax.axhline(SUSTAINED_FPS, color="grey", ls=":", lw=1)
         ax.set_xticks(xs, [f"{p['session']}\n{p['watched']}" for p in rows], fontsize=7)
-        ax.set(ylabel="delivered fps", title=f"{name}: {r['asked']} asked, {r['viewers_admitted']} watched, "
+        ax.legend(fontsize=7, loc="center right", framealpha=0.9)
+        ax.set(ylabel="delivered fps (newly rendered frames sent)", title=f"{name}: {r['asked']} asked, {r['viewers_admitted']} watched, "
                                              f"{r['viewers_refused']} refused")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("avatar bench --suite capacity: watched (blue: at once, green: late) and refused sessions")
