@@ -49,6 +49,11 @@ class InputArrival:
             self._lateness.append(max(0.0, offset - min(self._offsets)) * 1000)
         self._offsets.append(offset)
 
+    def skip(self, samples: int) -> None:
+        """``samples`` of the observed utterance were dropped on arrival (a live backlog trimmed): they
+        count for its position, so what comes after them is not taken for late."""
+        self._pushed += samples
+
     def jitter_ms(self) -> float:
         """The allowance ``J`` (ms): the quantile of recent lateness + guard, or the start value."""
         s = self.settings

@@ -59,6 +59,8 @@ MAX_TIMED_UTTERANCES = 512  # utterances whose push time is kept for the push-to
 MAX_MARGIN_MS = 400.0  # a measured margin is capped here (10 frames): beyond it the engine is not real time
 FRAME_MS = FRAME_SECONDS * 1000
 QUIET_RMS = 0.01  # -40 dBFS: a slot this quiet may be repeated once when the delay grows
+CLASSIC_LIVE_BACKLOG_S = 0.1  # live input standing above this is trimmed in quiet frames (fixed settings)
+LIVE_PACKET_MS = 20.0  # a WebRTC audio packet: the trimming's step
 ENGINE_BEHIND_S = 0.08  # a frame still missing this long after its last audio was taken: the engine is behind
 
 
@@ -236,6 +238,18 @@ class AvatarSession:
         this tick or, if it reads ``D`` after the change, the one of the tick before. Only while both
         and every taken, unsent slot are quiet and carry no markers (called once per send tick)."""
         return self._last_audible < self._next_event - 2 and not self._pending_output_markers
+
+    @property
+    def live_backlog_target_s(self) -> float:
+        """Live input (a microphone) standing queued beyond this for a second is trimmed in its quiet
+        frames: what the measured arrival jitter needs plus one 20 ms packet (``classic``: 100 ms)."""
+        if self.latency.start_threshold_ms is not None:
+            return CLASSIC_LIVE_BACKLOG_S
+        return (self._arrival.jitter_ms() + LIVE_PACKET_MS) / 1000
+
+    def input_dropped(self, samples: int) -> None:
+        """A live input dropped ``samples`` of the open utterance on arrival (its backlog trimmed)."""
+        self._arrival.skip(samples)
 
     def latency_stats(self) -> dict[str, Any]:
         r50, r99 = self._margin.quantile_ms(50), self._margin.quantile_ms(99)

@@ -101,6 +101,13 @@ class SessionInput(Protocol):
     @property
     def queued_seconds(self) -> float: ...
 
+    @property
+    def live_backlog_target_s(self) -> float:
+        """Live input standing queued beyond this (for a second) is trimmed in its quiet frames."""
+
+    def input_dropped(self, samples: int) -> None:
+        """A live input dropped ``samples`` on arrival (so later arrivals are not taken for late)."""
+
     async def set_controls_async(self, controls: Mapping[str, Any]) -> dict[str, str]: ...
 
 

@@ -2,7 +2,8 @@
 
 Live input keeps its latency bounded: a network stall followed by a burst leaves a standing
 backlog (and a sender clock faster than ours builds one slowly). While the queue has stayed above
-``LIVE_BACKLOG_TARGET_S`` for a whole window of ``LIVE_BACKLOG_WINDOW`` input frames (1 s of 20 ms
+the session's ``live_backlog_target_s`` (its measured arrival jitter + one 20 ms packet; 100 ms
+with fixed settings) for a whole window of ``LIVE_BACKLOG_WINDOW`` input frames (1 s of 20 ms
 frames), quiet input frames are dropped (speech is kept); above ``LIVE_BACKLOG_MAX_S``, any are.
 """
 
@@ -23,7 +24,6 @@ from avatarstream.realtime.transports.webrtc.audio_convert import MicResampler
 
 log = logging.getLogger(__name__)
 
-LIVE_BACKLOG_TARGET_S = 0.1
 LIVE_BACKLOG_MAX_S = 1.0
 LIVE_BACKLOG_WINDOW = 50
 QUIET_RMS = 0.01  # -40 dBFS
@@ -49,8 +49,9 @@ class MicrophoneInput:
                 standing = min(levels) if len(levels) == levels.maxlen else 0.0
                 standing = min(standing, queued)  # count what we just dropped
                 quiet = pcm.size == 0 or float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) < QUIET_RMS
-                if (standing > LIVE_BACKLOG_TARGET_S and quiet) or standing > LIVE_BACKLOG_MAX_S:
+                if (standing > self._session.live_backlog_target_s and quiet) or standing > LIVE_BACKLOG_MAX_S:
                     self.dropped_samples += pcm.size
+                    self._session.input_dropped(pcm.size)
                     continue
                 if pcm.size:
                     try:
