@@ -146,6 +146,17 @@ def check_portrait(config: ServerConfig, engine_options: dict | None = None) -> 
         name, **_accepted(name, opts))
 
 
+def latency_engine_options(engine: str, latency: str) -> dict[str, str]:
+    """``--latency low`` also selects the engine's own low-latency streaming (an engine option ``latency="low"``,
+    e.g. joyvasa's 2-frame chunks: docs/joyvasa.md, "Delay") where the engine declares one; the other presets leave
+    the engine at its default. Engines never import the server: the server passes the option."""
+    from avatarstream.engines.registry import engine_options
+
+    if latency == "low" and "latency" in engine_options(engine).option_names():
+        return {"latency": "low"}
+    return {}
+
+
 def _accepted(name: str, options: dict) -> dict:
     """The server passes --weights along for every engine; keep only the options ``name`` declares."""
     from avatarstream.engines.registry import engine_options
@@ -178,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                           f"--engine {args.engine}', or serve with one of: "
                           f"{', '.join(n for n in engine_names() if engine_capabilities(n).streams)}")
     args.size = resolve_size(caps, args.size)
-    engine_options = backend_options(args)
+    engine_options = {**backend_options(args), **latency_engine_options(args.engine, args.latency)}
     config = ServerConfig(image=args.image, engine=args.engine, weights=args.weights, host=args.host, port=args.port,
                           max_sessions=args.max_sessions or None, size=args.size, idle_timeout=args.idle_timeout,
                           viewer_connect_timeout=args.viewer_connect_timeout,

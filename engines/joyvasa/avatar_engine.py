@@ -154,7 +154,8 @@ class JoyVasaEngine:
         self.pe_mode = self.checkpoint_info.pe_mode  # the denoiser's positional encoding (= model.cfg.pe_mode) and why
         log.info("joyvasa motion generator positional encoding: %s", self.pe_mode.describe())
         self.template = MotionTemplate.load(self.root / MOTION_TEMPLATE_FILE)
-        self.stream_config = StreamingConfig(chunk_frames=o.chunk_frames, lookahead_ms=o.lookahead_ms, seed=o.seed,
+        chunk_frames, lookahead_ms = o.stream_settings()  # the latency option's, or chunk_frames / lookahead_ms
+        self.stream_config = StreamingConfig(chunk_frames=chunk_frames, lookahead_ms=lookahead_ms, seed=o.seed,
                                              cfg_scale=o.cfg_scale if o.cfg_scale is not None else LIVE_PRESET.cfg_scale)
         self.stream_config.validate(self.model.cfg.n_motions)
         self._renderers: dict[str, Renderer] = {}

@@ -90,6 +90,15 @@ PE_MODES = ("constant", "per_position")  # the denoiser's positional encodings (
 # and how long the worker waits, when nothing is in flight, for other sessions' windows to join the first one.
 MOTION_MAX_BATCH = 8
 MOTION_MAX_WAIT_MS = 2.0
+# The streaming motion generator's chunk (frames per 50-step motion window) and lookahead (ms of audio after the
+# chunk), per ``latency`` option (docs/joyvasa.md, "Delay"). A frame's motion waits for the rest of its chunk and the
+# lookahead audio: (chunk - 1 + ceil(lookahead / 40)) x 40 ms, before its window's compute and the server's
+# lip-sync margin. "default": 11 frames = 440 ms, one window per 400 ms of audio (2.5 windows/s per session).
+# "low": 2 + 1 frames, so 2 frames = 80 ms; the smallest chunk that keeps one lookahead frame (the audio encoder's
+# reflect-padded edge is not the chunk's own frames) at 12.5 windows/s per session: 5x the DiT calls, each window
+# 3 frames instead of 12, and each must finish within 80 ms of audio. chunk 1 / lookahead 0 would wait 0 ms but
+# needs 25 windows/s (10x) and conditions every frame on padded audio.
+STREAM_LATENCIES: dict[str, tuple[int, float]] = {"default": (10, 80.0), "low": (2, 40.0)}
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,12 @@ class JoyVasaOptions(EngineOptions):
     crop_scale: float | None = None  # None: the preset's (3.0, JoyVASA inference.py; LivePortrait and the gradio app: 2.3)
     fp16: bool | None = None  # None: fp16 on GPU, fp32 on CPU
     batch_size: int | None = None  # frames rendered per renderer call; None: 8 on GPU, 1 on CPU
-    chunk_frames: int = 10  # motion frames generated per diffusion step
-    lookahead_ms: float = 80.0  # audio after a chunk that conditions it
+    # the streaming chunk and lookahead by name (STREAM_LATENCIES): "default" (10 frames, 80 ms) or "low"
+    # (2 frames, 40 ms: 80 ms instead of 440 ms of waiting, 5x the DiT calls); 'avatar serve --latency low' selects
+    # "low". chunk_frames / lookahead_ms, when given, must agree with it (or leave latency at "default")
+    latency: str = "default"
+    chunk_frames: int = 10  # motion frames generated per diffusion step (with latency "low": 2)
+    lookahead_ms: float = 80.0  # audio after a chunk that conditions it (with latency "low": 40)
     cfg_scale: float | None = None  # None: the preset's (live 2.8, offline 2.0)
     # positional encoding the motion generator was trained with: "constant" (every JoyVASA commit before
     # 74290f6, which the released weights predate) or "per_position" (HEAD). None: the checkpoint's
@@ -127,6 +140,20 @@ class JoyVasaOptions(EngineOptions):
     liveportrait_config: Any = None  # a LivePortraitConfig for other network widths (tests); None: the official ones
 
     def __post_init__(self) -> None:
+        if self.latency not in STREAM_LATENCIES:
+            raise EngineError(f"the joyvasa engine's latency must be one of {', '.join(STREAM_LATENCIES)}, "
+                              f"got {self.latency!r}")
+        if isinstance(self.chunk_frames, bool) or not isinstance(self.chunk_frames, int) or self.chunk_frames < 1:
+            raise EngineError(f"the joyvasa engine's chunk_frames must be a whole number of frames >= 1, "
+                              f"got {self.chunk_frames!r}")
+        if not isinstance(self.lookahead_ms, (int, float)) or not 0.0 <= self.lookahead_ms <= 4000.0:
+            raise EngineError(f"the joyvasa engine's lookahead_ms must be in [0, 4000], got {self.lookahead_ms!r}")
+        if self.latency != "default" and (self.chunk_frames, self.lookahead_ms) not in (
+                STREAM_LATENCIES["default"], STREAM_LATENCIES[self.latency]):
+            chunk, lookahead = STREAM_LATENCIES[self.latency]
+            raise EngineError(f"the joyvasa engine's latency {self.latency!r} sets chunk_frames={chunk} and "
+                              f"lookahead_ms={lookahead:g}; got chunk_frames={self.chunk_frames} and "
+                              f"lookahead_ms={self.lookahead_ms:g} as well (give one or the other)")
         if self.crop_scale is not None and not 1.0 <= self.crop_scale <= 5.0:
             raise EngineError(f"the joyvasa engine's crop_scale must be in [1, 5], got {self.crop_scale}")
         if self.pe_mode is not None and self.pe_mode not in PE_MODES:
@@ -137,6 +164,12 @@ class JoyVasaOptions(EngineOptions):
             raise EngineError(f"the joyvasa engine's motion_max_wait_ms must be in [0, 1000], got {self.motion_max_wait_ms}")
         if self.batch_size is not None and self.batch_size < 1:
             raise EngineError(f"the joyvasa engine's batch_size must be at least 1, got {self.batch_size}")
+
+    def stream_settings(self) -> tuple[int, float]:
+        """(chunk_frames, lookahead_ms) of the streaming generator: ``latency``'s, unless set apart from the default."""
+        if self.latency != "default":
+            return STREAM_LATENCIES[self.latency]
+        return self.chunk_frames, float(self.lookahead_ms)
 
 
 OPTIONS = JoyVasaOptions
