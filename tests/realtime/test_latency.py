@@ -238,3 +238,31 @@ def test_presets_and_bad_settings():
         LatencySettings(margin_ms=-1)
     with pytest.raises(ValueError, match="mic_receive_packets"):
         LatencySettings(mic_receive_packets=9)
+
+
+def test_dropped_live_input_is_not_taken_for_lateness():
+    arrival = InputArrival(ADAPTIVE)
+    t = 10.0
+    for _ in range(60):
+        arrival.observe(t, 1, 320)
+        t += 0.02
+    for _ in range(5):  # five 20 ms packets trimmed from a standing backlog: they arrived, on time
+        arrival.skip(320)
+        t += 0.02
+    for _ in range(60):
+        arrival.observe(t, 1, 320)
+        t += 0.02
+    assert arrival.jitter_ms() == pytest.approx(ADAPTIVE.jitter_guard_ms)
+
+
+async def test_live_backlog_target_follows_the_measured_jitter(bar_engine):
+    adaptive = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64, latency=ADAPTIVE))
+    classic = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64, latency=CLASSIC))
+    assert classic.live_backlog_target_s == pytest.approx(0.1)  # the fixed 100 ms of before
+    t0 = time.monotonic()
+    for k in range(40):  # a steady 20 ms stream, pushed as it arrives
+        await asyncio.sleep(max(0.0, t0 + 0.02 * k - time.monotonic()))
+        adaptive.push_audio(np.zeros(320, np.float32))
+    jitter = adaptive.latency_stats()["input_jitter_ms"]
+    assert adaptive.live_backlog_target_s == pytest.approx((jitter + 20) / 1000, abs=1e-3)
+    assert adaptive.live_backlog_target_s < 0.1
