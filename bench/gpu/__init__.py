@@ -5,6 +5,10 @@ weights of the real shapes and answers, in ``gpu.json`` and ``gpu.png`` (docs/gp
    each streaming speech at 1x; ``fps`` summarises it per session count;
 2. ``first_frame`` (``first_frame.py``): portrait bytes to the first rendered frame of a new session;
 3. ``audio_to_mouth`` (``audio_to_mouth.py``): a pushed speech onset to the first frame sent that carries it;
+   items 1 and 3 run at the engine's default streaming (10-frame chunks, 80 ms lookahead) and again, in
+   ``low_latency``, at ``latency="low"`` (2-frame chunks, 40 ms lookahead); ``latency_configs``
+   (``latency_configs.py``) puts both side by side: designed delay, measured p50 / p99, sessions at 25 fps,
+   whether p50 <= 150 ms, and ``latency_cost``: what each costs in motion windows and compute per frame;
 4. ``memory`` (``sessions.py``): GPU memory at rest, per added session, peak;
 5. ``stage_budget`` (``stage_budget.py``): ms per frame per stage at batch 1 and at the workers' batch, with
    ``torch_compile`` (``compile_probe.py``) tried under a hard time limit;
@@ -14,7 +18,8 @@ plus the component sections kept from the first check (``components.py``: ``rend
 
 Time: every section states its H100 estimate (``PLAN``, ``QUICK_PLAN``) and runs only when the time left
 covers it (``deadline.py``); ``time_budget`` in the JSON says what ran, took how long, and what was skipped.
-The full check is planned for <= 330 s on one H100, ``--quick`` (items 1-4) for <= 170 s. Without a CUDA GPU it
+The full check is planned for <= 330 s on one H100, ``--quick`` (items 1-4, both latency configs) for <= 170 s;
+sections with steps (sessions, audio-to-mouth) stop at their own estimate (``Deadline.section_left``). Without a CUDA GPU it
 refuses, except with ``--dry-run``: the same code on CPU with the miniature networks and short runs (the tests).
 """
 
@@ -31,6 +36,7 @@ from avatarstream.bench.gpu.audio_to_mouth import audio_to_mouth
 from avatarstream.bench.gpu.compile_probe import probe
 from avatarstream.bench.gpu.deadline import Deadline
 from avatarstream.bench.gpu.first_frame import first_frame
+from avatarstream.bench.gpu.latency_configs import LATENCIES, compare, stream_config, streaming, window_cost
 from avatarstream.bench.gpu.plot import plot
 from avatarstream.bench.gpu.product import DRY_RUN_RENDERER, build_product, warm_up
 from avatarstream.bench.gpu.sessions import STEPS, sessions_per_gpu
@@ -41,9 +47,14 @@ from avatarstream.engines.joyvasa.checkpoint import random_motion_generator, sma
 from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
 
 # H100 estimates in seconds per section (setup: random weights written and loaded, one warm-up stream)
-PLAN = {"setup": 60, "sessions": 50, "audio_to_mouth": 40, "first_frame": 15, "stage_budget": 25,
-        "renderer": 15, "parity": 3, "joyvasa": 15, "worker": 18, "motion_worker": 22, "torch_compile": 60}
-QUICK_PLAN = {"setup": 60, "sessions": 40, "audio_to_mouth": 25, "first_frame": 12}
+# (the low-latency config's sessions and audio-to-mouth come right after the default's, before everything else)
+# sessions: steps of warm_s + measure_s + 2 s (+ 0.5 s per session): full 6.5 s, 1..16 in 48 s; low 5.5 s, 1..8 in
+# 30 s; quick 5.5 s, 1..8 in 30 s, low 5 s, 1..8 in 28 s. Audio-to-mouth: ~2 s per onset round + settle + open.
+PLAN = {"setup": 60, "sessions": 48, "audio_to_mouth": 28, "low_latency_sessions": 30,
+        "low_latency_audio_to_mouth": 28, "latency_cost": 8, "first_frame": 12, "stage_budget": 20, "renderer": 12,
+        "parity": 3, "joyvasa": 10, "worker": 13, "motion_worker": 14, "torch_compile": 44}
+QUICK_PLAN = {"setup": 60, "sessions": 32, "audio_to_mouth": 18, "low_latency_sessions": 28,
+              "low_latency_audio_to_mouth": 18, "first_frame": 10}
 BUDGET_S = 330.0  # the whole check, by its own clock (one device call of 480 s leaves room for start-up)
 QUICK_BUDGET_S = 170.0
 COMPILE_MAX_S = 150.0  # torch.compile gets the time left, up to this, as a hard limit (plan: >= 60 s left)
@@ -52,11 +63,14 @@ COMPILE_MAX_S = 150.0  # torch.compile gets the time left, up to this, as a hard
 def _settings(dry_run: bool, quick: bool) -> dict:
     if dry_run:
         return {"steps": (1, 2), "warm_s": 0.5, "measure_s": 1.0, "a2m_onsets": 1, "first_frames": 2, "reps": 1,
+                "low_steps": (1,), "low_warm_s": 0.5, "low_measure_s": 1.0, "cost_audio_s": 4.0, "cost_reps": 2,
                 "renderer_batches": components.BATCHES[:2], "worker_sessions": (1, 2), "worker_s": 0.4,
                 "motion_s": 0.3, "joyvasa_reps": 1}
     if quick:
-        return {"steps": STEPS, "warm_s": 1.5, "measure_s": 3.0, "a2m_onsets": 6, "first_frames": 10}
-    return {"steps": STEPS, "warm_s": 2.0, "measure_s": 4.0, "a2m_onsets": 10, "first_frames": 12, "reps": 10,
+        return {"steps": STEPS, "warm_s": 1.0, "measure_s": 2.5, "a2m_onsets": 5, "first_frames": 10,
+                "low_steps": STEPS, "low_warm_s": 1.0, "low_measure_s": 2.0}
+    return {"steps": STEPS, "warm_s": 1.5, "measure_s": 3.0, "a2m_onsets": 8, "first_frames": 12, "reps": 10,
+            "low_steps": STEPS, "low_warm_s": 1.0, "low_measure_s": 2.5, "cost_audio_s": 4.0, "cost_reps": 2,
             "renderer_batches": components.BATCHES, "worker_sessions": components.SESSIONS, "worker_s": 3.0,
             "motion_s": 2.0, "joyvasa_reps": 4}
 
@@ -88,6 +102,7 @@ def run_bench(opts) -> dict:
     deadline = Deadline(QUICK_BUDGET_S if quick else BUDGET_S)
     if dry_run:  # the CPU is not the H100 the estimates are for: the dry run runs every section
         deadline.total_s = 3600.0
+        deadline.section_limits = False
     cfg = {**_settings(dry_run, quick), "out_dir": out_dir}
     t0 = time.perf_counter()
     result: dict = {
@@ -113,7 +128,8 @@ def run_bench(opts) -> dict:
         product = holder.get("product")
         if product is None:  # the engine did not build: still measure the networks on their own
             why = f"the engine did not build: {result['product'].get('error') or result['product'].get('skipped')}"
-            for name in ("sessions", "memory", "fps", "audio_to_mouth", "first_frame", "stage_budget"):
+            for name in ("sessions", "memory", "fps", "audio_to_mouth", "low_latency", "latency_cost",
+                         "latency_configs", "first_frame", "stage_budget"):
                 result[name] = {"skipped": why}
             if not quick:
                 networks = LivePortraitNetworks.random(0, config=DRY_RUN_RENDERER if dry_run else None).to(device)
@@ -133,28 +149,58 @@ def run_bench(opts) -> dict:
     return result
 
 
+def _a2m_counts(sessions: dict) -> list[int]:
+    largest = _reach(sessions)[0]
+    return [1] + ([largest] if largest and largest != 1 else [])  # the dry run's CPU holds no N: 1 only
+
+
 def _run_sections(result: dict, product, deadline: Deadline, plan: dict, cfg: dict, dry_run: bool, quick: bool) -> None:
     device = product.device
-    result["sessions"] = deadline.run("sessions", plan["sessions"], lambda: sessions_per_gpu(
-        product, deadline, steps=cfg["steps"], warm_s=cfg["warm_s"], measure_s=cfg["measure_s"],
-        stop_below=not dry_run))
+
+    def sessions_and_a2m(prefix: str, steps, warm_s: float, measure_s: float) -> tuple[dict, dict]:
+        """Items 1 and 3 at the engine's current streaming config; each section stops at its own estimate."""
+        name = f"{prefix}sessions"
+        sessions = deadline.run(name, plan[name], lambda: sessions_per_gpu(
+            product, deadline, steps=steps, warm_s=warm_s, measure_s=measure_s, stop_below=not dry_run,
+            time_left=deadline.section_left(plan[name])))
+        name = f"{prefix}audio_to_mouth"
+        # at 1 session: a2m_onsets onsets; at the largest N every session probes, at least 2 each (1 in the dry run)
+        a2m = deadline.run(name, plan[name], lambda: audio_to_mouth(
+            product, _a2m_counts(sessions), onsets_total=cfg["a2m_onsets"], onsets_min=1 if dry_run else 2,
+            settle_s=0.3 if dry_run else 1.0, wait_s=1.5 if dry_run else 3.0,
+            time_left=deadline.section_left(plan[name])))
+        return sessions, a2m
+
+    configs = {name: stream_config(product, name) for name in LATENCIES}
+    with streaming(product, "default"):
+        result["sessions"], result["audio_to_mouth"] = sessions_and_a2m("", cfg["steps"], cfg["warm_s"],
+                                                                        cfg["measure_s"])
     sessions = result["sessions"]
     result["memory"] = sessions.get("memory", {k: v for k, v in sessions.items() if k in ("skipped", "error")})
     result["fps"] = {"per_session_min": {r["sessions"]: r["fps_min"] for r in sessions.get("rows", [])},
                      "per_session_p5": {r["sessions"]: r["fps_p5"] for r in sessions.get("rows", [])},
                      "largest_n_at_25fps": sessions.get("largest_n_at_25fps")}
-    largest, batch, windows = _reach(sessions)
-    counts = [1] + ([largest] if largest and largest != 1 else [])  # the dry run's CPU holds no N: 1 only
-    # at 1 session: a2m_onsets onsets; at the largest N every session probes, at least 2 each (1 in the dry run)
-    result["audio_to_mouth"] = deadline.run("audio_to_mouth", plan["audio_to_mouth"], lambda: audio_to_mouth(
-        product, counts, onsets_total=cfg["a2m_onsets"], onsets_min=1 if dry_run else 2,
-        settle_s=0.3 if dry_run else 1.0, wait_s=1.5 if dry_run else 3.0, time_left=deadline.left))
+    with streaming(product, "low") as low:
+        low_sessions, low_a2m = sessions_and_a2m("low_latency_", cfg["low_steps"], cfg["low_warm_s"],
+                                                 cfg["low_measure_s"])
+        server = product.session_options_source
+    result["low_latency"] = {"engine_option": "latency='low' (avatar serve --latency low)",
+                             "session_options_source": server,
+                             "chunk_frames": low.chunk_frames, "lookahead_ms": low.lookahead_ms,
+                             "sessions": low_sessions, "audio_to_mouth": low_a2m}
+    if quick:
+        result["latency_cost"] = {"skipped": "--quick answers items 1-4 only"}
+    else:
+        result["latency_cost"] = deadline.run("latency_cost", plan["latency_cost"], lambda: window_cost(
+            product, cfg["cost_audio_s"], cfg["cost_reps"]))
+    result["latency_configs"] = compare(result, configs)
     result["first_frame"] = deadline.run("first_frame", plan["first_frame"],
                                          lambda: first_frame(product, cfg["first_frames"], time_left=deadline.left))
     if quick:
         for name in ("stage_budget", "torch_compile", "renderer", "parity", "joyvasa", "worker", "motion_worker"):
             result[name] = {"skipped": "--quick answers items 1-4 only"}
         return
+    _, batch, windows = _reach(sessions)
     result["stage_budget"] = deadline.run("stage_budget", plan["stage_budget"],
                                           lambda: stage_budget(product, batch, windows, cfg["reps"]))
     _component_sections(result, product.engine.renderer("human").networks, product.engine.model, device, deadline,

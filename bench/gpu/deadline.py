@@ -29,12 +29,21 @@ class Deadline:
     total_s: float
     t0: float = field(default_factory=time.perf_counter)
     sections: dict[str, SectionRecord] = field(default_factory=dict)
+    section_limits: bool = True  # False (the CPU dry run): a section's steps are limited by the whole budget only
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
     def left(self) -> float:
         return self.total_s - self.elapsed()
+
+    def section_left(self, estimate_s: float) -> Callable[[], float]:
+        """For a section starting now: seconds left of its own estimate, or of the whole budget if that is less
+        (a section with steps stops at its estimate, so the sections after it keep theirs)."""
+        if not self.section_limits:
+            return self.left
+        end = self.elapsed() + estimate_s
+        return lambda: min(self.left(), end - self.elapsed())
 
     def run(self, name: str, estimate_s: float, fn: Callable[[], dict]) -> dict:
         record = self.sections[name] = SectionRecord(estimate_s=round(estimate_s, 1))

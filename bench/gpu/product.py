@@ -36,7 +36,6 @@ DRY_RUN_RENDERER = LivePortraitConfig(
     warping_module=dict(block_expansion=4, max_features=16, reshape_channel=4, dense_motion_params=dict(
         block_expansion=2, max_features=8, num_blocks=3, reshape_depth=4, compress=1)),
     spade_generator=dict(block_expansion=4, max_features=16, out_channels=4, spade_hidden=4))
-DRY_RUN_STREAM = {"chunk_frames": 2, "lookahead_ms": 40.0}  # the first frames after 2 + 1 frames, not 10 + 2
 
 
 @dataclass
@@ -59,7 +58,7 @@ class Product:
     def describe(self) -> dict:
         e = self.engine
         return {"engine": "joyvasa", "weights": "random values of the real shapes" if not self.dry_run
-                else "random values of miniature shapes (dry run: DRY_RUN_RENDERER, SMALL_CONFIG, chunk 2 frames)",
+                else "random values of miniature shapes (dry run: DRY_RUN_RENDERER, SMALL_CONFIG)",
                 "device": str(self.device), "fp16": e.fp16, "batch_size": e.batch_size,
                 "chunk_frames": e.stream_config.chunk_frames, "lookahead_ms": e.stream_config.lookahead_ms,
                 "diffusion_steps": e.model.schedule().num_steps,
@@ -69,11 +68,16 @@ class Product:
                 "face": self.face.describe(), **self.setup}
 
 
-def _session_options() -> tuple[SessionOptions, str]:
+def session_options(latency: str | None = None) -> tuple[SessionOptions, str]:
+    """The sessions' options as ``avatar serve --engine joyvasa [--latency LATENCY]`` derives them (None: the
+    server's default preset), and where they came from."""
     try:
         from avatarstream.realtime.config import ServerConfig
 
-        return ServerConfig(engine="joyvasa").session_options(size=SIZE), "ServerConfig(engine='joyvasa')"
+        if latency is None:
+            return ServerConfig(engine="joyvasa").session_options(size=SIZE), "ServerConfig(engine='joyvasa')"
+        return (ServerConfig(engine="joyvasa", latency=latency).session_options(size=SIZE),
+                f"ServerConfig(engine='joyvasa', latency={latency!r})")
     except Exception as exc:  # noqa: BLE001 - the server's config did not import here: say so, use the defaults
         return SessionOptions(size=SIZE), f"SessionOptions defaults (ServerConfig failed: {type(exc).__name__}: {exc})"
 
@@ -85,13 +89,13 @@ def build_product(dry_run: bool, workdir: Path, device: torch.device) -> Product
     t1 = time.perf_counter()
     options: dict[str, Any] = {"weights": str(root), "device": device.type}  # "cuda": as avatar serve resolves it
     if dry_run:
-        options.update(liveportrait_config=DRY_RUN_RENDERER, **DRY_RUN_STREAM)
+        options.update(liveportrait_config=DRY_RUN_RENDERER)  # the engine's streaming defaults, as on the GPU
     engine = load_engine("joyvasa", **options)
     assert isinstance(engine, JoyVasaEngine)
     engine.renderer("human")  # the networks load on the first session otherwise (as avatar serve's warm-up does)
     t2 = time.perf_counter()
-    session_options, source = _session_options()
-    return Product(engine, device, dry_run, load_face(), portrait_bytes(), speech(), session_options, source,
+    options_, source = session_options()
+    return Product(engine, device, dry_run, load_face(), portrait_bytes(), speech(), options_, source,
                    {"weights_write_s": round(t1 - t0, 1), "engine_load_s": round(t2 - t1, 1)})
 
 

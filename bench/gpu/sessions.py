@@ -120,8 +120,10 @@ async def measure_step(product: Product, n: int, warm_s: float, measure_s: float
 
 
 def sessions_per_gpu(product: Product, deadline: Deadline, steps=STEPS, warm_s: float = 2.0,
-                     measure_s: float = 5.0, stop_below: bool = True) -> dict:
-    """Item 1 and item 4 (see the module docstring)."""
+                     measure_s: float = 5.0, stop_below: bool = True, time_left=None) -> dict:
+    """Item 1 and item 4 (see the module docstring). ``time_left``: seconds this section may still use
+    (default: the whole budget's ``deadline.left``); a step that would not fit is skipped."""
+    time_left = time_left or deadline.left
     device = product.device
     util = UtilSampler(device)
     at_rest = allocated_mb(device)
@@ -133,8 +135,8 @@ def sessions_per_gpu(product: Product, deadline: Deadline, steps=STEPS, warm_s: 
         if stopped is not None:
             skipped.append({"sessions": n, "why": stopped})
             continue
-        if deadline.left() < step_s + 0.5 * n:
-            skipped.append({"sessions": n, "why": f"time budget: {deadline.left():.0f} s left"})
+        if time_left() < step_s + 0.5 * n:
+            skipped.append({"sessions": n, "why": f"time budget: {time_left():.0f} s left of the section's"})
             continue
         row = run_async(measure_step(product, n, warm_s, measure_s, util))
         rows.append(row)

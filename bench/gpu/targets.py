@@ -6,6 +6,9 @@ from __future__ import annotations
 TARGETS = {
     "sessions_at_25fps": ">= 8 sessions, each delivering 25 fps at 512 x 512 (sessions.largest_n_at_25fps)",
     "audio_to_mouth_p50_ms": "<= 150 ms p50, at 1 session (audio_to_mouth.rows[sessions=1].p50_ms)",
+    "audio_to_mouth_p50_ms_low_latency": "<= 150 ms p50, at 1 session, engine latency='low' "
+                                         "(low_latency.audio_to_mouth.rows[sessions=1].p50_ms; the cost in sessions "
+                                         "is latency_configs.rows[latency=low].largest_n_at_25fps)",
     "first_frame_p50_ms": "<= 300 ms p50 (first_frame.p50_ms, the face given; dlib's CPU time stated apart)",
     "wg_fp16_batched_speedup": ">= 2x per frame: W + G eager FP32 at batch 1 over the best FP16 mode at the "
                                "largest batch (renderer rows)",
@@ -34,16 +37,20 @@ def judge(result: dict, dry_run: bool) -> dict:
     sessions = result.get("sessions") or {}
     a2m_rows = (result.get("audio_to_mouth") or {}).get("rows") or []
     one = next((r for r in a2m_rows if r["sessions"] == 1), None)
+    low_rows = (((result.get("low_latency") or {}).get("audio_to_mouth")) or {}).get("rows") or []
+    low_one = next((r for r in low_rows if r["sessions"] == 1), None)
     first = result.get("first_frame") or {}
     measured = {
         "sessions_at_25fps": {"measured": sessions.get("largest_n_at_25fps")},
         "audio_to_mouth_p50_ms": {"measured": one["p50_ms"] if one else None},
+        "audio_to_mouth_p50_ms_low_latency": {"measured": low_one["p50_ms"] if low_one else None},
         "first_frame_p50_ms": {"measured": first.get("p50_ms")},
         "wg_fp16_batched_speedup": wg_speedup(result),
     }
     checks = {
         "sessions_at_25fps": lambda v: v >= 8,
         "audio_to_mouth_p50_ms": lambda v: v <= 150,
+        "audio_to_mouth_p50_ms_low_latency": lambda v: v <= 150,
         "first_frame_p50_ms": lambda v: v <= 300,
         "wg_fp16_batched_speedup": lambda v: v >= 2.0,
     }

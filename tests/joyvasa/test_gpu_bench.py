@@ -73,6 +73,27 @@ def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
     assert [r["sessions"] for r in a2m["rows"]] == [1] and "AvatarSession" in a2m["path"]
     row = a2m["rows"][0]
     assert row["onsets"] + row["onsets_lost"] >= 1 and row["designed_ms"] == pytest.approx(row["delay_ms"] + 20, abs=0.1)
+    # 1 + 3 again at the engine's latency "low" (2-frame chunks, 40 ms lookahead), side by side with the default
+    low = result["low_latency"]
+    assert (low["chunk_frames"], low["lookahead_ms"]) == (2, 40.0) and "latency='low'" in low["engine_option"]
+    assert low["session_options_source"] == "ServerConfig(engine='joyvasa', latency='low')"  # as --latency low serves
+    assert [r["sessions"] for r in low["sessions"]["rows"]] == [1] and low["sessions"]["rows"][0]["ticks"] > 0
+    low_row = low["audio_to_mouth"]["rows"][0]
+    assert low_row["onsets"] + low_row["onsets_lost"] >= 1
+    assert low_row["delay_frames"] < row["delay_frames"]  # the server's lip-sync delay counts 2 frames, not 11
+    configs = {c["latency"]: c for c in result["latency_configs"]["rows"]}
+    assert (configs["default"]["chunk_frames"], configs["default"]["engine_wait_ms"]) == (10, 440.0)
+    assert (configs["low"]["engine_wait_ms"], configs["low"]["windows_per_s_per_session"]) == (80.0, 12.5)
+    for name, a2m_rows in (("default", a2m["rows"]), ("low", low["audio_to_mouth"]["rows"])):
+        measured = configs[name]["audio_to_mouth"][0]
+        assert measured["designed_ms"] == a2m_rows[0]["designed_ms"] and measured["p50_ms"] == a2m_rows[0]["p50_ms"]
+        assert measured["designed_ms"] == pytest.approx(measured["engine_wait_ms"] + measured["server_margin_ms"]
+                                                        + 20, abs=0.2)
+    cost = {r["latency"]: r for r in result["latency_cost"]["rows"]}
+    assert cost["low"]["windows"] > 3 * cost["default"]["windows"] > 0  # 5x the windows per second of audio
+    assert cost["low"]["frames"] == cost["default"]["frames"] > 0  # the same frames for the same audio
+    assert result["latency_cost"]["low_over_default"]["windows"] == pytest.approx(
+        cost["low"]["windows"] / cost["default"]["windows"], abs=0.01)
     # 4. memory: the weights counted once; the torch.cuda figures null on the CPU, with the reason
     memory = result["memory"]
     assert memory["weights_mb"] > 0 and memory["at_rest_mb"] is None and "CUDA" in memory["unavailable"]
@@ -84,7 +105,8 @@ def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
     assert result["torch_compile"] == {"skipped": "dry run: torch.compile is tried on the GPU"}
     # targets stated, not judged on a CPU
     targets = result["targets"]
-    assert {"sessions_at_25fps", "audio_to_mouth_p50_ms", "first_frame_p50_ms", "wg_fp16_batched_speedup"} <= set(targets)
+    assert {"sessions_at_25fps", "audio_to_mouth_p50_ms", "audio_to_mouth_p50_ms_low_latency", "first_frame_p50_ms",
+            "wg_fp16_batched_speedup"} <= set(targets)
     assert all(t["met"] is None for k, t in targets.items() if k != "note")
 
     # the component sections kept from the first check
@@ -120,6 +142,18 @@ def test_the_time_budget_skips_what_does_not_fit_and_survives_a_failure():
     report = deadline.report()
     assert [s["status"] for s in report["sections"].values()] == ["ran", "skipped", "error"]
     assert report["estimated_s"] == 66.0
+    limited = Deadline(total_s=100.0)
+    assert 4.0 < limited.section_left(5.0)() <= 5.0  # a section with steps stops at its own estimate
+    assert 4.0 < Deadline(total_s=5.0).section_left(50.0)() <= 5.0  # or at the whole budget
+    limited.section_limits = False  # the CPU dry run
+    assert limited.section_left(5.0)() > 99.0
+
+
+def test_the_plans_fit_the_h100_budgets():
+    from avatarstream.bench.gpu import BUDGET_S, PLAN, QUICK_BUDGET_S, QUICK_PLAN
+
+    assert sum(PLAN.values()) <= BUDGET_S <= 360 and sum(QUICK_PLAN.values()) <= QUICK_BUDGET_S <= 180
+    assert {"low_latency_sessions", "low_latency_audio_to_mouth"} <= set(QUICK_PLAN) <= set(PLAN)
 
 
 def test_the_sink_counts_delivered_frames_and_the_onset_of_a_served_session():
