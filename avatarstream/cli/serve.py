@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", default=_default("latency"), choices=list(PRESETS),
                    help="latency preset: 'adaptive' sizes the render margin and the start hold from measurements "
                         "(p99 + guard), 'low' trades smoothness for delay (p90, no guard: ~1 frame in 10 may "
-                        "repeat under load), 'classic' the old fixed 80 ms margin + 60 ms hold (default: %(default)s)")
+                        "repeat under load; joyvasa also streams 2-frame chunks: 80 ms of audio lookahead instead "
+                        "of 440, 5x the motion windows), 'classic' the old fixed 80 ms margin + 60 ms hold (default: %(default)s)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server URL for clients behind NAT (repeatable; none by default)")
     add_capacity_arguments(p)
