@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -43,7 +41,7 @@ import numpy as np
 from avatarstream.bench import capacity_admission
 from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
-from avatarstream.bench.serve_process import free_port, wait_healthy
+from avatarstream.bench.serve_process import ServeProcess
 from avatarstream.engines.base import FPS, EngineError
 from avatarstream.bench.speech import espeak_speech, pcm_bytes, require_espeak
 from avatarstream.bench.viewer_recorder import RecordingViewer
@@ -198,32 +196,10 @@ def ssim_luma(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---- 2. server capacity ---------------------------------------------------------------------------
-class _Server:
+def _start_server(mode: str) -> ServeProcess:
     """``avatar serve`` in a subprocess (its CPU is measured apart from the viewers')."""
-
-    def __init__(self, mode: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(self.port), "--size", str(SIZE),
-               "--max-sessions", "64", "--no-admission", "--video-encoder", mode, "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    async def ready(self, http: aiohttp.ClientSession, timeout: float = 120) -> None:
-        await wait_healthy(http, self.url, self.proc, timeout=timeout, poll_s=0.3)
-
-    def cpu_seconds(self) -> float:
-        import psutil
-
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    return ServeProcess(["--size", str(SIZE), "--max-sessions", "64", "--no-admission", "--video-encoder", mode,
+                         "--log-level", "warning"])
 
 
 class _Session:
@@ -278,7 +254,7 @@ def _viewer_window(viewer: RecordingViewer, t0: float, t1: float) -> tuple[float
     return float(inside.sum() / (t1 - t0)), late[inside]
 
 
-async def _measure(server: _Server, sessions: list[_Session], plan: Plan) -> dict:
+async def _measure(server: ServeProcess, sessions: list[_Session], plan: Plan) -> dict:
     await asyncio.sleep(plan.warmup_s)
     c0, t0 = server.cpu_seconds(), time.monotonic()
     await asyncio.sleep(plan.window_s)
@@ -299,12 +275,12 @@ async def _measure(server: _Server, sessions: list[_Session], plan: Plan) -> dic
 
 
 async def _server_capacity(mode: str, plan: Plan, speech: list[np.ndarray]) -> dict:
-    server = _Server(mode)
+    server = _start_server(mode)
     out: dict = {"mode": mode, "by_sessions": [], "by_viewers": []}
     async with aiohttp.ClientSession() as http:
         sessions: list[_Session] = []
         try:
-            await server.ready(http)
+            await server.ready(http, poll_s=0.3)
             await asyncio.sleep(1.0)
             idle0, t0 = server.cpu_seconds(), time.monotonic()
             await asyncio.sleep(plan.window_s)

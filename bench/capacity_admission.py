@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ import numpy as np
 
 from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
-from avatarstream.bench.serve_process import free_port, wait_healthy
+from avatarstream.bench.serve_process import ServeProcess
 from avatarstream.bench.speech import pcm_bytes
 from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient, ClientError
@@ -61,31 +59,11 @@ def mix_plan(quick: bool, seconds: float) -> MixPlan:
     return MixPlan(asked=8, settle_s=4.5, window_s=max(4.0, min(seconds, 10.0)), admission_window_s=3.0)
 
 
-class _Serve:
+def _start_server(admission: bool, plan: MixPlan) -> ServeProcess:
     """``avatar serve`` in a subprocess, admission on or off."""
-
-    def __init__(self, admission: bool, plan: MixPlan) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        cmd = [sys.executable, "-m", "avatarstream.cli", "serve", "--port", self.url.rsplit(":", 1)[1],
-               "--size", str(SIZE), "--video-encoder", "shared", "--admission-window", str(plan.admission_window_s),
-               "--log-level", "warning"]
-        if not admission:
-            cmd.append("--no-admission")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def cpu_seconds(self) -> float:
-        import psutil
-
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    args = ["--size", str(SIZE), "--video-encoder", "shared", "--admission-window", str(plan.admission_window_s),
+            "--log-level", "warning"]
+    return ServeProcess([*args, "--no-admission"] if not admission else args)
 
 
 @dataclass
@@ -158,12 +136,12 @@ async def _watch(http: aiohttp.ClientSession, asked: _Asked, speech: list[np.nda
 
 
 async def _run_setting(admission: bool, plan: MixPlan, speech: list[np.ndarray]) -> dict:
-    server = _Serve(admission, plan)
+    server = _start_server(admission, plan)
     out: dict = {"admission": admission, "asked": plan.asked}
     sessions: list[_Asked] = []
     async with aiohttp.ClientSession() as http:
         try:
-            await wait_healthy(http, server.url, server.proc)
+            await server.ready(http)
             await asyncio.sleep(plan.admission_window_s)  # the server's own base cost, measured alone
             refused_at_create: list[str] = []
             for i in range(plan.asked):
