@@ -158,6 +158,12 @@ def latency_engine_options(engine: str, latency: str) -> dict[str, str]:
     return {}
 
 
+def serve_engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options ``avatar serve`` passes from its flags: ``--backend`` / ``--engines-dir`` and what
+    ``--latency`` selects in the engine (``latency_engine_options``)."""
+    return {**backend_options(args), **latency_engine_options(args.engine, args.latency)}
+
+
 def _accepted(name: str, options: dict) -> dict:
     """The server passes --weights along for every engine; keep only the options ``name`` declares."""
     from avatarstream.engines.registry import engine_options
@@ -190,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                           f"--engine {args.engine}', or serve with one of: "
                           f"{', '.join(n for n in engine_names() if engine_capabilities(n).streams)}")
     args.size = resolve_size(caps, args.size)
-    engine_options = {**backend_options(args), **latency_engine_options(args.engine, args.latency)}
+    engine_options = serve_engine_options(args)
     config = ServerConfig(image=args.image, engine=args.engine, weights=args.weights, host=args.host, port=args.port,
                           max_sessions=args.max_sessions or None, size=args.size, idle_timeout=args.idle_timeout,
                           viewer_connect_timeout=args.viewer_connect_timeout,

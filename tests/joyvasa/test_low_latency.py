@@ -4,10 +4,12 @@ low`` selects it. Miniature motion generator and renderer, random weights, CPU."
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
-from avatarstream.cli.serve import latency_engine_options
+from avatarstream.cli.serve import add_arguments, latency_engine_options, serve_engine_options
 from avatarstream.engines.base import SAMPLES_PER_FRAME, EngineError
 from avatarstream.engines.joyvasa.options import STREAM_LATENCIES, JoyVasaOptions
 from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
@@ -32,6 +34,11 @@ def test_the_servers_low_preset_selects_the_engines_low_latency():
     assert latency_engine_options("joyvasa", "low") == {"latency": "low"}
     assert latency_engine_options("joyvasa", "adaptive") == {} == latency_engine_options("joyvasa", "classic")
     assert latency_engine_options("lite", "low") == {}  # lite has no such option: nothing is passed
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--engine", "joyvasa", "--latency", "low", "--backend", "torch"])
+    assert serve_engine_options(args) == {"backend": "torch", "latency": "low"}  # what avatar serve loads it with
+    assert serve_engine_options(parser.parse_args(["--engine", "joyvasa"])) == {}  # adaptive: the engine's default
 
 
 def _frames_available(gen: StreamingMotionGenerator, audio: np.ndarray) -> list[int]:
