@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -161,7 +162,16 @@ def sum_counters(blocks: list[dict]) -> dict:
     return out
 
 
-async def _bench(opts: BenchOptions) -> dict:
+BlockRunner = Callable[[aiohttp.ClientSession, str, str, SessionRegistry, list[np.ndarray]], Awaitable[None]]
+
+
+async def alternate_presets(opts: BenchOptions, run_block: BlockRunner) -> dict:
+    """Speak the bench's utterances (3 with ``--quick``, else 2 per second of ``--seconds``, at least 8) in
+    rounds of blocks of up to ``UTTERANCES_PER_BLOCK``: ``run_block(http, preset, url, registry, utterances)``
+    for one preset at a time (so each runs alone), each preset going first in turn (so each meets the
+    machine's changing load as the others do); one server per preset in this process, cleaned up at the end.
+    Returns the result's common fields (``presets`` left empty for the caller) with the load average before
+    and after (other work on the machine skews timings)."""
     n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
     n_rounds = 1 if opts.quick else -(-n_utterances // UTTERANCES_PER_BLOCK)
     speech = [espeak_speech(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
@@ -170,35 +180,43 @@ async def _bench(opts: BenchOptions) -> dict:
     result: dict = {"size": SIZE, "engine": "lite", "rounds": n_rounds, "utterances": n_utterances,
                     "presets": {}, "load_average_before": load_average()}
     servers = {p: await start_server(p) for p in PRESETS}  # an unwatched server costs next to nothing
+    try:
+        for r in tqdm(range(n_rounds), desc="rounds", unit="round"):
+            for preset in PRESETS[r % 3:] + PRESETS[:r % 3]:  # each preset goes first in turn
+                url, registry, _ = servers[preset]
+                await run_block(http, preset, url, registry, speech[r * per_block:(r + 1) * per_block])
+    finally:
+        for _, _, runner in servers.values():
+            await runner.cleanup()
+        await http.close()
+    result["load_average_after"] = load_average()
+    return result
+
+
+async def _bench(opts: BenchOptions) -> dict:
     first: dict[str, list[tuple[float, float, float]]] = {p: [] for p in PRESETS}
     to_started: dict[str, list[float]] = {p: [] for p in PRESETS}
     mouth: dict[str, tuple[list[float], list[float]]] = {p: ([], []) for p in PRESETS}
     detection: dict[str, list[dict]] = {p: [] for p in PRESETS}
     figures: dict[str, list[dict]] = {p: [] for p in PRESETS}
-    try:
-        # rounds of blocks, one preset at a time (so each runs alone), the presets alternating (so each
-        # meets the machine's changing load as the others do)
-        for r in tqdm(range(n_rounds), desc="rounds", unit="round"):
-            for preset in PRESETS[r % 3:] + PRESETS[:r % 3]:  # each preset goes first in turn
-                url, registry, _ = servers[preset]
-                first[preset].append(await _create_to_first_frame(http, url))
-                block = _Speaker(preset, url, registry)
-                await block.open(http)
-                for audio in speech[r * per_block:(r + 1) * per_block]:
-                    await block.say(audio)
-                    await asyncio.sleep(0.6)  # back to idle between utterances
-                figures[preset].append(await block.close())
-                to_started[preset] += block.to_started
-                viewer_s, sender_s, info = _mouth_latencies(block.viewer.recording, block.pushes, block.t_idle_end)
-                info.pop("_series")
-                mouth[preset][0].extend(viewer_s)
-                mouth[preset][1].extend(sender_s)
-                detection[preset].append(info)
-    finally:
-        for _, _, runner in servers.values():
-            await runner.cleanup()
-        await http.close()
-    result["load_average_after"] = load_average()  # other work on the machine skews timings
+
+    async def run_block(http: aiohttp.ClientSession, preset: str, url: str, registry: SessionRegistry,
+                        utterances: list[np.ndarray]) -> None:
+        first[preset].append(await _create_to_first_frame(http, url))
+        block = _Speaker(preset, url, registry)
+        await block.open(http)
+        for audio in utterances:
+            await block.say(audio)
+            await asyncio.sleep(0.6)  # back to idle between utterances
+        figures[preset].append(await block.close())
+        to_started[preset] += block.to_started
+        viewer_s, sender_s, info = mouth_latencies(block.viewer.recording, block.pushes, block.t_idle_end)
+        info.pop("_series")
+        mouth[preset][0].extend(viewer_s)
+        mouth[preset][1].extend(sender_s)
+        detection[preset].append(info)
+
+    result = await alternate_presets(opts, run_block)
 
     for preset in PRESETS:
         create, join, total = (list(x) for x in zip(*first[preset], strict=True))
@@ -211,10 +229,10 @@ async def _bench(opts: BenchOptions) -> dict:
         }
     result["side_by_side"] = side_by_side(result["presets"], "push_to_mouth_ms")
     curves = {p: (to_started[p], mouth[p][0], mouth[p][1]) for p in PRESETS}
-    result["plot"] = str(_plot(opts.out_dir, curves, "api_latency.png",
-                               "agent API: push -> mouth by latency preset (lite engine, 512x512, 127.0.0.1)",
-                               [("push -> mouth at the viewer", 1), ("push -> mouth at the sender", 2),
-                                ("push -> playback_started", 0)]))
+    result["plot"] = str(plot_cdfs(opts.out_dir, curves, "api_latency.png",
+                                   "agent API: push -> mouth by latency preset (lite engine, 512x512, 127.0.0.1)",
+                                   [("push -> mouth at the viewer", 1), ("push -> mouth at the sender", 2),
+                                    ("push -> playback_started", 0)]))
     return result
 
 
@@ -233,8 +251,8 @@ def side_by_side(presets: dict, key: str) -> list[dict]:
     return rows
 
 
-def _mouth_latencies(rec: Recording, pushes: list[tuple[float, float, float]],
-                     t_idle_end: float) -> tuple[list[float], list[float], dict[str, Any]]:
+def mouth_latencies(rec: Recording, pushes: list[tuple[float, float, float]],
+                    t_idle_end: float) -> tuple[list[float], list[float], dict[str, Any]]:
     """Per utterance: first frame after the push whose mouth opening clearly exceeds idle motion."""
 
     arrivals = np.array([v.t for v in rec.video])
@@ -257,8 +275,8 @@ def _mouth_latencies(rec: Recording, pushes: list[tuple[float, float, float]],
     return viewer, sender, info
 
 
-def _plot(out_dir: Path, curves: dict[str, tuple], name: str, title: str,
-          panels: list[tuple[str, int]]) -> Path:
+def plot_cdfs(out_dir: Path, curves: dict[str, tuple], name: str, title: str,
+              panels: list[tuple[str, int]]) -> Path:
     """One panel per ``(title, index into each preset's curves)``: the CDF of each preset's values."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8), sharex=True)

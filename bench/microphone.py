@@ -32,12 +32,10 @@ import numpy as np
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
-from tqdm import tqdm
 
-from avatarstream.bench.api_latency import (PRESETS, SIZE, UTTERANCES, UTTERANCES_PER_BLOCK, _mouth_latencies, _plot, server_figures,
-                                            side_by_side, speech_onset, start_server, stats_ms, sum_counters)
-from avatarstream.bench.machine import load_average
-from avatarstream.bench.speech import espeak_speech, require_espeak
+from avatarstream.bench.api_latency import (PRESETS, SIZE, alternate_presets, mouth_latencies, plot_cdfs, server_figures,
+                                            side_by_side, speech_onset, stats_ms, sum_counters)
+from avatarstream.bench.speech import require_espeak
 from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.engines.base import SAMPLE_RATE, EngineError
 from avatarstream.realtime.client import AvatarClient
@@ -167,38 +165,25 @@ async def _block(http: aiohttp.ClientSession, url: str, registry: SessionRegistr
     left = microphone.left_at
     pushes = [(left[p // PACKET][0], left[p // PACKET][1], seconds) for p, seconds in onsets]
     t_idle_end = pushes[0][0] - 0.2
-    viewer_s, sender_s, detection = _mouth_latencies(viewer.recording, pushes, t_idle_end)
+    viewer_s, sender_s, detection = mouth_latencies(viewer.recording, pushes, t_idle_end)
     detection.pop("_series")
     return viewer_s, sender_s, detection, figures
 
 
 async def _bench(opts: BenchOptions) -> dict:
-    n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
-    n_rounds = 1 if opts.quick else -(-n_utterances // UTTERANCES_PER_BLOCK)
-    speech = [espeak_speech(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
-    per_block = -(-n_utterances // n_rounds)
-    http = aiohttp.ClientSession()
-    result: dict = {"size": SIZE, "engine": "lite", "rounds": n_rounds, "utterances": n_utterances,
-                    "presets": {}, "load_average_before": load_average()}
-    servers = {p: await start_server(p) for p in PRESETS}
     mouth: dict[str, tuple[list[float], list[float]]] = {p: ([], []) for p in PRESETS}
     detection: dict[str, list[dict]] = {p: [] for p in PRESETS}
     figures: dict[str, list[dict]] = {p: [] for p in PRESETS}
-    try:
-        for r in tqdm(range(n_rounds), desc="rounds", unit="round"):
-            for preset in PRESETS[r % 3:] + PRESETS[:r % 3]:  # each preset goes first in turn
-                url, registry, _ = servers[preset]
-                viewer_s, sender_s, info, server = await _block(http, url, registry,
-                                                                speech[r * per_block:(r + 1) * per_block])
-                mouth[preset][0].extend(viewer_s)
-                mouth[preset][1].extend(sender_s)
-                detection[preset].append(info)
-                figures[preset].append(server)
-    finally:
-        for _, _, runner in servers.values():
-            await runner.cleanup()
-        await http.close()
-    result["load_average_after"] = load_average()
+
+    async def run_block(http: aiohttp.ClientSession, preset: str, url: str, registry: SessionRegistry,
+                        utterances: list[np.ndarray]) -> None:
+        viewer_s, sender_s, info, server = await _block(http, url, registry, utterances)
+        mouth[preset][0].extend(viewer_s)
+        mouth[preset][1].extend(sender_s)
+        detection[preset].append(info)
+        figures[preset].append(server)
+
+    result = await alternate_presets(opts, run_block)
     for preset in PRESETS:
         server = sum_counters(figures[preset])
         server["standing_queue_ms_p50"] = [f["standing_queue_ms_p50"] for f in figures[preset]]
@@ -213,8 +198,8 @@ async def _bench(opts: BenchOptions) -> dict:
         row.update(input_jitter_ms=srv["input_jitter_ms"], standing_queue_ms_p50=srv["standing_queue_ms_p50"],
                    mic_dropped_ms=srv["mic_dropped_ms"])
     curves = {p: mouth[p] for p in PRESETS}
-    result["plot"] = str(_plot(opts.out_dir, curves, "microphone_latency.png",
-                               "microphone: speech leaving the client -> mouth, by latency preset "
-                               "(lite, 512x512, 127.0.0.1)",
-                               [("speech -> mouth at the viewer", 0), ("speech -> mouth at the sender", 1)]))
+    result["plot"] = str(plot_cdfs(opts.out_dir, curves, "microphone_latency.png",
+                                   "microphone: speech leaving the client -> mouth, by latency preset "
+                                   "(lite, 512x512, 127.0.0.1)",
+                                   [("speech -> mouth at the viewer", 0), ("speech -> mouth at the sender", 1)]))
     return result
