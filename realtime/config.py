@@ -13,7 +13,7 @@ from typing import Any
 from avatarstream.engines.base import AvatarEngine, Portrait
 from avatarstream.engines.registry import engine_capabilities
 from avatarstream.realtime.session.admission import AdmissionPolicy
-from avatarstream.realtime.session.latency import LatencySettings, latency_preset
+from avatarstream.realtime.session.latency import ADAPTIVE, LatencySettings, latency_preset
 from avatarstream.realtime.session.session import SessionOptions
 from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, EncoderMode, VideoEncoding
 
@@ -36,7 +36,7 @@ class ServerConfig:
     idle_timeout: float = 300.0  # s without a connected viewer or input before a session is closed
     viewer_connect_timeout: float = 15.0  # s a WebRTC viewer may take to connect (ICE + DTLS)
     max_viewers_per_session: int = 8
-    latency: str = "adaptive"  # latency preset (realtime/session/latency.py): classic, adaptive or low
+    latency: str = ADAPTIVE.name  # latency preset (realtime/session/latency.py): classic, adaptive (default) or low
     ice_servers: list[str] = field(default_factory=list)  # STUN/TURN URLs for clients behind NAT
     api_key: str | None = None  # None: from $AVATARSTREAM_API_KEY; "" or unset there: no key
     insecure: bool = False  # allow a non-loopback host without an API key
