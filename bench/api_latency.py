@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
-from avatarstream.bench.speech import espeak_speech, pcm_bytes, require_espeak
+from avatarstream.bench.speech import espeak_speech, pcm_bytes, require_espeak, speech_onset
 from avatarstream.engines.base import EngineError
 from avatarstream.bench.viewer_recorder import Recording, RecordingViewer, mouth_openings
 from avatarstream.realtime.client import AvatarClient
@@ -57,14 +57,6 @@ def run_bench(opts: BenchOptions) -> dict:
         raise EngineError("the api benchmark runs the lite engine on the CPU; use --device cpu")
     require_espeak("api")
     return asyncio.run(_bench(opts))
-
-
-def speech_onset(audio: np.ndarray, rate: int = 16000, threshold: float = 0.02) -> float:
-    """Seconds of leading silence in ``audio`` (first 10 ms window louder than ``threshold``)."""
-    hop = rate // 100
-    n = audio.size // hop
-    loud = np.nonzero(np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1)) > threshold)[0]
-    return float(loud[0] * hop / rate) if loud.size else 0.0
 
 
 def stats_ms(values_s: list[float]) -> dict:

@@ -34,8 +34,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from avatarstream.bench.api_latency import (PRESETS, SIZE, alternate_presets, mouth_latencies, plot_cdfs, server_figures,
-                                            side_by_side, speech_onset, stats_ms, sum_counters)
-from avatarstream.bench.speech import require_espeak
+                                            side_by_side, stats_ms, sum_counters)
+from avatarstream.bench.speech import require_espeak, speech_onset
 from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.engines.base import SAMPLE_RATE, EngineError
 from avatarstream.realtime.client import AvatarClient

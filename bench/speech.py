@@ -1,5 +1,6 @@
 """Speech the suites feed the engines and the server: espeak-ng sentences (16 kHz mono float32), a speech-like
-synthetic signal where espeak-ng is not needed, and the WebSocket's PCM bytes."""
+synthetic signal where espeak-ng is not needed, the WebSocket's PCM bytes, and where a sentence's leading
+silence ends."""
 
 from __future__ import annotations
 
@@ -65,3 +66,11 @@ def speechlike_audio(seconds: float, seed: int = 0) -> np.ndarray:
 def pcm_bytes(audio: np.ndarray) -> bytes:
     """float audio in [-1, 1] as little-endian 16-bit PCM (what the agent WebSocket carries)."""
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def speech_onset(audio: np.ndarray, rate: int = 16000, threshold: float = 0.02) -> float:
+    """Seconds of leading silence in ``audio`` (first 10 ms window louder than ``threshold``)."""
+    hop = rate // 100
+    n = audio.size // hop
+    loud = np.nonzero(np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1)) > threshold)[0]
+    return float(loud[0] * hop / rate) if loud.size else 0.0
