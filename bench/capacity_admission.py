@@ -30,6 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -169,7 +170,7 @@ async def _run_setting(admission: bool, plan: MixPlan, speech: list[np.ndarray])
             m1, after = await _counters(http, server.url)
             async with http.get(f"{server.url}/health") as resp:
                 health = await resp.json()
-            per_session = []
+            per_session: list[dict[str, Any]] = []
             for s in sessions:
                 fps = received = None
                 info = s.client.session

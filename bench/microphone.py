@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import aiohttp
 import numpy as np
@@ -132,7 +132,7 @@ class MicrophoneClient(RecordingViewer):
                 raise RuntimeError(f"offer refused: {resp.status} {answer}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         for transceiver in pc.getTransceivers():
-            self._capture_sender_reports(transceiver.receiver, cast(str, transceiver.kind))
+            self._capture_sender_reports(transceiver.receiver, transceiver.kind)
 
 
 async def _block(http: aiohttp.ClientSession, url: str, registry: SessionRegistry,
