@@ -57,7 +57,7 @@ class InputArrival:
     def jitter_ms(self) -> float:
         """The allowance ``J`` (ms): the quantile of recent lateness + guard, or the start value."""
         s = self.settings
-        if len(self._lateness) < s.margin_min_samples:
+        if len(self._lateness) < s.min_samples:
             return s.jitter_start_ms
         return float(np.percentile(self._lateness, s.jitter_quantile)) + s.jitter_guard_ms
 

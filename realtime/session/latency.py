@@ -38,13 +38,13 @@ class LatencySettings:
     margin_ms: float | None = None  # fixed render margin; None: measured
     margin_quantile: float = 99.0  # measured margin: this quantile of the render times (ms) ...
     margin_guard_ms: float = 5.0  # ... plus this
-    margin_start_ms: float = 80.0  # margin until ``margin_min_samples`` render times are measured
-    margin_min_samples: int = 25  # 1 s of frames
+    margin_start_ms: float = 80.0  # margin until ``min_samples`` render times are measured
+    min_samples: int = 25  # measurements (1 s of frames) a measured margin or jitter waits for
     window: int = 250  # render times (and input arrivals) a measured setting looks at: 10 s of frames
     start_threshold_ms: float | None = None  # fixed start threshold; None: from the input's jitter
     jitter_quantile: float = 99.0
     jitter_guard_ms: float = 2.0
-    jitter_start_ms: float = 20.0  # jitter assumed until ``margin_min_samples`` arrivals are measured
+    jitter_start_ms: float = 20.0  # jitter assumed until ``min_samples`` arrivals are measured
     mic_receive_packets: int = 0  # packets aiortc's receiver holds before decoding a microphone
 
     def __post_init__(self) -> None:
@@ -57,8 +57,8 @@ class LatencySettings:
                 raise ValueError(f"{name} must be between 50 and 100, got {getattr(self, name)}")
         if not 0 <= self.mic_receive_packets <= 8:
             raise ValueError(f"mic_receive_packets must be between 0 and 8, got {self.mic_receive_packets}")
-        if self.window < self.margin_min_samples or self.margin_min_samples < 1:
-            raise ValueError("window must hold at least margin_min_samples (>= 1) measurements")
+        if self.window < self.min_samples or self.min_samples < 1:
+            raise ValueError("window must hold at least min_samples (>= 1) measurements")
 
     @property
     def measured_margin(self) -> bool:

@@ -5,7 +5,7 @@ in the output ring before slot ``c`` is sent. The session records each frame's *
 last needed audio taken -> the frame filed (the engine's feed on the pump's worker thread, waiting
 for that worker included, in ms). The margin is a quantile of the last ``window`` render times
 plus a guard, so it follows the session's own engine and rises when the machine gets loaded; until
-``min_samples`` are measured it is ``start_ms``. A fixed margin ignores the measurements.
+``min_samples`` are measured it is ``margin_start_ms``. A fixed margin ignores the measurements.
 
 Cost: O(1) per recorded frame; ``margin_ms()`` sorts at most ``window`` floats (about 20 us for
 250) and is recomputed at most once every ``recompute_every`` records.
@@ -44,7 +44,7 @@ class RenderMargin:
     def margin_ms(self) -> float:
         """The margin to plan with now (ms): fixed, or the measured quantile + guard."""
         s = self.settings
-        if s.margin_ms is not None or len(self._times) < s.margin_min_samples:
+        if s.margin_ms is not None or len(self._times) < s.min_samples:
             return self._margin
         if self._since >= self._recompute_every or not self._measured:
             self._since, self._measured = 0, True

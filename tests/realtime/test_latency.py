@@ -167,7 +167,7 @@ async def test_events_fire_at_the_tick_that_sends_their_slot(bar_engine):
 
 
 def test_render_margin_is_a_quantile_plus_guard_after_warm_up():
-    m = RenderMargin(LatencySettings(margin_quantile=99, margin_guard_ms=5, margin_min_samples=25, window=100))
+    m = RenderMargin(LatencySettings(margin_quantile=99, margin_guard_ms=5, min_samples=25, window=100))
     assert m.margin_ms() == 80.0  # the start value
     for i in range(100):
         m.record(10.0 + (i % 10))  # 10..19 ms
