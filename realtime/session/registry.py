@@ -165,7 +165,7 @@ class SessionRegistry:
             self._sessions[session.id] = session
             self.sessions_started += 1
             session.on_close(self._forget)
-            log.info("session %s started (%d active)", session.id, len(self._sessions))
+            log.info("session %s started (%d open)", session.id, len(self._sessions))
             return session
         finally:
             self._reserved -= 1
@@ -185,7 +185,7 @@ class SessionRegistry:
         if s is not None:
             self._sessions.pop(s.id, None)
             await s.close()
-            log.info("session %s closed (%d active)", s.id, len(self._sessions))
+            log.info("session %s closed (%d open)", s.id, len(self._sessions))
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close(s) for s in list(self._sessions.values())), return_exceptions=True)
