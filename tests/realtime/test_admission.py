@@ -87,7 +87,7 @@ def test_unwatched_session_does_not_lock_the_server_out():
 def test_late_viewer_of_an_unwatched_session_is_refused_and_the_watched_keep_24_fps():
     """A 0.5-core budget. Five unwatched sessions are all admitted; then each gets a viewer, one
     by one: the first ones are admitted until their measured cost fills the budget, the next
-    viewer (WHEP, and the agent's socket) gets 503 + Retry-After with the figures; the admitted
+    viewer (WHEP, and the agent's socket; /say with nobody watching, too) gets 503 + Retry-After with the figures; the admitted
     sessions keep >= 24 fps; once a viewer leaves, the refused session may start."""
 
     async def main():
@@ -128,6 +128,12 @@ def test_late_viewer_of_an_unwatched_session_is_refused_and_the_watched_keep_24_
                 raise AssertionError("the agent's socket was admitted beyond capacity")
             except aiohttp.WSServerHandshakeError as exc:
                 assert exc.status == 503
+            # speech with nobody watching would make it render too: /say is refused the same way
+            async with http.post(f"{url}/v1/sessions/{refused.session.id}/say", json={"text": "Hello there."},
+                                 headers={"Authorization": f"Bearer {refused.session.token}"}) as resp:
+                body = await resp.json()
+                assert resp.status == 503 and resp.headers["Retry-After"] == "2", (resp.status, body)
+                assert body["error"] == "session_limit" and "24 fps" in body["message"], body
 
             health = await _health(http, url)
             cap = health["capacity"]
