@@ -1,8 +1,8 @@
 """Run the ``avatar`` command straight from a source tree that is not pip-installed.
 
 The installed package maps the repository's folders under ``avatarstream`` (``engines/`` is
-``avatarstream.engines``...; pyproject's package-dir). A machine that only received the working tree (the GPU
-check machine: torch with CUDA, no pip install of this project) gets the same mapping here::
+``avatarstream.engines``...; pyproject.toml's package-dir, which is read here too). A machine that only received
+the working tree (the GPU check machine: torch with CUDA, no pip install of this project) gets the same mapping::
 
     python avatarstream/cli/tree_runner.py bench --suite gpu --out docs/gpu
 """
@@ -11,11 +11,25 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("bench", "engines", "export", "realtime", "web")  # as pyproject.toml [tool.setuptools.package-dir]
+
+
+def package_dir(root: Path = ROOT) -> dict[str, str]:
+    """pyproject.toml's ``[tool.setuptools.package-dir]``: installed package -> repository folder."""
+    text = (root / "pyproject.toml").read_text()
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10 (a GPU machine's system python): the table's `"a.b" = "c"` lines
+        table = re.search(r"^\[tool\.setuptools\.package-dir\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+        if table is None:
+            raise ImportError(f"no [tool.setuptools.package-dir] in {root / 'pyproject.toml'}") from None
+        return dict(re.findall(r'^\s*"([\w.]+)"\s*=\s*"([\w./-]+)"', table.group(1), re.M))
+    mapping: dict[str, str] = tomllib.loads(text)["tool"]["setuptools"]["package-dir"]
+    return mapping
 
 
 def map_tree(root: Path = ROOT) -> None:
@@ -26,16 +40,18 @@ def map_tree(root: Path = ROOT) -> None:
     package = importlib.import_module("avatarstream")
     if package.__file__ is None or Path(package.__file__).resolve().parent != root / "avatarstream":
         raise ImportError(f"avatarstream resolved to {package.__file__}, not the tree at {root}")
-    for name in SUBPACKAGES:
-        full = f"avatarstream.{name}"
-        spec = importlib.util.spec_from_file_location(full, root / name / "__init__.py",
-                                                      submodule_search_locations=[str(root / name)])
+    for full, folder in sorted(package_dir(root).items()):  # parents before their subpackages
+        if full == "avatarstream":
+            continue
+        spec = importlib.util.spec_from_file_location(full, root / folder / "__init__.py",
+                                                      submodule_search_locations=[str(root / folder)])
         if spec is None or spec.loader is None:
-            raise ImportError(f"cannot map {root / name} as {full}")
+            raise ImportError(f"cannot map {root / folder} as {full}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[full] = module
         spec.loader.exec_module(module)
-        setattr(package, name, module)
+        parent, _, name = full.rpartition(".")
+        setattr(sys.modules[parent], name, module)
 
 
 def main(argv: list[str] | None = None) -> int:
