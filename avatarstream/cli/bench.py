@@ -28,6 +28,10 @@ SUITES: dict[str, str] = {
     "gpu": "avatarstream.bench.gpu",
     "portraits": "avatarstream.bench.portraits",
 }
+# Suites that send WebRTC media between a server and a client started here: they run in a private network
+# namespace where they can (avatarstream.bench.private_network), so the media never meets on this machine's
+# outward address; the JSON's "network" says where they ran.
+MEDIA_SUITES = frozenset({"api", "microphone", "soak", "capacity", "placement"})
 
 
 @dataclass
@@ -68,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         dry_run=getattr(args, "dry_run", False),
     )
     opts.out_dir.mkdir(parents=True, exist_ok=True)
+    network = None
+    if args.suite in MEDIA_SUITES:  # before the suite starts any thread or process
+        from avatarstream.bench.private_network import enter_private_network
+
+        network = enter_private_network().describe()
     module = importlib.import_module(SUITES[args.suite])
     from avatarstream.bench.machine import machine_info  # measurement is imported only when a suite runs
     t0 = time.time()
@@ -80,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine_info(),
         "result": result,
     }
+    if network is not None:
+        report["network"] = network
     path = opts.out_dir / f"{args.suite}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
     json.dump(result, sys.stdout, indent=2, default=str)
