@@ -1,6 +1,7 @@
 """Pytest plugin: the suite runs in a private network, and a test that addresses anything else fails.
 
-At configure time (main thread, before any test or thread starts) the test process enters the private network of
+When tests/conftest.py imports this plugin (the main thread, before other conftests, plugins or tests can start a
+thread; threads started earlier would stay outside) the test process enters the private network of
 ``avatarstream.bench.private_network``: a namespace with loopback and 10.230.0.1 on a veth pair, nothing else.
 Servers, clients, Chromium, Ray nodes and ``ip netns`` machines started by tests inherit it, so WebRTC media meets
 on 10.230.0.1 and can never go to this machine's outward address.
@@ -112,6 +113,7 @@ def _judge(host: str) -> str:
 
 
 GUARD = NetworkGuard()
+NETWORK = enter_private_network()
 _state: dict[str, object] = {}
 
 
@@ -129,7 +131,7 @@ def _mode() -> str:
 def pytest_configure(config: pytest.Config) -> None:
     if "network" in _state:
         return
-    network = enter_private_network()
+    network = NETWORK
     mode = os.environ.get(MODE_ENV) or ("fail" if network.private else "report")
     if mode not in ("fail", "report", "off"):
         raise pytest.UsageError(f"{MODE_ENV} must be fail, report or off, not {mode!r}")
