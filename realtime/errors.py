@@ -63,6 +63,20 @@ class Conflict(ServerError):
     code = "conflict"
 
 
+class PreconditionFailed(ServerError):
+    """An ``If-Match`` that does not name the resource's current ETag (WHEP's ICE session)."""
+
+    status = 412
+    code = "precondition_failed"
+
+
+class NotSupported(ServerError):
+    """A known request this server does not implement (WHEP: an ICE restart)."""
+
+    status = 501
+    code = "not_implemented"
+
+
 class TooLarge(ServerError):
     status = 413
     code = "too_large"

@@ -17,8 +17,9 @@ from avatarstream.engines.portraits import load_portrait
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http import metrics, page, sessions, signalling
 from avatarstream.realtime.http.cors import cors_middleware
+from avatarstream.realtime.http.ended import EndedResources
 from avatarstream.realtime.http.errors import error_middleware
-from avatarstream.realtime.http.keys import CONFIG, REGISTRY
+from avatarstream.realtime.http.keys import CONFIG, ENDED, REGISTRY
 from avatarstream.realtime.session.registry import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,13 @@ def create_app(config: ServerConfig) -> web.Application:
     """Build the application; the portrait is loaded (and checked readable) here."""
     portrait = config.portrait or load_portrait(config.image)
     registry = SessionRegistry(config, portrait)
-    # error_middleware is outermost but for the metrics' count: a refusal by the CORS policy gets the same
-    # JSON error shape, and every response (with its error code) is counted
+    # outermost the metrics' count (every response, with its error code), then CORS (its headers on every
+    # response to an allowed origin, errors included), then the one error mapping
     app = web.Application(client_max_size=MAX_BODY_BYTES,
-                          middlewares=[metrics.metrics_middleware, error_middleware, cors_middleware])
+                          middlewares=[metrics.metrics_middleware, cors_middleware, error_middleware])
     app[CONFIG] = config
     app[REGISTRY] = registry
+    app[ENDED] = EndedResources()  # WHEP resources that ended lately: their DELETE stays idempotent
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_static("/static/", WEB_DIR, show_index=False)

@@ -18,6 +18,7 @@ import hmac
 from aiohttp import web
 
 from avatarstream.realtime.errors import Forbidden, NotFound, Unauthorized
+from avatarstream.realtime.http.ended import EndedResource
 from avatarstream.realtime.session.registry import SessionRegistry
 from avatarstream.realtime.session.session import AvatarSession
 
@@ -76,3 +77,19 @@ def authorize_session(request: web.Request, registry: SessionRegistry, session_i
     if session is None:
         raise NotFound("no such session (ended or timed out)")
     raise Unauthorized("wrong bearer token for this session")
+
+
+def authorize_ended(request: web.Request, ended: EndedResource | None, api_key: str | None) -> EndedResource:
+    """A recently ended resource (``realtime/http/ended.py``) if the request could have ended it
+    while it lived (its session's token or the API key; a ``legacy`` one without a key needs none);
+    else 401, or 404 when there is none."""
+    if ended is None:
+        raise NotFound("no such session or viewer (never created, or ended long ago)")
+    token = request_token(request)
+    if token is None:
+        if ended.legacy and not api_key:
+            return ended
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <session token>'")
+    if _same(token, ended.token) or (api_key and _same(token, api_key)):
+        return ended
+    raise Unauthorized("wrong bearer token for this resource")

@@ -8,6 +8,11 @@ through); the middleware answers ``{"error": code, "message": ...}`` with the er
     NoFaceError                 422 no_face
     UnreadableImageError        400 unreadable_image (ImageTooLargeError: 413 too_large)
     any other EngineError       400 bad_request
+    aiohttp's own 4xx/5xx       their status (404 not_found for an unknown route, 405 with Allow ...)
+    anything else               500 internal_error (logged with its traceback)
+
+Every error is a response here, not an exception: the CORS middleware outside it (``cors.py``)
+adds its headers to errors too, and the metrics middleware counts them by code.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def response_for(exc: Exception) -> web.Response | None:
 
 
 _AIOHTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-                  415: "unsupported_media_type"}
+                  415: "unsupported_media_type", 500: "internal_error"}
 
 
 @web.middleware
@@ -63,8 +68,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
+        if exc.status < 400:
+            raise  # a redirect
         # aiohttp's own errors (unknown route, body too large, bad method) in the same JSON shape
         return error_response(exc.status, _AIOHTTP_CODES.get(exc.status, "error"), exc.reason,
                               {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")})
@@ -72,3 +77,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         resp = response_for(exc)
         assert resp is not None
         return resp
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal_error", "internal server error")

@@ -2,8 +2,10 @@
 
     POST   /v1/sessions                    JSON or multipart -> 201 {id, token, whep_url, offer_url, agent_url, ...}
     GET    /v1/sessions/{id}               session state
-    POST   /v1/sessions/{id}/whep          application/sdp offer -> 201 application/sdp answer + Location
-    DELETE /v1/sessions/{id}/whep/{viewer} end that viewer
+    POST   /v1/sessions/{id}/whep          application/sdp offer -> 201 application/sdp answer + Location, ETag,
+                                           Link (ICE servers); OPTIONS: the ICE servers before the offer
+    PATCH  /v1/sessions/{id}/whep/{viewer} trickle ICE (application/trickle-ice-sdpfrag) -> 204
+    DELETE /v1/sessions/{id}/whep/{viewer} end that viewer (204, also once it ended: ``realtime/http/ended.py``)
     POST   /v1/sessions/{id}/offer         JSON {sdp, type, microphone?} -> JSON answer (as /whep, for the browser page;
                                            microphone: true makes the offer's audio track speech input)
     POST   /v1/sessions/{id}/controls      JSON {name: value} -> {applied, unsupported}
@@ -19,7 +21,6 @@ or the API key on every ``/v1/sessions/{id}...`` route).
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -31,10 +32,11 @@ from yarl import URL
 from avatarstream.engines.base import FPS, Portrait
 from avatarstream.engines.registry import engine_capabilities, engine_names
 from avatarstream.engines.portraits import DEMO_PORTRAITS, MAX_IMAGE_BYTES, load_portrait, portrait_from_bytes
-from avatarstream.realtime.errors import BadRequest, Conflict, TooLarge, UnsupportedMediaType, echo
-from avatarstream.realtime.http.auth import authorize_session, require_api_key
+from avatarstream.realtime.errors import BadRequest, Conflict, NotFound, TooLarge, UnsupportedMediaType, echo
+from avatarstream.realtime.http import whep as whep_protocol
+from avatarstream.realtime.http.auth import authorize_ended, authorize_session, require_api_key
 from avatarstream.realtime.http.bodies import MAX_JSON_BYTES, parse_json, read_json, read_json_object, read_text
-from avatarstream.realtime.http.keys import CONFIG, REGISTRY
+from avatarstream.realtime.http.keys import CONFIG, ENDED, REGISTRY
 from avatarstream.realtime.session.session import AvatarSession, ViewerLimitError
 from avatarstream.realtime.transports.agent.socket import connected_agent, serve_agent_socket
 from avatarstream.realtime.transports.agent.protocol import ProtocolError, check_sample_rate
@@ -131,12 +133,18 @@ async def _answer(request: web.Request, session: AvatarSession, offer_sdp: objec
 
     ``microphone``: the viewer's audio track (if its offer sends one) is speech input to the session."""
     offer = check_offer(offer_sdp, offer_type)
+    ended = request.app[ENDED]
     try:
-        viewer, answer = await connect_viewer(session, offer, ice_servers=request.app[CONFIG].ice_servers,
-                                              accept_microphone=microphone)
+        viewer, answer = await connect_viewer(
+            session, offer, ice_servers=request.app[CONFIG].ice_servers, accept_microphone=microphone,
+            encoding=request.app[CONFIG].video_encoding(), on_gone=lambda v: ended.add(viewer_location(session, v.id), session.token))
     except ViewerLimitError as exc:
         raise Conflict(str(exc)) from None
     return viewer.id, answer
+
+
+def viewer_location(session: AvatarSession, viewer_id: str) -> str:
+    return f"/v1/sessions/{session.id}/whep/{viewer_id}"
 
 
 async def whep(request: web.Request) -> web.Response:
@@ -144,8 +152,18 @@ async def whep(request: web.Request) -> web.Response:
     if request.content_type != "application/sdp":
         raise UnsupportedMediaType("WHEP needs Content-Type application/sdp")
     viewer_id, answer = await _answer(request, session, await read_text(request, MAX_SDP_BYTES))
-    location = f"/v1/sessions/{session.id}/whep/{viewer_id}"
-    return web.Response(status=201, text=answer.sdp, content_type="application/sdp", headers={"Location": location})
+    headers = whep_protocol.resource_headers(request.app[CONFIG], viewer_location(session, viewer_id), f'"{viewer_id}"')
+    return web.Response(status=201, text=answer.sdp, content_type="application/sdp", headers=headers)
+
+
+async def whep_endpoint_options(request: web.Request) -> web.Response:
+    return whep_protocol.endpoint_options(request.app[CONFIG])
+
+
+async def trickle(request: web.Request) -> web.Response:
+    session = _session(request)
+    viewer = whep_protocol.webrtc_viewer(session, request.match_info["viewer"])
+    return await whep_protocol.trickle(request, viewer, f'"{viewer.id}"')
 
 
 async def offer(request: web.Request) -> web.Response:
@@ -159,16 +177,23 @@ async def offer(request: web.Request) -> web.Response:
         "sdp": answer.sdp,
         "type": answer.type,
         "viewer_id": viewer_id,
-        "location": f"/v1/sessions/{session.id}/whep/{viewer_id}",
+        "location": viewer_location(session, viewer_id),
     })
 
 
 async def end_viewer(request: web.Request) -> web.Response:
-    session = _session(request)
+    """204; also for a viewer that ended within ``ENDED_WINDOW_S`` (its connection or its session first)."""
+    ended = request.app[ENDED].get(f"/v1/sessions/{request.match_info['id']}/whep/{request.match_info['viewer']}")
+    try:
+        session = _session(request)
+    except NotFound:
+        authorize_ended(request, ended, request.app[CONFIG].api_key)
+        return web.Response(status=204)
     viewer = session.viewer(request.match_info["viewer"])
     if viewer is None or viewer.transport != "webrtc":
-        raise web.HTTPNotFound(text=json.dumps({"error": "not_found", "message": "no such viewer in this session"}),
-                               content_type="application/json")
+        if ended is None:
+            raise NotFound("no such viewer in this session")
+        return web.Response(status=204)
     await viewer.close()
     return web.Response(status=204)
 
@@ -293,6 +318,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/sessions/{id}/keepalive", keepalive)
     app.router.add_post("/v1/sessions/{id}/controls", set_controls)
     app.router.add_post("/v1/sessions/{id}/whep", whep)
+    app.router.add_route("OPTIONS", "/v1/sessions/{id}/whep", whep_endpoint_options)
+    app.router.add_patch("/v1/sessions/{id}/whep/{viewer}", trickle)
     app.router.add_delete("/v1/sessions/{id}/whep/{viewer}", end_viewer)
     app.router.add_post("/v1/sessions/{id}/offer", offer)
     app.router.add_get("/v1/sessions/{id}/agent", agent)

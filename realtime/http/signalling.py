@@ -1,5 +1,6 @@
 """Direct WebRTC signalling, one connection = one session: ``POST /offer`` (the browser page) and
-WHEP ``POST /whep`` + ``DELETE /whep/{id}``, and ``GET /stats/{id}``.
+WHEP ``POST /whep`` + ``PATCH``/``DELETE /whep/{id}`` (trickle ICE, ICE servers and ending:
+``realtime/http/whep.py``), and ``GET /stats/{id}``.
 
 The session belongs to its connection: it ends when the connection fails or closes, or when its
 viewer does not connect within the connect deadline. Creating needs the API key when one is set
@@ -18,10 +19,11 @@ from aiortc import RTCSessionDescription
 
 from avatarstream.engines.base import Portrait
 from avatarstream.engines.portraits import MAX_IMAGE_BYTES, UnreadableImageError, portrait_from_bytes
-from avatarstream.realtime.errors import BadRequest, Conflict, UnsupportedMediaType
-from avatarstream.realtime.http.auth import authorize_session, require_api_key
+from avatarstream.realtime.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
+from avatarstream.realtime.http import whep
+from avatarstream.realtime.http.auth import authorize_ended, authorize_session, require_api_key
 from avatarstream.realtime.http.bodies import MAX_JSON_BYTES, parse_json, read_text
-from avatarstream.realtime.http.keys import CONFIG, REGISTRY
+from avatarstream.realtime.http.keys import CONFIG, ENDED, REGISTRY
 from avatarstream.realtime.session.session import AvatarSession, ViewerLimitError
 from avatarstream.realtime.transports.webrtc.peer import MAX_SDP_BYTES, check_offer, connect_viewer
 
@@ -35,7 +37,7 @@ async def connect_owned_session(app: web.Application, session: AvatarSession,
     registry, cfg = app[REGISTRY], app[CONFIG]
     try:
         _viewer, answer = await connect_viewer(session, offer, ice_servers=cfg.ice_servers,
-                                               on_gone=lambda v: registry.close(session))
+                                               encoding=cfg.video_encoding(), on_gone=lambda v: registry.close(session))
     except ViewerLimitError as exc:
         await registry.close(session)
         raise Conflict(str(exc)) from None
@@ -82,14 +84,37 @@ async def whep_post(request: web.Request) -> web.Response:
     sdp = check_offer(await read_text(request, MAX_SDP_BYTES))
     session = await registry.create(origin="whep")
     answer = await connect_owned_session(request.app, session, sdp)
+    location, ended = f"/whep/{session.id}", request.app[ENDED]
+    if session.closed:  # the connection failed already
+        ended.add(location, session.token, legacy=True)
+    session.on_close(lambda s: ended.add(location, s.token, legacy=True))
     return web.Response(status=201, text=answer.sdp, content_type="application/sdp",
-                        headers={"Location": f"/whep/{session.id}", "ETag": f'"{session.id}"'})
+                        headers=whep.resource_headers(cfg, location, f'"{session.id}"'))
+
+
+async def whep_options(request: web.Request) -> web.Response:
+    return whep.endpoint_options(request.app[CONFIG])
+
+
+def _whep_session(request: web.Request) -> AvatarSession:
+    registry, cfg = request.app[REGISTRY], request.app[CONFIG]
+    return authorize_session(request, registry, request.match_info["session_id"], cfg.api_key, origins=("whep",))
+
+
+async def whep_patch(request: web.Request) -> web.Response:
+    session = _whep_session(request)
+    return await whep.trickle(request, whep.webrtc_viewer(session), f'"{session.id}"')
 
 
 async def whep_delete(request: web.Request) -> web.Response:
-    registry, cfg = request.app[REGISTRY], request.app[CONFIG]
-    session = authorize_session(request, registry, request.match_info["session_id"], cfg.api_key, origins=("whep",))
-    await registry.close(session)
+    """200; also for a resource that ended within ``ENDED_WINDOW_S`` (its connection closed first)."""
+    try:
+        session = _whep_session(request)
+    except NotFound:
+        authorize_ended(request, request.app[ENDED].get(f"/whep/{request.match_info['session_id']}"),
+                        request.app[CONFIG].api_key)
+        return web.Response(status=200)
+    await request.app[REGISTRY].close(session)
     return web.Response(status=200)
 
 
@@ -114,5 +139,7 @@ async def session_stats(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/offer", offer)
     app.router.add_post("/whep", whep_post)
+    app.router.add_route("OPTIONS", "/whep", whep_options)
+    app.router.add_patch("/whep/{session_id}", whep_patch)
     app.router.add_delete("/whep/{session_id}", whep_delete)
     app.router.add_get("/stats/{session_id}", session_stats)
