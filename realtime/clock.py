@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from avatarstream.engines.base import FPS
@@ -30,17 +31,18 @@ AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK_RATE)
 
 @dataclass
 class SessionClock:
-    """Monotonic session clock; ``t0`` is the wall time (``time.monotonic``) of frame 0."""
+    """Monotonic session clock; ``t0`` is the time (``time_source``: ``time.monotonic`` unless the
+    session passes its own) of frame 0."""
 
     t0: float
+    time_source: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     @classmethod
-    def start_now(cls) -> "SessionClock":
-        return cls(time.monotonic())
+    def start_now(cls, time_source: Callable[[], float] = time.monotonic) -> "SessionClock":
+        return cls(time_source(), time_source)
 
-    @staticmethod
-    def now() -> float:
-        return time.monotonic()
+    def now(self) -> float:
+        return self.time_source()
 
     def frame_time(self, n: int) -> float:
         """Wall time at which video frame ``n`` (and audio frame ``2n``) starts."""
@@ -51,10 +53,10 @@ class SessionClock:
 
     def current_frame(self) -> int:
         """Index of the video frame whose interval contains now (-1 before ``t0``)."""
-        return int((time.monotonic() - self.t0) // FRAME_SECONDS)
+        return int((self.time_source() - self.t0) // FRAME_SECONDS)
 
     def current_audio_frame(self) -> int:
-        return int((time.monotonic() - self.t0) // AUDIO_FRAME_SECONDS)
+        return int((self.time_source() - self.t0) // AUDIO_FRAME_SECONDS)
 
     @staticmethod
     def video_pts(n: int) -> int:
@@ -65,6 +67,6 @@ class SessionClock:
         return k * AUDIO_SAMPLES_PER_FRAME
 
     async def sleep_until(self, t: float) -> None:
-        delay = t - time.monotonic()
+        delay = t - self.time_source()
         if delay > 0:
             await asyncio.sleep(delay)

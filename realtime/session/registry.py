@@ -39,7 +39,8 @@ from avatarstream.engines.registry import engine_options, load_engine
 from avatarstream.realtime import memory
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
-from avatarstream.realtime.session.admission import LoadMonitor
+from avatarstream.realtime.session.admission import Clock, LoadMonitor
+from avatarstream.realtime.session.calibration import calibrate
 from avatarstream.realtime.session.session import AvatarSession
 from avatarstream.realtime.transports.base import ViewerState
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
@@ -51,8 +52,9 @@ LOAD_SAMPLE_INTERVAL = 1.0  # s between load measurements (admission)
 
 class SessionRegistry:
     def __init__(self, config: ServerConfig, default_portrait: Portrait,
-                 engine_loader: Callable[..., AvatarEngine] | None = None) -> None:
+                 engine_loader: Callable[..., AvatarEngine] | None = None, *, clock: Clock = time.monotonic) -> None:
         self.config = config
+        self._clock = clock  # monotonic seconds: admission's, the reaper's and every session's
         self.default_portrait = default_portrait
         self._load_engine = engine_loader or config.engine_loader or load_engine
         self._engines: dict[str, AvatarEngine] = {}
@@ -62,7 +64,7 @@ class SessionRegistry:
         self.playback_latency_observers: list[Callable[[float], None]] = []
         self._reserved = 0
         self._reaper: asyncio.Task | None = None
-        self.load = LoadMonitor(config.admission_policy(), lambda: list(self._sessions.values()))
+        self.load = LoadMonitor(config.admission_policy(), lambda: list(self._sessions.values()), clock=clock)
         self._video_encoding = config.video_encoding()
         self._monitor: asyncio.Task | None = None
         self.draining = False  # True: no new sessions (503), running ones go on
@@ -87,14 +89,23 @@ class SessionRegistry:
 
     async def warm_up(self) -> None:
         """Load the default engine and prepare the default portrait once (engines cache the
-        face analysis), so the first call does not wait for it. Raises NoFaceError."""
+        face analysis), so the first call does not wait for it; with admission on, calibrate the
+        engine on it (``calibration.py``: the cost of an active session until one is measured).
+        Raises NoFaceError."""
         engine = await self.engine()
         loop = asyncio.get_running_loop()
+        portrait, size = self.default_portrait, self.config.size
 
         def open_and_close() -> None:
-            engine.open_stream(self.default_portrait, size=self.config.size).close()
+            engine.open_stream(portrait, size=size).close()
 
-        await loop.run_in_executor(None, open_and_close)
+        if not self.load.policy.enabled:
+            await loop.run_in_executor(None, open_and_close)
+            return
+        calibration = await loop.run_in_executor(
+            None, lambda: calibrate(engine, portrait, engine_name=self.config.engine, size=size))
+        self.load.calibrated(calibration)
+        log.info("admission calibration: %s", calibration.describe())
 
     # -- sessions ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -120,7 +131,8 @@ class SessionRegistry:
     def check_capacity(self) -> None:
         """Raise SessionLimitError while draining, if the explicit session cap is reached, or if one
         more active session would push the active ones below the admission frame rate (cheap: call
-        before reading a body). Sessions being created count as active."""
+        before reading a body). A session being created reserves nothing: it is judged again when it
+        becomes active, so concurrent creates with room for one more active session all pass."""
         if self.draining:
             raise SessionLimitError("this server is draining (finishing its sessions before it stops); "
                                     "retry on another server", retry_after=self.load.policy.retry_after_s)
@@ -128,7 +140,7 @@ class SessionRegistry:
             raise SessionLimitError(
                 f"server is at its limit of {self.config.max_sessions} concurrent session(s) (--max-sessions); "
                 "retry later", retry_after=5)
-        refusal = self.load.refusal(self.active_count + self._reserved)
+        refusal = self.load.refusal(self.active_count)
         if refusal is not None:
             raise SessionLimitError(f"no room for a new session: {refusal}; retry later",
                                     retry_after=self.load.policy.retry_after_s)
@@ -138,7 +150,7 @@ class SessionRegistry:
         active session would push the active ones below the admission frame rate."""
         if session.active:
             return
-        refusal = self.load.refusal(self.active_count + self._reserved)
+        refusal = self.load.refusal(self.active_count)
         if refusal is not None:
             raise SessionLimitError(f"this session cannot start rendering now: {refusal}; it stays open "
                                     "(unwatched): retry later", retry_after=self.load.policy.retry_after_s)
@@ -153,7 +165,8 @@ class SessionRegistry:
             eng = await self.engine(engine)
             opts = self.config.session_options(size=size, controls=controls or None)
             session = AvatarSession(eng, portrait or self.default_portrait,
-                                    engine_name=engine or self.config.engine, options=opts, origin=origin)
+                                    engine_name=engine or self.config.engine, options=opts, origin=origin,
+                                    clock=self._clock)
             session.playback_latency_observers = self.playback_latency_observers
             session.activation_check = self.check_activation
             try:
@@ -231,7 +244,7 @@ class SessionRegistry:
 
     async def reap(self) -> None:
         """One pass: close viewers past their connect deadline, then idle sessions."""
-        now = time.monotonic()
+        now = self._clock()
         for s in list(self._sessions.values()):
             for v in s.viewers:
                 if v.state == ViewerState.CONNECTING and now - v.state_since > self.config.viewer_connect_timeout:

@@ -95,8 +95,9 @@ ActivationCheck = Callable[["AvatarSession"], None]  # raises to refuse: the ses
 
 class AvatarSession:
     def __init__(self, engine: AvatarEngine, portrait: Portrait, *, engine_name: str = "lite",
-                 options: SessionOptions, origin: str = "api") -> None:
+                 options: SessionOptions, origin: str = "api", clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options
+        self._now = clock  # monotonic seconds: the session clock's time base and every timestamp here
         self.origin = origin  # the API that created it: "api" (/v1/sessions), "offer", "whep"
         self.id = uuid.uuid4().hex[:16]
         self.token = secrets.token_urlsafe(24)
@@ -105,7 +106,7 @@ class AvatarSession:
         self.fps = FPS
         self.portrait = portrait
         self.created = time.time()
-        self.last_activity = time.monotonic()
+        self.last_activity = clock()
         self.stats = SessionStats()
         self.events = EventBus()
         self.clock: SessionClock | None = None
@@ -150,7 +151,7 @@ class AvatarSession:
         self._plan(may_grow=False)
         max_delay = self.lookahead_frames + math.ceil(max(MAX_MARGIN_MS, self.latency.margin_start_ms) / FRAME_MS)
         self._ring = OutputRing(self.options.ring_frames + max_delay)
-        self.clock = SessionClock.start_now()
+        self.clock = SessionClock.start_now(self._now)
         self._spawn(self._run_clock(), "clock")
         self._spawn(self._pump.run(), "engine")
         self.started.set()
@@ -212,7 +213,7 @@ class AvatarSession:
         self._ring.set_frame(tick, frame)
         last_needed = self._ring.get(tick + self.lookahead_frames)  # the audio this frame waited for
         if last_needed is not None and last_needed.taken_at:
-            self._margin.record((time.monotonic() - last_needed.taken_at) * 1000)
+            self._margin.record((self._now() - last_needed.taken_at) * 1000)
 
     # -- latency -------------------------------------------------------------------------
     @property
@@ -261,7 +262,7 @@ class AvatarSession:
                 "input_jitter_ms": round(self._arrival.jitter_ms(), 1)}
 
     def touch(self) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = self._now()
 
     @property
     def active(self) -> bool:
@@ -280,9 +281,10 @@ class AvatarSession:
         self._check_activation()
         self.touch()
         utterance = self._buffer.push(pcm16k)
-        self._arrival.observe(time.monotonic(), utterance, int(np.size(pcm16k)))
+        now = self._now()
+        self._arrival.observe(now, utterance, int(np.size(pcm16k)))
         if utterance not in self._pushed_at and len(self._pushed_at) < MAX_TIMED_UTTERANCES:
-            self._pushed_at[utterance] = time.monotonic()
+            self._pushed_at[utterance] = now
         return utterance
 
     def end_utterance(self) -> int | None:
@@ -454,7 +456,7 @@ class AvatarSession:
         """``active_frames_missing``: slots whose frame was not filed ``ENGINE_BEHIND_S`` after the
         last audio it needs was taken (the fixed margin every frame had before margins were measured),
         so the count says the engine fell behind, not that a measured margin was tight."""
-        now = time.monotonic()
+        now = self._now()
         while self._behind_checked <= upto:
             c = self._behind_checked
             needed = self._ring.get(c + self.lookahead_frames)
@@ -479,7 +481,7 @@ class AvatarSession:
                 pushed = self._pushed_at.pop(m.utterance, None)
                 if pushed is not None:
                     for observe in self.playback_latency_observers:
-                        observe(time.monotonic() - pushed)
+                        observe(self._now() - pushed)
             else:
                 self._sent_position.pop(m.utterance, None)
                 self._pushed_at.pop(m.utterance, None)
