@@ -43,9 +43,9 @@ A count that ran within the budget stays admitted when the per-session cost, re-
 sessions (the server's fixed costs shared by fewer), rounds the model's room down; a steady
 window of that many over the budget, or saturation, takes it back (``fitted`` drops below it).
 
-Until an active session's cost is measured, the engine's start-up calibration stands in for it
-(``calibration.py``: CPU per frame of the engine on the loaded portrait, x 25 fps; the engine
-only); the first measurement may come from a window in which sessions started (their mean
+Until an active session's cost is measured, the start-up calibration stands in for it
+(``calibration.py``: CPU per frame of the engine on the loaded portrait and of the per-frame work
+the server passes in, a video encode, x 25 fps); the first measurement may come from a window in which sessions started (their mean
 counts), half a window after the first one started rendering with no creation in progress. With
 neither, one active session at a time. A measured cost is kept after its sessions end (the last
 measured figure).
@@ -388,8 +388,8 @@ class LoadMonitor:
         if limited_by == "calibration":
             assert self.calibration is not None
             cal = self.calibration
-            source = (f"by the engine's start-up calibration: {cal.cpu_ms_per_frame:.1f} ms of CPU a frame "
-                      f"({cal.engine}, {cal.size} px), the engine only; no running session measured yet")
+            source = (f"by the start-up calibration: {cal.cpu_ms_per_frame:.1f} ms of CPU a frame "
+                      f"({cal.engine}, {cal.size} px, {cal.counts}); no running session measured yet")
         else:
             source = "measured"
         if capacity == 0:
@@ -415,8 +415,7 @@ class LoadMonitor:
             return head + "nothing measured yet (no engine calibration): one active session at a time until it is"
         if self.cpu.per_active is None:
             assert self.calibration is not None
-            out = head + (f"no active session measured yet; the engine's start-up calibration: "
-                          f"{self.calibration.describe()}")
+            out = head + f"no active session measured yet; the start-up calibration: {self.calibration.describe()}"
         else:
             out = head + (f"an active session costs {self.cpu.per_active:.3f} cores and "
                           f"{self.loop.per_active or 0:.1%} of the event loop (measured)")

@@ -40,7 +40,7 @@ from avatarstream.realtime import memory
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
 from avatarstream.realtime.session.admission import Clock, LoadMonitor
-from avatarstream.realtime.session.calibration import calibrate
+from avatarstream.realtime.session.calibration import FrameWork, calibrate
 from avatarstream.realtime.session.session import AvatarSession
 from avatarstream.realtime.transports.base import ViewerState
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
@@ -87,11 +87,11 @@ class SessionRegistry:
                 self._engines[name] = await loop.run_in_executor(None, lambda: self._load_engine(name, **options))
             return self._engines[name]
 
-    async def warm_up(self) -> None:
+    async def warm_up(self, work: FrameWork | None = None) -> None:
         """Load the default engine and prepare the default portrait once (engines cache the
         face analysis), so the first call does not wait for it; with admission on, calibrate the
-        engine on it (``calibration.py``: the cost of an active session until one is measured).
-        Raises NoFaceError."""
+        engine on it, with ``work`` on each frame (``calibration.py``: the cost of an active session
+        until one is measured). Raises NoFaceError."""
         engine = await self.engine()
         loop = asyncio.get_running_loop()
         portrait, size = self.default_portrait, self.config.size
@@ -103,7 +103,7 @@ class SessionRegistry:
             await loop.run_in_executor(None, open_and_close)
             return
         calibration = await loop.run_in_executor(
-            None, lambda: calibrate(engine, portrait, engine_name=self.config.engine, size=size))
+            None, lambda: calibrate(engine, portrait, engine_name=self.config.engine, size=size, work=work))
         self.load.calibrated(calibration)
         log.info("admission calibration: %s", calibration.describe())
 

@@ -15,7 +15,7 @@ from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
 from avatarstream.realtime.session.admission import (AdmissionPolicy, CostModel, CpuTimes, LoadMonitor, LoadSample,
                                                      SessionCounters)
-from avatarstream.realtime.session.calibration import Calibration, calibrate
+from avatarstream.realtime.session.calibration import Calibration, FrameWork, calibrate
 from avatarstream.realtime.session.registry import SessionRegistry
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
 
@@ -197,15 +197,15 @@ def test_calibration_stands_in_until_a_session_is_measured():
     feed.second(0.0, active=1)  # one active session, not measured yet (half a window needs two samples)
     assert monitor.refusal(2) is None
     assert monitor.refusal(3) == (
-        "3 active session(s) use 0.75 cores (0.25 each, by the engine's start-up calibration: 10.0 ms of CPU a "
-        "frame (lite, 128 px), the engine only; no running session measured yet), the server and 0 inactive "
-        "session(s) 0, of the 0.85 cores sessions may fill (85% of 1): capacity 3 active session(s); one more "
-        "would push them below 24 fps")
+        "3 active session(s) use 0.75 cores (0.25 each, by the start-up calibration: 10.0 ms of CPU a frame (lite, "
+        "128 px, the engine only); no running session measured yet), the server and 0 inactive session(s) 0, of "
+        "the 0.85 cores sessions may fill (85% of 1): capacity 3 active session(s); one more would push them below "
+        "24 fps")
     tiny = Feed(_policy(cpu_cores=0.01)).monitor  # 0.0085 usable: the calibrated session does not fit
-    tiny.calibrated(Calibration("lite", 128, frames=25, cpu_s=0.25))
+    tiny.calibrated(Calibration("lite", 128, frames=25, cpu_s=0.25, work="vp8 encoding"))
     assert tiny.refusal(1) == (
-        "capacity is 0 active sessions: one costs 0.25 cores (by the engine's start-up calibration: 10.0 ms of "
-        "CPU a frame (lite, 128 px), the engine only; no running session measured yet), more than the 0.0085 "
+        "capacity is 0 active sessions: one costs 0.25 cores (by the start-up calibration: 10.0 ms of CPU a frame "
+        "(lite, 128 px, the engine and vp8 encoding); no running session measured yet), more than the 0.0085 "
         "cores sessions may fill (85% of 0.01) beside the server and 0 inactive session(s) (0); the running one "
         "goes on, no other may start rendering until it ends")
     snap = monitor.snapshot()
@@ -221,7 +221,15 @@ def test_calibrate_measures_the_engines_cpu_per_frame(bar_engine):
                     clock=lambda: 0.0)
     assert (cal.engine, cal.size, cal.frames, cal.cpu_s) == ("bar", 64, 25, pytest.approx(0.3))
     assert cal.cpu_ms_per_frame == pytest.approx(12.0) and cal.cores == pytest.approx(0.3)
-    assert len(bar_engine.streams) == 1  # one stream on the portrait, closed after
+    assert len(bar_engine.streams) == 1 and cal.work == "" and cal.counts == "the engine only"
+    encoded: list[int] = []  # the per-frame work runs on every frame, warm-up included, inside the measurement
+    cpu = iter([0.0, 0.5])
+    with_work = calibrate(bar_engine, PORTRAIT, engine_name="bar", size=64, frames=25, warm_frames=3,
+                          work=FrameWork("vp8 encoding", lambda f: encoded.append(f.index)),
+                          cpu_time=lambda: next(cpu), clock=lambda: 0.0)
+    assert encoded == list(range(27)) and with_work.frames == 25  # 2 frames out of 3 warm-up feeds (lookahead 1)
+    assert with_work.describe() == ("bar at 64 px: 25 frame(s) at 20.0 ms of CPU each (the engine and vp8 "
+                                    "encoding): 0.500 cores at 25 fps")
     ticks = iter(range(100))
     slow = calibrate(bar_engine, PORTRAIT, engine_name="bar", size=64, max_wall_s=2.0,
                      cpu_time=lambda: 0.0, clock=lambda: float(next(ticks)))
