@@ -18,7 +18,7 @@ import hmac
 from aiohttp import web
 
 from avatarstream.realtime.errors import Forbidden, NotFound, Unauthorized
-from avatarstream.realtime.http.ended import EndedResource
+from avatarstream.realtime.http.ended import IssuedResource
 from avatarstream.realtime.session.registry import SessionRegistry
 from avatarstream.realtime.session.session import AvatarSession
 
@@ -79,10 +79,10 @@ def authorize_session(request: web.Request, registry: SessionRegistry, session_i
     raise Unauthorized("wrong bearer token for this session")
 
 
-def authorize_ended(request: web.Request, ended: EndedResource | None, api_key: str | None) -> EndedResource:
-    """A recently ended resource (``realtime/http/ended.py``) if the request could have ended it
-    while it lived (its session's token or the API key; a ``legacy`` one without a key needs none);
-    else 401, or 404 when there is none."""
+def authorize_ended(request: web.Request, ended: IssuedResource | None, api_key: str | None) -> IssuedResource:
+    """A resource no longer found but handed out (``realtime/http/ended.py``: ended, or ending) if the
+    request could have ended it while it lived (its session's token or the API key; a ``legacy`` one
+    without a key needs none); else 401, or 404 when there is no record of it."""
     if ended is None:
         raise NotFound("no such session or viewer (never created, or ended long ago)")
     token = request_token(request)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from avatarstream.realtime.config import ServerConfig
-from avatarstream.realtime.http.ended import EndedResources
+from avatarstream.realtime.http.ended import IssuedResources
 from avatarstream.realtime.session.registry import SessionRegistry
 
 REGISTRY = web.AppKey("registry", SessionRegistry)
 CONFIG = web.AppKey("config", ServerConfig)
-ENDED = web.AppKey("ended", EndedResources)  # WHEP resources that ended recently (idempotent DELETE)
+RESOURCES = web.AppKey("whep_resources", IssuedResources)  # WHEP resources handed out (idempotent DELETE)

@@ -36,8 +36,9 @@ from avatarstream.realtime.errors import BadRequest, Conflict, NotFound, TooLarg
 from avatarstream.realtime.http import whep as whep_protocol
 from avatarstream.realtime.http.auth import authorize_ended, authorize_session, require_api_key
 from avatarstream.realtime.http.bodies import MAX_JSON_BYTES, parse_json, read_json, read_json_object, read_text
-from avatarstream.realtime.http.keys import CONFIG, ENDED, REGISTRY
+from avatarstream.realtime.http.keys import CONFIG, REGISTRY, RESOURCES
 from avatarstream.realtime.session.session import AvatarSession, ViewerLimitError
+from avatarstream.realtime.transports.base import ViewerState
 from avatarstream.realtime.transports.agent.socket import connected_agent, serve_agent_socket
 from avatarstream.realtime.transports.agent.protocol import ProtocolError, check_sample_rate
 from avatarstream.realtime.transports.webrtc.peer import MAX_SDP_BYTES, check_offer, connect_viewer
@@ -133,13 +134,16 @@ async def _answer(request: web.Request, session: AvatarSession, offer_sdp: objec
 
     ``microphone``: the viewer's audio track (if its offer sends one) is speech input to the session."""
     offer = check_offer(offer_sdp, offer_type)
-    ended = request.app[ENDED]
+    resources = request.app[RESOURCES]
     try:
         viewer, answer = await connect_viewer(
             session, offer, ice_servers=request.app[CONFIG].ice_servers, accept_microphone=microphone,
-            encoding=request.app[CONFIG].video_encoding(), on_gone=lambda v: ended.add(viewer_location(session, v.id), session.token))
+            on_gone=lambda v: resources.end(viewer_location(session, v.id)))
     except ViewerLimitError as exc:
         raise Conflict(str(exc)) from None
+    resources.issue(viewer_location(session, viewer.id), session.token)
+    if viewer.state == ViewerState.CLOSED:  # its connection failed already
+        resources.end(viewer_location(session, viewer.id))
     return viewer.id, answer
 
 
@@ -182,8 +186,8 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def end_viewer(request: web.Request) -> web.Response:
-    """204; also for a viewer that ended within ``ENDED_WINDOW_S`` (its connection or its session first)."""
-    ended = request.app[ENDED].get(f"/v1/sessions/{request.match_info['id']}/whep/{request.match_info['viewer']}")
+    """204; also for a viewer that ended (or is ending) within ``ENDED_WINDOW_S``: its connection or session first."""
+    ended = request.app[RESOURCES].get(f"/v1/sessions/{request.match_info['id']}/whep/{request.match_info['viewer']}")
     try:
         session = _session(request)
     except NotFound:

@@ -23,7 +23,7 @@ from avatarstream.realtime.errors import BadRequest, Conflict, NotFound, Unsuppo
 from avatarstream.realtime.http import whep
 from avatarstream.realtime.http.auth import authorize_ended, authorize_session, require_api_key
 from avatarstream.realtime.http.bodies import MAX_JSON_BYTES, parse_json, read_text
-from avatarstream.realtime.http.keys import CONFIG, ENDED, REGISTRY
+from avatarstream.realtime.http.keys import CONFIG, REGISTRY, RESOURCES
 from avatarstream.realtime.session.session import AvatarSession, ViewerLimitError
 from avatarstream.realtime.transports.webrtc.peer import MAX_SDP_BYTES, check_offer, connect_viewer
 
@@ -37,7 +37,7 @@ async def connect_owned_session(app: web.Application, session: AvatarSession,
     registry, cfg = app[REGISTRY], app[CONFIG]
     try:
         _viewer, answer = await connect_viewer(session, offer, ice_servers=cfg.ice_servers,
-                                               encoding=cfg.video_encoding(), on_gone=lambda v: registry.close(session))
+                                               on_gone=lambda v: registry.close(session))
     except ViewerLimitError as exc:
         await registry.close(session)
         raise Conflict(str(exc)) from None
@@ -84,10 +84,11 @@ async def whep_post(request: web.Request) -> web.Response:
     sdp = check_offer(await read_text(request, MAX_SDP_BYTES))
     session = await registry.create(origin="whep")
     answer = await connect_owned_session(request.app, session, sdp)
-    location, ended = f"/whep/{session.id}", request.app[ENDED]
+    location, resources = f"/whep/{session.id}", request.app[RESOURCES]
+    resources.issue(location, session.token, legacy=True)
+    session.on_close(lambda s: resources.end(location))
     if session.closed:  # the connection failed already
-        ended.add(location, session.token, legacy=True)
-    session.on_close(lambda s: ended.add(location, s.token, legacy=True))
+        resources.end(location)
     return web.Response(status=201, text=answer.sdp, content_type="application/sdp",
                         headers=whep.resource_headers(cfg, location, f'"{session.id}"'))
 
@@ -107,11 +108,11 @@ async def whep_patch(request: web.Request) -> web.Response:
 
 
 async def whep_delete(request: web.Request) -> web.Response:
-    """200; also for a resource that ended within ``ENDED_WINDOW_S`` (its connection closed first)."""
+    """200; also for a resource that ended (or is ending) within ``ENDED_WINDOW_S``: its connection closed first."""
     try:
         session = _whep_session(request)
     except NotFound:
-        authorize_ended(request, request.app[ENDED].get(f"/whep/{request.match_info['session_id']}"),
+        authorize_ended(request, request.app[RESOURCES].get(f"/whep/{request.match_info['session_id']}"),
                         request.app[CONFIG].api_key)
         return web.Response(status=200)
     await request.app[REGISTRY].close(session)

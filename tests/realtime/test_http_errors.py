@@ -367,19 +367,25 @@ async def test_delete_of_an_ended_viewer_is_idempotent(whep_server):
     await pc.close()
 
 
-def test_ended_resources_window_and_bound():
-    from avatarstream.realtime.http.ended import EndedResources
+def test_issued_resources_window_and_bound():
+    from avatarstream.realtime.http.ended import IssuedResources
 
     now = [0.0]
-    ended = EndedResources(window_s=60, capacity=3, clock=lambda: now[0])
-    ended.add("/whep/a", "t")
-    now[0] = 59.0
-    assert ended.get("/whep/a") is not None
-    now[0] = 60.5
-    assert ended.get("/whep/a") is None and len(ended) == 0
+    issued = IssuedResources(window_s=60, capacity=3, clock=lambda: now[0])
+    issued.issue("/whep/a", "t", legacy=True)
+    now[0] = 1000.0  # live: kept however long it lives
+    assert issued.get("/whep/a").ended_at is None
+    issued.end("/whep/a")
+    issued.end("/whep/never-issued")  # ignored
+    now[0] = 1059.0
+    assert issued.get("/whep/a").ended_at == 1000.0 and issued.get("/whep/a").legacy
+    now[0] = 1060.5
+    assert issued.get("/whep/a") is None and len(issued) == 0
     for name in "bcde":
-        ended.add(f"/whep/{name}", "t")
-    assert len(ended) == 3 and ended.get("/whep/b") is None and ended.get("/whep/e").token == "t"
+        issued.issue(f"/whep/{name}", "t")
+        issued.end(f"/whep/{name}")
+    assert len(issued) == 3 and issued.get("/whep/b") is None and issued.get("/whep/e").token == "t"
+    assert issued.get("/whep/never-issued") is None
 
 
 def test_sdpfrag_parsing():
