@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeat under load; joyvasa also streams 2-frame chunks: 80 ms of audio lookahead instead "
                         "of 440, 5x the motion windows), 'classic' the old fixed 80 ms margin + 60 ms hold (default: %(default)s)")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
-                   help="STUN/TURN server URL for clients behind NAT (repeatable; none by default)")
+                   help="STUN/TURN server URL for clients behind NAT (repeatable; none by default); WHEP players get "
+                        "them as 'Link: <url>; rel=\"ice-server\"' headers")
     add_capacity_arguments(p)
     add_memory_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
