@@ -14,6 +14,9 @@ the namespaces (two runs at once each have their own bridge and may use the same
         net.cut(net.machines[0]); net.restore(net.machines[0])   # pull and plug its cable
         net.kill(net.machines[0])                # every process in its namespace, SIGKILL
 
+Commands started on a machine also get their own /tmp (``Machine.tmp`` bound there in a private
+mount namespace): two Ray nodes on one real machine would otherwise race for the same socket names.
+
 ``cut`` sets the bridge's port of that machine down (the cable pulled at the switch): the machine
 keeps its address and routes, its packets go nowhere and nothing answers it; ``restore`` sets it
 up again. Namespaces are named ``avs<pid>x<run>-<role>`` (pid: the creating process) and removed
@@ -34,6 +37,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import weakref
@@ -53,6 +57,7 @@ class Machine:
     namespace: str  # its network namespace (``ip netns exec NAMESPACE ...``)
     address: str  # its IPv4 address on the private subnet
     port: str  # its port on the bridge (in the bridge's namespace): cut/restore set it down/up
+    tmp: str  # its own /tmp: commands started on it see this directory there
 
     def __str__(self) -> str:
         return f"machine {self.index} ({self.address})"
@@ -60,8 +65,9 @@ class Machine:
 
 def unavailable() -> str | None:
     """Why namespaces cannot be made here (a skip reason), or None when they can."""
-    if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            return f"the {tool} command (iproute2, util-linux) is not installed"
     if os.geteuid() != 0:
         return "network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
     probe = f"{PREFIX}{os.getpid()}x{secrets.token_hex(3)}-probe"
@@ -89,7 +95,9 @@ class Network:
         self.name = f"{PREFIX}{os.getpid()}x{secrets.token_hex(3)}"
         self.bridge_namespace = f"{self.name}-br"
         hosts = list(net.hosts())
-        self.machines = tuple(Machine(i, f"{self.name}-m{i}", str(hosts[i]), f"m{i}") for i in range(count))
+        self.root = os.path.join(tempfile.gettempdir(), self.name)
+        self.machines = tuple(Machine(i, f"{self.name}-m{i}", str(hosts[i]), f"m{i}", os.path.join(self.root, f"m{i}"))
+                              for i in range(count))
         self._procs: list[subprocess.Popen] = []
         self._made: list[str] = []
         self._closed = False
@@ -115,6 +123,7 @@ class Network:
         _ip("-n", br, "link", "set", "br0", "up")
         prefix = self.subnet.prefixlen
         for m in self.machines:
+            os.makedirs(m.tmp, mode=0o1777, exist_ok=True)
             self._add_namespace(m.namespace)
             _ip("-n", br, "link", "add", m.port, "type", "veth", "peer", "name", "eth0", "netns", m.namespace)
             _ip("-n", br, "link", "set", m.port, "master", "br0")
@@ -143,20 +152,23 @@ class Network:
         for name in reversed(self._made):
             _ip("netns", "del", name, check=False)
         self._made.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
         _LIVE.discard(self)
 
     # -- using it ------------------------------------------------------------------------------
     def start(self, machine: Machine, argv: Sequence[str], **popen: Any) -> subprocess.Popen:
-        """Run ``argv`` on ``machine`` (``ip netns exec``: the command replaces ``ip``, so the
-        Popen's pid is the command's); keyword arguments go to ``subprocess.Popen``."""
-        proc = subprocess.Popen(["ip", "netns", "exec", machine.namespace, *argv], **popen)
+        """Run ``argv`` on ``machine``: in its network namespace, with its own /tmp (a private mount
+        namespace binds ``machine.tmp`` there, so programs that meet through files in /tmp, such as
+        Ray's node sockets, keep to their machine). ``ip``, ``unshare`` and ``sh`` each exec the next,
+        so the Popen's pid is the command's; keyword arguments go to ``subprocess.Popen``."""
+        proc = subprocess.Popen(_on(machine, argv), **popen)
         self._procs.append(proc)
         return proc
 
     def run(self, machine: Machine, argv: Sequence[str], timeout: float = 60.0,
             **kwargs: Any) -> subprocess.CompletedProcess:
-        """Run ``argv`` on ``machine`` to its end (``subprocess.run``)."""
-        return subprocess.run(["ip", "netns", "exec", machine.namespace, *argv], timeout=timeout, **kwargs)
+        """Run ``argv`` on ``machine`` to its end (``subprocess.run``), as ``start`` does."""
+        return subprocess.run(_on(machine, argv), timeout=timeout, **kwargs)
 
     def cut(self, machine: Machine) -> None:
         """Disconnect ``machine`` from the bridge (its address and processes stay)."""
@@ -222,6 +234,7 @@ def remove_stale() -> list[str]:
                 continue
             _kill_namespace(name)
             _ip("netns", "del", name, check=False)
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), name.rsplit("-", 1)[0]), ignore_errors=True)
             removed.append(name)
     return removed
 
@@ -260,6 +273,11 @@ def _kill_namespace(namespace: str, timeout: float = 10.0) -> list[int]:
             if pid not in killed:
                 killed.append(pid)
         time.sleep(0.05)
+
+
+def _on(machine: Machine, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", machine.namespace, "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', machine.tmp, *argv]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

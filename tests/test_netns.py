@@ -4,6 +4,7 @@ that empties a machine, and nothing left behind in this machine's real network."
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def test_machines_talk_through_the_bridge_and_a_cut_link_blocks_until_restored()
                 assert time.monotonic() - t0 < 10, "the restored link did not heal"
 
         assert server.pid in net.pids(b)
+        # each machine has its own /tmp
+        net.run(a, ["sh", "-c", "echo a > /tmp/mark"], check=True)
+        assert open(f"{a.tmp}/mark").read() == "a\n" and not os.path.exists(f"{b.tmp}/mark")
         killed = net.kill(b)
         assert server.pid in killed and net.pids(b) == []
         assert server.wait(timeout=5) == -9

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import shutil
@@ -36,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     head.add_argument("--num-cpus", type=int, default=None, help="CPUs of the in-process Ray node (default: all)")
     head.add_argument("--host", default="127.0.0.1", help="front address (default: %(default)s)")
     head.add_argument("--port", type=int, default=8080, help="front port (default: %(default)s)")
+    head.add_argument("--node-ip-address", default=None,
+                      help="this machine's address in the Ray cluster, with --address (default: --host when it is "
+                           "an IP address other than 0.0.0.0, else Ray's guess)")
     head.add_argument("--workers", type=int, default=0,
                       help="also start this many worker actors on this machine (default: %(default)s)")
     _add_common(head)
@@ -51,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     worker.add_argument("--port", type=int, default=0, help="its port (default: a free one)")
     worker.add_argument("--advertise-host", default=None,
                         help="host put in the sessions' URLs (default: --host, or this node's IP for 0.0.0.0)")
+    worker.add_argument("--node-ip-address", default=None,
+                        help="this machine's address in the Ray cluster (default: --advertise-host when it is an "
+                             "IP address, else Ray's guess from the default route)")
     worker.add_argument("--num-gpus", type=float, default=0.0, help="GPUs the worker holds (default: %(default)s)")
     worker.add_argument("--drain-timeout", type=float, default=600.0,
                         help="on SIGTERM/Ctrl-C: drain, then wait this long for sessions to end (default: %(default)s)")
@@ -114,7 +121,8 @@ def _head(args: argparse.Namespace) -> int:
 
     server = _server_options(args)
     if args.address:
-        ray.init(address=args.address, namespace=NAMESPACE, configure_logging=False)
+        node_ip = args.node_ip_address or (_ip_literal(args.host) if args.host not in ("0.0.0.0", "::") else None)
+        ray.init(address=args.address, namespace=NAMESPACE, configure_logging=False, _node_ip_address=node_ip)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace=NAMESPACE, configure_logging=False)
         print(f"avatar cluster head: Ray started here; workers join with "
@@ -135,6 +143,14 @@ def _head(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ip_literal(host: str | None) -> str | None:
+    """``host`` when it is an IP address (a name is left to Ray to resolve)."""
+    try:
+        return str(ipaddress.ip_address(host)) if host else None
+    except ValueError:
+        return None
+
+
 def _worker(args: argparse.Namespace) -> int:
     import ray
 
@@ -143,13 +159,16 @@ def _worker(args: argparse.Namespace) -> int:
     spec = WorkerSpec(args.worker_id or f"{socket.gethostname()}-{os.getpid()}", slots=args.slots, host=args.host,
                       port=args.port, advertise_host=args.advertise_host, num_gpus=args.num_gpus,
                       server=_server_options(args))
+    node_ip = args.node_ip_address or _ip_literal(args.advertise_host)
     if args.join:
         ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
         cmd = [ray_cli, "start", "--address", args.address, "--disable-usage-stats"]
+        if node_ip:
+            cmd += ["--node-ip-address", node_ip]
         if args.num_gpus:
             cmd += ["--num-gpus", str(int(args.num_gpus))]
         subprocess.run(cmd, check=True)
-    ray.init(address=args.address, namespace=NAMESPACE, configure_logging=False)
+    ray.init(address=args.address, namespace=NAMESPACE, configure_logging=False, _node_ip_address=node_ip)
     handle = start_worker(spec, node_id=ray.get_runtime_context().get_node_id())
     status = ray.get(handle.status.remote())
     print(f"avatar cluster worker {spec.worker_id}: {spec.slots} slot(s) at {status.url}", flush=True)

@@ -102,6 +102,10 @@ class WorkerWatcher:
             log.warning("worker %s is down (%s)", worker_id, type(exc).__name__)
             self._lost(self.table.mark_dead(worker_id, f"the worker died ({type(exc).__name__})"))
             return
+        except Exception as exc:  # its status() raised (e.g. its server cannot bind), or Ray failed the call
+            log.warning("worker %s did not report: %s", worker_id, exc)
+            self.table.mark_unresponsive(worker_id)
+            return
         finally:
             call.cancel()
         self._lost(self.table.update(status, polled_at))
