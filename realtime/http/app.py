@@ -13,14 +13,18 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from avatarstream.engines.base import AvatarFrame
 from avatarstream.engines.portraits import load_portrait
+from avatarstream.realtime.clock import VIDEO_PTS_PER_FRAME
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http import metrics, page, sessions, signalling
 from avatarstream.realtime.http.cors import cors_middleware
 from avatarstream.realtime.http.ended import IssuedResources
 from avatarstream.realtime.http.errors import error_middleware
 from avatarstream.realtime.http.keys import CONFIG, REGISTRY, RESOURCES
+from avatarstream.realtime.session.calibration import FrameWork
 from avatarstream.realtime.session.registry import SessionRegistry
+from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,23 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
+def _video_encode_work(config: ServerConfig) -> FrameWork:
+    """One encode of each frame at the server's video settings: what a watched session's video costs
+    beyond its engine (once per session with shared encoding), for admission's start-up calibration."""
+    encoding = config.video_encoding()
+    encoder: FrameEncoder | None = None
+    pts = 0
+
+    def encode(frame: AvatarFrame) -> None:
+        nonlocal encoder, pts
+        if encoder is None:
+            encoder = FrameEncoder(encoding.codec, frame.image.shape[0], encoding)
+        encoder.encode(frame.image, pts)
+        pts += VIDEO_PTS_PER_FRAME
+
+    return FrameWork(f"{encoding.codec} encoding", encode)
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application; the portrait is loaded (and checked readable) here."""
     portrait = config.portrait or load_portrait(config.image)
@@ -70,7 +91,9 @@ def create_app(config: ServerConfig) -> web.Application:
     metrics.add_routes(app)  # GET /metrics (Prometheus)
 
     async def _startup(app: web.Application) -> None:
-        await registry.warm_up()  # load the engine and prepare the portrait before the first call
+        # load the engine and prepare the portrait before the first call; admission's calibration
+        # encodes each frame as a viewer's video is encoded (the transport's share of a session's cost)
+        await registry.warm_up(_video_encode_work(config))
         registry.start_reaper()
         registry.start_load_monitor()
 
