@@ -47,7 +47,7 @@ from avatarstream.bench.speech import espeak_speech, pcm_bytes, require_espeak
 from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
-from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, VideoEncoding
+from avatarstream.realtime.video_settings import VIDEO_DEFAULTS, VideoEncoding
 
 if TYPE_CHECKING:  # the run_bench contract of `avatar bench`; the CLI imports this module by name only
     from avatarstream.cli.bench import BenchOptions

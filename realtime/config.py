@@ -15,7 +15,7 @@ from avatarstream.engines.registry import engine_capabilities
 from avatarstream.realtime.session.admission import AdmissionPolicy
 from avatarstream.realtime.session.latency import ADAPTIVE, LatencySettings, latency_preset
 from avatarstream.realtime.session.session import SessionOptions
-from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, EncoderMode, VideoEncoding
+from avatarstream.realtime.video_settings import VIDEO_DEFAULTS, EncoderMode, VideoEncoding
 
 API_KEY_ENV = "AVATARSTREAM_API_KEY"
 DEFAULT_ENGINE = "lite"
@@ -50,7 +50,7 @@ class ServerConfig:
     admission_headroom: float = 0.85  # fraction of that CPU (and of the event loop thread) sessions may fill
     admission_window: float = 3.0  # seconds of measurements behind each capacity estimate
     admission_retry_after: int = 5  # Retry-After (s) of a refusal
-    # WebRTC video encoding (realtime/transports/webrtc/video_settings.py holds the defaults)
+    # how viewers' video is encoded (realtime/video_settings.py holds the defaults; the WebRTC transport applies them)
     video_encoder: str = VIDEO_DEFAULTS.mode.value  # shared (video + audio once per session), shared-video, per-viewer, aiortc
     video_codec: str = VIDEO_DEFAULTS.codec  # preferred codec: vp8 or h264
     video_bitrate_kbps: int = VIDEO_DEFAULTS.bitrate_kbps

@@ -13,7 +13,7 @@ from avatarstream.engines.registry import engine_capabilities, engine_names
 from avatarstream.realtime.memory import freeze_startup_objects, limit_arenas
 from avatarstream.realtime.config import API_KEY_ENV, DEFAULT_ENGINE, ServerConfig
 from avatarstream.realtime.session.latency import PRESETS
-from avatarstream.realtime.transports.webrtc.video_settings import H264_PRESETS, VIDEO_CODECS, EncoderMode
+from avatarstream.realtime.video_settings import H264_PRESETS, VIDEO_CODECS, EncoderMode
 from avatarstream.cli.backend_options import (add_backend_arguments, backend_options, engine_flag_options,
                                               engine_sizes, resolve_size)
 

@@ -21,15 +21,20 @@ ROOT = Path(__file__).resolve().parents[2]
 def package_dir(root: Path = ROOT) -> dict[str, str]:
     """pyproject.toml's ``[tool.setuptools.package-dir]``: installed package -> repository folder."""
     text = (root / "pyproject.toml").read_text()
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10 (a GPU machine's system python): the table's `"a.b" = "c"` lines
-        table = re.search(r"^\[tool\.setuptools\.package-dir\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
-        if table is None:
-            raise ImportError(f"no [tool.setuptools.package-dir] in {root / 'pyproject.toml'}") from None
-        return dict(re.findall(r'^\s*"([\w.]+)"\s*=\s*"([\w./-]+)"', table.group(1), re.M))
-    mapping: dict[str, str] = tomllib.loads(text)["tool"]["setuptools"]["package-dir"]
-    return mapping
+
+        mapping: dict[str, str] = tomllib.loads(text)["tool"]["setuptools"]["package-dir"]
+        return mapping
+    return package_dir_lines(text)  # Python 3.10 (a GPU machine's system python) has no tomllib
+
+
+def package_dir_lines(text: str) -> dict[str, str]:
+    """The package-dir table read from its ``"a.b" = "c"`` lines (what pyproject.toml writes there)."""
+    table = re.search(r"^\[tool\.setuptools\.package-dir\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    if table is None:
+        raise ImportError("no [tool.setuptools.package-dir] table in pyproject.toml")
+    return dict(re.findall(r'^\s*"([\w.]+)"\s*=\s*"([\w./-]+)"', table.group(1), re.M))
 
 
 def map_tree(root: Path = ROOT) -> None:

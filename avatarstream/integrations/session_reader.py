@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from avatarstream.realtime.transports.base import SessionOutput, ViewerState
+from avatarstream.realtime.transports.base import SessionOutput, ViewerState, ViewerStats
 
 TRANSPORT = "inprocess"
 READ_AFTER_TICK_S = 0.008  # read a frame this long after its send tick: its events are filed by then
@@ -71,8 +71,11 @@ class SessionReader:
     def state_since(self) -> float:
         return self._since
 
-    def stats(self) -> dict[str, Any]:
-        return {"frames_read": self.frames_read, "frames_skipped": self.frames_skipped}
+    def stats(self) -> ViewerStats:
+        """Frames this reader fell behind the clock by and jumped over count as skipped, as a WebRTC
+        sender's do."""
+        return ViewerStats(video_frames_sent=self.frames_read, video_frames_skipped=self.frames_skipped,
+                           details={"frames_read": self.frames_read, "frames_skipped": self.frames_skipped})
 
     async def close(self) -> None:
         if self._state == ViewerState.CLOSED:

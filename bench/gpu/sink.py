@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from avatarstream.realtime.transports.base import SessionOutput, ViewerState
+from avatarstream.realtime.transports.base import SessionOutput, ViewerState, ViewerStats
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,8 @@ class FrameSink:
     def state_since(self) -> float:
         return self._since
 
-    def stats(self) -> dict[str, Any]:
-        return {"frames": len(self.sent)}
+    def stats(self) -> ViewerStats:
+        return ViewerStats(video_frames_sent=len(self.sent), details={"frames": len(self.sent)})
 
     def start(self) -> None:
         self.session.attach_viewer(self)

@@ -128,7 +128,7 @@ class ServerCollector(Collector):
         dropped = CounterMetricFamily("avatar_session_engine_dropped_frames", "Frames the engine dropped",
                                       labels=["session"])
         skipped = CounterMetricFamily("avatar_session_video_frames_skipped",
-                                      "Video frames WebRTC viewers skipped (summed over viewers)", labels=["session"])
+                                      "Video frames viewers skipped behind the clock (summed over viewers)", labels=["session"])
         engine_ms = GaugeMetricFamily("avatar_session_engine_ms_per_tick", "Engine render time per tick (mean, ms)",
                                       labels=["session"])
         queued = GaugeMetricFamily("avatar_session_queued_speech_seconds", "Speech queued for playback (seconds)",
@@ -142,8 +142,7 @@ class ServerCollector(Collector):
             missing.add_metric(label, p["frames_missing"])
             late.add_metric(label, p["late_ticks"])
             dropped.add_metric(label, p["engine_dropped_frames"])
-            skipped.add_metric(label, sum(v.stats().get("video", {}).get("skipped", 0)
-                                          for v in s.viewers if v.transport == "webrtc"))
+            skipped.add_metric(label, sum(v.stats().video_frames_skipped for v in s.viewers))
             engine_ms.add_metric(label, p["engine_ms_per_tick"])
             queued.add_metric(label, s.queued_seconds)
             viewers.add_metric(label, s.viewer_count)

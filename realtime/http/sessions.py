@@ -138,6 +138,7 @@ async def _answer(request: web.Request, session: AvatarSession, offer_sdp: objec
     try:
         viewer, answer = await connect_viewer(
             session, offer, ice_servers=request.app[CONFIG].ice_servers, accept_microphone=microphone,
+            encoding=request.app[CONFIG].video_encoding(),
             on_gone=lambda v: resources.end(viewer_location(session, v.id)))
     except ViewerLimitError as exc:
         raise Conflict(str(exc)) from None

@@ -37,7 +37,7 @@ async def connect_owned_session(app: web.Application, session: AvatarSession,
     registry, cfg = app[REGISTRY], app[CONFIG]
     try:
         _viewer, answer = await connect_viewer(session, offer, ice_servers=cfg.ice_servers,
-                                               on_gone=lambda v: registry.close(session))
+                                               encoding=cfg.video_encoding(), on_gone=lambda v: registry.close(session))
     except ViewerLimitError as exc:
         await registry.close(session)
         raise Conflict(str(exc)) from None

@@ -150,7 +150,7 @@ class LoadSample:
 def session_counters(session: AvatarSession) -> SessionCounters:
     st = session.stats
     bad = st.late_ticks + st.active_frames_missing
-    skipped = [v.stats().get("video", {}).get("skipped", 0) for v in session.viewers if v.transport == "webrtc"]
+    skipped = [v.stats().video_frames_skipped for v in session.viewers]  # any transport (transports/base.py)
     if skipped:
         bad += max(skipped)
     return SessionCounters(st.ticks, st.active_ticks, bad)

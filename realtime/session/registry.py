@@ -1,7 +1,7 @@
 """Creates, finds and closes sessions; enforces the session cap (``max_sessions``, none by
 default), admission by measured load (``admission.py``), viewer connect deadlines and the idle
-timeout. The load monitor samples once a second; new sessions get the server's WebRTC video
-encoding settings.
+timeout. The load monitor samples once a second. It knows no transport: the transports attach
+viewers to its sessions (``realtime/transports/base.py``), and the server hands them their settings.
 
 Admission is checked twice: a new session is created while one more *active* session fits
 (``check_capacity``), and an inactive session (no viewer, no speech) starts rendering, when its
@@ -43,7 +43,6 @@ from avatarstream.realtime.session.admission import Clock, LoadMonitor
 from avatarstream.realtime.session.calibration import FrameWork, calibrate
 from avatarstream.realtime.session.session import AvatarSession
 from avatarstream.realtime.transports.base import ViewerState
-from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,6 @@ class SessionRegistry:
         self._reserved = 0
         self._reaper: asyncio.Task | None = None
         self.load = LoadMonitor(config.admission_policy(), lambda: list(self._sessions.values()), clock=clock)
-        self._video_encoding = config.video_encoding()
         self._monitor: asyncio.Task | None = None
         self.draining = False  # True: no new sessions (503), running ones go on
         self.sessions_started = 0  # lifetime counters (metrics)
@@ -174,7 +172,6 @@ class SessionRegistry:
             except BaseException:
                 await session.close()
                 raise
-            SESSION_ENCODERS.configure(session, self._video_encoding)
             self._sessions[session.id] = session
             self.sessions_started += 1
             session.on_close(self._forget)

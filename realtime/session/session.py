@@ -377,7 +377,7 @@ class AvatarSession:
         return sum(1 for v in self._viewers.values() if v.state == ViewerState.CONNECTED)
 
     def viewer_stats(self) -> list[dict[str, Any]]:
-        return [{"id": v.id, "transport": v.transport, "state": v.state.value, **v.stats()}
+        return [{"id": v.id, "transport": v.transport, "state": v.state.value, **v.stats().details}
                 for v in self._viewers.values()]
 
     # -- what the transports send ------------------------------------------------------------

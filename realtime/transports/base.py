@@ -2,7 +2,9 @@
 
 A transport (WebRTC, the agent WebSocket, an in-memory sink in the tests, a LiveKit publisher)
 carries one session's output to one remote party and, optionally, audio back in. It needs no
-edit to the session: it reads through ``SessionOutput`` and registers a ``Viewer``.
+edit to the session: it reads through ``SessionOutput`` and registers a ``Viewer``. This module is
+the one part of ``realtime/transports/`` the session layer imports; it imports no transport, and
+what a viewer reports crosses it as a typed ``ViewerStats``, never as a transport's own keys.
 
 Time model (see ``realtime/clock.py``): at clock tick ``m`` a sender sends content frame
 ``m - delay_frames``: ``video_for(m - D)`` and ``audio_for(m - D)`` (40 ms at 16 kHz), so audio and
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +33,19 @@ class ViewerState(str, Enum):
     CLOSED = "closed"
 
 
+@dataclass(frozen=True)
+class ViewerStats:
+    """What a viewer reports. The typed fields mean the same for every transport and are what the
+    session layer and ``/metrics`` read; ``details`` are the transport's own diagnostics
+    (JSON-serialisable, shown as they are by the session's viewer list, read by no logic)."""
+
+    video_frames_sent: int = 0
+    # frames due at a clock tick that the viewer never sent because it fell behind the clock (a sender
+    # or reader late on a loaded machine): evidence of saturation for admission
+    video_frames_skipped: int = 0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Viewer(Protocol):
     """One remote party attached to a session through some transport."""
@@ -44,8 +60,7 @@ class Viewer(Protocol):
     def state_since(self) -> float:
         """``time.monotonic()`` of the last state change (for connect deadlines)."""
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for diagnostics (JSON-serialisable)."""
+    def stats(self) -> ViewerStats: ...
 
     async def close(self) -> None:
         """Hang up; idempotent. The session calls it when it closes."""

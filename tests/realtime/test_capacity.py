@@ -21,7 +21,7 @@ from avatarstream.realtime.transports.webrtc.shared_audio import (SESSION_AUDIO_
                                                                    audio_level_dbov)
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
-from avatarstream.realtime.transports.webrtc.video_settings import VideoEncoding
+from avatarstream.realtime.video_settings import VideoEncoding
 
 SIZE = 128
 
@@ -114,7 +114,7 @@ def test_other_encoder_modes_stream(mode):
             assert len(viewer.recording.audio) > 10  # audio flows (silence) in every mode
             assert SESSION_AUDIO_ENCODERS.encoder_of(session) is None  # audio shared only in "shared"
             (served,) = session.viewers
-            assert (served.stats().get("audio_encoder") is not None) == (mode == "per-viewer")
+            assert (served.stats().details.get("audio_encoder") is not None) == (mode == "per-viewer")
             # video is shared in "shared-video" only
             assert len(SESSION_ENCODERS.encoders_of(session)) == (mode == "shared-video")
             await viewer.close()

@@ -17,6 +17,7 @@ from avatarstream.realtime.session.input_arrival import InputArrival
 from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LOW, LatencySettings, latency_preset
 from avatarstream.realtime.session.render_margin import RenderMargin
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
+from avatarstream.realtime.transports.base import ViewerStats
 from avatarstream.realtime.transports.webrtc.receive_buffer import InOrderAudioBuffer, set_receive_buffer
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,7 +63,7 @@ class Sink:
         self.sent = []  # (content index, frame index or None, audio rms)
 
     def stats(self):
-        return {}
+        return ViewerStats()
 
     async def close(self):
         pass

@@ -20,7 +20,7 @@ from avatarstream.engines.base import Portrait
 from avatarstream.realtime import memory
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.session.registry import SessionRegistry
-from avatarstream.realtime.transports.base import ViewerState
+from avatarstream.realtime.transports.base import ViewerState, ViewerStats
 
 pytestmark = pytest.mark.timeout(60)
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim and mallopt are glibc's")
@@ -162,8 +162,8 @@ class _Viewer:
     state = ViewerState.CONNECTED
     state_since = 0.0
 
-    def stats(self) -> dict:
-        return {}
+    def stats(self) -> ViewerStats:
+        return ViewerStats()
 
     async def close(self) -> None:
         return None

@@ -15,7 +15,7 @@ import numpy as np
 from avatarstream.engines.base import AvatarFrame
 from avatarstream.realtime.transports.webrtc.shared_video import SharedVideoEncoder
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
-from avatarstream.realtime.transports.webrtc.video_settings import VideoEncoding
+from avatarstream.realtime.video_settings import VideoEncoding
 
 
 class SlowWatchedEncoder(FrameEncoder):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from avatarstream.realtime.http.app import create_app
 from avatarstream.realtime.http.keys import REGISTRY
 from avatarstream.realtime.session.registry import SessionRegistry
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
-from avatarstream.realtime.transports.base import SessionOutput, Viewer, ViewerState
+from avatarstream.realtime.transports.base import SessionOutput, Viewer, ViewerState, ViewerStats
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,8 +47,8 @@ class MemorySink:
     def state_since(self) -> float:
         return self._since
 
-    def stats(self) -> dict[str, Any]:
-        return {"frames": len(self.frames)}
+    def stats(self) -> ViewerStats:
+        return ViewerStats(video_frames_sent=len(self.frames), details={"frames": len(self.frames)})
 
     def start(self) -> None:
         self.session.attach_viewer(self)

@@ -34,7 +34,7 @@ from avatarstream.realtime.transports.agent.protocol import (
     max_frame_bytes,
     parse_control,
 )
-from avatarstream.realtime.transports.base import ServedSession, ViewerState
+from avatarstream.realtime.transports.base import ServedSession, ViewerState, ViewerStats
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,11 @@ class AgentConnection:
     def state_since(self) -> float:
         return self._since
 
-    def stats(self) -> dict[str, Any]:
-        return {"messages": self.messages, "dropped_messages": self.dropped_messages,
-                "utterance_open": self.utterance_open,
-                "sample_rate": None if self.resampler is None else self.resampler.sample_rate}
+    def stats(self) -> ViewerStats:
+        """No video: speech in, events out."""
+        return ViewerStats(details={"messages": self.messages, "dropped_messages": self.dropped_messages,
+                                    "utterance_open": self.utterance_open,
+                                    "sample_rate": None if self.resampler is None else self.resampler.sample_rate})
 
     async def close(self) -> None:
         if not self.ws.closed:

@@ -9,10 +9,10 @@ Viewer state follows the peer connection: ``connecting`` until ICE + DTLS comple
 ``connected``; ``closed`` once it fails or closes. A viewer that never connects is dropped by the
 session registry after its connect deadline.
 
-Video is encoded as the session's ``VideoEncoding`` says (``SESSION_ENCODERS.configure``; the
-server's ``video_*`` settings): by default once per session and codec, shared by its viewers
-(``shared_video.py``); the codec is the first of the viewer's offer in the preference order
-``VideoEncoding.codec`` first. Audio follows the same mode switch: ``shared`` sends one Opus
+Video is encoded as the ``VideoEncoding`` handed to ``connect_viewer`` says (the server's ``video_*``
+settings, ``realtime/video_settings.py``; the session knows nothing of them): by default once per
+session and codec, shared by its viewers (``shared_video.py``); the codec is the first of the viewer's
+offer in the preference order ``VideoEncoding.codec`` first. Audio follows the same mode switch: ``shared`` sends one Opus
 stream per session to every viewer (``shared_audio.py``), ``per-viewer`` one Opus encoder per
 viewer, ``aiortc`` and ``shared-video`` let each viewer's sender encode raw frames (aiortc's Opus);
 so does a viewer whose offer has no Opus (e.g. PCMU only).
@@ -33,14 +33,14 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.sdp import SessionDescription
 
 from avatarstream.realtime.errors import BadOffer
-from avatarstream.realtime.transports.base import ServedSession, ViewerState
+from avatarstream.realtime.transports.base import ServedSession, ViewerState, ViewerStats
 from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
 from avatarstream.realtime.transports.webrtc.receive_buffer import set_receive_buffer
 from avatarstream.realtime.transports.webrtc.shared_audio import SESSION_AUDIO_ENCODERS
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
 from avatarstream.realtime.transports.webrtc.tracks import (AvatarAudioTrack, AvatarVideoTrack, EncodedAudioTrack,
                                                              EncodedVideoTrack)
-from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_CODECS, EncoderMode
+from avatarstream.realtime.video_settings import VIDEO_CODECS, VIDEO_DEFAULTS, EncoderMode, VideoEncoding
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class WebRtcViewer:
 
     transport = "webrtc"
 
-    def __init__(self, session: ServedSession, pc: RTCPeerConnection,
+    def __init__(self, session: ServedSession, pc: RTCPeerConnection, encoding: VideoEncoding = VIDEO_DEFAULTS,
                  on_gone: Callable[[WebRtcViewer], Awaitable[None] | None] | None = None) -> None:
         self.id = secrets.token_hex(6)
         self.pc = pc
@@ -107,7 +107,7 @@ class WebRtcViewer:
         self._state = ViewerState.CONNECTING
         self._state_since = time.monotonic()
         self._tasks: set[asyncio.Task] = set()
-        self.encoding = SESSION_ENCODERS.settings_for(session)
+        self.encoding = encoding
         self.video: AvatarVideoTrack | EncodedVideoTrack = (
             AvatarVideoTrack(session) if self.encoding.mode == EncoderMode.AIORTC else EncodedVideoTrack(session))
         self.audio: AvatarAudioTrack | EncodedAudioTrack = (
@@ -127,7 +127,7 @@ class WebRtcViewer:
         if state != self._state:
             self._state, self._state_since = state, time.monotonic()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ViewerStats:
         out: dict[str, Any] = {
             "video": {"sent": self.video.frames_sent, "skipped": self.video.frames_skipped},
             "audio": {"sent": self.audio.frames_sent, "skipped": self.audio.frames_skipped},
@@ -141,7 +141,8 @@ class WebRtcViewer:
             out["audio_encoder"] = self.audio.encoder.stats()
         if self.microphone is not None:
             out["mic_dropped_samples"] = self.microphone.dropped_samples
-        return out
+        return ViewerStats(video_frames_sent=self.video.frames_sent, video_frames_skipped=self.video.frames_skipped,
+                           details=out)
 
     def sender_clock_samples(self) -> list[dict[str, Any]]:
         """For the video/audio sender: the (RTP timestamp, send time) pair of its last packet, i.e.
@@ -162,7 +163,7 @@ class WebRtcViewer:
         requests (PLI/FIR, which aiortc would hand to a per-sender encoder) go to that encoder."""
         if not isinstance(self.video, EncodedVideoTrack) or self.video.encoder is not None:
             return
-        self.video.bind(SESSION_ENCODERS.acquire(self._session, codec))
+        self.video.bind(SESSION_ENCODERS.acquire(self._session, codec, self.encoding))
         # aiortc: RTCRtpSender._handle_rtcp_packet calls this private method on PLI/FIR
         sender._send_keyframe = self.video.request_keyframe  # type: ignore[method-assign]
 
@@ -241,16 +242,18 @@ class WebRtcViewer:
 
 async def connect_viewer(session: ServedSession, offer: RTCSessionDescription, *,
                          ice_servers: list[str] | None = None, accept_microphone: bool = True,
+                         encoding: VideoEncoding = VIDEO_DEFAULTS,
                          on_gone: Callable[[WebRtcViewer], Awaitable[None] | None] | None = None,
                          ) -> tuple[WebRtcViewer, RTCSessionDescription]:
     """Answer ``offer`` with a new peer connection carrying ``session``'s tracks; the viewer is
-    attached to the session (which may refuse it: ``ViewerLimitError``).
+    attached to the session (which may refuse it: ``ViewerLimitError``). ``encoding``: how its video (and,
+    by the mode, its audio) is encoded; the server passes its configured settings.
 
     ``on_gone(viewer)`` runs once when the connection fails or closes or the viewer is closed.
     Raises BadOffer for offers aiortc cannot use.
     """
     pc = RTCPeerConnection(ice_configuration(ice_servers))
-    viewer = WebRtcViewer(session, pc, on_gone)
+    viewer = WebRtcViewer(session, pc, encoding, on_gone)
 
     @pc.on("connectionstatechange")
     async def _on_state() -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from avatarstream.realtime.clock import SessionClock
 from avatarstream.realtime.transports.base import SessionOutput
 from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
-from avatarstream.realtime.transports.webrtc.video_settings import VIDEO_DEFAULTS, EncoderMode, VideoEncoding
+from avatarstream.realtime.video_settings import VIDEO_DEFAULTS, EncoderMode, VideoEncoding
 
 CACHED_FRAMES = 8  # encoded ticks kept for viewers whose sender runs a little behind
 
@@ -132,21 +132,15 @@ class SharedVideoEncoder:
 
 class SessionEncoders:
     """The shared encoders of the server's sessions, by session and codec; an encoder lives while a
-    viewer uses it. Sessions are held weakly: a closed, dropped session leaves nothing behind."""
+    viewer uses it, with the settings of the viewer that created it (the server hands every viewer the
+    same ones). Sessions are held weakly: a closed, dropped session leaves nothing behind."""
 
     def __init__(self) -> None:
         self._by_session: weakref.WeakKeyDictionary[Any, dict[str, SharedVideoEncoder]] = weakref.WeakKeyDictionary()
-        self._settings: weakref.WeakKeyDictionary[Any, VideoEncoding] = weakref.WeakKeyDictionary()
 
-    def configure(self, session: SessionOutput, settings: VideoEncoding) -> None:
-        """The encoding settings of ``session``'s viewers (default: ``VIDEO_DEFAULTS``)."""
-        self._settings[session] = settings
-
-    def settings_for(self, session: SessionOutput) -> VideoEncoding:
-        return self._settings.get(session, VIDEO_DEFAULTS)
-
-    def acquire(self, session: SessionOutput, codec: str) -> SharedVideoEncoder:
-        settings = self.settings_for(session)
+    def acquire(self, session: SessionOutput, codec: str, settings: VideoEncoding = VIDEO_DEFAULTS) -> SharedVideoEncoder:
+        """The encoder of ``session`` and ``codec`` (created with ``settings`` if none runs; a private one
+        in ``per-viewer`` mode)."""
         if settings.mode == EncoderMode.PER_VIEWER:
             encoder = SharedVideoEncoder(session, codec, settings)  # private to one viewer
         else:

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from avatarstream.realtime.clock import VIDEO_TIME_BASE
-from avatarstream.realtime.transports.webrtc.video_settings import VideoEncoding
+from avatarstream.realtime.video_settings import VideoEncoding
 
 FPS_TIME_BASE = Fraction(1, 25)
 

@@ -1,9 +1,11 @@
-"""How the WebRTC transport encodes video: one typed record, validated once, no codec imports.
+"""How viewers' video is encoded: one typed record, validated once, no codec imports.
 
-``ServerConfig`` (``realtime/config.py``) derives its ``video_*`` fields from ``VIDEO_DEFAULTS``,
-and ``avatar serve`` its flags from those fields, so every encoder default is defined here once.
-The defaults were chosen with ``avatar bench --suite capacity`` (quality vs cost of each setting,
-side by side; see docs/server.md).
+It sits below the transports (beside ``realtime/config.py``), so the server's configuration names its
+settings without importing a transport: ``ServerConfig`` (``realtime/config.py``) derives its
+``video_*`` fields from ``VIDEO_DEFAULTS``, ``avatar serve`` its flags from those fields, and the WebRTC
+transport (``realtime/transports/webrtc/``) encodes with the record it is handed when a viewer connects.
+Every encoder default is defined here once. The defaults were chosen with ``avatar bench --suite
+capacity`` (quality vs cost of each setting, side by side; see docs/server.md).
 """
 
 from __future__ import annotations
