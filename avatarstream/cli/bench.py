@@ -1,7 +1,9 @@
 """``avatar bench``: runs one benchmark suite, prints a summary and writes JSON (+ plots).
 
 Each suite is a module exposing ``run_bench(options: BenchOptions) -> dict`` which may write
-PNG plots into ``options.out_dir`` and returns a JSON-serialisable result.
+PNG plots into ``options.out_dir`` and returns a JSON-serialisable result. A suite that measures in sections may
+call ``options.checkpoint(result_so_far)`` after each: the JSON is then written at once (``"partial": true``), so
+a run killed midway (a hang, a device's time limit) leaves everything measured before.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import importlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 SUITES: dict[str, str] = {
     "lite": "avatarstream.bench.lite",
@@ -45,6 +48,8 @@ class BenchOptions:
     weights: str | None = None
     sessions: int = 3  # soak: concurrent sessions
     dry_run: bool = False  # gpu suite: the same code on CPU with miniature networks
+    # the suite's partial result, written as the JSON at once (set by ``run``)
+    checkpoint: Callable[[dict], None] = field(default=lambda result: None, repr=False, compare=False)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,19 +85,27 @@ def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(SUITES[args.suite])
     from avatarstream.bench.machine import machine_info  # measurement is imported only when a suite runs
     t0 = time.time()
-    result = module.run_bench(opts)
-    report = {
-        "suite": args.suite,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
-        "wall_s": round(time.time() - t0, 2),
-        "options": {k: str(v) for k, v in asdict(opts).items()},
-        "machine": machine_info(),
-        "result": result,
-    }
-    if network is not None:
-        report["network"] = network
     path = opts.out_dir / f"{args.suite}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
+    machine = machine_info()
+
+    def write(result: dict, partial: bool) -> None:
+        report: dict[str, Any] = {
+            "suite": args.suite, "partial": partial,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+            "wall_s": round(time.time() - t0, 2),
+            "options": {k: str(v) for k, v in asdict(opts).items() if k != "checkpoint"},
+            "machine": machine_info() if not partial else machine,
+            "result": result,
+        }
+        if network is not None:
+            report["network"] = network
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+        tmp.replace(path)  # a reader (or a kill) never sees half a file
+
+    opts.checkpoint = lambda result: write(result, partial=True)
+    result = module.run_bench(opts)
+    write(result, partial=False)
     json.dump(result, sys.stdout, indent=2, default=str)
     print(f"\nwrote {path}")
     return 0
