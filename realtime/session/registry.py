@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from avatarstream.engines.base import AvatarEngine, Portrait
+from avatarstream.engines.base import AvatarEngine, EngineError, Portrait
 from avatarstream.engines.registry import engine_options, load_engine
 from avatarstream.realtime import memory
 from avatarstream.realtime.config import ServerConfig
@@ -54,6 +54,7 @@ class SessionRegistry:
                  engine_loader: Callable[..., AvatarEngine] | None = None, *, clock: Clock = time.monotonic) -> None:
         self.config = config
         self._clock = clock  # monotonic seconds: admission's, the reaper's and every session's
+        self._calibration_work: FrameWork | None = None  # per-frame work beyond the engine (warm_up)
         self.default_portrait = default_portrait
         self._load_engine = engine_loader or config.engine_loader or load_engine
         self._engines: dict[str, AvatarEngine] = {}
@@ -83,27 +84,40 @@ class SessionRegistry:
                     options.update(self.config.engine_options)
                 loop = asyncio.get_running_loop()
                 self._engines[name] = await loop.run_in_executor(None, lambda: self._load_engine(name, **options))
+                if name == self.config.engine and self.load.policy.enabled:
+                    await self._calibrate(self._engines[name])
             return self._engines[name]
 
+    async def _calibrate(self, engine: AvatarEngine) -> None:
+        """Admission's calibration of the default engine on the default portrait, when it loads
+        (``calibration.py``: the cost of an active session until one is measured), with the
+        ``FrameWork`` given to ``warm_up`` on each frame. A portrait the engine refuses leaves it
+        uncalibrated (``warm_up`` raises for it)."""
+        portrait, size, work = self.default_portrait, self.config.size, self._calibration_work
+        try:
+            calibration = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: calibrate(engine, portrait, engine_name=self.config.engine, size=size, work=work))
+        except EngineError as exc:
+            log.warning("admission calibration failed (%s): one active session at a time until one is measured", exc)
+            return
+        self.load.calibrated(calibration)
+        log.info("admission calibration: %s", calibration.describe())
+
     async def warm_up(self, work: FrameWork | None = None) -> None:
-        """Load the default engine and prepare the default portrait once (engines cache the
-        face analysis), so the first call does not wait for it; with admission on, calibrate the
-        engine on it, with ``work`` on each frame (``calibration.py``: the cost of an active session
-        until one is measured). Raises NoFaceError."""
+        """Load the default engine (calibrating it for admission, with ``work`` on each frame) and
+        prepare the default portrait once (engines cache the face analysis), so the first call does
+        not wait for it. Raises NoFaceError."""
+        if work is not None:
+            self._calibration_work = work
         engine = await self.engine()
-        loop = asyncio.get_running_loop()
+        if self.load.calibration is not None:
+            return  # the calibration opened a stream on the portrait
         portrait, size = self.default_portrait, self.config.size
 
         def open_and_close() -> None:
             engine.open_stream(portrait, size=size).close()
 
-        if not self.load.policy.enabled:
-            await loop.run_in_executor(None, open_and_close)
-            return
-        calibration = await loop.run_in_executor(
-            None, lambda: calibrate(engine, portrait, engine_name=self.config.engine, size=size, work=work))
-        self.load.calibrated(calibration)
-        log.info("admission calibration: %s", calibration.describe())
+        await asyncio.get_running_loop().run_in_executor(None, open_and_close)
 
     # -- sessions ------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -249,22 +249,29 @@ def test_session_and_clock_read_the_injected_time(bar_engine):
 
 
 async def test_concurrent_creates_on_an_idle_server_are_all_admitted(bar_engine):
-    """8 creates at once, with nothing measured and no calibration (the strictest state): all
-    admitted, since a session being created reserves nothing. Activation is judged: the first
-    viewer may start, the second is refused (one at a time until measured) with the figures."""
+    """8 creates at once on an idle registry: all admitted, since a session being created reserves
+    nothing (at 4dcf21d each counted as active: 4 concurrent got one 503). The engine is calibrated
+    when it loads; activation is judged on that figure: with a calibrated 0.5 cores a session and
+    0.85 usable (capacity 1), the first may start, the second is refused with the figures."""
     now = [0.0]
-    registry = SessionRegistry(ServerConfig(idle_timeout=60), PORTRAIT, engine_loader=lambda name, **_: bar_engine,
-                               clock=lambda: now[0])
+    config = ServerConfig(idle_timeout=60, admission_cpu_cores=1.0)
+    registry = SessionRegistry(config, PORTRAIT, engine_loader=lambda name, **_: bar_engine, clock=lambda: now[0])
     try:
         sessions = await asyncio.gather(*(registry.create(size=64) for _ in range(8)))
         assert len(registry) == 8 and registry.active_count == 0
+        assert registry.load.calibration is not None and registry.load.calibration.engine == "lite"  # on load
         registry.check_capacity()  # a ninth is admitted too
-        registry.check_activation(sessions[0])
+        registry.load.calibrated(Calibration("bar", 64, frames=25, cpu_s=0.5))  # 0.5 cores, for exact figures
         sessions[0].push_audio(np.zeros(640, np.float32))  # speech with nobody watching: now active
         assert registry.active_count == 1
         with pytest.raises(SessionLimitError) as refused:
             sessions[1].push_audio(np.zeros(640, np.float32))
-        assert refused.value.retry_after == 5 and "one active session at a time" in str(refused.value)
+        assert refused.value.retry_after == 5
+        assert str(refused.value) == (
+            "this session cannot start rendering now: 1 active session(s) use 0.5 cores (0.5 each, by the start-up "
+            "calibration: 20.0 ms of CPU a frame (bar, 64 px, the engine only); no running session measured yet), "
+            "the server and 0 inactive session(s) 0, of the 0.85 cores sessions may fill (85% of 1): capacity 1 "
+            "active session(s); one more would push them below 24 fps; it stays open (unwatched): retry later")
         now[0] = 61.0  # the reaper reads the same clock: all but the one touched at t = 61 are idle
         sessions[0].touch()
         await registry.reap()
