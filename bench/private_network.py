@@ -32,6 +32,7 @@ import ifaddr
 CLONE_NEWNET = 0x40000000
 TEST_ADDRESS = "10.230.0.1"
 TEST_PREFIX = 24
+NOWHERE_ADDRESS = "10.230.0.254"  # on the private link, held by nothing: packets to it go nowhere
 VETH = ("avt0", "avt1")
 TEST_SUBNETS = (ipaddress.ip_network("10.230.0.0/16"), ipaddress.ip_network("10.231.0.0/16"))
 # Destinations that never leave the machine's own namespaces: loopback, the test subnets, and link-local

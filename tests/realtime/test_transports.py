@@ -13,6 +13,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from avatarstream.bench.private_network import NOWHERE_ADDRESS
 from avatarstream.engines.base import Portrait
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
@@ -152,9 +153,10 @@ async def test_ghost_webrtc_viewer_frees_its_slot(engine_loader):
     try:
         pc.addTransceiver("video", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
-        # every candidate points at an unreachable address (TEST-NET-1): ICE can never complete
-        sdp = re.sub(r"(a=candidate:\S+ \d+ \S+ \d+ )\S+ \d+", r"\g<1>192.0.2.1 9", pc.localDescription.sdp)
-        assert "192.0.2.1" in sdp
+        # every candidate points at an address on the tests' private link that nothing holds: ICE can never
+        # complete (TEST-NET-1, used before, is this machine's own outside subnet)
+        sdp = re.sub(r"(a=candidate:\S+ \d+ \S+ \d+ )\S+ \d+", rf"\g<1>{NOWHERE_ADDRESS} 9", pc.localDescription.sdp)
+        assert NOWHERE_ADDRESS in sdp
         async with ClientSession(f"http://127.0.0.1:{port}") as http:
             resp = await http.post("/offer", json={"sdp": sdp, "type": "offer"})
             assert resp.status == 200, await resp.text()
