@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpSrPacket
 from av import AudioFrame, VideoFrame
 
+from avatarstream.realtime.transports.webrtc.aiortc_compat import listen_rtcp, rtp_timestamp_origin
 from avatarstream.realtime.transports.webrtc.peer import ice_configuration
 
 VIDEO_RATE = 90_000
@@ -121,7 +122,7 @@ class RecordingViewer:
         self.first_video = asyncio.Event()
         self.first_audio = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._receivers: dict[str, object] = {}
+        self._receivers: dict[str, Any] = {}
         self._new_event = asyncio.Condition()
 
     async def join(self, http: aiohttp.ClientSession, whep_url: str, token: str) -> None:
@@ -156,17 +157,15 @@ class RecordingViewer:
             self._capture_sender_reports(transceiver.receiver, transceiver.kind)
 
     def _capture_sender_reports(self, receiver: Any, kind: str) -> None:
-        # aiortc keeps the RTCP SR contents and its pts origin private: listen in (Any: private attributes)
+        # aiortc keeps the RTCP SR contents and its pts origin private: listen in (aiortc_compat.py)
         self._receivers[kind] = receiver
-        handle = receiver._handle_rtcp_packet
         reports = self.recording.sender_reports[kind]
 
-        async def listen(packet: object) -> None:
+        def listen(packet: object) -> None:
             if isinstance(packet, RtcpSrPacket):
                 reports.append((packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp))
-            await handle(packet)
 
-        receiver._handle_rtcp_packet = listen
+        listen_rtcp(receiver, listen)
 
     async def _notify(self) -> None:
         async with self._new_event:
@@ -227,10 +226,9 @@ class RecordingViewer:
     def _note_rtp_origins(self) -> None:
         """aiortc rebases received pts to start at 0; keep the RTP timestamp that became pts 0."""
         for kind, receiver in self._receivers.items():
-            mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
-            origin = getattr(mapper, "_origin", None)
+            origin = rtp_timestamp_origin(receiver)
             if origin is not None:
-                self.recording.rtp_origin[kind] = int(origin)
+                self.recording.rtp_origin[kind] = origin
 
     async def close(self) -> None:
         self._note_rtp_origins()

@@ -34,6 +34,7 @@ from aiortc.sdp import SessionDescription
 
 from avatarstream.realtime.errors import BadOffer
 from avatarstream.realtime.transports.base import ServedSession, ViewerState, ViewerStats
+from avatarstream.realtime.transports.webrtc.aiortc_compat import route_keyframe_requests, sender_clock, set_audio_level
 from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
 from avatarstream.realtime.transports.webrtc.receive_buffer import set_receive_buffer
 from avatarstream.realtime.transports.webrtc.shared_audio import SESSION_AUDIO_ENCODERS
@@ -61,7 +62,34 @@ def check_offer(sdp: object, type_: object = "offer") -> RTCSessionDescription:
     media = [ln.split()[0][2:] for ln in lines if ln.startswith("m=") and len(ln.split()) > 1]
     if not any(kind in ("audio", "video") for kind in media):
         raise BadOffer("malformed SDP offer: no audio or video media section (m=audio / m=video)")
+    check_usable(parse_offer(sdp))
     return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+def parse_offer(sdp: str) -> SessionDescription:
+    """aiortc's parse of an offer: whatever it raises on this text is the offer's fault (400)."""
+    try:
+        return SessionDescription.parse(sdp)
+    except Exception as exc:  # the parser's errors are many (ValueError, IndexError, KeyError...)
+        raise BadOffer(f"malformed SDP offer: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def check_usable(offer: SessionDescription) -> None:
+    """Refuse (BadOffer, 400) what ``RTCPeerConnection.setRemoteDescription`` would refuse in a remote
+    offer, with its reason: so any exception aiortc raises after this is ours (500), not the client's."""
+    if not any(m.kind in ("audio", "video") for m in offer.media):
+        raise BadOffer("malformed SDP offer: no usable media sections")
+    for media in offer.media:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise BadOffer(f"malformed SDP offer: the {media.kind} section has no a=ice-ufrag / a=ice-pwd")
+        if media.kind not in ("audio", "video"):
+            continue
+        if not media.rtcp_mux:
+            raise BadOffer(f"unusable SDP offer: the {media.kind} section does not offer a=rtcp-mux")
+        supported = {c.mimeType.lower() for c in RTCRtpSender.getCapabilities(media.kind).codecs}
+        if not any(c.mimeType.lower() in supported for c in media.rtp.codecs):
+            raise BadOffer(f"unusable SDP offer: no {media.kind} codec this server handles "
+                           f"({', '.join(sorted(supported))})")
 
 
 def ice_configuration(ice_servers: list[str] | None) -> RTCConfiguration:
@@ -147,13 +175,13 @@ class WebRtcViewer:
     def sender_clock_samples(self) -> list[dict[str, Any]]:
         """For the video/audio sender: the (RTP timestamp, send time) pair of its last packet, i.e.
         what its next RTCP sender report will say. Diagnostics for lip-sync measurements on the
-        sender's clock (reads aiortc sender state; empty if unavailable)."""
+        sender's clock (``aiortc_compat.sender_clock``; empty before the first packet)."""
         out = []
         for sender in self.pc.getSenders():
-            ntp = getattr(sender, "_RTCRtpSender__ntp_timestamp", 0)
-            rtp = getattr(sender, "_RTCRtpSender__rtp_timestamp", None)
-            if not ntp or rtp is None or sender.track is None:
+            clock = sender_clock(sender)
+            if clock is None or sender.track is None:
                 continue
+            ntp, rtp = clock
             unix = (ntp >> 32) - 2208988800 + (ntp & 0xFFFFFFFF) / 2**32
             out.append({"kind": sender.track.kind, "rtp_timestamp": rtp, "time": unix})
         return out
@@ -164,8 +192,7 @@ class WebRtcViewer:
         if not isinstance(self.video, EncodedVideoTrack) or self.video.encoder is not None:
             return
         self.video.bind(SESSION_ENCODERS.acquire(self._session, codec, self.encoding))
-        # aiortc: RTCRtpSender._handle_rtcp_packet calls this private method on PLI/FIR
-        sender._send_keyframe = self.video.request_keyframe  # type: ignore[method-assign]
+        route_keyframe_requests(sender, self.video.request_keyframe)
 
     def bind_audio(self, codec: str | None, sender: RTCRtpSender) -> None:
         """Feed the audio track from the session's Opus encoder (shared or this viewer's own); for
@@ -175,17 +202,8 @@ class WebRtcViewer:
         if codec == "opus":
             track = self.audio
             track.bind(SESSION_AUDIO_ENCODERS.acquire(self._session, shared=self.encoding.mode == EncoderMode.SHARED))
-            # aiortc sets the RTP audio-level extension only for frames it encodes itself; its
-            # RTCRtpSender._run_rtp takes each packet from this private method: add the level there
-            next_encoded_frame = sender._next_encoded_frame
-
-            async def with_audio_level(codec_parameters: Any) -> Any:
-                frame = await next_encoded_frame(codec_parameters)
-                if frame is not None and frame.audio_level is None:
-                    frame.audio_level = track.level
-                return frame
-
-            sender._next_encoded_frame = with_audio_level  # type: ignore[method-assign,assignment]
+            # aiortc sets the RTP audio-level extension only for frames it encodes itself
+            set_audio_level(sender, lambda: track.level)
             return
         self.audio.stop()
         self.audio = AvatarAudioTrack(self._session)
@@ -250,8 +268,11 @@ async def connect_viewer(session: ServedSession, offer: RTCSessionDescription, *
     by the mode, its audio) is encoded; the server passes its configured settings.
 
     ``on_gone(viewer)`` runs once when the connection fails or closes or the viewer is closed.
-    Raises BadOffer for offers aiortc cannot use.
+    Raises BadOffer (400) for an offer that does not parse or that aiortc would refuse (``check_usable``);
+    any other failure of the negotiation is logged and raised as it is (a 500: our bug or aiortc's,
+    e.g. ``aiortc_compat.AiortcIncompatible``, never the client's "malformed SDP offer").
     """
+    check_usable(parse_offer(offer.sdp))
     pc = RTCPeerConnection(ice_configuration(ice_servers))
     viewer = WebRtcViewer(session, pc, encoding, on_gone)
 
@@ -306,7 +327,8 @@ async def connect_viewer(session: ServedSession, offer: RTCSessionDescription, *
     except Exception as exc:
         viewer._on_gone = None
         await viewer.close()
-        if isinstance(exc, BadOffer):
-            raise
-        raise BadOffer(f"malformed SDP offer: {str(exc)[:200]}") from exc
+        if not isinstance(exc, BadOffer):
+            log.error("session %s viewer %s: WebRTC negotiation failed on a parsed, usable offer: %s: %s",
+                      session.id, viewer.id, type(exc).__name__, exc)
+        raise
     return viewer, pc.localDescription

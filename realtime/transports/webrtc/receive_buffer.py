@@ -12,7 +12,7 @@ a second, fixed hold only adds delay. ``set_receive_buffer(receiver, packets)`` 
   its place any more; the decoder conceals the gap as it would a lost one).
 
 aiortc keeps the buffer in a private attribute (``RTCRtpReceiver.__jitter_buffer``), read once per
-packet; it is replaced before any packet arrives (in the ``track`` event).
+packet; it is replaced before any packet arrives (in the ``track`` event), through ``aiortc_compat.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 
+from avatarstream.realtime.transports.webrtc.aiortc_compat import packet_frame_data, replace_jitter_buffer
+
 AIORTC_AUDIO_CAPACITY = 16  # aiortc's audio jitter buffer size (packets)
-_PRIVATE_NAME = "_RTCRtpReceiver__jitter_buffer"
 
 
 class InOrderAudioBuffer(JitterBuffer):
@@ -42,12 +43,10 @@ class InOrderAudioBuffer(JitterBuffer):
                 self.dropped_late += 1
                 return False, None
         self._last = packet.sequence_number
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        return False, JitterFrame(data=packet_frame_data(packet), timestamp=packet.timestamp)
 
 
 def set_receive_buffer(receiver: Any, packets: int) -> None:
     """Make ``receiver`` (an audio ``RTCRtpReceiver``) hold ``packets`` packets before decoding."""
-    if not hasattr(receiver, _PRIVATE_NAME):
-        raise RuntimeError("this aiortc version keeps no RTCRtpReceiver.__jitter_buffer; cannot size it")
     buffer = InOrderAudioBuffer() if packets == 0 else JitterBuffer(capacity=AIORTC_AUDIO_CAPACITY, prefetch=packets)
-    setattr(receiver, _PRIVATE_NAME, buffer)
+    replace_jitter_buffer(receiver, buffer)
