@@ -1,7 +1,7 @@
 """Every use of aiortc's private internals, in one place, each named with what it expects.
 
 aiortc gives no public hook for several things the WebRTC transport does; this module is the only one that
-touches aiortc objects' private attributes (``tests/test_layout.py`` keeps it so), and ``PRIVATE_MEMBERS``
+touches aiortc objects' private attributes (the test below keeps it so), and ``PRIVATE_MEMBERS``
 states each attribute with what we rely on: a method's parameters, an attribute aiortc itself assigns, the
 call sites in aiortc's own code that make replacing it work. ``check()`` verifies all of them against the
 installed aiortc; ``tests/realtime/test_aiortc_compat.py`` runs it per member, so a release that moves one
