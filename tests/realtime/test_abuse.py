@@ -29,7 +29,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
 from avatarstream.realtime.http.keys import REGISTRY
-from avatarstream.realtime.transports.agent.socket import SOCKET_MAX_MSG_BYTES
+from avatarstream.realtime.transports.agent.socket import ERROR_REPEAT_SECONDS, SOCKET_MAX_MSG_BYTES
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -286,11 +286,27 @@ AGENT_CASES_AFTER_START: list[tuple[str, Any, str]] = [
 ]
 
 
+def interleaved_by_code(cases: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    """``cases`` reordered round-robin over their error codes, so that cases expecting the same code
+    are as far apart as possible (each waits out the code's repeat limit only when it must)."""
+    by_code: dict[str, list[tuple[str, Any, str]]] = {}
+    for case in cases:
+        by_code.setdefault(case[2], []).append(case)
+    rounds = max(len(group) for group in by_code.values())
+    return [group[i] for i in range(rounds) for group in by_code.values() if i < len(group)]
+
+
 async def run_agent_cases(srv: Server) -> list[str]:
     failures = []
     ws = await srv.http.ws_connect(srv.victim["agent_url"], headers={"Authorization": f"Bearer {srv.victim['token']}"})
+    loop = asyncio.get_running_loop()
+    last_reply: dict[str, float] = {}  # error code -> when its last error reply arrived here
 
     async def expect_error(name: str, message: Any, code: str) -> None:
+        # one error per code and ERROR_REPEAT_SECONDS reaches the agent (no amplification): a case
+        # whose code was answered less than that ago waits until a reply is due again (the server
+        # stamped the earlier reply before it arrived here, so this wait is never too short)
+        await asyncio.sleep(max(0.0, last_reply.get(code, -1e9) + ERROR_REPEAT_SECONDS + 0.05 - loop.time()))
         if isinstance(message, bytes):
             await ws.send_bytes(message)
         else:
@@ -303,12 +319,12 @@ async def run_agent_cases(srv: Server) -> list[str]:
         except (asyncio.TimeoutError, TypeError, ValueError) as exc:
             failures.append(f"agent {name}: no error reply ({exc!r}); socket closed={ws.closed}")
             return
+        last_reply[str(reply.get("code"))] = loop.time()
         if reply.get("code") != code or len(json.dumps(reply)) > 2000:
             failures.append(f"agent {name}: got {str(reply)[:200]}, expected {code}")
 
-    for name, message, code in AGENT_CASES:
+    for name, message, code in interleaved_by_code(AGENT_CASES):
         await expect_error(name, message, code)
-        await asyncio.sleep(0.6)  # one error per code and half second reaches the agent (no amplification)
     await ws.send_json({"type": "start", "sample_rate": 16000})
     for name, message, code in AGENT_CASES_AFTER_START:
         await expect_error(name, message, code)
