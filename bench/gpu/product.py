@@ -20,6 +20,7 @@ import torch
 from avatarstream.bench.gpu.inputs import FaceRecord, load_face, portrait_bytes, speech
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
 from avatarstream.engines.joyvasa.avatar_engine import JoyVasaEngine
+from avatarstream.engines.joyvasa.checkpoint import SMALL_CONFIG
 from avatarstream.engines.joyvasa.random_weights import write_random_weights
 from avatarstream.engines.liveportrait.config import LivePortraitConfig
 from avatarstream.engines.portraits import portrait_from_bytes
@@ -82,9 +83,11 @@ def session_options(latency: str | None = None) -> tuple[SessionOptions, str]:
         return SessionOptions(size=SIZE), f"SessionOptions defaults (ServerConfig failed: {type(exc).__name__}: {exc})"
 
 
-def build_product(dry_run: bool, workdir: Path, device: torch.device) -> Product:
+def build_product(dry_run: bool, workdir: Path, device: torch.device, motion_steps: int | None = None) -> Product:
+    """``motion_steps``: the miniature motion generator's diffusion steps (dry run; None: its 4)."""
     t0 = time.perf_counter()
-    root = write_random_weights(workdir / "weights", small=dry_run,
+    motion_config = dataclasses.replace(SMALL_CONFIG, n_diff_steps=motion_steps) if dry_run and motion_steps else None
+    root = write_random_weights(workdir / "weights", small=dry_run, motion_config=motion_config,
                                 liveportrait_config=DRY_RUN_RENDERER if dry_run else None)
     t1 = time.perf_counter()
     options: dict[str, Any] = {"weights": str(root), "device": device.type}  # "cuda": as avatar serve resolves it

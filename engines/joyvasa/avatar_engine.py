@@ -293,7 +293,8 @@ class JoyVasaEngine:
         def frames():
             for start in range(0, len(motions), self.batch_size):
                 batch = motions[start:start + self.batch_size]
-                images = prepared.renderer.render([(prepared.avatar, driver(m)) for m in batch])
+                keypoints = driver.batch(batch)  # one stitching call per batch, left on the renderer's device
+                images = prepared.renderer.render([(prepared.avatar, keypoints[i]) for i in range(len(batch))])
                 for generated in images:
                     yield prepared.finish(generated, size)
                 bar.update(len(batch))
@@ -334,7 +335,8 @@ class PreparedPortrait:
 
     def driver(self, reference: MotionFrame, intensity: float) -> KeypointDriver:
         return KeypointDriver(source_motion(self.avatar), reference, self.mode,
-                              multiplier=self.multiplier * intensity, stitch=self.stitch)
+                              multiplier=self.multiplier * intensity, stitch=self.stitch,
+                              stitch_batch=self.renderer.stitch_on_device if self.stitch is not None else None)
 
     def finish(self, generated: np.ndarray, size: int) -> np.ndarray:
         """A rendered 512 crop -> the output frame (pasted back, resized to ``size``)."""
@@ -435,11 +437,12 @@ class JoyVasaStream:
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def _keypoints(self, motion: MotionFrame) -> np.ndarray:
+    def _keypoints(self, motions: list[MotionFrame]):
+        """Driving keypoints of a render batch: stitched in one call, left on the renderer's device."""
         if self._driver is None:
-            reference = self.generator.reference_frame or motion
+            reference = self.generator.reference_frame or motions[0]
             self._driver = self.prepared.driver(reference, self.expression_intensity)
-        return self._driver(motion)
+        return self._driver.batch(motions)
 
     def _mouth_open(self, motion: MotionFrame) -> float:
         ref = self._driver.reference if self._driver is not None else motion
@@ -455,9 +458,9 @@ class JoyVasaStream:
         out: list[AvatarFrame] = []
         for start in range(0, len(motions), self.batch_size):
             batch = motions[start:start + self.batch_size]
-            keypoints = [self._keypoints(m) for m in batch]
+            keypoints = self._keypoints(batch)
             t0 = time.perf_counter()
-            images = self.renderer.render([(self.avatar, kp) for kp in keypoints])
+            images = self.renderer.render([(self.avatar, keypoints[i]) for i in range(len(batch))])
             self.times.add("render", (time.perf_counter() - t0) * 1000 / len(batch))
             for motion, generated in zip(batch, images):
                 rms = self._rms.pop(motion.index, 0.0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +39,9 @@ DRIVING_MULTIPLIER = 1.10  # JoyVASA CLI default
 ANIMATION_MODES = ("human", "animal")
 
 Stitch = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x_s, x_d) (21, 3) -> stitched x_d
+# (x_s (21, 3), x_d (N, 21, 3), multiplier) -> x_s + (stitched x_d - x_s) * multiplier, (N, 21, 3), left where the
+# stitching ran (``Renderer.stitch_on_device``: on the GPU, for the renderer to take as they are)
+StitchBatch = Callable[[np.ndarray, np.ndarray, float], Any]
 
 # template fields -> (slice into the 70-dim vector); "R", "lip", "eyes" exist in the file but are not modelled
 TEMPLATE_FIELDS: dict[str, slice] = {
@@ -261,7 +264,8 @@ class KeypointDriver:
     """
 
     def __init__(self, source: SourceMotion, reference: MotionFrame, mode: str = "human",
-                 multiplier: float = DRIVING_MULTIPLIER, stitch: Stitch | None = None) -> None:
+                 multiplier: float = DRIVING_MULTIPLIER, stitch: Stitch | None = None,
+                 stitch_batch: StitchBatch | None = None) -> None:
         if mode not in ANIMATION_MODES:
             raise EngineError(f"animation mode must be one of {ANIMATION_MODES}, got {mode!r}")
         self.source = source
@@ -269,6 +273,7 @@ class KeypointDriver:
         self.mode = mode
         self.multiplier = float(multiplier)
         self.stitch = stitch
+        self.stitch_batch = stitch_batch  # the same stitching as ``stitch``, for ``batch``
         self.x_s = source.keypoints()
         self._r_s = source.rotation()
         self._r_d0_t = reference.rotation().T
@@ -291,11 +296,22 @@ class KeypointDriver:
         t = np.array([t[0], t[1], 0.0], np.float32)
         return (scale * (src.kp @ r_new + exp) + t).astype(np.float32)
 
-    def __call__(self, frame: MotionFrame) -> np.ndarray:
-        """(21, 3) driving keypoints for ``frame``."""
+    def _before_stitch(self, frame: MotionFrame) -> np.ndarray:
         x_d = self._relative(frame)
         if self.mode == "animal":
             x_d = (x_d - self._x_d0) * self._hull + self.x_s
+        return x_d
+
+    def batch(self, frames: Sequence[MotionFrame]) -> Any:
+        """(N, 21, 3) driving keypoints of ``frames``: with ``stitch_batch``, one stitching call for all of them,
+        whose result stays where it ran (a device tensor: no copy back per frame); else ``self(frame)`` each."""
+        if self.stitch is None or self.stitch_batch is None:
+            return np.stack([self(f) for f in frames])
+        return self.stitch_batch(self.x_s, np.stack([self._before_stitch(f) for f in frames]), self.multiplier)
+
+    def __call__(self, frame: MotionFrame) -> np.ndarray:
+        """(21, 3) driving keypoints for ``frame``."""
+        x_d = self._before_stitch(frame)
         if self.stitch is not None:
             x_d = np.asarray(self.stitch(self.x_s, x_d), np.float32)
         return (self.x_s + (x_d - self.x_s) * self.multiplier).astype(np.float32)

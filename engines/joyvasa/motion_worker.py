@@ -15,6 +15,12 @@ matrix products round differently at other batch sizes; tests/joyvasa/test_motio
 
 Windows of different lengths never share a call: each step runs one call per window length in flight.
 
+Host traffic (CUDA): a window's inputs go up once when it starts (pinned, asynchronous), with its per-step values
+built there on the device (its step indices, guidance scale, posterior coefficients from a table made once per
+worker); the denoising steps then copy nothing and never wait for the GPU; its x_0 comes back once, when it is done.
+The worker runs on its own CUDA stream, after the work queued before on the submitting threads' stream (the audio
+features a session's thread computed): ``engines.runtimes.device_work``.
+
 Fairness: a free slot goes to the session with the fewest windows in flight, ties in round-robin order, so a
 session with a backlog never starves the others. Back-pressure: at most ``max_pending`` windows wait to start;
 a submit beyond that blocks up to its timeout and then raises :class:`MotionQueueFull`. ``cancel`` drops a
@@ -36,6 +42,7 @@ from avatarstream.engines.joyvasa.network import DitTalkingHead
 from avatarstream.engines.joyvasa.options import MOTION_MAX_BATCH, MOTION_MAX_WAIT_MS
 from avatarstream.engines.joyvasa.sampler import posterior_coefficients
 from avatarstream.engines.runtimes.batching_worker import BatchingWorker, QueuedRequest, fail_future, resolve_future
+from avatarstream.engines.runtimes.device_work import new_stream, side_stream, upload
 
 # A session that submitted or got back a window this recently counts as active: the idle worker waits for its next.
 # Streams submit one window per chunk (400 ms of audio for the default 10 frames), so 1 s spans two of them.
@@ -82,7 +89,9 @@ class _Active:
     prev_audio: torch.Tensor  # (2, P, d)
     cross: list  # per layer (2, P + M, d) cross-attention terms
     noise: torch.Tensor  # (T - 1, 1, M, 70) float32 on the device
-    cfg_scale: float
+    cfg_scale: torch.Tensor  # (1, 1, 1) float32 on the device
+    steps: torch.Tensor  # (T + 1,) long on the device: steps[t] = t (an index into it needs no copy)
+    zero: torch.Tensor  # (1, M, 70) zeros on the device: the last step's noise
 
 
 @dataclass
@@ -115,6 +124,10 @@ class MotionWorker(BatchingWorker[MotionWindow]):
         self._schedule = model.schedule()
         self.num_steps = self._steps = self._schedule.num_steps  # T: a window's noise is step_noise(..., T, ...)
         self._active: list[_Active] = []  # touched by the worker thread only
+        # per step t: (coefficient of x_t, of x0, sigma_t), row 0 unused; one upload for the worker's life
+        table = [(0.0, 0.0, 0.0)] + [posterior_coefficients(self._schedule, t) for t in range(1, self._steps + 1)]
+        self._coef = upload(torch.tensor(table, dtype=torch.float32), model.device)
+        self._stream = new_stream(model.device)  # the worker's own CUDA stream (None on a CPU)
         super().__init__(max_batch=max_batch, max_wait_ms=max_wait_ms, max_pending=max_pending, name=name)
 
     # -- sessions' side ------------------------------------------------------------------------
@@ -156,23 +169,26 @@ class MotionWorker(BatchingWorker[MotionWindow]):
         self._active = []
 
     def _process(self, taken: list[tuple[QueuedRequest[MotionWindow], int]]) -> None:
-        for request, _ in taken:
-            self._start(request.session, request.payload, request.future)
-        self._step()
+        with side_stream(self._stream):
+            for request, _ in taken:
+                self._start(request.session, request.payload, request.future)
+            self._step()
 
     def _start(self, session: Hashable, window: MotionWindow, future: Future) -> None:
         model = self.model
         device, dtype = model.device, model.audio_feature_map.weight.dtype
         try:
             with torch.no_grad():
-                audio = window.audio.to(device, dtype)
+                audio = upload(window.audio, device, dtype)
                 audio_in = torch.cat([model.null_audio_feat.expand(1, audio.shape[1], -1), audio], 0)
-                prev_motion = torch.cat([window.prev_motion, window.prev_motion], 0).to(device, dtype)
-                prev_audio = torch.cat([window.prev_audio, window.prev_audio], 0).to(device, dtype)
+                prev_motion = upload(window.prev_motion, device, dtype).expand(2, -1, -1)
+                prev_audio = upload(window.prev_audio, device, dtype).expand(2, -1, -1)
                 cross = model.denoising_net.cross_attention_terms(torch.cat([prev_audio, audio_in], 1))
-                self._active.append(_Active(session, future, self._steps, window.x_T.to(device, torch.float32),
-                                            audio_in, prev_motion, prev_audio, cross,
-                                            window.noise.to(device, torch.float32), float(window.cfg_scale)))
+                x = upload(window.x_T, device, torch.float32)
+                self._active.append(_Active(session, future, self._steps, x, audio_in, prev_motion, prev_audio,
+                                            cross, upload(window.noise, device, torch.float32),
+                                            torch.full((1, 1, 1), float(window.cfg_scale), device=device),
+                                            torch.arange(self._steps + 1, device=device), torch.zeros_like(x)))
         except Exception as exc:  # noqa: BLE001 - the error belongs to this window
             self._release(session)
             fail_future(future, exc)
@@ -196,31 +212,25 @@ class MotionWorker(BatchingWorker[MotionWindow]):
 
     @torch.no_grad()
     def _call(self, group: list[_Active]) -> None:
-        """One DiT call for every window of ``group`` (same length), then each window's posterior update."""
-        net, device = self.model.denoising_net, self.model.device
+        """One DiT call for every window of ``group`` (same length), then each window's posterior update; every
+        per-step value is indexed out of tensors already on the device (no copy, no wait)."""
+        net = self.model.denoising_net
         dtype = group[0].audio.dtype
         k = len(group)
         x = torch.cat([a.x for a in group], 0)  # (k, M, 70)
-        step = torch.tensor([a.t for a in group for _ in range(2)], dtype=torch.long, device=device)
+        t = torch.cat([a.steps[a.t:a.t + 1] for a in group])  # (k,) long, on the device
         cross = [torch.cat(terms, 0) for terms in zip(*(a.cross for a in group))]
         out = net(x.repeat_interleave(2, 0).to(dtype), torch.cat([a.audio for a in group], 0),
                   torch.cat([a.prev_motion for a in group], 0), torch.cat([a.prev_audio for a in group], 0),
-                  step, cross).float()
+                  t.repeat_interleave(2), cross).float()
         out = out.view(k, 2, *out.shape[1:])
         uncond, cond = out[:, 0], out[:, 1]
-        coef = [posterior_coefficients(self._schedule, a.t) for a in group]
-
-        def column(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device).view(k, 1, 1)
-
-        x0 = uncond + column([a.cfg_scale for a in group]) * (cond - uncond)  # sampler.classifier_free_guidance
-        x = column([c[0] for c in coef]) * x + column([c[1] for c in coef]) * x0
-        noisy = [i for i, a in enumerate(group) if a.t > 1]
-        if noisy:
-            z = torch.zeros_like(x)
-            for i in noisy:
-                z[i] = group[i].noise[self._steps - group[i].t, 0]
-            x = x + column([c[2] for c in coef]) * z
+        coef = self._coef[t].view(k, 3, 1, 1)  # (c_xt, c_x0, sigma) per window
+        x0 = uncond + torch.cat([a.cfg_scale for a in group]) * (cond - uncond)  # sampler.classifier_free_guidance
+        x = coef[:, 0] * x + coef[:, 1] * x0
+        if any(a.t > 1 for a in group):
+            z = torch.cat([a.noise[self._steps - a.t] if a.t > 1 else a.zero for a in group])
+            x = x + coef[:, 2] * z
         s = self.stats
         s.calls += 1
         s.max_windows_per_call = max(s.max_windows_per_call, k)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avatarstream.engines.runtimes.device_work import upload
 from avatarstream.engines.joyvasa.audio_encoder import build_audio_encoder, encode_audio
 from avatarstream.engines.joyvasa.options import PE_MODES
 from avatarstream.engines.joyvasa.schedule import VarianceSchedule, cosine_schedule
@@ -206,7 +207,8 @@ class DitTalkingHead(nn.Module):
 
     def audio_features(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, L) 16 kHz audio, L a multiple of 640 -> (B, L / 640, feature_dim)."""
-        hidden = encode_audio(self.audio_encoder, audio.to(self.device, self.audio_feature_map.weight.dtype))
+        # one pinned, asynchronous upload (engines.runtimes.device_work): the host does not wait for it
+        hidden = encode_audio(self.audio_encoder, upload(audio, self.device, self.audio_feature_map.weight.dtype))
         return self.audio_feature_map(hidden).float()
 
     def guided_denoiser(self, audio: torch.Tensor, prev_motion: torch.Tensor, prev_audio: torch.Tensor):

@@ -45,7 +45,9 @@ from avatarstream.engines.joyvasa.sampler import DEFAULT_CFG_SCALE
 
 FUTURE_FILLS = ("null", "truncate")
 FRAME_MS = 1000 * SAMPLES_PER_FRAME / SAMPLE_RATE  # 40
-WINDOW_TIMEOUT_S = 300.0  # longest wait for the shared motion worker's result of one window
+# longest wait for the shared motion worker's result of one window: a window is ~0.1 s on a GPU and a few seconds on
+# a CPU; a minute means the worker is stuck, and the stream says so (the GPU check's sections are bounded too)
+WINDOW_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,15 @@ class StreamingMotionGenerator:
         self.times = StageTimes()
         self.chunk_ms: list[float] = []  # wall time of each generated chunk
         self._smoother = PoseSmoother(enabled=config.smooth)
+        # the learned start context, read once per stream: motion on the host; audio features (and the null fill)
+        # on the model's device with a shared worker (the encoder's output stays there), else on the host
+        on_device = worker is not None
+        with torch.no_grad():
+            self._start_motion = model.start_motion_feat.detach().float().cpu()
+            self._start_audio = model.start_audio_feat.detach().float()
+            self._null_audio = model.null_audio_feat.detach().float()
+            if not on_device:
+                self._start_audio, self._null_audio = self._start_audio.cpu(), self._null_audio.cpu()
         self._graphed = None
         if config.cuda_graphs:
             if model.device.type != "cuda":
@@ -193,9 +204,11 @@ class StreamingMotionGenerator:
         self._pushed = 0
 
     def _context(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prev_motion, prev_audio): the motion on the host (it came back from the denoiser), the audio features
+        where the encoder left them (on the model's device with a shared worker)."""
         p = self.model.cfg.n_prev_motions
         rows = self._rows[-p:]
-        start_m, start_a = self.model.start_motion_feat.float().cpu(), self.model.start_audio_feat.float().cpu()
+        start_m, start_a = self._start_motion, self._start_audio
         if not rows:
             return start_m, start_a
         m = torch.stack([r.motion for r in rows]).unsqueeze(0)
@@ -229,12 +242,14 @@ class StreamingMotionGenerator:
         seg1 = start + n + la
         i0, i1 = (seg0 - self._audio_frame0) * SAMPLES_PER_FRAME, (seg1 - self._audio_frame0) * SAMPLES_PER_FRAME
         t0 = time.perf_counter()
-        feats = model.audio_features(torch.from_numpy(self._audio[i0:i1]).unsqueeze(0)).cpu()[:, start - seg0:]
+        feats = model.audio_features(torch.from_numpy(self._audio[i0:i1]).unsqueeze(0))[:, start - seg0:]
+        if self.worker is None:
+            feats = feats.cpu()  # sample_window's path runs on the host's copies
         t1 = time.perf_counter()
         self.times.add("audio_features", 1000 * (t1 - t0))
         window = model.cfg.n_motions
         if cfg.future_fill == "null" and n + la < window:
-            null = model.null_audio_feat.float().cpu().expand(1, window - n - la, -1)
+            null = self._null_audio.expand(1, window - n - la, -1)
             audio_in, x_T = torch.cat([feats, null], 1), self._noise(start, window)
         elif cfg.future_fill == "null":
             audio_in, x_T = feats, self._noise(start, window)

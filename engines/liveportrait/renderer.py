@@ -3,12 +3,18 @@
 A ``PreparedAvatar`` caches the source's appearance volume ``f_s`` and keypoints, so a stream only
 sends driving keypoints per frame. ``render`` takes (avatar, keypoints) pairs from any number of
 avatars (sessions) and runs them as one batch.
+
+On CUDA the host waits for the GPU once per ``render`` batch, for the frames it hands back (converted to uint8 on
+the device first: a quarter of the bytes); nothing else in it synchronises. ``render`` runs on the renderer's own
+CUDA stream, after the work queued before on the caller's stream (keypoints stitched by a session's thread); the
+host keypoints of a batch go up in one pinned, asynchronous copy; the stage times come from CUDA events read after
+the fact (``times`` waits for the pending ones only when read). ``stitch_on_device`` keeps LivePortrait's
+stitching on the GPU for a whole batch of frames (``engines.runtimes.device_work``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
@@ -19,6 +25,7 @@ from avatarstream.engines.base import EngineError, StageTimes
 from avatarstream.engines.liveportrait.camera import KeypointInfo, keypoint_info, source_keypoints
 from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
 from avatarstream.engines.liveportrait.source import INPUT_SIZE
+from avatarstream.engines.runtimes.device_work import StageClock, new_stream, side_stream, upload
 
 
 @dataclass
@@ -55,8 +62,9 @@ def image_to_tensor(images: np.ndarray, device, dtype=torch.float32) -> torch.Te
 
 
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """(N,3,H,W) in [0,1] -> uint8 (N,H,W,3); clip, x255 and truncate like the reference."""
-    return (x.float().clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
+    """(N,3,H,W) in [0,1] -> uint8 (N,H,W,3); clip, x255 and truncate like the reference (on the tensor's device:
+    the host receives uint8, not float)."""
+    return (x.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Renderer:
@@ -74,7 +82,13 @@ class Renderer:
         self.networks = networks.to(self.device)
         self.fp16 = fp16
         self.runtimes: dict[str, StageRunner] = dict(runtimes or {})
-        self.times = StageTimes()
+        self._clock = StageClock(self.device, StageTimes())
+        self._stream = new_stream(self.device)  # render() runs here (None on a CPU)
+
+    @property
+    def times(self) -> StageTimes:
+        """Milliseconds per stage (on CUDA: from events, waiting for the pending ones now that they are asked for)."""
+        return self._clock.collect(wait=True)
 
     def _run_stage(self, stage: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """One stage on its runtime; float32 inputs; outputs copied to the renderer's device (a runtime may
@@ -93,15 +107,8 @@ class Renderer:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    @contextlib.contextmanager
     def _timed(self, stage: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.times.add(stage, (time.perf_counter() - t0) * 1000)
+        return self._clock.timed(stage)  # no host sync: CUDA events read after the fact
 
     @torch.inference_mode()
     def prepare(self, image256: np.ndarray) -> PreparedAvatar:
@@ -139,38 +146,56 @@ class Renderer:
         return image.float()
 
     @torch.inference_mode()
-    def stitch(self, kp_source: np.ndarray, kp_driving: np.ndarray) -> np.ndarray:
-        """LivePortrait's stitching (reference ``stitching``), always in float32: d = S([x_s, x_d]) (65 values);
-        x_d + d[:63] as (21, 3), plus (d[63], d[64]) on every keypoint's x and y. (21, 3) or (N, 21, 3) arrays."""
-        x_s = torch.as_tensor(np.asarray(kp_source, np.float32), device=self.device)
-        x_d = torch.as_tensor(np.asarray(kp_driving, np.float32), device=self.device)
-        single = x_d.ndim == 2
-        x_d = x_d.reshape(-1, *x_d.shape[-2:])
-        n, k = x_d.shape[:2]
-        x_s = x_s.reshape(-1, k, 3).expand(n, k, 3)
-        delta = self.networks.stitching(torch.cat([x_s.reshape(n, -1), x_d.reshape(n, -1)], 1).float())
+    def stitch_on_device(self, kp_source: np.ndarray, kp_driving: np.ndarray,
+                         multiplier: float | None = None) -> torch.Tensor:
+        """LivePortrait's stitching (reference ``stitching``) of N frames at once, in float32, left on the device:
+        d = S([x_s, x_d]) (65 values); x_d + d[:63] as (21, 3), plus (d[63], d[64]) on every keypoint's x and y;
+        then, with ``multiplier``, x_s + (x_d - x_s) * multiplier. ``kp_source`` (21, 3), ``kp_driving`` (N, 21, 3)
+        -> (N, 21, 3) on the renderer's device: x_s and x_d go up in one copy, nothing comes back."""
+        k = int(np.shape(kp_source)[-2])
+        both = np.concatenate([np.asarray(kp_source, np.float32).reshape(1, k, 3),
+                               np.asarray(kp_driving, np.float32).reshape(-1, k, 3)])
+        on_device = upload(torch.from_numpy(both), self.device)
+        x_s, x_d = on_device[:1], on_device[1:]
+        n = x_d.shape[0]
+        delta = self.networks.stitching(torch.cat([x_s.expand(n, k, 3).reshape(n, -1), x_d.reshape(n, -1)], 1))
         out = x_d + delta[:, :3 * k].reshape(n, k, 3)
         out[..., :2] += delta[:, 3 * k:3 * k + 2].reshape(n, 1, 2)
-        out = out.cpu().numpy().astype(np.float32)
+        if multiplier is not None:
+            out = x_s + (out - x_s) * float(multiplier)
+        return out
+
+    def stitch(self, kp_source: np.ndarray, kp_driving: np.ndarray) -> np.ndarray:
+        """``stitch_on_device`` back on the host: (21, 3) or (N, 21, 3) arrays."""
+        single = np.ndim(kp_driving) == 2
+        out = self.stitch_on_device(kp_source, kp_driving).cpu().numpy().astype(np.float32)
         return out[0] if single else out
 
+    @torch.inference_mode()
     def render(self, items: Sequence[tuple[PreparedAvatar, np.ndarray | torch.Tensor]]) -> np.ndarray:
         """Render one frame per (avatar, driving keypoints (21,3)) pair, all in one batch -> uint8 (N,512,512,3).
 
-        The pairs may come from different avatars (sessions) or be consecutive frames of one.
+        The pairs may come from different avatars (sessions) or be consecutive frames of one. Keypoints may be host
+        arrays (they go up in one copy for the batch) or device tensors (``stitch_on_device``: used where they are).
         """
         if not items:
             return np.zeros((0, 512, 512, 3), np.uint8)
-        feats, kp_s, kp_d = [], [], []
+        k = tuple(items[0][0].keypoints.shape[-2:])
         for avatar, keypoints in items:
-            kp = torch.as_tensor(np.asarray(keypoints, np.float32) if not torch.is_tensor(keypoints) else keypoints)
-            if tuple(kp.shape[-2:]) != tuple(avatar.keypoints.shape[-2:]):
-                raise EngineError(f"driving keypoints must have shape (21, 3), got {tuple(kp.shape)}")
-            feats.append(avatar.feature_3d)
-            kp_s.append(avatar.keypoints)
-            kp_d.append(kp.reshape(1, *avatar.keypoints.shape[-2:]).to(self.device, torch.float32))
-        image = self.warp_decode(torch.cat(feats), torch.cat(kp_s), torch.cat(kp_d))
-        return tensor_to_images(image)
+            shape = tuple(keypoints.shape) if torch.is_tensor(keypoints) else np.shape(keypoints)
+            if tuple(shape[-2:]) != tuple(avatar.keypoints.shape[-2:]):
+                raise EngineError(f"driving keypoints must have shape (21, 3), got {tuple(shape)}")
+        with side_stream(self._stream):
+            host = [i for i, (_, kp) in enumerate(items) if not torch.is_tensor(kp)]
+            up = upload(torch.from_numpy(np.stack([np.asarray(items[i][1], np.float32).reshape(k) for i in host])),
+                        self.device) if host else torch.zeros(0)
+            where = {i: j for j, i in enumerate(host)}
+            kp_d = [up[where[i]:where[i] + 1] if i in where
+                    else torch.as_tensor(kp).reshape(1, *k).to(self.device, torch.float32)
+                    for i, (_, kp) in enumerate(items)]
+            image = self.warp_decode(torch.cat([a.feature_3d for a, _ in items]),
+                                     torch.cat([a.keypoints for a, _ in items]), torch.cat(kp_d))
+            return tensor_to_images(image)  # the one wait: the frames handed to the host
 
     def render_avatar(self, avatar: PreparedAvatar, keypoints: np.ndarray | torch.Tensor) -> np.ndarray:
         """All frames of one avatar: keypoints (N,21,3) -> uint8 (N,512,512,3)."""

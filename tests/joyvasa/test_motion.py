@@ -83,3 +83,30 @@ def test_keypoint_driver_relative_motion_and_modes():
     np.testing.assert_allclose(human(turned), expected, atol=1e-5)
     with pytest.raises(EngineError, match="animation mode"):
         KeypointDriver(src, ref, "robot")
+
+
+def test_a_batch_of_frames_is_driven_like_each_frame_with_one_stitching_call():
+    """KeypointDriver.batch (the stream's path: one stitching call per render batch, its result left on the
+    renderer's device) gives each frame's keypoints as the per-frame call does."""
+    from avatarstream.engines.liveportrait.checkpoint import LivePortraitNetworks
+    from avatarstream.engines.liveportrait.config import LivePortraitConfig
+    from avatarstream.engines.liveportrait.renderer import Renderer
+
+    renderer = Renderer(LivePortraitNetworks.random(seed=1, config=LivePortraitConfig.small()))
+    calls = []
+
+    def stitch_batch(x_s, x_d, multiplier):
+        calls.append(len(x_d))
+        return renderer.stitch_on_device(x_s, x_d, multiplier)
+
+    src = _source()
+    rng = np.random.default_rng(4)
+    ref = MotionFrame(-2, rng.normal(size=(21, 3)) * 0.02, 1, 2, 3, [0.0, 0.0, 0.1], 1.5)
+    frames = [MotionFrame(k, ref.exp + rng.normal(size=(21, 3)) * 0.01, 1 + k, 2, 3 - k, [0.01 * k, 0.0, 0.1], 1.5)
+              for k in range(5)]
+    driver = KeypointDriver(src, ref, "human", multiplier=1.1, stitch=renderer.stitch, stitch_batch=stitch_batch)
+    batched = driver.batch(frames)
+    assert calls == [5] and tuple(batched.shape) == (5, 21, 3)
+    np.testing.assert_allclose(np.asarray(batched), np.stack([driver(f) for f in frames]), atol=1e-5)
+    plain = KeypointDriver(src, ref, "human", multiplier=1.1)  # no stitching: each frame's own keypoints
+    np.testing.assert_allclose(plain.batch(frames), np.stack([plain(f) for f in frames]), atol=0)
