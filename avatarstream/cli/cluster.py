@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import os
@@ -40,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     head.add_argument("--node-ip-address", default=None,
                       help="this machine's address in the Ray cluster, with --address (default: --host when it is "
                            "an IP address other than 0.0.0.0, else Ray's guess)")
+    head.add_argument("--poll-interval", type=float, default=1.0,
+                      help="seconds between the front's status calls to each worker (default: %(default)s)")
+    head.add_argument("--call-timeout", type=float, default=3.0,
+                      help="seconds a status call may take before the worker takes no new sessions "
+                           "(default: %(default)s)")
     head.add_argument("--workers", type=int, default=0,
                       help="also start this many worker actors on this machine (default: %(default)s)")
     _add_common(head)
@@ -130,7 +136,8 @@ def _head(args: argparse.Namespace) -> int:
     handles = [start_worker(WorkerSpec(f"{socket.gethostname()}-{i}", slots=args.slots, server=server))
                for i in range(args.workers)]
     app = create_front_app(FrontConfig(host=args.host, port=args.port, api_key=args.api_key or "",
-                                       insecure=args.insecure))
+                                       insecure=args.insecure, poll_interval=args.poll_interval,
+                                       call_timeout=args.call_timeout))
     print(f"avatar cluster head: front on http://{args.host}:{args.port}/ ({len(handles)} local worker(s))",
           flush=True)
     try:
@@ -151,31 +158,106 @@ def _ip_literal(host: str | None) -> str | None:
         return None
 
 
+REJOIN_WAIT_S = 2.0  # --join: seconds between tries to join the cluster again
+LIVENESS_S = 2.0  # the worker command checks its actor this often
+NODE_LOST = 75  # exit code of a worker command whose actor Ray declared dead (its node was lost)
+
+
 def _worker(args: argparse.Namespace) -> int:
-    import ray
-
-    from avatarstream.realtime.cluster.worker import NAMESPACE, WorkerSpec, start_worker
-
-    spec = WorkerSpec(args.worker_id or f"{socket.gethostname()}-{os.getpid()}", slots=args.slots, host=args.host,
-                      port=args.port, advertise_host=args.advertise_host, num_gpus=args.num_gpus,
-                      server=_server_options(args))
+    args.worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"  # the same after a rejoin
     node_ip = args.node_ip_address or _ip_literal(args.advertise_host)
-    if args.join:
-        ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
-        cmd = [ray_cli, "start", "--address", args.address, "--disable-usage-stats"]
-        if node_ip:
-            cmd += ["--node-ip-address", node_ip]
-        if args.num_gpus:
-            cmd += ["--num-gpus", str(int(args.num_gpus))]
-        subprocess.run(cmd, check=True)
+    return _supervise(args, node_ip) if args.join else _serve_worker(args, node_ip)
+
+
+def _supervise(args: argparse.Namespace, node_ip: str | None) -> int:
+    """``--join``: add this machine to the cluster (``ray start``) and run the worker in a child
+    process; when the cluster lost this machine (a partition longer than Ray's failure detection:
+    the head declares the node dead, its raylet exits once it hears so, the actor is gone), join
+    again as a new node and start the worker again (a new incarnation of the same worker id)."""
+    import multiprocessing
+
+    stop = threading.Event()
+    child: Any = None
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if child is not None and child.pid is not None and child.exitcode is None:
+            os.kill(child.pid, signal.SIGTERM)  # the child drains
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    spawn = multiprocessing.get_context("spawn")
+    while not stop.is_set():
+        if not _local_raylet_alive(node_ip) and not _join(args, node_ip):
+            stop.wait(REJOIN_WAIT_S)
+            continue
+        child = spawn.Process(target=_serve_worker_child, args=(args, node_ip), name=f"worker-{args.worker_id}")
+        child.start()
+        child.join()
+        if stop.is_set():
+            break
+        print(f"avatar cluster worker {args.worker_id}: the cluster lost this worker (exit {child.exitcode}); "
+              f"joining again", flush=True)
+        stop.wait(REJOIN_WAIT_S)
+    return 0
+
+
+def _join(args: argparse.Namespace, node_ip: str | None) -> bool:
+    ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+    cmd = [ray_cli, "start", "--address", args.address, "--disable-usage-stats"]
+    if node_ip:
+        cmd += ["--node-ip-address", node_ip]
+    if args.num_gpus:
+        cmd += ["--num-gpus", str(int(args.num_gpus))]
+    return subprocess.run(cmd).returncode == 0
+
+
+def _local_raylet_alive(node_ip: str | None) -> bool:
+    """A raylet of this machine's node runs here (``/proc``: it is no child of ours, ``ray start`` daemonises it)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"raylet" and (
+                node_ip is None or f"--node_ip_address={node_ip}".encode() in argv):
+            return True
+    return False
+
+
+def _serve_worker_child(args: argparse.Namespace, node_ip: str | None) -> None:
+    sys.exit(_serve_worker(args, node_ip))
+
+
+def _serve_worker(args: argparse.Namespace, node_ip: str | None) -> int:
+    """The worker actor on this machine's Ray node, until SIGTERM/SIGINT (drain, wait, stop) or until
+    Ray declares it dead (exit ``NODE_LOST``)."""
+    import ray
+    from ray.exceptions import ActorDiedError, GetTimeoutError
+
+    from avatarstream.realtime.cluster.worker import NAMESPACE, WorkerSpec, actor_name, start_worker
+
+    spec = WorkerSpec(args.worker_id, slots=args.slots, host=args.host, port=args.port,
+                      advertise_host=args.advertise_host, num_gpus=args.num_gpus, server=_server_options(args))
     ray.init(address=args.address, namespace=NAMESPACE, configure_logging=False, _node_ip_address=node_ip)
+    with contextlib.suppress(ValueError):  # a dead incarnation still holding the name (its node was lost)
+        ray.kill(ray.get_actor(actor_name(spec.worker_id), namespace=NAMESPACE), no_restart=True)
     handle = start_worker(spec, node_id=ray.get_runtime_context().get_node_id())
     status = ray.get(handle.status.remote())
     print(f"avatar cluster worker {spec.worker_id}: {spec.slots} slot(s) at {status.url}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(LIVENESS_S):
+        try:
+            ray.get(handle.status.remote(), timeout=10 * LIVENESS_S)
+        except ActorDiedError as exc:  # not restarting: Ray gave it up (its node was declared dead)
+            print(f"avatar cluster worker {spec.worker_id}: Ray declared the worker dead ({exc.__class__.__name__})",
+                  flush=True)
+            return NODE_LOST
+        except (GetTimeoutError, ray.exceptions.RayActorError):
+            continue  # busy, or restarting after a crash: Ray decides
     print(f"avatar cluster worker {spec.worker_id}: draining", flush=True)
     deadline = time.monotonic() + args.drain_timeout
     status = ray.get(handle.drain.remote(True))

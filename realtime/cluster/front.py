@@ -19,7 +19,8 @@ on a worker with free slots and carrying nothing heavy.
 
 A session of a worker that died or restarted answers 410 ``session_lost``. Authorisation is
 enforced here and again on the worker: the API key to create (the workers have the same key),
-the session's token (kept from the worker's reply) or the API key on a session's routes.
+the session's token (its digest kept from the worker's reply, or from the worker's report after
+the front restarted) or the API key on a session's routes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from avatarstream.realtime.cluster import front_metrics
 from avatarstream.realtime.cluster.membership import WorkerWatcher
-from avatarstream.realtime.cluster.placement import LOST, PlacementTable, WorkerState
+from avatarstream.realtime.cluster.placement import LOST, PlacementTable, WorkerState, token_digest
 from avatarstream.realtime.config import API_KEY_ENV
 from avatarstream.realtime.errors import (BadRequest, Forbidden, NotFound, SessionLimitError, SessionLost,
                                          Unauthorized, WorkerUnavailable)
@@ -186,14 +187,15 @@ def _authorize(request: web.Request, session_id: str) -> str:
     token = request_token(request)
     if token is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <session token>'")
+    digest = token_digest(token)
     route, lost = table.routes.get(session_id), table.lost.get(session_id)
     own = route.token if route is not None else lost.token if lost is not None else None
-    if own is not None and (_same(token, own) or (api_key and _same(token, api_key))):
+    if own is not None and (_same(digest, own) or (api_key and _same(token, api_key))):
         if lost is not None:
             raise SessionLost(f"the session's worker is gone: {lost.reason}; create a new session")
         assert route is not None
         return route.url
-    if any(_same(token, r.token) for sid, r in table.routes.items() if sid != session_id):
+    if any(_same(digest, r.token) for sid, r in table.routes.items() if sid != session_id):
         raise Forbidden("this token belongs to another session")
     if own is None:
         raise NotFound("no such session (ended or timed out)")

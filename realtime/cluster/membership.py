@@ -8,7 +8,8 @@ call ``status()`` on each (one call in flight per worker). Ray's answer decides:
   lost now, and it takes no new session until a status comes back;
 * no answer within ``call_timeout``: no new sessions there; its sessions are kept (a busy worker
   is not a dead one);
-* its name gone from Ray: it left the cluster (its owner stopped it); its sessions are lost.
+* its name gone from Ray: it left the cluster (its owner stopped it, or Ray declared its node dead
+  and the actor died with it: the reason says which); its sessions are lost.
 """
 
 from __future__ import annotations
@@ -69,10 +70,16 @@ class WorkerWatcher:
         names = await loop.run_in_executor(None, lambda: ray.util.list_named_actors(all_namespaces=True))
         current = {e["name"][len(ACTOR_PREFIX):] for e in names
                    if e.get("namespace") == NAMESPACE and e["name"].startswith(ACTOR_PREFIX)}
-        for worker_id in set(self.table.workers) | set(self._handles):
-            if worker_id not in current:
-                self._handles.pop(worker_id, None)
-                self._lost(self.table.remove(worker_id, "the worker left the cluster"))
+        gone = [w for w in set(self.table.workers) | set(self._handles) if w not in current]
+        dead_ips = await loop.run_in_executor(None, _dead_node_ips) if gone else set()
+        for worker_id in gone:
+            self._handles.pop(worker_id, None)
+            state = self.table.workers.get(worker_id)
+            if state is not None and state.status.node_ip in dead_ips:
+                reason = f"Ray declared the worker's node ({state.status.node_ip}) dead"
+            else:
+                reason = "the worker left the cluster"
+            self._lost(self.table.remove(worker_id, reason))
         for worker_id in current:
             if worker_id not in self._handles:
                 name = ACTOR_PREFIX + worker_id
@@ -125,6 +132,13 @@ class WorkerWatcher:
         status: WorkerStatus = await asyncio.wait_for(_await(handle.drain.remote(draining)), self.call_timeout * 4)
         self._lost(self.table.update(status, polled_at))
         return status
+
+
+def _dead_node_ips() -> set[str]:
+    """Addresses of the nodes Ray lists as dead (and of none alive there: a machine that rejoined)."""
+    nodes = ray.nodes()
+    alive = {n["NodeManagerAddress"] for n in nodes if n.get("Alive")}
+    return {n["NodeManagerAddress"] for n in nodes if not n.get("Alive")} - alive
 
 
 async def _await(ref: ray.ObjectRef) -> WorkerStatus:

@@ -12,6 +12,10 @@ used from the front's event loop only.
   incarnation (Ray restarted the actor: its sessions died with the old process). A lost session
   answers 410 ``session_lost`` for ``LOST_KEEP`` entries; a session missing from its worker's
   report of the same incarnation ended normally (deleted, idle) and is forgotten (404).
+* A session a worker reports that this front does not know (it was placed by a front that has
+  since restarted, or created on the worker directly) is adopted: the worker reports each
+  session's token digest (``token_digest``), so the front authorises its routes again without
+  ever having seen the token. Adopted and placed sessions are one table: none is counted twice.
 * ``watch(session_id)`` is a future resolved with ``"session_lost"`` or ``"session_ended"``
   (the front's event stream).
 """
@@ -19,13 +23,19 @@ used from the front's event loop only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LOST_KEEP = 10_000  # lost sessions remembered (410) before the oldest is forgotten (404)
 LOST = "session_lost"
 ENDED = "session_ended"
+
+
+def token_digest(token: str) -> str:
+    """What the front keeps of a session's token (and a worker reports): its SHA-256, hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class WorkerStatus:
     pid: int
     node_ip: str
     capacity: dict = field(default_factory=dict)  # the admission snapshot (/health "capacity")
+    token_digests: dict[str, str] = field(default_factory=dict)  # session id -> token_digest(its token)
 
 
 @dataclass
@@ -75,16 +86,17 @@ class SessionRoute:
     session_id: str
     worker_id: str
     incarnation: str
-    token: str  # the session's token (the front authorises session routes itself)
+    token: str  # token_digest of the session's token (the front authorises session routes itself)
     url: str  # the worker's base URL
     created: float  # monotonic
+    adopted: bool = False  # learnt from the worker's report, not placed by this front
 
 
 @dataclass(frozen=True)
 class LostSession:
     session_id: str
     worker_id: str
-    token: str
+    token: str  # token_digest
     reason: str
     at: float  # time.time()
 
@@ -95,6 +107,7 @@ class PlacementTable:
         self.routes: dict[str, SessionRoute] = {}
         self.lost: OrderedDict[str, LostSession] = OrderedDict()
         self.lost_total = 0
+        self.adopted_total = 0  # sessions learnt from workers' reports (a restarted front)
         self.placements: dict[str, int] = {}  # worker id -> sessions placed there by this front
         self._watchers: dict[str, list[asyncio.Future[str]]] = {}
 
@@ -115,6 +128,12 @@ class PlacementTable:
         for sid, route in list(self.routes.items()):
             if route.worker_id == status.worker_id and sid not in running and route.created < polled_at:
                 self.forget(sid)  # ended on the worker (deleted there, idle timeout, failure)
+        for sid in status.sessions:
+            digest = status.token_digests.get(sid)
+            if sid not in self.routes and sid not in self.lost and digest is not None:
+                self.routes[sid] = SessionRoute(sid, status.worker_id, status.incarnation, digest, status.url,
+                                                time.monotonic(), adopted=True)
+                self.adopted_total += 1
         state.placed &= set(self.routes)
         return lost
 
@@ -158,8 +177,9 @@ class PlacementTable:
         return max(candidates, key=lambda w: (w.free, -w.last_placed, w.worker_id))
 
     def record(self, session_id: str, worker: WorkerState, token: str) -> SessionRoute:
-        route = SessionRoute(session_id, worker.worker_id, worker.status.incarnation, token, worker.status.url,
-                             time.monotonic())
+        """A session this front placed on ``worker`` (``token``: the session's token, kept as its digest)."""
+        route = SessionRoute(session_id, worker.worker_id, worker.status.incarnation, token_digest(token),
+                             worker.status.url, time.monotonic())
         self.routes[session_id] = route
         worker.placed.add(session_id)
         worker.last_placed = time.monotonic()
@@ -171,8 +191,11 @@ class PlacementTable:
         route = self.routes.pop(session_id, None)
         if route is not None:
             state = self.workers.get(route.worker_id)
-            if state is not None:
+            if state is not None:  # its slot is free now, not at the worker's next report
                 state.placed.discard(session_id)
+                if session_id in state.status.sessions:
+                    state.status = replace(state.status,
+                                           sessions=tuple(s for s in state.status.sessions if s != session_id))
             self._resolve(session_id, ENDED)
 
     @property

@@ -23,7 +23,7 @@ from aiohttp import web
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from avatarstream.realtime.cluster.placement import WorkerStatus
+from avatarstream.realtime.cluster.placement import WorkerStatus, token_digest
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import PathOnlyAccessLogger, create_app
 from avatarstream.realtime.http.keys import REGISTRY
@@ -107,10 +107,12 @@ class AvatarWorker:
     def _status(self) -> WorkerStatus:
         assert self._runner is not None and self._url is not None
         registry = self._runner.app[REGISTRY]
+        running = [s for s in registry if not s.closed]
         return WorkerStatus(worker_id=self.spec.worker_id, url=self._url, slots=self.spec.slots,
-                            incarnation=self.incarnation, sessions=tuple(s.id for s in registry if not s.closed),
+                            incarnation=self.incarnation, sessions=tuple(s.id for s in running),
                             draining=registry.draining, pid=os.getpid(), node_ip=ray.util.get_node_ip_address(),
-                            capacity=registry.load.snapshot())
+                            capacity=registry.load.snapshot(),
+                            token_digests={s.id: token_digest(s.token) for s in running})
 
 
 def _url_host(host: str) -> str:
