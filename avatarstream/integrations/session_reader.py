@@ -48,10 +48,11 @@ class SessionClosed(Exception):
 class SessionReader:
     """A ``Viewer`` of transport ``inprocess`` that returns the session's frames one by one."""
 
-    transport = TRANSPORT
-
-    def __init__(self, session: SessionOutput) -> None:
-        self.id = f"inprocess-{secrets.token_hex(4)}"
+    def __init__(self, session: SessionOutput, transport: str = TRANSPORT) -> None:
+        """``transport``: the name the session's viewer list, admission and ``/metrics`` show (a
+        LiveKit publisher reading the session reads it as ``livekit``)."""
+        self.transport = transport
+        self.id = f"{transport}-{secrets.token_hex(4)}"
         self.session = session
         self.frames_read = 0
         self.frames_skipped = 0
@@ -96,6 +97,16 @@ class SessionReader:
             await self.close()
             raise SessionClosed(f"session {self.session.id} has ended")
         self._state, self._since = ViewerState.CONNECTED, time.monotonic()
+
+    def skip_to_now(self) -> int:
+        """Read the current frame next, skipping those the reader fell behind by; returns how many."""
+        clock = self.session.clock
+        if clock is None or self._tick is None:
+            return 0
+        lag = max(0, clock.current_frame() - 1 - self._tick)
+        self._tick += lag
+        self.frames_skipped += lag
+        return lag
 
     async def next(self) -> AvatarTick:
         """The next content frame, at the time the session sends it. Raises ``SessionClosed``."""

@@ -76,6 +76,7 @@ class SpeechPiece:
     position: int  # output-rate sample position on the session's content timeline (frame c at c * F)
     audio: np.ndarray
     last: bool  # the utterance's last piece (it ended or was interrupted)
+    interrupted: bool = False  # it ended by an interruption (``last`` then says no more of it comes)
 
 
 class SpeechCutter:
@@ -193,7 +194,7 @@ class SpeechCutter:
                 continue
             audio = self._buf[a - self._buf_start:b - self._buf_start].copy()
             u.cut = b - u.start
-            pieces.append(SpeechPiece(u.id, a, audio, last=u.done))
+            pieces.append(SpeechPiece(u.id, a, audio, last=u.done, interrupted=u.interrupted))
         self._forget_done()
         return pieces
 
