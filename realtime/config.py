@@ -34,6 +34,9 @@ class ServerConfig:
     max_sessions: int | None = None
     size: int = 0  # default video width and height in pixels; 0: the engine's default size
     idle_timeout: float = 300.0  # s without a connected viewer or input before a session is closed
+    # s a connection may stay open without a complete request's headers (new, or idle between keep-alive
+    # requests): slow or silent clients cannot hold connections (aiohttp's keep-alive timeout)
+    header_timeout: float = 5.0
     viewer_connect_timeout: float = 15.0  # s a WebRTC viewer may take to connect (ICE + DTLS)
     max_viewers_per_session: int = 8
     latency: str = ADAPTIVE.name  # latency preset (realtime/session/latency.py): classic, adaptive (default) or low

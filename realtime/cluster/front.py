@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from avatarstream.realtime.cluster import front_metrics
 from avatarstream.realtime.cluster.membership import WorkerWatcher
 from avatarstream.realtime.cluster.placement import LOST, PlacementTable, WorkerState, token_digest
-from avatarstream.realtime.config import API_KEY_ENV
+from avatarstream.realtime.config import API_KEY_ENV, ServerConfig
 from avatarstream.realtime.errors import (BadRequest, Forbidden, NotFound, SessionLimitError, SessionLost,
                                          Unauthorized, WorkerUnavailable)
 from avatarstream.realtime.http.auth import request_token, require_api_key
@@ -54,6 +54,7 @@ MAX_CREATE_BYTES = 32 * 2**20  # as the server: a portrait upload
 MAX_PROXY_BYTES = 256 * 2**10  # session routes carry SDP or small JSON
 PASSED_HEADERS = ("Content-Type", "Location", "Retry-After", "WWW-Authenticate", "ETag")
 EVENT_KEEPALIVE_S = 15.0
+WORKER_KEEPALIVE_S = 1.0  # below any worker's header_timeout
 
 
 @dataclass
@@ -67,6 +68,7 @@ class FrontConfig:
     proxy_timeout: float = 15.0  # s for a proxied session request (WHEP answers wait for ICE gathering)
     poll_interval: float = 1.0  # s between worker status polls
     call_timeout: float = 3.0  # s a status call may take before the worker counts as unresponsive
+    header_timeout: float = ServerConfig.header_timeout  # s without a request's headers: the connection closes
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -93,7 +95,10 @@ class Front:
         return self._http
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession()
+        # idle connections to the workers are let go before the workers' own header timeout closes them
+        # (a request on a connection the worker is closing would fail)
+        connector = aiohttp.TCPConnector(keepalive_timeout=WORKER_KEEPALIVE_S)
+        self._http = aiohttp.ClientSession(connector=connector)
         self.watcher.start()
 
     async def stop(self) -> None:
@@ -312,7 +317,8 @@ async def metrics(request: web.Request) -> web.Response:
 def create_front_app(config: FrontConfig, watcher: WorkerWatcher | None = None) -> web.Application:
     """The front's application; Ray must be initialised (``ray.init``) in this process."""
     front = Front(config, watcher)
-    app = web.Application(client_max_size=MAX_CREATE_BYTES, middlewares=[metrics_middleware, error_middleware])
+    app = web.Application(client_max_size=MAX_CREATE_BYTES, middlewares=[metrics_middleware, error_middleware],
+                          handler_args={"keepalive_timeout": config.header_timeout})
     app[FRONT] = front
     app[METRICS] = front.metrics
     app.router.add_get("/health", health)

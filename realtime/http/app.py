@@ -78,7 +78,8 @@ def create_app(config: ServerConfig) -> web.Application:
     # outermost the metrics' count (every response, with its error code), then CORS (its headers on every
     # response to an allowed origin, errors included), then the one error mapping
     app = web.Application(client_max_size=MAX_BODY_BYTES,
-                          middlewares=[metrics.metrics_middleware, cors_middleware, error_middleware])
+                          middlewares=[metrics.metrics_middleware, cors_middleware, error_middleware],
+                          handler_args={"keepalive_timeout": config.header_timeout})  # however the app is run
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[RESOURCES] = IssuedResources()  # WHEP resources handed out: their DELETE stays idempotent
