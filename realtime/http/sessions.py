@@ -12,6 +12,8 @@
     POST   /v1/sessions/{id}/keepalive     resets the idle timer
     DELETE /v1/sessions/{id}               ends the session
     GET    /v1/sessions/{id}/agent         WebSocket for agent audio + events (``realtime/transports/agent/``)
+    POST   /v1/sessions/{id}/livekit       JSON {url, token, agent_identity, sample_rate?} -> 201 {viewer_id}: the
+                                           session joins the agent's LiveKit room (``realtime/transports/livekit/``)
     GET    /watch?session=ID&token=TOKEN   browser page that watches a session (``web/watch.html``)
 
 Authorisation: ``realtime/http/auth.py`` (API key to create when one is set; the session's token
@@ -41,6 +43,7 @@ from avatarstream.realtime.session.session import AvatarSession, ViewerLimitErro
 from avatarstream.realtime.transports.base import ViewerState
 from avatarstream.realtime.transports.agent.socket import connected_agent, serve_agent_socket
 from avatarstream.realtime.transports.agent.protocol import ProtocolError, check_sample_rate
+from avatarstream.realtime.transports.livekit.join import JoinRequest, join_room
 from avatarstream.realtime.transports.webrtc.peer import MAX_SDP_BYTES, check_offer, connect_viewer
 
 WATCH_PAGE = Path(str(files("avatarstream.web") / "watch.html"))
@@ -219,6 +222,15 @@ async def agent(request: web.Request) -> web.StreamResponse:
         raise Conflict(str(exc)) from None
 
 
+async def livekit(request: web.Request) -> web.Response:
+    """Join the agent's LiveKit room as the session's avatar (``realtime/transports/livekit/``); 201 once
+    it is in the room and waiting for the agent's audio."""
+    session = _session(request)
+    body = await read_json_object(request, '{"url": "wss://...", "token": "<JWT>", "agent_identity": "agent-1"}')
+    viewer = await join_room(session, JoinRequest.parse(body))
+    return web.json_response({"viewer_id": viewer.id, "transport": viewer.transport}, status=201)
+
+
 async def watch_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WATCH_PAGE)
 
@@ -328,4 +340,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/sessions/{id}/whep/{viewer}", end_viewer)
     app.router.add_post("/v1/sessions/{id}/offer", offer)
     app.router.add_get("/v1/sessions/{id}/agent", agent)
+    app.router.add_post("/v1/sessions/{id}/livekit", livekit)
     app.router.add_get("/watch", watch_page)  # browser viewer: /watch?session=ID&token=TOKEN
