@@ -25,6 +25,7 @@ from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtp import RtcpSrPacket
 
 from avatarstream.bench.av_sync import coarse_offset, cross_correlate, rms_envelope, segment_correlation
+from avatarstream.realtime.transports.webrtc.aiortc_compat import listen_rtcp, rtp_timestamp_origin
 
 NTP_EPOCH_OFFSET = 2208988800
 
@@ -37,36 +38,31 @@ def _signed32(x: int) -> int:
 class SenderClock:
     """RTP timestamp -> sender wall time, from the RTCP sender reports of one stream.
 
-    aiortc hands out ``frame.pts = rtp_timestamp - first_rtp_timestamp``; the hook on the
-    receiver's (private) timestamp mapper records that first timestamp, so pts can be turned
+    aiortc hands out ``frame.pts = rtp_timestamp - first_rtp_timestamp``; the receiver's (private)
+    timestamp mapper keeps that first timestamp (``aiortc_compat``), so pts can be turned
     back into RTP timestamps and then, through the sender reports, into sender time.
     """
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.reports: list[tuple[int, float]] = []
-        self.origin: int | None = None
+        self._receiver = None
 
     def hook(self, receiver) -> None:
-        mapper = receiver._RTCRtpReceiver__timestamp_mapper
-        original_map = mapper.map
+        self._receiver = receiver
 
-        def map_timestamp(timestamp: int) -> int:
-            if self.origin is None:
-                self.origin = timestamp
-            return original_map(timestamp)
-
-        mapper.map = map_timestamp
-        original = receiver._handle_rtcp_packet
-
-        async def handle(packet) -> None:
+        def listen(packet) -> None:
             if isinstance(packet, RtcpSrPacket):
                 ntp = packet.sender_info.ntp_timestamp
                 self.reports.append((packet.sender_info.rtp_timestamp,
                                      (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / 2**32))
-            await original(packet)
 
-        receiver._handle_rtcp_packet = handle
+        listen_rtcp(receiver, listen)
+
+    @property
+    def origin(self) -> int | None:
+        """The RTP timestamp received pts count from (aiortc's timestamp mapper, read through aiortc_compat)."""
+        return None if self._receiver is None else rtp_timestamp_origin(self._receiver)
 
     def time_of(self, pts: int) -> float:
         """Sender time of ``pts``. Each report maps an RTP timestamp to the time its packet left

@@ -18,6 +18,8 @@ from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LOW, Latenc
 from avatarstream.realtime.session.render_margin import RenderMargin
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
 from avatarstream.realtime.transports.base import ViewerStats
+from avatarstream.realtime.transports.base import ViewerStats
+from avatarstream.realtime.transports.webrtc.aiortc_compat import jitter_buffer, set_frame_data
 from avatarstream.realtime.transports.webrtc.receive_buffer import InOrderAudioBuffer, set_receive_buffer
 
 pytestmark = pytest.mark.timeout(60)
@@ -205,12 +207,13 @@ def test_a_steady_stream_starts_after_one_slot_and_a_jittery_one_waits_for_its_j
     assert at_once.jitter_ms() == pytest.approx(ADAPTIVE.jitter_guard_ms)
 
 
-def test_in_order_audio_buffer_holds_nothing_and_drops_what_comes_too_late():
-    def packet(seq):
-        p = RtpPacket(sequence_number=seq, timestamp=seq * 960)
-        p._data = bytes([seq % 256])
-        return p
+def _packet(seq: int) -> RtpPacket:
+    """An audio packet as aiortc's receiver hands it to its jitter buffer (depayloaded frame attached)."""
+    return set_frame_data(RtpPacket(sequence_number=seq, timestamp=seq * 960), bytes([seq % 256]))
 
+
+def test_in_order_audio_buffer_holds_nothing_and_drops_what_comes_too_late():
+    packet = _packet
     buf = InOrderAudioBuffer()
     out = [buf.add(packet(s))[1] for s in (65534, 65535, 0, 2, 1, 2, 3)]  # across the 16-bit wrap
     assert [f.timestamp if f else None for f in out] == [65534 * 960, 65535 * 960, 0, 2 * 960, None, None, 3 * 960]
@@ -226,9 +229,10 @@ def test_receive_buffer_replaces_aiortcs_on_a_real_receiver():
 
     receiver = RTCRtpReceiver("audio", MagicMock(state="new"))
     set_receive_buffer(receiver, 0)
-    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, InOrderAudioBuffer)
-    set_receive_buffer(receiver, CLASSIC.mic_receive_packets)
-    assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 4
+    assert isinstance(jitter_buffer(receiver), InOrderAudioBuffer)
+    set_receive_buffer(receiver, CLASSIC.mic_receive_packets)  # aiortc's own hold: a frame after 4 more packets
+    buffer = jitter_buffer(receiver)
+    assert [buffer.add(_packet(s))[1] is not None for s in range(6)] == [False] * 4 + [True, True]
 
 
 def test_presets_and_bad_settings():

@@ -209,6 +209,12 @@ def packet_frame_data(packet: RtpPacket) -> bytes:
     return data
 
 
+def set_frame_data(packet: RtpPacket, data: bytes) -> RtpPacket:
+    """Attach a depayloaded frame to ``packet`` as aiortc's receiver does before its jitter buffer (tests)."""
+    setattr(packet, PACKET_DATA.attribute, data)
+    return packet
+
+
 def listen_rtcp(receiver: RTCRtpReceiver, listener: Callable[[Any], None]) -> None:
     """``listener(packet)`` sees every RTCP packet the receiver handles, before it does."""
     handle = _require(receiver, RECEIVER_RTCP)
