@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -32,14 +32,17 @@ AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK_RATE)
 @dataclass
 class SessionClock:
     """Monotonic session clock; ``t0`` is the time (``time_source``: ``time.monotonic`` unless the
-    session passes its own) of frame 0."""
+    session passes its own) of frame 0. ``sleep`` waits that many seconds of ``time_source``
+    (``asyncio.sleep`` for the real clock; a test's manual clock passes its own)."""
 
     t0: float
     time_source: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, repr=False, compare=False)
 
     @classmethod
-    def start_now(cls, time_source: Callable[[], float] = time.monotonic) -> "SessionClock":
-        return cls(time_source(), time_source)
+    def start_now(cls, time_source: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> "SessionClock":
+        return cls(time_source(), time_source, sleep)
 
     def now(self) -> float:
         return self.time_source()
@@ -69,4 +72,4 @@ class SessionClock:
     async def sleep_until(self, t: float) -> None:
         delay = t - self.time_source()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self.sleep(delay)

@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +39,16 @@ class PumpStats:
 class EnginePump:
     def __init__(self, engine: AvatarEngine, portrait: Portrait, *, size: int,
                  controls: Mapping[str, Any] | None, on_frame: Callable[[int, AvatarFrame], None],
-                 name: str = "engine", max_backlog_frames: int = MAX_ENGINE_BACKLOG_FRAMES) -> None:
+                 name: str = "engine", max_backlog_frames: int = MAX_ENGINE_BACKLOG_FRAMES,
+                 executor: Executor | None = None) -> None:
         self._engine = engine
         self._portrait = portrait
         self._size = size
         self._controls = controls
         self._on_frame = on_frame
         self._max_backlog = max_backlog_frames
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        # one worker for every engine call (a test passes one that runs on its own clock); shut down by close()
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._stream: EngineStream | None = None
         self._pending: deque[tuple[int, np.ndarray]] = deque()  # (tick, audio) not yet fed
         self._fed_ticks: deque[int] = deque()  # tick of engine frame _fed_base + i

@@ -35,20 +35,22 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from avatarstream.engines.base import FPS, SAMPLES_PER_FRAME, AvatarEngine, AvatarFrame, Portrait
-from avatarstream.realtime.clock import FRAME_SECONDS, SessionClock
+from avatarstream.realtime.clock import SessionClock
 from avatarstream.realtime.playback import PlaybackBuffer, PlaybackMarker
 from avatarstream.realtime.session.engine_pump import EnginePump
 from avatarstream.realtime.session.events import EventBus, EventType, SessionEvent
 from avatarstream.realtime.session.input_arrival import InputArrival
 from avatarstream.realtime.session.latency import ADAPTIVE, LatencySettings
 from avatarstream.realtime.session.output_ring import OutputRing, OutputSlot
+from avatarstream.realtime.session.pacing import FRAME_MS, MAX_MARGIN_MS, frames_needed, next_wake, plan_delay, wake
 from avatarstream.realtime.session.render_margin import RenderMargin
 from avatarstream.realtime.transports.base import Viewer, ViewerState
 
@@ -56,8 +58,6 @@ log = logging.getLogger(__name__)
 
 
 MAX_TIMED_UTTERANCES = 512  # utterances whose push time is kept for the push-to-playback latency
-MAX_MARGIN_MS = 400.0  # a measured margin is capped here (10 frames): beyond it the engine is not real time
-FRAME_MS = FRAME_SECONDS * 1000
 QUIET_RMS = 0.01  # -40 dBFS: a slot this quiet may be repeated once when the delay grows
 CLASSIC_LIVE_BACKLOG_S = 0.1  # live input standing above this is trimmed in quiet frames (fixed settings)
 LIVE_PACKET_MS = 20.0  # a WebRTC audio packet: the trimming's step
@@ -95,9 +95,13 @@ ActivationCheck = Callable[["AvatarSession"], None]  # raises to refuse: the ses
 
 class AvatarSession:
     def __init__(self, engine: AvatarEngine, portrait: Portrait, *, engine_name: str = "lite",
-                 options: SessionOptions, origin: str = "api", clock: Callable[[], float] = time.monotonic) -> None:
+                 options: SessionOptions, origin: str = "api", clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 engine_executor: Executor | None = None) -> None:
         self.options = options
         self._now = clock  # monotonic seconds: the session clock's time base and every timestamp here
+        self._sleep = sleep  # waits seconds of ``clock`` (asyncio.sleep for the real one)
+        # ``engine_executor``: where the engine's calls run (default: the pump's own worker thread)
         self.origin = origin  # the API that created it: "api" (/v1/sessions), "offer", "whep"
         self.id = uuid.uuid4().hex[:16]
         self.token = secrets.token_urlsafe(24)
@@ -122,7 +126,7 @@ class AvatarSession:
         self._arrival = InputArrival(self.latency)
         self._ring = OutputRing(self.options.ring_frames)
         self._pump = EnginePump(engine, portrait, size=self.size, controls=self.options.controls,
-                                on_frame=self._file_frame, name=f"engine-{self.id[:6]}")
+                                on_frame=self._file_frame, name=f"engine-{self.id[:6]}", executor=engine_executor)
         self._next_tick = 0  # next slot to take
         self._next_event = 0  # next slot whose events fire (when its send tick comes)
         self._last_audible = -1  # newest slot with audible audio or markers
@@ -146,12 +150,11 @@ class AvatarSession:
     async def start(self) -> None:
         """Open the engine stream (face detection etc., in the worker) and start the clock."""
         self.lookahead_frames = await self._pump.open()
-        start_margin = min(MAX_MARGIN_MS, max(1.0, self._margin.margin_ms()))
-        self.delay_frames = self.lookahead_frames + math.ceil(start_margin / FRAME_MS)
+        self.delay_frames = frames_needed(self._margin.margin_ms(), self.lookahead_frames)
         self._plan(may_grow=False)
         max_delay = self.lookahead_frames + math.ceil(max(MAX_MARGIN_MS, self.latency.margin_start_ms) / FRAME_MS)
         self._ring = OutputRing(self.options.ring_frames + max_delay)
-        self.clock = SessionClock.start_now(self._now)
+        self.clock = SessionClock.start_now(self._now, self._sleep)
         self._spawn(self._run_clock(), "clock")
         self._spawn(self._pump.run(), "engine")
         self.started.set()
@@ -227,12 +230,9 @@ class AvatarSession:
         return self.delay_frames * FRAME_MS - self.phase * 1000
 
     def _plan(self, may_grow: bool) -> None:
-        """Set ``phase`` (and, if ``may_grow``, ``D``) so that the delay is lookahead + margin."""
-        margin = min(MAX_MARGIN_MS, max(1.0, self._margin.margin_ms()))
-        frames = self.lookahead_frames + math.ceil(margin / FRAME_MS)
-        if frames > self.delay_frames and may_grow:
-            self.delay_frames += 1  # one frame per tick: each growth repeats one (quiet) sent slot
-        self.phase = max(0.0, (self.delay_frames - self.lookahead_frames) * FRAME_MS - margin) / 1000
+        """Set ``phase`` (and, if ``may_grow``, ``D``) so that the delay is lookahead + margin (``pacing.py``)."""
+        plan = plan_delay(self._margin.margin_ms(), self.lookahead_frames, self.delay_frames, may_grow)
+        self.delay_frames, self.phase = plan.delay_frames, plan.phase
 
     def _nothing_audible_in_flight(self) -> bool:
         """Growing ``D`` at a send tick makes every sender send one slot again: the one it sent at
@@ -408,29 +408,28 @@ class AvatarSession:
         clock = self.clock
         assert clock is not None
         while True:
-            take_at = clock.frame_time(self._next_tick) + self.phase
-            send_at = clock.frame_time(self._next_event + self.delay_frames)
             slept_at = clock.now()
-            await clock.sleep_until(min(take_at, send_at))
-            now = clock.now()
-            due = math.floor((now - clock.t0 - self.phase) / FRAME_SECONDS)
-            # a take more than a frame late (not one made due by a lower phase: the margin rose)
-            if due >= self._next_tick and now - max(take_at, slept_at) > FRAME_SECONDS:
-                self.stats.late_ticks += 1
-            took = False
-            while self._next_tick <= due:
-                self._take(self._next_tick, now)
-                took = True
-            if took:
-                self._pump.wake()
-            sending = clock.current_frame() - self.delay_frames
-            emitted = self._next_event <= sending
-            while self._next_event <= sending:
-                self._on_sent(self._next_event)
-                self._next_event += 1
-            if not emitted and self._pending_output_markers and sending < 0:
-                self._on_sent(sending)  # an interrupt before the first slot was sent
-            self._plan(may_grow=emitted and self._nothing_audible_in_flight())
+            await clock.sleep_until(next_wake(clock.t0, self._next_tick, self._next_event, self.delay_frames,
+                                              self.phase))
+            self._on_wake(clock.now(), slept_at)
+
+    def _on_wake(self, now: float, slept_at: float) -> None:
+        """One wake-up of the clock at ``now`` (``pacing.wake``): take what is due, send what is due."""
+        clock = self.clock
+        assert clock is not None
+        step = wake(now, slept_at, clock.t0, self._next_tick, self._next_event, self.delay_frames, self.phase)
+        if step.late:  # a take more than a frame late (not one made due by a lower phase: the margin rose)
+            self.stats.late_ticks += 1
+        for n in step.take:
+            self._take(n, now)
+        if step.take:
+            self._pump.wake()
+        for c in step.send:
+            self._on_sent(c)
+            self._next_event = c + 1
+        if not step.send and self._pending_output_markers and step.sending < 0:
+            self._on_sent(step.sending)  # an interrupt before the first slot was sent
+        self._plan(may_grow=bool(step.send) and self._nothing_audible_in_flight())
 
     def _take(self, n: int, now: float) -> None:
         """Take slot ``n`` of the playback buffer into the ring and hand its audio to the engine."""
