@@ -80,8 +80,10 @@ def load_bench_model(opts) -> tuple[DitTalkingHead, MotionTemplate, str]:
 
 # -- latency --------------------------------------------------------------------------------------
 
-@torch.no_grad()
+@torch.inference_mode()
 def window_latency(model: DitTalkingHead, reps: int, sync=lambda: None, graphed=None) -> dict:
+    """Every timed call (audio features, the eager or graphed denoising step, whole windows) runs under
+    ``inference_mode``: no autograd bookkeeping in either mode, so eager and graphed compare like for like."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(0)
     audio = torch.randn(1, cfg.n_motions * SAMPLES_PER_FRAME, generator=g) * 0.1

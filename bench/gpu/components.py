@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from avatarstream.bench.gpu.precision import fp32_precision
 from avatarstream.bench.joyvasa import window_latency
 from avatarstream.engines.base import EngineError
 from avatarstream.engines.joyvasa.motion_worker import MotionWindow, MotionWorker, step_noise
@@ -112,8 +113,14 @@ def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps:
         modes: dict[str, Callable[[], object]] = {}
         fp32 = Renderer(networks, device=str(device))
         args = (f_s, kp_s, kp_d)
-        modes["eager_fp32"] = lambda r=fp32, a=args: r.warp_decode(*a)
+
+        def in_fp32(r=fp32, a=args, tf32=False):
+            with fp32_precision(tf32):
+                return r.warp_decode(*a)
+
+        modes["eager_fp32"] = in_fp32  # TF32 off: FP32 as labelled
         if device.type == "cuda":
+            modes["eager_tf32"] = lambda: in_fp32(tf32=True)  # cuDNN's default on an H100: TF32 convolutions
             fp16 = Renderer(networks, device=str(device), fp16=True)
             modes["eager_fp16"] = lambda r=fp16, a=args: r.warp_decode(*a)
             try:
@@ -126,7 +133,8 @@ def renderer_latency(networks: LivePortraitNetworks, device: torch.device, reps:
                 torch.cuda.reset_peak_memory_stats(device)
             ms = median_ms(fn, device, reps)
             row = {"mode": mode, "batch": batch, "ms_per_batch": round(ms, 3), "ms_per_frame": round(ms / batch, 3),
-                   "fps": round(1000.0 * batch / ms, 1)}
+                   "fps": round(1000.0 * batch / ms, 1),
+                   "tf32": {"eager_fp32": False, "eager_tf32": True}.get(mode, "n/a (fp16)")}
             if device.type == "cuda":
                 row["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
             rows.append(row)
@@ -147,11 +155,13 @@ def fp16_parity(networks: LivePortraitNetworks, device: torch.device) -> dict:
 
 
 def joyvasa_latency(model: DitTalkingHead, device: torch.device, reps: int) -> dict:
-    out = {"eager_fp32": window_latency(model, reps, sync=lambda: sync(device))}
-    if device.type == "cuda":
-        from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
+    with fp32_precision(tf32=False):  # FP32 as labelled; window_latency times every call under inference_mode
+        out = {"eager_fp32": window_latency(model, reps, sync=lambda: sync(device))}
+        if device.type == "cuda":
+            from avatarstream.engines.joyvasa.cuda_graphs import GraphedDenoiser
 
-        out["cuda_graph_fp32"] = window_latency(model, reps, sync=lambda: sync(device), graphed=GraphedDenoiser(model))
+            out["cuda_graph_fp32"] = window_latency(model, reps, sync=lambda: sync(device),
+                                                    graphed=GraphedDenoiser(model))
     for mode, r in out.items():
         print(f"gpu bench: joyvasa {mode}: {r['window_ms']:.1f} ms per {r['window_frames']}-frame window")
     return out

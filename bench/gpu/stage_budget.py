@@ -11,7 +11,8 @@ Stages (per frame = per call / frames the call serves):
 * ``warping`` (W) and ``spade`` (G) for a batch of frames; ``warping+spade`` where the two run as one CUDA graph
   or one ``torch.compile`` d function;
 * ``host_copy``: the rendered batch to uint8 host frames (``tensor_to_images``);
-* ``keypoints``: the keypoint driver with LivePortrait's stitching MLP (CPU + one small GPU call per frame);
+* ``keypoints``: the keypoint driver with LivePortrait's stitching MLP, as the product runs it for a render batch
+  (numpy per frame, one stitching call per batch, its result left on the GPU), per frame;
 * ``paste_back``: the render pasted into the portrait's framing (CPU, per frame, in each session's thread).
 
 Modes: ``eager_fp32``; ``fp16_autocast`` (CUDA); ``cuda_graph`` (W+G FP16 as one graph per batch size, the DiT
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from avatarstream.bench.gpu.components import GraphedWarpDecode, median_ms, render_inputs
+from avatarstream.bench.gpu.precision import cudnn_benchmark, fp32_precision
 from avatarstream.bench.gpu.product import SIZE, Product
 from avatarstream.engines.base import SAMPLES_PER_FRAME
 from avatarstream.engines.joyvasa.streaming import StreamingMotionGenerator
@@ -52,7 +54,7 @@ def renderer_rows(product: Product, batch: int, reps: int) -> list[dict]:
     for mode, fp16 in (("eager_fp32", False), ("fp16_autocast", True)):
         if fp16 and device.type != "cuda":
             continue
-        with torch.inference_mode(), _autocast(device, fp16):
+        with torch.inference_mode(), _autocast(device, fp16), fp32_precision(tf32=False):
             warped = networks.warping_module(f_s, kp_driving=kp_d, kp_source=kp_s)["out"]
 
             def w():
@@ -61,8 +63,14 @@ def renderer_rows(product: Product, batch: int, reps: int) -> list[dict]:
             def g(warped=warped):
                 return networks.spade_generator(warped)
 
-            rows.append(_row("warping", mode, batch, median_ms(w, device, reps), batch))
-            rows.append(_row("spade", mode, batch, median_ms(g, device, reps), batch))
+            bench = torch.backends.cudnn.benchmark
+            rows.append(_row("warping", mode, batch, median_ms(w, device, reps), batch, cudnn_benchmark=bench))
+            rows.append(_row("spade", mode, batch, median_ms(g, device, reps), batch, cudnn_benchmark=bench))
+            if device.type == "cuda":  # W's 3-D convolutions and grid sample: does cuDNN's autotuner change it?
+                with cudnn_benchmark(not bench):
+                    w()  # the autotuner's trials, untimed
+                    rows.append(_row("warping", f"{mode}+cudnn_benchmark_{'on' if not bench else 'off'}", batch,
+                                     median_ms(w, device, reps), batch, cudnn_benchmark=not bench))
             image = g().float()
     if device.type == "cuda":
         def graph_row() -> dict:
@@ -92,7 +100,7 @@ def motion_rows(product: Product, windows: int, reps: int) -> list[dict]:
     g = torch.Generator().manual_seed(windows)
     audio = torch.randn(windows, (cfg.context_frames + length) * SAMPLES_PER_FRAME, generator=g) * 0.1
     rows = []
-    with torch.no_grad():
+    with torch.inference_mode(), fp32_precision(tf32=False):
         rows.append(_row("audio_encoder", "eager_fp32", windows,
                          median_ms(lambda: model.audio_features(audio), device, reps), windows * chunk,
                          calls_per_window=1))
@@ -143,8 +151,11 @@ def cpu_rows(product: Product, reps: int) -> list[dict]:
     driver = prepared.driver(reference, 1.0)
     motion = motions[len(motions) // 2]
     rendered = np.full((512, 512, 3), 128, np.uint8)
-    device = torch.device("cpu")  # these stages end on the CPU (the stitching result is copied back)
-    rows = [_row("keypoints", "eager_fp32", 1, median_ms(lambda: driver(motion), device, reps), 1)]
+    device = torch.device("cpu")  # paste-back is CPU work
+    batch = engine.batch_size  # the product drives a render batch at once: one stitching call, left on the device
+    frames = [motion] * batch
+    rows = [_row("keypoints", "eager_fp32", batch, median_ms(lambda: driver.batch(frames), product.device, reps),
+                 batch, how="KeypointDriver.batch: numpy per frame, one stitching call per batch on the device")]
     if prepared.paste_back is not None:
         rows.append(_row("paste_back", "cpu", 1, median_ms(lambda: prepared.finish(rendered, SIZE), device, reps), 1))
     return rows
@@ -161,7 +172,8 @@ def product_totals(rows: list[dict], batch: int, windows: int, fp16: bool) -> di
              "dit_step": pick("dit_step", "eager_fp32", windows),
              "warping": pick("warping", render_mode, batch), "spade": pick("spade", render_mode, batch),
              "host_copy": pick("host_copy", "eager_fp32", batch),
-             "keypoints": pick("keypoints", "eager_fp32", 1), "paste_back": pick("paste_back", "cpu", 1)}
+             "keypoints": next((r["ms_per_frame"] for r in rows if r["stage"] == "keypoints"), None),
+             "paste_back": pick("paste_back", "cpu", 1)}
     gpu = sum(v for k, v in parts.items() if k in GPU_STAGES and v is not None)
     cpu = sum(v for k, v in parts.items() if k not in GPU_STAGES and v is not None)
     return {"batch": batch, "motion_windows": windows, "ms_per_frame": {k: v for k, v in parts.items()},

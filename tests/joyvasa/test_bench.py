@@ -44,3 +44,26 @@ def test_live_vs_offline_alone_writes_json(tmp_path, capsys):
     assert result["live"]["cfg_scale"] == LIVE_PRESET.cfg_scale
     assert result["live"]["lookahead_ms"] == JoyVasaOptions().lookahead_ms
     assert "live vs offline: rmse" in capsys.readouterr().out
+
+
+def test_every_timed_denoiser_call_runs_without_autograd(small_model):
+    """bench/joyvasa.py's window_latency (the GPU check's joyvasa section, eager and graphed) times the denoiser
+    under inference_mode: the eager step carries no autograd bookkeeping that the graphed one does not."""
+    import torch
+
+    from avatarstream.bench.joyvasa import window_latency
+
+    net = small_model.denoising_net
+    seen: list[tuple[bool, bool]] = []
+    forward = net.forward
+
+    def spy(*args, **kwargs):
+        seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return forward(*args, **kwargs)
+
+    net.forward = spy
+    try:
+        window_latency(small_model, reps=1)
+    finally:
+        del net.forward
+    assert seen and all(not grad and inference for grad, inference in seen)

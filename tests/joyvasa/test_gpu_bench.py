@@ -25,16 +25,20 @@ ABSENT_ON_GPU_MACHINE = ("av", "aiortc", "dlib", "tensorrt", "psutil", "matplotl
 STAGES = {"audio_encoder", "dit_step", "warping", "spade", "host_copy", "keypoints", "paste_back"}
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _gpu_machine_env(tmp_path: Path) -> dict:
+    """The environment of the GPU machine: the packages it lacks made unimportable."""
     block = tmp_path / "block"
     block.mkdir(exist_ok=True)
     (block / "sitecustomize.py").write_text(
         "import sys\n"
         f"for name in {ABSENT_ON_GPU_MACHINE!r}:\n"
         "    sys.modules[name] = None  # as if not installed\n")
-    env = {**os.environ, "PYTHONPATH": str(block)}
+    return {**os.environ, "PYTHONPATH": str(block), "PYTHON": sys.executable}
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(RUNNER), "bench", "--suite", "gpu", "--out", str(tmp_path / "out"), *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+                          capture_output=True, text=True, env=_gpu_machine_env(tmp_path), cwd=tmp_path, timeout=900)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: the suite would run for real")
@@ -44,15 +48,29 @@ def test_refuses_without_a_gpu(tmp_path):
     assert "needs a CUDA GPU" in proc.stderr + proc.stdout
 
 
-@pytest.mark.slow  # ~80 s on a shared 2-core CPU: the miniature renderer is far from real time there
-def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
-    proc = _run(tmp_path, "--dry-run")
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    report = json.loads((tmp_path / "out" / "gpu.json").read_text())
+@pytest.mark.slow  # ~40-80 s on a shared 2-core CPU: the miniature renderer is far from real time there
+def test_the_device_command_dry_run_writes_every_field_and_the_files_it_keeps(tmp_path):
+    """docs/gpu-check.md's device command (bench/gpu/device_check.sh) end to end with --dry-run in place of the GPU,
+    from the bare tree as the GPU machine runs it, then its keep step (bench/gpu/keep_results.sh) into a folder."""
+    env = {**_gpu_machine_env(tmp_path), "OUT": str(tmp_path / "device-out")}
+    proc = subprocess.run(["bash", "bench/gpu/device_check.sh", "--dry-run"], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=1600)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-2000:])
+    kept = tmp_path / "kept"
+    keep = subprocess.run(["bash", "bench/gpu/keep_results.sh", str(tmp_path / "device-out"), str(kept)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert keep.returncode == 0 and "missing" not in keep.stdout, (keep.stdout, keep.stderr)
+    assert {p.name for p in kept.iterdir()} == {"gpu.json", "gpu.png", "torch_compile.json", "log.txt", "machine.txt"}
+    report = json.loads((kept / "gpu.json").read_text())
     result = report["result"]
-    assert report["suite"] == "gpu" and result["device"] == "cpu"
+    assert report["suite"] == "gpu" and result["device"] == "cpu" and report["partial"] is False
     sections = result["time_budget"]["sections"]
     assert all(s["status"] == "ran" for s in sections.values()), sections
+    assert result["time_budget"]["hung"] is None
+    # what runs, stated: the GPU kind and compute mode (none on a CPU, with why), TF32 and cuDNN flags
+    assert result["gpu"]["name"] == "cpu" and "compute_mode" in result["gpu"] and result["gpu"]["why"]
+    assert {"matmul_allow_tf32", "cudnn_allow_tf32", "cudnn_benchmark"} <= set(result["backends"])
+    assert json.loads((kept / "torch_compile.json").read_text())["status"].startswith("not run: dry run")
 
     # 1. sessions per GPU: served joyvasa sessions, fps per session
     assert result["product"]["engine"] == "joyvasa" and result["product"]["size"] == 512
@@ -103,6 +121,15 @@ def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
     assert all(r["ms_per_frame"] > 0 for r in budget["rows"])
     assert budget["product"][0]["gpu_ms_per_frame"] > 0 and budget["product"][0]["cpu_ms_per_frame"] > 0
     assert result["torch_compile"] == {"skipped": "dry run: torch.compile is tried on the GPU"}
+    assert {r["cudnn_benchmark"] for r in budget["rows"] if r["stage"] == "warping"} == {False}
+    # the denoiser's cost per window and per session, both configs, what batching buys
+    denoiser = {r["latency"]: r for r in result["denoiser_cost"]["rows"]}
+    assert set(denoiser) == {"default", "low"} and "TF32 off" in result["denoiser_cost"]["precision"]
+    for row in denoiser.values():
+        ks = row["by_windows_per_call"]
+        assert [k["windows_per_call"] for k in ks] == [1, 2] and all(k["ms_per_window"] > 0 for k in ks)
+        assert ks[0]["gpu_ms_per_s_at_k_sessions"] == pytest.approx(
+            row["windows_per_s_per_session"] * row["steps"] * ks[0]["call_ms"], rel=0.01)
     # targets stated, not judged on a CPU
     targets = result["targets"]
     assert {"sessions_at_25fps", "audio_to_mouth_p50_ms", "audio_to_mouth_p50_ms_low_latency", "first_frame_p50_ms",
@@ -111,7 +138,7 @@ def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
 
     # the component sections kept from the first check
     renderer = result["renderer"]["rows"]
-    assert {(r["mode"], r["batch"]) for r in renderer} == {("eager_fp32", 1), ("eager_fp32", 2)}
+    assert {(r["mode"], r["batch"], r["tf32"]) for r in renderer} == {("eager_fp32", 1, False), ("eager_fp32", 2, False)}
     assert all(r["ms_per_frame"] > 0 for r in renderer)
     assert result["joyvasa"]["eager_fp32"]["window_ms"] > 0
     workers = result["worker"]["rows"]
@@ -124,8 +151,7 @@ def test_dry_run_from_the_bare_tree_writes_every_field(tmp_path):
         for mode in ("alone", "worker"):
             assert m[mode]["windows_per_s"] > 0 and m[mode]["min_session_windows"] >= 1, m
     assert motion[-1]["worker"]["multi_session_calls"] >= 1  # 8 sessions back to back share DiT calls
-    png = Path(result["plot"])
-    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (kept / "gpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_time_budget_skips_what_does_not_fit_and_survives_a_failure():
@@ -149,10 +175,18 @@ def test_the_time_budget_skips_what_does_not_fit_and_survives_a_failure():
     assert limited.section_left(5.0)() > 99.0
 
 
-def test_the_plans_fit_the_h100_budgets():
-    from avatarstream.bench.gpu import BUDGET_S, PLAN, QUICK_BUDGET_S, QUICK_PLAN
+def test_the_plans_fit_the_h100_budgets_and_the_device_time():
+    import re
+
+    from avatarstream.bench.gpu import BUDGET_S, DEVICE_CALL_S, DEVICE_TIME_S, PLAN, QUICK_BUDGET_S, QUICK_PLAN
 
     assert sum(PLAN.values()) <= BUDGET_S <= 360 and sum(QUICK_PLAN.values()) <= QUICK_BUDGET_S <= 180
+    script = (REPO / "bench" / "gpu" / "device_check.sh").read_text()
+    full = int(re.search(r"^guard=(\d+)$", script, re.M).group(1))
+    quick = int(re.search(r'\*" --quick "\*\) guard=(\d+)', script).group(1))
+    # the check's budget + a hung section's 30 s slack + closing fit its guard, the guard fits the device call
+    assert BUDGET_S + 45 <= full < DEVICE_CALL_S["full"] and QUICK_BUDGET_S + 35 <= quick < DEVICE_CALL_S["quick"]
+    assert DEVICE_CALL_S["full"] + DEVICE_CALL_S["quick"] + 180 <= DEVICE_TIME_S  # 3 minutes left for the start
     assert {"low_latency_sessions", "low_latency_audio_to_mouth"} <= set(QUICK_PLAN) <= set(PLAN)
 
 
@@ -202,3 +236,45 @@ def test_the_torch_compile_child_reports_its_rows(tmp_path):
     (row,) = out["rows"]
     assert row["stage"] == "warping+spade" and row["ms_per_frame"] > 0 and row["same_run_eager_ms_per_frame"] > 0
     assert out["compile_s"]["1"] >= 0 and out["backend"] == "eager"
+
+
+def test_a_hung_section_leaves_the_json_of_every_earlier_one(tmp_path, monkeypatch):
+    """A section that never returns (injected into the sessions step): while it hangs, gpu.json on disk already
+    holds the sections before it (a device kill then keeps them); the check abandons it after its limit, skips the
+    rest, and still writes gpu.json, gpu.png and torch_compile.json."""
+    import argparse
+    import threading
+
+    import avatarstream.bench.gpu as gpu
+    from avatarstream.cli.bench import add_arguments, run
+
+    release = threading.Event()
+    seen: dict = {}
+
+    def hangs(product, deadline, **kwargs) -> dict:
+        seen["on_disk"] = json.loads((tmp_path / "out" / "gpu.json").read_text())
+        release.wait(120)
+        return {"never": "used"}
+
+    monkeypatch.setattr(gpu, "sessions_per_gpu", hangs)
+    monkeypatch.setattr(gpu, "DRY_RUN_HANG_LIMITS_S", {"sessions": 3.0})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    try:
+        assert run(parser.parse_args(["--suite", "gpu", "--dry-run", "--out", str(tmp_path / "out")])) == 0
+    finally:
+        release.set()
+    during = seen["on_disk"]
+    assert during["partial"] is True and during["result"]["product"]["engine"] == "joyvasa"  # setup, before the hang
+    assert during["result"]["time_budget"]["sections"]["setup"]["status"] == "ran"
+    report = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    result = report["result"]
+    sections = result["time_budget"]["sections"]
+    assert sections["setup"]["status"] == "ran" and sections["sessions"]["status"] == "hung"
+    assert result["time_budget"]["hung"] == "sessions" and result["sessions"]["hung"] is True
+    later = [name for name in sections if name not in ("setup", "sessions")]
+    assert later and all(sections[n]["status"] == "skipped" and "hang" in sections[n]["note"] for n in later)
+    assert result["product"] == during["result"]["product"]
+    compile_json = json.loads((tmp_path / "out" / "torch_compile.json").read_text())
+    assert compile_json["status"].startswith("not run")
+    assert (tmp_path / "out" / "gpu.png").read_bytes()[:4] == b"\x89PNG"
