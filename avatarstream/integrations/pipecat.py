@@ -15,15 +15,16 @@ Put it right after the TTS service; it consumes the TTS audio and pushes the ava
 * **Avatar out.** ``OutputImageRawFrame`` (RGB) for every video frame at 25 fps, on the session
   clock, and the speech back as ``TTSAudioRawFrame`` at the pipeline's output rate, delayed
   exactly as much as the lips, so mouth and voice leave together. Frames carry ``pts`` on the
-  session's timeline (ns). Two receive paths:
+  session's timeline (ns). Two media paths, one small class each behind ``AvatarOutput``:
 
-  - ``media="inprocess"`` (default with the in-process server): the session's output is read
-    directly through the transport contract (``SessionReader``), no video encoding at all; the
-    speech is cut back out of the avatar's audio per utterance (``SpeechCutter``): the samples
-    out equal the samples in, silence between replies is not sent;
-  - ``media="webrtc"`` (default with a remote server): the service joins as a WHEP viewer; the
-    avatar's continuous audio (speech and the silence between) comes as
-    ``SpeechOutputAudioRawFrame``, as Pipecat's other WebRTC avatar services do.
+  - ``InProcessOutput`` (no ``server_url``: a session of ``InProcessAvatar``, the in-process runner
+    the LiveKit plugin shares): the session's output is read directly through the transport
+    contract (``SessionReader``), no video encoding at all; the speech is cut back out of the
+    avatar's audio per utterance (``SpeechCutter``): the samples out equal the samples in,
+    silence between replies is not sent;
+  - ``WebRTCOutput`` (``server_url``): the service joins as a WHEP viewer; the avatar's continuous
+    audio (speech and the silence between) comes as ``SpeechOutputAudioRawFrame``, as Pipecat's
+    other WebRTC avatar services do.
 
 * **Interruptions.** ``InterruptionFrame``: the reply in flight is dropped locally at once (no more
   of its speech is pushed), the server gets ``{"type": "interrupt"}`` (queued audio and motion
@@ -42,20 +43,22 @@ import contextlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import aiohttp
 import av
 import numpy as np
 from yarl import URL
 
+from avatarstream.integrations.inprocess import InProcessAvatar
 from avatarstream.integrations.local_server import LocalAvatarServer
 from avatarstream.integrations.session_reader import SessionClosed, SessionReader
 from avatarstream.integrations.speech_cutter import SpeechCutter
 from avatarstream.integrations.whep_reader import AUDIO_RATE as WEBRTC_AUDIO_RATE
 from avatarstream.integrations.whep_reader import ReceivedAudio, ReceivedVideo, WhepReader
-from avatarstream.realtime.client import AvatarClient, ClientError
+from avatarstream.realtime.client import AvatarClient, ClientError, SessionInfo
 from avatarstream.realtime.config import ServerConfig
+from avatarstream.realtime.session.session import AvatarSession
 from avatarstream.realtime.transports.agent.protocol import ACCEPTED_RATES
 
 try:
@@ -84,7 +87,6 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without 
 NS_PER_S = 1_000_000_000
 FRAME_NS = NS_PER_S // 25
 MIN_UTTERANCE_SECONDS = 0.01  # shorter TTS responses are inaudible: not sent (the server would not number them)
-MediaPath = Literal["auto", "inprocess", "webrtc"]
 
 
 def wire_rate(rate: int) -> int:
@@ -170,7 +172,6 @@ class AvatarStreamVideoService(AIService):
         engine: str = "lite",
         size: int = 512,
         controls: Mapping[str, Any] | None = None,
-        media: MediaPath = "auto",
         local_server_config: ServerConfig | None = None,
         local_server: LocalAvatarServer | None = None,
         connect_timeout_s: float = 30.0,
@@ -178,24 +179,20 @@ class AvatarStreamVideoService(AIService):
         **kwargs: Any,
     ) -> None:
         super().__init__(settings=ServiceSettings(model=None), **kwargs)
-        if media not in ("auto", "inprocess", "webrtc"):
-            raise ValueError(f'media must be "auto", "inprocess" or "webrtc", got {media!r}')
         if server_url is not None and local_server is not None:
             raise ValueError("give server_url (a remote server) or local_server (one in this process), not both")
-        if media == "inprocess" and server_url is not None:
-            raise ValueError('media="inprocess" reads an in-process server: leave server_url unset')
         self.server_url = server_url
         self.api_key = api_key
         self.image = image
         self.engine = engine
         self.size = size
         self.controls = dict(controls or {})
-        self.media: MediaPath = media if media != "auto" else ("webrtc" if server_url else "inprocess")
         self.local_server_config = local_server_config
         self.connect_timeout_s = connect_timeout_s
         self.drain_timeout_s = drain_timeout_s
-        self.local_server: LocalAvatarServer | None = local_server  # started by the caller, or by start()
-        self._own_server = local_server is None
+        self.local_server = local_server  # started by the caller (shared), else InProcessAvatar starts its own
+        self.inprocess: InProcessAvatar | None = None  # the in-process runner, while it runs
+        self.output: AvatarOutput | None = None  # the media path, while connected
         self.client: AvatarClient | None = None
         self.session_id: str | None = None
         self.out_rate = 24000
@@ -205,13 +202,7 @@ class AvatarStreamVideoService(AIService):
         self._wire_rate = 24000
         self._utterance: _Utterance | None = None
         self._numbered = 0  # utterances the server numbered (1, 2, ...)
-        self._cutter: SpeechCutter | None = None
-        self._reader: SessionReader | WhepReader | None = None
         self._media_task: asyncio.Task | None = None
-        self._first_index: int | None = None
-        self._webrtc_audio: _PcmConverter | None = None
-        self._audio_pts0: int | None = None
-        self._video_pts0: int | None = None
         self._closing = asyncio.Lock()
         self.first_speech_out: dict[int, float] = {}  # utterance number -> time.perf_counter() of its first audio out
         self.first_speech_in: dict[int, float] = {}  # utterance number -> time of its first audio in
@@ -238,35 +229,29 @@ class AvatarStreamVideoService(AIService):
                                   exception=exc, category=error_category(exc))
 
     async def _connect(self) -> None:
-        url = self.server_url
-        if url is None:
-            if self.local_server is None:
-                self.local_server = LocalAvatarServer(self.local_server_config, engine=self.engine)
-            url = await self.local_server.start()
-        self.client = AvatarClient(url, api_key=self.api_key)
-        info = await self.client.create_session(image=self.image, engine=self.engine, size=self.size,
-                                                controls=self.controls or None)
-        self.session_id = info.id
+        if self.server_url is None:
+            self.inprocess = InProcessAvatar(image=self.image, engine=self.engine, size=self.size,
+                                             controls=self.controls, server=self.local_server,
+                                             config=self.local_server_config)
+            session = await self.inprocess.open()
+            assert self.inprocess.client is not None and self.inprocess.server is not None
+            self.client, url = self.inprocess.client, self.inprocess.server.url
+            output: AvatarOutput = InProcessOutput(self, session)
+        else:
+            url = self.server_url
+            self.client = AvatarClient(url, api_key=self.api_key)
+            info = await self.client.create_session(image=self.image, engine=self.engine, size=self.size,
+                                                    controls=self.controls or None)
+            output = WebRTCOutput(self, self.client, info)
+        assert self.client.session is not None
+        self.session_id = self.client.session.id
         self.client.on("error", self._on_server_error)
         await self.client.connect(sample_rate=self._wire_rate)
-        if self.media == "inprocess":
-            assert self.local_server is not None
-            session = self.local_server.session(info.id)
-            if session is None:
-                raise ClientError(0, f"session {info.id} is not in this process")
-            reader = SessionReader(session)
-            await reader.open()
-            self._reader = reader
-            self._cutter = SpeechCutter(self.out_rate)
-            self._media_task = self.create_task(self._read_session(reader), name="avatarstream-media")
-        else:
-            whep = WhepReader()
-            self._reader = whep
-            whep_url = self.client.base_url.join(URL(URL(info.whep_url).path_qs))  # the server may sit behind a proxy
-            await whep.join(self.client.http, str(whep_url), info.token)
-            self._webrtc_audio = _PcmConverter(WEBRTC_AUDIO_RATE, self.out_rate)
-            self._media_task = self.create_task(self._read_webrtc(whep), name="avatarstream-media")
-        logger.info(f"{self}: avatar session {info.id} on {url} ({self.media}, {self.out_rate} Hz out)")
+        await output.open()
+        self.output = output
+        self._media_task = self.create_task(output.run(), name="avatarstream-media")
+        logger.info(f"{self}: avatar session {self.session_id} on {url} ({type(output).__name__}, "
+                    f"{self.out_rate} Hz out)")
 
     async def _on_server_error(self, event: dict) -> None:
         """The agent socket refused a message (``buffer_full``, ``frame_too_large`` ...): an error frame."""
@@ -303,7 +288,7 @@ class AvatarStreamVideoService(AIService):
         try:
             if last:
                 await client.wait_for("playback_finished", predicate=finished, timeout=self.drain_timeout_s)
-            while self._cutter is not None and self._cutter.pending() and time.monotonic() < deadline:
+            while self.output is not None and self.output.pending() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         except ClientError as exc:
             logger.warning(f"{self}: replies did not finish playing before the end: {exc}")
@@ -313,17 +298,17 @@ class AvatarStreamVideoService(AIService):
             if self._media_task is not None:
                 await self.cancel_task(self._media_task)
                 self._media_task = None
-            if self._reader is not None:
+            if self.output is not None:
+                output, self.output = self.output, None
                 with contextlib.suppress(Exception):
-                    await self._reader.close()
-                self._reader = None
-            if self.client is not None:
-                client, self.client = self.client, None
+                    await output.close()
+            client, self.client = self.client, None
+            if self.inprocess is not None:  # deletes its session, stops a server it started
+                inprocess, self.inprocess = self.inprocess, None
+                await inprocess.close()
+            elif client is not None:
                 with contextlib.suppress(Exception):
                     await client.close(delete_session=delete and self.session_id is not None)
-            if self.local_server is not None and self._own_server:
-                server, self.local_server = self.local_server, None
-                await server.stop()
             self.session_id = None
 
     # -- frames in -------------------------------------------------------------------------
@@ -360,8 +345,8 @@ class AvatarStreamVideoService(AIService):
             u.sent = True
             self._numbered = u.number
             self.first_speech_in[u.number] = time.perf_counter()
-        if self._cutter is not None:
-            self._cutter.expect(u.number, u.out_samples())
+        if self.output is not None:
+            self.output.expect(u.number, u.out_samples())
         await self.client.push_audio(u.to_wire.convert(pcm))
 
     async def _end_utterance(self) -> None:
@@ -371,8 +356,8 @@ class AvatarStreamVideoService(AIService):
         tail = u.to_wire.flush()
         if tail.size:
             await self.client.push_audio(tail)
-        if self._cutter is not None:
-            self._cutter.expect(u.number, u.out_samples(), final=True)
+        if self.output is not None:
+            self.output.expect(u.number, u.out_samples(), final=True)
         await self.client.end_utterance()
 
     async def _interrupt(self) -> None:
@@ -381,71 +366,140 @@ class AvatarStreamVideoService(AIService):
         if not self.connected or self.client is None:
             return
         self.interruptions += 1
-        if self._cutter is not None:
-            self._cutter.interrupt_through(self._numbered)
+        if self.output is not None:
+            self.output.interrupt_through(self._numbered)
         try:
             await self.client.interrupt()
         except (ClientError, aiohttp.ClientError, ConnectionError) as exc:
             await self.push_error(f"avatarstream: interrupt failed: {exc}", exception=exc,
                                   category=error_category(exc))
 
-    # -- frames out ------------------------------------------------------------------------
-    async def _read_session(self, reader: SessionReader) -> None:
-        cutter = self._cutter
-        assert cutter is not None
+
+
+class AvatarOutput(Protocol):
+    """One media path from the session back into the pipeline (``run`` is the service's media task)."""
+
+    async def open(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def expect(self, utterance: int, samples: int, final: bool = False) -> None:
+        """``samples`` (at the output rate) of ``utterance`` were sent so far; ``final``: all of it."""
+
+    def interrupt_through(self, utterance: int) -> None:
+        """The agent interrupted: nothing more of the replies up to ``utterance`` goes out."""
+
+    def pending(self) -> int:
+        """Replies sent whose speech has not all gone out yet."""
+
+    async def close(self) -> None: ...
+
+
+class InProcessOutput:
+    """A co-located session read directly (``SessionReader``); the speech cut back out (``SpeechCutter``)."""
+
+    def __init__(self, service: AvatarStreamVideoService, session: AvatarSession) -> None:
+        self.service = service
+        self.reader = SessionReader(session)
+        self.cutter = SpeechCutter(service.out_rate)
+        self.first_index: int | None = None
+
+    async def open(self) -> None:
+        await self.reader.open()
+
+    def expect(self, utterance: int, samples: int, final: bool = False) -> None:
+        self.cutter.expect(utterance, samples, final=final)
+
+    def interrupt_through(self, utterance: int) -> None:
+        self.cutter.interrupt_through(utterance)
+
+    def pending(self) -> int:
+        return self.cutter.pending()
+
+    async def close(self) -> None:
+        await self.reader.close()
+
+    async def run(self) -> None:
+        svc, cutter = self.service, self.cutter
         try:
             while True:
-                tick = await reader.next()
-                if self._first_index is None:
-                    self._first_index = tick.index
+                tick = await self.reader.next()
+                if self.first_index is None:
+                    self.first_index = tick.index
                 for ev in tick.events:
                     cutter.on_event(ev)
                 if tick.image is not None:
                     image = OutputImageRawFrame(image=tick.image.tobytes(),
                                                 size=(tick.image.shape[1], tick.image.shape[0]), format="RGB")
-                    image.pts = (tick.index - self._first_index) * FRAME_NS
-                    await self.push_frame(image)
-                    self.frames_out += 1
+                    image.pts = (tick.index - self.first_index) * FRAME_NS
+                    await svc.push_frame(image)
+                    svc.frames_out += 1
                 for piece in cutter.feed(tick.index, tick.audio16k):
-                    audio = TTSAudioRawFrame(audio=piece.audio.tobytes(), sample_rate=self.out_rate, num_channels=1)
-                    audio.pts = (piece.position - self._first_index * cutter.frame_samples) * NS_PER_S // self.out_rate
-                    self.first_speech_out.setdefault(piece.utterance, time.perf_counter())
-                    await self.push_frame(audio)
-                    self.speech_samples_out += piece.audio.size
+                    audio = TTSAudioRawFrame(audio=piece.audio.tobytes(), sample_rate=svc.out_rate, num_channels=1)
+                    audio.pts = (piece.position - self.first_index * cutter.frame_samples) * NS_PER_S // svc.out_rate
+                    svc.first_speech_out.setdefault(piece.utterance, time.perf_counter())
+                    await svc.push_frame(audio)
+                    svc.speech_samples_out += piece.audio.size
         except SessionClosed as exc:
-            if not self._closing.locked():
-                await self.push_error(f"avatarstream: the avatar session ended: {exc}", exception=exc,
-                                      category=ErrorCategory.SERVER)
+            if not svc._closing.locked():
+                await svc.push_error(f"avatarstream: the avatar session ended: {exc}", exception=exc,
+                                     category=ErrorCategory.SERVER)
         except Exception as exc:  # a bug must surface as an error frame, not a silent dead task
-            await self.push_error(f"avatarstream: reading the avatar failed: {exc!r}", exception=exc,
-                                  category=ErrorCategory.UNKNOWN)
+            await svc.push_error(f"avatarstream: reading the avatar failed: {exc!r}", exception=exc,
+                                 category=ErrorCategory.UNKNOWN)
 
-    async def _read_webrtc(self, reader: WhepReader) -> None:
-        converter = self._webrtc_audio
-        assert converter is not None
+
+class WebRTCOutput:
+    """A WHEP viewer of the session: video and the avatar's continuous audio, as received."""
+
+    def __init__(self, service: AvatarStreamVideoService, client: AvatarClient, info: SessionInfo) -> None:
+        self.service, self.client, self.info = service, client, info
+        self.reader = WhepReader()
+        self.audio = _PcmConverter(WEBRTC_AUDIO_RATE, service.out_rate)
+        self.audio_pts0: int | None = None
+        self.video_pts0: int | None = None
+
+    async def open(self) -> None:
+        whep_url = self.client.base_url.join(URL(URL(self.info.whep_url).path_qs))  # the server may sit behind a proxy
+        await self.reader.join(self.client.http, str(whep_url), self.info.token)
+
+    def expect(self, utterance: int, samples: int, final: bool = False) -> None:
+        return None  # the avatar's audio comes back whole: nothing to cut
+
+    def interrupt_through(self, utterance: int) -> None:
+        return None  # the server silences what it has not sent
+
+    def pending(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        await self.reader.close()
+
+    async def run(self) -> None:
+        svc = self.service
         while True:
-            item = await reader.next()
+            item = await self.reader.next()
             if item is None:
-                if not self._closing.locked():
-                    await self.push_error("avatarstream: the avatar's WebRTC stream ended",
-                                          category=ErrorCategory.CONNECTIVITY)
+                if not svc._closing.locked():
+                    await svc.push_error("avatarstream: the avatar's WebRTC stream ended",
+                                         category=ErrorCategory.CONNECTIVITY)
                 return
             if isinstance(item, ReceivedVideo):
-                if self._video_pts0 is None:
-                    self._video_pts0 = item.pts
+                if self.video_pts0 is None:
+                    self.video_pts0 = item.pts
                 image = OutputImageRawFrame(image=item.image.tobytes(), size=(item.image.shape[1], item.image.shape[0]),
                                             format="RGB")
-                image.pts = (item.pts - self._video_pts0) * NS_PER_S // 90_000
-                await self.push_frame(image)
-                self.frames_out += 1
+                image.pts = (item.pts - self.video_pts0) * NS_PER_S // 90_000
+                await svc.push_frame(image)
+                svc.frames_out += 1
             elif isinstance(item, ReceivedAudio):
-                if self._audio_pts0 is None:
-                    self._audio_pts0 = item.pts
-                pcm = converter.convert(item.samples)
+                if self.audio_pts0 is None:
+                    self.audio_pts0 = item.pts
+                pcm = self.audio.convert(item.samples)
                 if pcm.size:
-                    audio = SpeechOutputAudioRawFrame(audio=pcm.tobytes(), sample_rate=self.out_rate, num_channels=1)
-                    audio.pts = (item.pts - self._audio_pts0) * NS_PER_S // WEBRTC_AUDIO_RATE
-                    await self.push_frame(audio)
+                    audio = SpeechOutputAudioRawFrame(audio=pcm.tobytes(), sample_rate=svc.out_rate, num_channels=1)
+                    audio.pts = (item.pts - self.audio_pts0) * NS_PER_S // WEBRTC_AUDIO_RATE
+                    await svc.push_frame(audio)
 
 
-__all__ = ["AvatarStreamVideoService", "error_category", "wire_rate"]
+__all__ = ["AvatarOutput", "AvatarStreamVideoService", "InProcessOutput", "WebRTCOutput", "error_category", "wire_rate"]

@@ -39,7 +39,7 @@ from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from avatarstream.integrations.espeak_tts import EspeakTTSService  # noqa: E402
 from avatarstream.integrations.local_server import LocalAvatarServer  # noqa: E402
-from avatarstream.integrations.pipecat import AvatarStreamVideoService  # noqa: E402
+from avatarstream.integrations.pipecat import AvatarStreamVideoService, InProcessOutput, WebRTCOutput  # noqa: E402
 from avatarstream.bench.viewer_recorder import mouth_openings  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -158,6 +158,7 @@ async def test_three_sentences_come_back_as_lip_synced_video_and_the_same_speech
                 await worker.queue_frame(TTSSpeakFrame(text))
             await wait_until(lambda: run.avatar.session_id is not None)
             run.marks["session"] = run.avatar.session_id
+            run.marks["inprocess"] = float(isinstance(run.avatar.output, InProcessOutput))
             await asyncio.sleep(WAIT_FOR_PLAYBACK_S)
             await worker.queue_frame(TTSSpeakFrame("A last one."))
             await worker.queue_frame(EndFrame())  # the replies already sent play out first
@@ -166,7 +167,7 @@ async def test_three_sentences_come_back_as_lip_synced_video_and_the_same_speech
         # EndFrame deleted the session on the server (which is still running)
         assert len(server.registry) == 0 and server.session(run.marks["session"]) is None
 
-    assert not run.errors
+    assert not run.errors and run.marks["inprocess"] == 1.0  # no server URL: read in process
     images = run.images()
     pts = np.array([f.pts for _, f in images])
     arrival = np.array([t for t, _ in images])
@@ -292,16 +293,16 @@ async def test_a_refused_api_key_gives_an_authentication_error_frame():
 async def test_webrtc_path_receives_video_and_audio_from_a_remote_style_server():
     async with LocalAvatarServer(size=SIZE) as server:
         avatar = AvatarStreamVideoService(server_url=server.url, size=SIZE)
-        assert avatar.media == "webrtc"
 
         async def script(worker, run: Run) -> None:
             await worker.queue_frame(TTSSpeakFrame("Hello over WebRTC."))
             await wait_until(lambda: len(run.images()) > 100, timeout=60)
+            run.marks["webrtc"] = float(isinstance(run.avatar.output, WebRTCOutput))
             await worker.queue_frame(EndFrame())
 
         run = await run_pipeline(avatar, script)
         assert len(server.registry) == 0
-    assert not run.errors
+    assert not run.errors and run.marks["webrtc"] == 1.0  # a server URL: the WHEP path
     images = run.images()
     audio = run.sink.of(SpeechOutputAudioRawFrame)
     assert images[0][1].size == (SIZE, SIZE) and len(audio) > 50
