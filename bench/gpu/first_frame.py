@@ -10,7 +10,8 @@ given at once: its arrival at 1x is a separate, designed delay (``audio_to_mouth
 The face is not detected here (no dlib on the GPU machine): the portrait carries the face points recorded on a
 CPU (``inputs.FaceRecord``), whose dlib time is stated beside the figure (``face_detection``) and added in
 ``p50_with_detection_ms``. ``gpu_ms`` is the time inside the GPU stages (F, M, audio encoder, the motion
-worker's denoising, the render worker's W + G, each synchronised); ``cpu_ms`` the rest (decoding, cropping,
+worker's denoising, the render worker's W + G: F, M, W and G from the renderer's CUDA events, the audio encoder and
+the denoising by wall time until the window's result is back); ``cpu_ms`` the rest (decoding, cropping,
 keypoint driving, paste-back, bookkeeping).
 """
 

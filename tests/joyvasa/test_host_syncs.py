@@ -116,3 +116,32 @@ def test_the_hot_path_downloads_only_with_cpu():
              "engines/joyvasa/network.py", "engines/joyvasa/avatar_engine.py", "engines/joyvasa/motion.py"]
     pattern = re.compile(r"""\.to\(\s*(["']cpu["']|device=["']cpu["']|torch\.device\(["']cpu)""")
     assert [f for f in files if pattern.search((REPO / f).read_text())] == []
+
+
+def test_the_stage_clock_reads_cpu_wall_time_and_uploads_keep_values():
+    from avatarstream.engines.runtimes.device_work import StageClock, side_stream, upload
+
+    clock = StageClock("cpu")
+    with clock.timed("w"):
+        torch.ones(8).sum()
+    with side_stream(None):  # no stream on a CPU: runs in place
+        moved = upload(torch.arange(4.0), "cpu", torch.float64)
+    assert clock.collect().calls == {"w": 1} and clock.times.ms["w"] >= 0
+    assert moved.dtype == torch.float64 and moved.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA events and streams)")
+def test_the_stage_clock_on_cuda_reads_events_without_waiting_and_stays_bounded():
+    from avatarstream.engines.runtimes.device_work import StageClock, new_stream, side_stream, upload
+
+    clock = StageClock("cuda", keep=4)
+    x = torch.randn(512, 512, device="cuda")
+    for _ in range(10):
+        with clock.timed("matmul"):
+            x = x @ x / 512
+    assert len(clock._pending) <= 4 and clock.dropped + clock.collect(wait=True).calls["matmul"] == 10
+    stream = new_stream("cuda")
+    with side_stream(stream):
+        y = upload(torch.arange(4.0), "cuda") * 2
+    stream.synchronize()
+    assert y.tolist() == [0.0, 2.0, 4.0, 6.0]

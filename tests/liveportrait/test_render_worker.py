@@ -162,3 +162,24 @@ def test_close_fails_queued_work(renderer, sessions):
     with pytest.raises(EngineError, match="closed"):
         queued.result(5)
     assert not worker.alive
+
+
+def test_keypoints_left_on_the_device_render_like_host_ones(renderer, sessions, alone):
+    """The stream's path: a batch's keypoints stitched on the renderer's device (tensors, not arrays) go through the
+    worker as they are, mixed with host arrays of another session, and render the same frames."""
+    (avatar, kp), (other, kp_other) = sessions[0], sessions[1]
+    worker = RenderWorker(renderer, max_batch=8, max_wait_ms=1)
+    try:
+        on_device = torch.from_numpy(kp).to(renderer.device)
+        got = worker.render([(avatar, on_device[i]) for i in range(FRAMES)], session=0)
+        _close_to(got, alone[0])
+        mixed = renderer.render([(avatar, on_device[0]), (other, kp_other[0])])
+        _close_to(mixed, np.concatenate([alone[0][:1], alone[1][:1]]))
+    finally:
+        worker.close()
+    x_s = avatar.keypoints[0].cpu().numpy()
+    stitched = renderer.stitch_on_device(x_s, kp, multiplier=1.1)
+    expected = x_s + (renderer.stitch(x_s, kp) - x_s) * 1.1
+    np.testing.assert_allclose(stitched.cpu().numpy(), expected, atol=1e-5)
+    with pytest.raises(EngineError, match="shape"):
+        renderer.render([(avatar, on_device[0, :5])])
