@@ -1,11 +1,16 @@
 """AvatarSession on the real clock with the bar test engine: audio and video of one slot are
 the same content index, the lip-sync delay is lookahead + margin, events fire when the audio is
 sent, interrupt drops audio and motion together, close() releases everything, tracks are paced
-and drop frames for a slow consumer."""
+and drop frames for a slow consumer.
+
+Only what holds at any machine speed is asserted here (lower bounds of elapsed time, orderings,
+counts on the session clock, never a wall-clock upper bound); the exact ticks, late ticks and
+catching up are in ``test_pacing_logic.py`` on a manual clock."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -65,7 +70,7 @@ async def test_delay_is_lookahead_plus_margin_and_slots_pair_audio_with_its_fram
         assert slot.frame.mouth_open == pytest.approx(min(1.0, rms * 8), abs=1e-6)
         assert np.array_equal(session.audio_for(c), slot.audio)
         checked += 1
-    assert checked >= 15
+    assert checked >= 5  # how many frames were ready depends on the machine's load (exact: test_latency_logic)
 
 
 async def test_events_fire_when_audio_is_sent(session):
@@ -80,8 +85,8 @@ async def test_events_fire_when_audio_is_sent(session):
     finished = await next_event(q, "playback_finished")
     assert finished.data["interrupted"] is False
     assert finished.data["playback_position"] == pytest.approx(0.5, abs=0.001)
-    assert finished.wall_time - started.wall_time == pytest.approx(0.5, abs=0.1)
-    assert finished.frame - started.frame in (12, 13)
+    assert finished.wall_time - started.wall_time >= 0.44  # sent at real time: slot 12 leaves 12 ticks after slot 0
+    assert finished.frame - started.frame == 12  # 0.5 s = 12.5 slots: the last sample is in the 13th
 
 
 async def test_interrupt_drops_audio_and_motion_together(session, bar_engine):
@@ -89,13 +94,14 @@ async def test_interrupt_drops_audio_and_motion_together(session, bar_engine):
     session.push_audio(bursts(5.0))
     await next_event(q, "playback_started")
     await asyncio.sleep(0.3)
-    t0 = time.time()
     dropped = session.interrupt()
     ev = await next_event(q, "playback_finished", timeout=2.0)
-    assert time.time() - t0 < 0.2
     assert ev.data["interrupted"] is True
-    assert 0.2 < ev.data["playback_position"] < 0.6
-    assert dropped > 4 * 16000
+    # what was sent before the interrupt and what it dropped make up the whole utterance, whenever
+    # the loop got to it (sent slots are whole: the position is a multiple of 640 samples)
+    position = round(ev.data["playback_position"] * 16000)
+    assert position > 0 and position % SAMPLES_PER_FRAME == 0
+    assert position + dropped == 5 * 16000
     await asyncio.sleep(0.1)
     assert bar_engine.streams[0].interrupts == 1
     now = session.clock.current_frame() - session.delay_frames
@@ -120,20 +126,28 @@ async def test_close_cancels_tasks_and_ends_event_streams(bar_engine):
 
 async def test_tracks_are_paced_on_one_clock_and_drop_for_slow_consumers(session):
     video, audio = AvatarVideoTrack(session), AvatarAudioTrack(session)
+    clock = session.clock
     t0 = time.monotonic()
-    vpts = [(await video.recv()).pts for _ in range(10)]
+    vpts = []
+    for _ in range(10):
+        f = await video.recv()
+        assert time.monotonic() >= clock.t0 + f.pts / 90000  # never sent before its tick on the session clock
+        vpts.append(f.pts)
     elapsed = time.monotonic() - t0
-    assert np.all(np.diff(vpts) == VIDEO_PTS_PER_FRAME)
-    assert 0.3 < elapsed < 0.6  # 10 frames at 25 fps
+    steps = np.diff(vpts) // VIDEO_PTS_PER_FRAME
+    assert np.all(np.diff(vpts) % VIDEO_PTS_PER_FRAME == 0) and np.all(steps >= 1)
+    assert video.frames_skipped == int(np.sum(steps - 1))  # a late consumer skips ticks (and counts them)
+    assert elapsed >= (vpts[-1] - vpts[0]) / 90000 - 0.04  # paced: 10 frames span at least 9 ticks
     apts = []
     for _ in range(6):
         f = await audio.recv()
         assert f.samples == AUDIO_SAMPLES_PER_FRAME and f.sample_rate == 48000
+        # both pts derive from the same clock: audio frame k starts at t0 + k * 20 ms, video frame n at t0 + n * 40 ms
+        assert time.monotonic() >= clock.t0 + f.pts / 48000
         apts.append(f.pts)
-    assert np.all(np.diff(apts) == AUDIO_SAMPLES_PER_FRAME)
-    # both pts derive from the same clock: audio frame k and video frame k // 2 start together
+    assert np.all(np.diff(apts) % AUDIO_SAMPLES_PER_FRAME == 0) and np.all(np.diff(apts) > 0)
     f = await video.recv()
-    assert abs(f.pts / 90000 - (apts[-1] + AUDIO_SAMPLES_PER_FRAME) / 48000) < 0.1
+    assert f.pts / 90000 >= (apts[0] + AUDIO_SAMPLES_PER_FRAME) / 48000 - 0.04
     # slow consumer: it sleeps 0.2 s between frames -> skips ticks instead of queueing them
     last = f.pts
     for _ in range(3):
@@ -190,8 +204,10 @@ async def test_slow_event_subscriber_loses_oldest_events():
 
 
 async def test_slow_engine_never_stalls_the_loop_or_the_audio(bar_engine):
-    """An engine slower than real time (60 ms per 40 ms frame): the event loop stays responsive, the
-    audio keeps flowing on the clock (no gaps), and video repeats frames instead of queueing."""
+    """An engine slower than real time (60 ms per 40 ms frame): its work never runs on the event loop,
+    the audio keeps flowing on the clock (every slot taken, in order), and video repeats frames instead
+    of queueing. Speed-independent form (it failed once under load on a 30 ms loop-lag bound and an
+    exact pts step); the exact ticks with a stuck engine are in test_pacing_logic.py."""
     original_open = bar_engine.open_stream
 
     def open_slow(portrait, **kw):
@@ -199,34 +215,40 @@ async def test_slow_engine_never_stalls_the_loop_or_the_audio(bar_engine):
         feed = stream.feed
 
         def slow_feed(audio):
+            feed_threads.add(threading.get_ident())
             time.sleep(0.06 * len(audio) / SAMPLES_PER_FRAME)  # blocking work, like a CPU-bound renderer
             return feed(audio)
 
         stream.feed = slow_feed
         return stream
 
+    feed_threads: set[int] = set()
     bar_engine.open_stream = open_slow
     s = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64))
     await s.start()
     try:
-        s.push_audio(bursts(3.0))
+        speech = bursts(3.0)
+        s.push_audio(speech)  # before the clock's first take: slot n holds speech[640 n: 640 (n + 1)]
         audio = AvatarAudioTrack(s)
-        loop_lag, pts, energy = [], [], []
+        pts, energy = [], []
         t_end = time.monotonic() + 1.5
         while time.monotonic() < t_end:
-            t = time.monotonic()
-            await asyncio.sleep(0)
-            loop_lag.append(time.monotonic() - t)
             frame = await audio.recv()
             pts.append(frame.pts)
             energy.append(float(np.abs(frame.to_ndarray()).mean()))
-        assert max(loop_lag) < 0.03
-        assert np.all(np.diff(pts) == AUDIO_SAMPLES_PER_FRAME)  # continuous: never paused or skipped
-        assert len(pts) >= 70  # 1.5 s of 20 ms frames
+        assert feed_threads and threading.get_ident() not in feed_threads  # the engine never blocks the loop
+        steps = np.diff(pts) // AUDIO_SAMPLES_PER_FRAME
+        assert np.all(np.diff(pts) % AUDIO_SAMPLES_PER_FRAME == 0) and np.all(steps >= 1)
+        assert audio.frames_skipped == int(np.sum(steps - 1))  # only a late sender (the loop) skips, and counts it
+        assert (pts[-1] - pts[0]) / AUDIO_SAMPLES_PER_FRAME >= 1.5 / 0.02 - 3  # the track followed the clock for 1.5 s
         # the speech itself came through (tone bursts: on half the time), not silence
         assert np.mean(np.array(energy[10:]) > 100) > 0.3
+        # the clock took every slot the track sent, each with its own audio: no gap, whatever the engine did
+        sent_slots = pts[-1] // AUDIO_SAMPLES_PER_FRAME // 2 - s.delay_frames
+        assert s.stats.ticks > sent_slots
+        for n in range(max(0, sent_slots - 30), sent_slots + 1):
+            assert np.array_equal(s.audio_for(n), speech[n * SAMPLES_PER_FRAME:(n + 1) * SAMPLES_PER_FRAME])
         assert s.stats.frames_missing > 0  # the video repeated frames while the engine lagged
-        assert s.stats.ticks >= 35  # but the clock (and the audio it takes) kept real time
         assert s.pipeline_stats()["frames_rendered"] < s.stats.ticks - 5
     finally:
         await s.close()
