@@ -157,3 +157,31 @@ async def test_a_stuck_engine_never_stalls_the_clock_or_the_audio(bar_engine):
         assert pipeline["engine_dropped_frames"] == 37 - 25  # slots 1..37 waited; only the newest 25 are kept
     finally:
         await s.close()
+
+
+async def test_an_interrupt_is_reported_at_the_next_send_tick_with_what_was_sent(bar_engine):
+    clock = ManualClock(T0)
+    worker = VirtualWorker(clock)
+    s = await _session(bar_engine, clock, worker)
+    try:
+        q = s.subscribe_events()
+
+        def playback() -> list:
+            return [ev for ev in (q.get_nowait() for _ in range(q.qsize())) if ev.type.startswith("playback")]
+
+        s.push_audio(bursts(5.0))
+        await clock.advance_to(T0 + 10 * 0.04 + 0.0005)  # just after tick 10: slots 0..10 taken, 0..7 sent
+        assert [ev.type for ev in playback()] == ["playback_started"]
+        dropped = s.interrupt()
+        assert dropped == 5 * 16000 - 8 * SAMPLES_PER_FRAME  # everything not sent: queued + slots 8..10
+        for n in (8, 9, 10):
+            assert not s.audio_for(n).any()  # taken but not sent: silenced
+        await clock.advance_to(T0 + 11 * 0.04 - 0.0005)
+        assert playback() == []  # nothing before the next send tick
+        await clock.advance_to(T0 + 11 * 0.04 + 0.0005)
+        [ev] = playback()
+        assert (ev.type, ev.frame, ev.data) == ("playback_finished", 8, {
+            "utterance": 1, "playback_position": 8 * 0.04, "interrupted": True})
+        assert worker.calls.count("interrupt") == 1 and s.queued_seconds == 0
+    finally:
+        await s.close()
