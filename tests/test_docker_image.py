@@ -190,8 +190,11 @@ def test_the_wheel_holds_every_module_of_the_mapped_folders(image_install):
             rel = path.relative_to(app / folder)
             expected.add("/".join([*package.split("."), *rel.parts]))
     with zipfile.ZipFile(image_install["wheel"]) as wheel:
-        in_wheel = {n for n in wheel.namelist() if n.endswith(".py")}
+        names = wheel.namelist()
+    in_wheel = {n for n in names if n.endswith(".py")}
     assert expected and expected == in_wheel, f"differ: {sorted(expected ^ in_wheel)[:20]}"
+    tops = {n.split("/")[0] for n in names}  # site-packages gets one name
+    assert tops == {"avatarstream", "avatarstream-0.1.0.dist-info"}, tops
     for data in ("avatarstream/web/index.html", "avatarstream/engines/lite/portraits/cat.jpg"):
         assert (image_install["site"] / data).is_file(), data
 
@@ -228,6 +231,7 @@ def test_avatar_serve_starts_from_the_image_install_and_answers_health(image_ins
     try:
         health = json.loads(_wait_for(f"http://127.0.0.1:{port}/health", proc, log_path))
         assert health["status"] == "ok", health
+        assert "<video" in _wait_for(f"http://127.0.0.1:{port}/", proc, log_path)  # the page, from package data
     finally:
         proc.terminate()
         proc.wait(timeout=20)
