@@ -142,6 +142,7 @@ class Published:
     video_arrivals: list[float] = field(default_factory=list)
     audio_late: float = 0.0  # the latest an audio frame arrived behind the sample clock (native threads held up)
     monitor: Any = None
+    streams: list[Any] = field(default_factory=list)
     stall: float = 0.0
 
     def audio_signal(self) -> np.ndarray:
@@ -173,14 +174,18 @@ async def read_back(room: StandInRoom) -> Published:
     out = Published()
     tracks = room.local_participant.tracks
 
+    video_stream = rtc.VideoStream(tracks["avatar_video"], format=rtc.VideoBufferType.RGB24)
+    audio_stream = rtc.AudioStream(tracks["avatar_audio"], sample_rate=RATE, num_channels=1)
+    out.streams = [video_stream, audio_stream]
+
     async def video() -> None:
-        async for ev in rtc.VideoStream(tracks["avatar_video"], format=rtc.VideoBufferType.RGB24):
+        async for ev in video_stream:
             f = ev.frame
             out.video.append((ev.timestamp_us / 1e6, np.frombuffer(f.data, np.uint8).reshape(f.height, f.width, 3)))
             out.video_arrivals.append(time.monotonic())
 
     async def audio() -> None:
-        async for ev in rtc.AudioStream(tracks["avatar_audio"], sample_rate=RATE, num_channels=1):
+        async for ev in audio_stream:
             now = time.monotonic()
             pcm = np.frombuffer(ev.frame.data, np.int16).copy()
             out.audio_samples += pcm.size
@@ -276,6 +281,8 @@ async def stop(avatar: AvatarSession, published: Published) -> None:
     for t in published.tasks:
         t.cancel()
     await asyncio.gather(*published.tasks, return_exceptions=True)
+    for stream in published.streams:
+        await stream.aclose()
 
 
 def check_video_cadence(published: Published, figures: dict, yielded: int) -> np.ndarray:

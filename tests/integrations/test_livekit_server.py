@@ -9,7 +9,9 @@ from the agent only, and leaves when the agent leaves or the session ends.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,9 +25,11 @@ from livekit import api, rtc  # noqa: E402
 from livekit.agents import AgentSession  # noqa: E402
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF  # noqa: E402
 
-from avatarstream.integrations.livekit import AvatarSession, avatar_token  # noqa: E402
+from avatarstream.integrations.livekit import AvatarSession, InProcessMedia, ServerMedia, avatar_token  # noqa: E402
 from avatarstream.integrations.local_server import LocalAvatarServer  # noqa: E402
 from avatarstream.realtime.client import AvatarClient, ClientError  # noqa: E402
+from avatarstream.realtime.errors import NotSupported  # noqa: E402
+from avatarstream.realtime.transports.livekit import join  # noqa: E402
 from avatarstream.realtime.transports.livekit import viewer as livekit_viewer  # noqa: E402
 from avatarstream.realtime.transports.livekit.join import JoinRequest  # noqa: E402
 
@@ -186,15 +190,17 @@ async def test_the_livekit_viewer_counts_publishes_answers_clear_buffer_and_leav
             await asyncio.sleep(0.01)
         frames: list[np.ndarray] = []
 
+        stream = rtc.VideoStream(room.local_participant.tracks["avatar_video"], format=rtc.VideoBufferType.RGB24)
+
         async def read() -> None:
-            async for ev in rtc.VideoStream(room.local_participant.tracks["avatar_video"],
-                                            format=rtc.VideoBufferType.RGB24):
+            async for ev in stream:
                 frames.append(np.frombuffer(ev.frame.data, np.uint8))
 
         reading = asyncio.create_task(read())
         while len(frames) < 10:
             await asyncio.sleep(0.02)
         reading.cancel()
+        await stream.aclose()
         assert frames[0].size == SIZE * SIZE * 3
         assert "lk.audio_stream" in room.byte_stream_handlers
 
@@ -216,3 +222,22 @@ async def test_the_livekit_viewer_counts_publishes_answers_clear_buffer_and_leav
         assert viewer2.left_because == "session_ended" and not room2.isconnected()
     finally:
         await client.close(delete_session=False)
+
+
+async def test_a_server_without_the_extra_answers_501_naming_it(monkeypatch):
+    monkeypatch.setattr(join, "VIEWER_MODULE", "livekit_not_installed_here.viewer")
+    with pytest.raises(NotSupported, match=r"avatarstream\[livekit\]") as err:
+        join.viewer_module()
+    assert err.value.status == 501
+
+
+async def test_the_example_agent_builds_either_mode(monkeypatch):
+    path = Path(__file__).resolve().parents[2] / "examples" / "livekit_agent.py"
+    spec = importlib.util.spec_from_file_location("example_livekit_agent", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.delenv("AVATARSTREAM_URL", raising=False)
+    assert isinstance(example.make_avatar().media, InProcessMedia)
+    monkeypatch.setenv("AVATARSTREAM_URL", "http://avatars.example")
+    assert isinstance(example.make_avatar().media, ServerMedia)
