@@ -14,8 +14,10 @@ follows the tensors that would live on the accelerator and counts, by call site,
   ``non_blocking=True`` ones are counted apart (``uploads_async``: from pinned memory they do not stall the host).
 
 Blind spots, stated: ``x.to("cpu")`` of a device tensor reads as device -> device here (the product code uses
-``.cpu()`` for downloads; ``test_host_syncs`` greps for the other spelling), and a tensor's size/shape is host
-metadata (no traffic), as on CUDA. Torch function modes are per thread: ``enter_in`` wraps a worker thread's
+``.cpu()`` for downloads; ``test_host_syncs`` greps for the other spelling); a wait inside an aten op is not seen
+(an output size that depends on the data: boolean-mask indexing, ``repeat_interleave`` with a tensor of repeats,
+``unique``: the hot path uses none of them, and ``nonzero`` is counted); a tensor's size/shape is host metadata (no
+traffic), as on CUDA. Torch function modes are per thread: ``enter_in`` wraps a worker thread's
 entry point so the shared render and motion workers are counted too.
 """
 

@@ -220,9 +220,11 @@ class MotionWorker(BatchingWorker[MotionWindow]):
         x = torch.cat([a.x for a in group], 0)  # (k, M, 70)
         t = torch.cat([a.steps[a.t:a.t + 1] for a in group])  # (k,) long, on the device
         cross = [torch.cat(terms, 0) for terms in zip(*(a.cross for a in group))]
-        out = net(x.repeat_interleave(2, 0).to(dtype), torch.cat([a.audio for a in group], 0),
+        # each window's row twice (its unconditional and conditional halves), by expand: a shape known on the host
+        rows = x.unsqueeze(1).expand(k, 2, *x.shape[1:]).reshape(2 * k, *x.shape[1:])
+        out = net(rows.to(dtype), torch.cat([a.audio for a in group], 0),
                   torch.cat([a.prev_motion for a in group], 0), torch.cat([a.prev_audio for a in group], 0),
-                  t.repeat_interleave(2), cross).float()
+                  t.unsqueeze(1).expand(k, 2).reshape(2 * k), cross).float()
         out = out.view(k, 2, *out.shape[1:])
         uncond, cond = out[:, 0], out[:, 1]
         coef = self._coef[t].view(k, 3, 1, 1)  # (c_xt, c_x0, sigma) per window
