@@ -16,6 +16,7 @@ from avatarstream.realtime.session.input_arrival import InputArrival
 from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LatencySettings
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
 from avatarstream.realtime.transports.base import ViewerStats
+from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
 
 pytestmark = pytest.mark.timeout(30)
 T0 = 100.0
@@ -159,3 +160,71 @@ def test_the_jitter_allowance_is_the_quantile_of_lateness_plus_guard():
     assert arrival.start_samples(T0 + 3.98 + 0.1, 1, SAMPLES_PER_FRAME) == SAMPLES_PER_FRAME  # late enough: one slot
     fresh = InputArrival(ADAPTIVE)  # a new utterance before any arrival: one slot + the start allowance
     assert fresh.start_samples(T0, 7, SAMPLES_PER_FRAME) == SAMPLES_PER_FRAME + 320
+
+
+class BurstyMic:
+    """A microphone track on the manual clock: its first 25 frames (0.5 s) arrive at once (a stall,
+    then a burst), then one 20 ms frame every 20 ms; 0.5 s of speech and 0.5 s of silence in turn."""
+
+    kind = "audio"
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock, self.t0, self.k = clock, clock.t, 0
+
+    async def recv(self):
+        import av
+        from aiortc.mediastreams import MediaStreamError
+
+        if self.k >= 250:  # 5 s
+            raise MediaStreamError
+        due = self.t0 + (self.k - 25) * 0.02
+        if due > self.clock.t:
+            await self.clock.sleep(due - self.clock.t)
+        speech = (self.k // 25) % 2 == 0
+        t = (self.k * 960 + np.arange(960)) / 48000
+        pcm = (0.3 * speech * np.sin(2 * np.pi * 300 * t) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
+        frame.sample_rate = 48000
+        frame.pts = self.k * 960
+        self.k += 1
+        return frame
+
+
+@pytest.mark.parametrize(("latency", "dropped_frames"), [
+    (CLASSIC, list(range(76, 97))),  # target 100 ms: 21 frames of the second pause
+    (ADAPTIVE, list(range(76, 100)) + list(range(126, 131))),  # target 22 ms (2 ms jitter + a packet)
+])
+async def test_a_live_backlog_is_worked_off_in_its_quiet_frames_only(bar_engine, latency, dropped_frames):
+    """The 0.5 s backlog a stall leaves is trimmed once it has stood above the session's target for
+    a second (50 frames), and only from quiet frames: every speech frame is played."""
+    clock = ManualClock(T0)
+    s = AvatarSession(bar_engine, Portrait(np.full((128, 128, 3), 128, np.uint8)),
+                      options=SessionOptions(size=64, latency=latency), clock=clock, sleep=clock.sleep,
+                      engine_executor=VirtualWorker(clock))
+    await s.start()
+    track = BurstyMic(clock)
+    mic = MicrophoneInput(s)
+    dropped_at: list[int] = []
+    record = s.input_dropped
+
+    def dropped(samples: int) -> None:
+        dropped_at.append(track.k - 1)  # the frame just received
+        record(samples)
+
+    s.input_dropped = dropped  # type: ignore[method-assign]
+    q = s.subscribe_events()
+    pump = asyncio.get_running_loop().create_task(mic.pump(track))
+    try:
+        await clock.advance(6.0)
+        await pump
+        assert dropped_at == dropped_frames and all((k // 25) % 2 == 1 for k in dropped_at)  # quiet ones only
+        assert mic.dropped_samples == 320 * len(dropped_frames)
+        finished = [ev for ev in (q.get_nowait() for _ in range(q.qsize())) if ev.type == "playback_finished"]
+        assert len(finished) == 1 and finished[0].data["interrupted"] is False
+        # the whole 5 s is either played or dropped (but the resampler's last 16 samples, 1 ms, it holds
+        # for its filter); the played part holds all 2.5 s of speech
+        assert round(finished[0].data["playback_position"] * 16000) + mic.dropped_samples == 5 * 16000 - 16
+        assert s.queued_seconds == 0 and s.latency_stats()["input_jitter_ms"] == ADAPTIVE.jitter_guard_ms
+    finally:
+        pump.cancel()
+        await s.close()
