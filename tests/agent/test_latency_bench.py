@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from avatarstream.bench.private_network import enter_private_network
 from avatarstream.cli import main as avatar
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 def test_api_latency_benchmark_writes_json_and_plot(tmp_path):
     assert avatar(["bench", "--engine", "api", "--quick", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "api.json").read_text())["result"]
+    written = json.loads((tmp_path / "api.json").read_text())
+    network = enter_private_network()  # the suite's media ran in the test's private network, and says so
+    assert written["network"] == network.describe() and (written["network"]["network"] == "private namespace") == network.private
+    report = written["result"]
     assert set(report["presets"]) == {"classic", "adaptive", "low"}  # today's fixed settings side by side
     for preset in report["presets"].values():
         for key in ("create_to_first_frame_ms", "push_to_playback_started_ms"):
