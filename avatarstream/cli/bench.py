@@ -28,13 +28,14 @@ SUITES: dict[str, str] = {
     "soak": "avatarstream.bench.soak",
     "capacity": "avatarstream.bench.capacity",
     "placement": "avatarstream.bench.placement",
+    "failover": "avatarstream.bench.failover",
     "gpu": "avatarstream.bench.gpu",
     "portraits": "avatarstream.bench.portraits",
 }
 # Suites that send WebRTC media between a server and a client started here: they run in a private network
 # namespace where they can (avatarstream.bench.private_network), so the media never meets on this machine's
 # outward address; the JSON's "network" says where they ran.
-MEDIA_SUITES = frozenset({"api", "microphone", "soak", "capacity", "placement"})
+MEDIA_SUITES = frozenset({"api", "microphone", "soak", "capacity", "placement", "failover"})
 
 
 @dataclass

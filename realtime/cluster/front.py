@@ -66,6 +66,7 @@ class FrontConfig:
     retry_after: int = 5  # Retry-After (s) of a 503 when the cluster is full
     create_timeout: float = 60.0  # s a worker may take to create a session (portrait analysis)
     proxy_timeout: float = 15.0  # s for a proxied session request (WHEP answers wait for ICE gathering)
+    connect_timeout: float = 3.0  # s to connect to a worker: one cut off the network is passed over, not waited on
     poll_interval: float = 1.0  # s between worker status polls
     call_timeout: float = 3.0  # s a status call may take before the worker counts as unresponsive
     header_timeout: float = ServerConfig.header_timeout  # s without a request's headers: the connection closes
@@ -141,7 +142,8 @@ async def _place(request: web.Request, path: str) -> tuple[WorkerState, aiohttp.
         try:
             resp = await front.http.post(worker.status.url + path, data=body, headers=headers,
                                          params=request.query, allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=front.config.create_timeout))
+                                         timeout=aiohttp.ClientTimeout(total=front.config.create_timeout,
+                                                                       sock_connect=front.config.connect_timeout))
             data = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("worker %s did not take a session (%s); trying another", worker.worker_id, exc)
@@ -223,7 +225,8 @@ async def proxy(request: web.Request) -> web.Response:
         resp = await front.http.request(request.method, url + request.path, data=body or None,
                                         headers=front.worker_headers(request), params=request.query,
                                         allow_redirects=False,
-                                        timeout=aiohttp.ClientTimeout(total=front.config.proxy_timeout))
+                                        timeout=aiohttp.ClientTimeout(total=front.config.proxy_timeout,
+                                                                      sock_connect=front.config.connect_timeout))
         data = await resp.read()
     except (aiohttp.ClientError, asyncio.TimeoutError):
         if session_id in front.table.lost:
