@@ -85,6 +85,21 @@ def outward_addresses() -> list[str]:
     return found
 
 
+def no_route_count() -> int:
+    """Sends and connects the kernel refused for want of a route in this process's namespace, by any process,
+    IPv4 and IPv6 (``OutNoRoutes`` of /proc/net/snmp and /proc/net/snmp6). In the private network these are
+    the attempts to reach outside: they end there, before a packet is made."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Ip:")]
+        count = int(dict(zip(rows[0], rows[1]))["OutNoRoutes"])
+        with open("/proc/net/snmp6") as f:
+            count += sum(int(line.split()[1]) for line in f if line.startswith("Ip6OutNoRoutes"))
+    except (OSError, IndexError, KeyError, ValueError):
+        return 0
+    return count
+
+
 _entered: PrivateNetwork | None = None
 _lock = threading.Lock()
 

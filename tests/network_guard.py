@@ -13,6 +13,9 @@ Host names are resolved; ``localhost`` counts as loopback. The test during whose
 destination was recorded fails at teardown with the addresses and stacks; records made outside any test fail
 the session. Child processes are not audited (the namespace is what holds them).
 
+With ``-v`` the summary also lists, per test, the sends to outside addresses the namespace refused (the kernel's
+``OutNoRoutes``, any process: Chromium's background requests, DNS, Ray's route probe); listed, never failed.
+
 Modes (``AVATARSTREAM_NETWORK_GUARD``): ``fail`` (the default inside the private network), ``report`` (the
 default where the namespace cannot be made, e.g. not root: tests run on the machine's network as before and the
 terminal summary lists what went outside), ``off``.
@@ -25,11 +28,11 @@ import socket
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
-from avatarstream.bench.private_network import PrivateNetwork, enter_private_network, is_local
+from avatarstream.bench.private_network import PrivateNetwork, enter_private_network, is_local, no_route_count
 
 MODE_ENV = "AVATARSTREAM_NETWORK_GUARD"
 WATCHED = frozenset({"socket.connect", "socket.sendto", "socket.sendmsg"})
@@ -112,83 +115,89 @@ def _judge(host: str) -> str:
     return f"resolves to {', '.join(outside)}" if outside else ""
 
 
+@dataclass
+class GuardRun:
+    """This pytest run's network, the guard's mode, and what it found."""
+
+    network: PrivateNetwork
+    mode: str  # fail, report or off
+    reported: list[tuple[str, list[OutsideAddress]]] = field(default_factory=list)  # report mode, outside tests
+    refused: dict[str, int] = field(default_factory=dict)  # test -> sends the namespace refused (no route)
+    refused_before: int = 0
+    configured: bool = False
+
+
 GUARD = NetworkGuard()
-NETWORK = enter_private_network()
-_state: dict[str, object] = {}
-
-
-def _network() -> PrivateNetwork:
-    network = _state["network"]
-    assert isinstance(network, PrivateNetwork)
-    return network
-
-
-def _mode() -> str:
-    return str(_state["mode"])
+RUN = GuardRun(enter_private_network(), "off")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if "network" in _state:
+    if RUN.configured:  # once per process: the audit hook cannot be removed
         return
-    network = NETWORK
-    mode = os.environ.get(MODE_ENV) or ("fail" if network.private else "report")
+    RUN.configured = True
+    mode = os.environ.get(MODE_ENV) or ("fail" if RUN.network.private else "report")
     if mode not in ("fail", "report", "off"):
         raise pytest.UsageError(f"{MODE_ENV} must be fail, report or off, not {mode!r}")
-    _state.update(network=network, mode=mode, reported=[])
+    RUN.mode = mode
+    RUN.refused_before = no_route_count()
     if mode != "off":
         sys.addaudithook(GUARD.audit)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    network = _network()
+    network = RUN.network
     where = (f"private namespace ({network.how}), host address {network.address}" if network.private
              else f"this machine's network ({network.reason})")
-    return f"network: {where}; guard: {_mode()}"
+    return f"network: {where}; guard: {RUN.mode}"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
-    if call.when != "teardown" or _mode() == "off":
+    if call.when != "teardown" or RUN.mode == "off":
         return
+    if RUN.network.private:
+        now = no_route_count()
+        if now > RUN.refused_before:
+            RUN.refused[item.nodeid] = now - RUN.refused_before
+        RUN.refused_before = now
     found = GUARD.take()
     if not found:
         return
-    report = outcome.get_result()
-    text = _describe(found)
-    if _mode() == "fail":
+    if RUN.mode == "fail":
+        report = outcome.get_result()
         report.outcome = "failed"
-        report.longrepr = f"network guard: {item.nodeid} addressed outside the test networks:\n{text}"
+        report.longrepr = f"network guard: {item.nodeid} addressed outside the test networks:\n{_describe(found)}"
     else:
-        reported = _state["reported"]
-        assert isinstance(reported, list)
-        reported.append((item.nodeid, found))
+        RUN.reported.append((item.nodeid, found))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _mode() == "off":
+    if RUN.mode == "off":
         return
     found = GUARD.take()
     if found:
-        reported = _state["reported"]
-        assert isinstance(reported, list)
-        reported.append(("(outside any test)", found))
-        if _mode() == "fail":
+        RUN.reported.append(("(outside any test)", found))
+        if RUN.mode == "fail":
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    reported = _state.get("reported") or []
-    assert isinstance(reported, list)
-    if not reported:
-        return
-    terminalreporter.section("network guard: destinations outside the test networks")
-    for nodeid, found in reported:
-        terminalreporter.write_line(f"{nodeid}: {', '.join(sorted({f.destination for f in found}))}")
-        if _mode() == "fail" or terminalreporter.config.getoption("verbose") > 0:
-            terminalreporter.write_line(_describe(found))
+    verbose = terminalreporter.config.getoption("verbose") > 0
+    if RUN.reported:
+        terminalreporter.section("network guard: destinations outside the test networks")
+        for nodeid, found in RUN.reported:
+            terminalreporter.write_line(f"{nodeid}: {', '.join(sorted({f.destination for f in found}))}")
+            if RUN.mode == "fail" or verbose:
+                terminalreporter.write_line(_describe(found))
+    if RUN.refused and verbose:
+        # Any process in the namespace (Chromium's background requests, DNS, Ray's route probe): refused by the
+        # kernel before a packet was made; listed, not failed.
+        terminalreporter.section("network guard: sends to outside addresses the private network refused (no route)")
+        for nodeid, count in RUN.refused.items():
+            terminalreporter.write_line(f"{nodeid}: {count}")
 
 
 def _describe(found: list[OutsideAddress]) -> str:

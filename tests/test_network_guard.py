@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from avatarstream.bench.private_network import TEST_ADDRESS, enter_private_network, is_local, outward_addresses
+from avatarstream.bench.private_network import (TEST_ADDRESS, enter_private_network, is_local, no_route_count,
+                                                outward_addresses)
 from network_guard import GUARD
 
 TESTS = Path(__file__).resolve().parent
@@ -49,10 +50,12 @@ def test_an_outside_datagram_is_recorded_with_its_stack_and_cannot_leave():
         s.sendto(b"local", ("127.0.0.1", 9))
         s.sendto(b"local", ("localhost", 9))
         assert GUARD.take() == []
+        refused = no_route_count()
         with pytest.raises(OSError) as unreachable:
             s.sendto(b"probe", (OUTSIDE, 9))
     found = GUARD.take()  # taken here, so that this test itself passes
     assert unreachable.value.errno == errno.ENETUNREACH  # no route out of the namespace
+    assert no_route_count() >= refused + 1  # the kernel's count of such refusals, for every process here
     assert [(f.event, f.host, f.port, f.kind) for f in found] == [("socket.sendto", OUTSIDE, 9, "udp")]
     assert "test_an_outside_datagram_is_recorded" in found[0].stack
 
