@@ -161,6 +161,7 @@ def _ip_literal(host: str | None) -> str | None:
 REJOIN_WAIT_S = 2.0  # --join: seconds between tries to join the cluster again
 LIVENESS_S = 2.0  # the worker command checks its actor this often
 NODE_LOST = 75  # exit code of a worker command whose actor Ray declared dead (its node was lost)
+RAYLET_EXIT_WAIT_S = 60.0  # then wait this long at most for this machine's old raylet to exit before joining
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -198,6 +199,10 @@ def _supervise(args: argparse.Namespace, node_ip: str | None) -> int:
             break
         print(f"avatar cluster worker {args.worker_id}: the cluster lost this worker (exit {child.exitcode}); "
               f"joining again", flush=True)
+        if child.exitcode == NODE_LOST:  # the old raylet exits once it hears it was declared dead (after a heal)
+            deadline = time.monotonic() + RAYLET_EXIT_WAIT_S
+            while _local_raylet_alive(node_ip) and time.monotonic() < deadline and not stop.wait(0.5):
+                pass
         stop.wait(REJOIN_WAIT_S)
     return 0
 
