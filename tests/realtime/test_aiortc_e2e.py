@@ -47,6 +47,7 @@ class SenderClock:
         self.rate = rate
         self.reports: list[tuple[int, float]] = []
         self._receiver = None
+        self._origin: int | None = None  # set where the timestamps are absolute (a browser's stats)
 
     def hook(self, receiver) -> None:
         self._receiver = receiver
@@ -61,8 +62,15 @@ class SenderClock:
 
     @property
     def origin(self) -> int | None:
-        """The RTP timestamp received pts count from (aiortc's timestamp mapper, read through aiortc_compat)."""
+        """The RTP timestamp received pts count from: the one set (0 for absolute RTP timestamps), else aiortc's
+        timestamp mapper's, read through aiortc_compat."""
+        if self._origin is not None:
+            return self._origin
         return None if self._receiver is None else rtp_timestamp_origin(self._receiver)
+
+    @origin.setter
+    def origin(self, value: int) -> None:
+        self._origin = value
 
     def time_of(self, pts: int) -> float:
         """Sender time of ``pts``. Each report maps an RTP timestamp to the time its packet left
