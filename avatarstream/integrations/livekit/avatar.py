@@ -87,7 +87,8 @@ class InProcessMedia:
 
     async def start(self, agent_session: "AgentSession", room: rtc.Room) -> None:
         session = await self.avatar.open()
-        self.audio = QueueAudioOutput(sample_rate=self.spec.sample_rate)
+        # playback_started when the runner publishes the first audio, not when the TTS hands it over
+        self.audio = QueueAudioOutput(sample_rate=self.spec.sample_rate, wait_playback_start=True)
         agent_session.output.replace_audio_tail(self.audio)
         self.generator = SessionVideoGenerator(session, sample_rate=self.spec.sample_rate)
         await self.generator.reader.open()  # attach now: the session renders and admission decides here
@@ -143,9 +144,10 @@ class ServerMedia:
                                          headers={"Authorization": f"Bearer {info.token}"}) as resp:
             if resp.status >= 400:
                 raise ClientError(resp.status, await resp.text())
+        # wait_playback_start: the agent registers lk.playback_started, which the avatar's receiver sends
         agent_session.output.replace_audio_tail(DataStreamAudioOutput(
             room, destination_identity=self.avatar_identity, sample_rate=self.spec.sample_rate,
-            wait_remote_track=rtc.TrackKind.KIND_VIDEO))
+            wait_remote_track=rtc.TrackKind.KIND_VIDEO, wait_playback_start=True))
 
     async def aclose(self) -> None:
         await self.client.close(delete_session=self.client.session is not None)
