@@ -265,7 +265,11 @@ def test_shared_audio_two_viewers_decode_identical_audio(speech_wav):
             await client.end_utterance()
             await asyncio.sleep(audio.size / 16000 + 1.0)
             sent = [v.audio.frames_sent for v in served]
-            assert encoder.packets <= max(sent) + 12  # once per tick, not once per viewer
+            # once per tick, not once per viewer: ticks that a viewer skipped under load are encoded all the same
+            # (the stream stays continuous, bar a jump past the cache), so the count is at most the ticks spanned,
+            # whatever the machine's speed
+            assert encoder.packets <= encoder.ticks_spanned, (encoder.packets, encoder.ticks_spanned, sent)
+            assert encoder.packets < sum(sent)  # two viewers took packets of one encode
             compared, same, _ = _aligned_frames(first.recording.audio, second.recording.audio)
             assert compared > 100  # seconds of speech reached both
             assert same == compared, f"{compared - same} of {compared} speech frames differ"

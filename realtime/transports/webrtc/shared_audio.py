@@ -66,7 +66,8 @@ class SharedAudioEncoder:
         self._silence = np.zeros(AUDIO_SAMPLES_PER_FRAME, np.int16)
         self._cache: OrderedDict[int, EncodedAudio] = OrderedDict()
         self._last_tick: int | None = None
-        self.packets = 0
+        self.first_tick: int | None = None  # the first audio tick encoded
+        self.packets = 0  # packets encoded: one per audio tick from first_tick to the last, whoever took it
         self.bytes_out = 0
         self.encode_seconds = 0.0
 
@@ -119,9 +120,16 @@ class SharedAudioEncoder:
         self.packets += 1
         self.bytes_out += packet.size
         self._last_tick = tick
+        if self.first_tick is None:
+            self.first_tick = tick
         self._cache[tick] = EncodedAudio(tick, packet, audio_level_dbov(pcm))
         while len(self._cache) > CACHED_PACKETS:
             self._cache.popitem(last=False)
+
+    @property
+    def ticks_spanned(self) -> int:
+        """Audio ticks from the first encoded to the last (each is encoded once, taken by any number of viewers)."""
+        return 0 if self.first_tick is None or self._last_tick is None else self._last_tick - self.first_tick + 1
 
     def stats(self) -> dict[str, Any]:
         n = max(1, self.packets)
