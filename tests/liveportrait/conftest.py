@@ -58,3 +58,16 @@ def joyvasa_weights(lp_weights):
     (lp_weights / "JoyVASA/motion_template").mkdir(parents=True, exist_ok=True)
     MotionTemplate.synthetic().save(lp_weights / "JoyVASA/motion_template/motion_template.pkl")
     return lp_weights
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread():
+    """One torch thread for every LivePortrait test: as fast as two on a quiet 2-core machine for most of
+    these networks, far faster on a busy one (two threads wait on each other at every operator when the
+    other core is taken: test_renderer.py 40 s on two threads, 23 s on one at load average 7), and the
+    figures do not depend on the machine's core count. Package scope: set before any module fixture
+    computes a reference that a test compares exactly with its own render."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,7 +19,6 @@ FRAMES = 4
 
 @pytest.fixture(scope="module")
 def renderer(small_networks):
-    torch.set_num_threads(2)
     return Renderer(small_networks)
 
 

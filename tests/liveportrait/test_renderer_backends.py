@@ -50,7 +50,6 @@ def test_renderer_runs_warping_spade_on_onnxruntime(small_networks, source_image
     from avatarstream.engines.joyvasa.avatar_engine import open_render_runtimes
     from avatarstream.engines.liveportrait.renderer import Renderer
 
-    torch.set_num_threads(2)
     reference = Renderer(small_networks)
     avatar = reference.prepare(source_image256)
     export_warping_spade(small_networks, avatar, tmp_path / "engines")
@@ -77,7 +76,6 @@ def test_joyvasa_engine_backend_onnxruntime_matches_torch(joyvasa_weights, tmp_p
     from avatarstream.engines.registry import load_engine
     from avatarstream.engines.portraits import load_portrait
 
-    torch.set_num_threads(2)
     small = LivePortraitConfig.small()
     root = tmp_path / "weights"
     write_random_checkpoints(root, seed=5, variants=("human",), config=small)
@@ -148,7 +146,6 @@ def test_renderer_runs_the_extractors_on_onnxruntime(small_networks, source_imag
     from avatarstream.export.onnx_export import export_onnx
     from avatarstream.engines.liveportrait.renderer import Renderer
 
-    torch.set_num_threads(2)
     img = torch.from_numpy(source_image256).permute(2, 0, 1)[None].float() / 255
     runtimes = {}
     for name, stage in (("appearance_feature_extractor", AppearanceStage(small_networks.appearance_feature_extractor)),
