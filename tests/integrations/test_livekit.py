@@ -39,6 +39,7 @@ from avatarstream.bench.av_sync import cross_correlate, rms_envelope  # noqa: E4
 from avatarstream.bench.viewer_recorder import mouth_openings  # noqa: E402
 from avatarstream.integrations.livekit import AvatarSession  # noqa: E402
 from avatarstream.integrations.local_server import LocalAvatarServer  # noqa: E402
+from avatarstream.realtime.transports.livekit.generator import SpeechStart  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 RATE = 24_000
@@ -287,6 +288,13 @@ async def stop(avatar: AvatarSession, published: Published) -> None:
         await stream.aclose()
 
 
+def carrier(ts: np.ndarray, start: SpeechStart) -> int:
+    """The published frame that carries a reply's first sample: the first captured once the generator handed
+    it over (time.perf_counter and the capture timestamps are both CLOCK_MONOTONIC). Not its count: after a
+    hold-up rtc.VideoSource drops frames from the burst, and counting would land frames later."""
+    return min(int(np.searchsorted(ts, start.handed_at - 0.001)), ts.size - 1)
+
+
 def check_video_cadence(published: Published, figures: dict, yielded: int) -> np.ndarray:
     """25 fps and no gap over 100 ms on the capture timestamps, beyond what the loaded machine held this
     process up (``StallMonitor``, the audio read back late) plus the frame in flight then; every frame the
@@ -304,7 +312,8 @@ def check_video_cadence(published: Published, figures: dict, yielded: int) -> np
     figures["frames_held_up"] = round(held_frames, 1)
     # rtc.VideoSource drops frames that come in a burst (after this process was held up), no others
     assert yielded - 2 - held_frames <= len(ts) <= yielded, figures
-    assert abs(figures["fps"] - 25) <= 0.5 + 25 * stall / span, figures
+    # frames dropped from the bursts after hold-ups lower the count over the span
+    assert abs(figures["fps"] - 25) <= 0.5 + (2 + held_frames) / span, figures
     assert gaps.max() <= 0.1 + stall + FRAME_S, f"a video gap of {gaps.max() * 1000:.0f} ms (stall): {figures}"
     return ts
 
@@ -349,7 +358,8 @@ async def test_speech_interrupt_and_restart_publish_lip_synced_tracks(server, sp
     # machine's, measured): the speech then matches less closely
     hold_up_ms = 1000 * max(published.stall, published.audio_late)
     match = 0.9 if hold_up_ms < 50 else 0.6
-    for (_uid, frame_no, offset), name in zip(starts, ["long", "cut", "next"]):
+    for start, name in zip(starts, ["long", "cut", "next"]):
+        frame_no, offset = carrier(ts, start), start.offset
         expected = published.sample_at(va[frame_no]) + offset
         at, r = locate(speech[name], audio, expected, RATE // 2)
         assert r > match, f"{name}: the published audio does not match the speech sent (r {r:.2f}, {hold_up_ms} ms)"
@@ -372,7 +382,7 @@ async def test_speech_interrupt_and_restart_publish_lip_synced_tracks(server, sp
     # interrupt: position = the audio actually published, and silent within 2 frames of clear_buffer
     cut_start, lead = placed["cut"], gen.audio_lead_ms / 1000
     # up to the next reply: where it was found, or (if a hold-up blurred the match) where its frame says it is
-    next_frame, next_offset = starts[2][1], starts[2][2]
+    next_frame, next_offset = carrier(ts, starts[2]), starts[2].offset
     next_by_frame = published.sample_at(va[next_frame]) + next_offset - int(FRAME_S * RATE)
     tail = audio[cut_start:min(placed["next"] - RATE // 50, next_by_frame)]
     nonzero = np.nonzero(tail)[0]  # rtc.AudioSource publishes digital silence once nothing is queued
@@ -469,7 +479,8 @@ async def test_a_stalled_event_loop_leaves_audio_and_video_aligned_afterwards(se
         await stop(avatar, published)
     assert not done.interrupted
     ts = np.array([t for t, _ in published.video])
-    (_uid, frame_no, offset), = list(gen.speech_starts)
+    start, = list(gen.speech_starts)
+    frame_no, offset = carrier(ts, start), start.offset
     audio = published.audio_signal()
     at, r = locate(speech["next"], audio, published.sample_at(ts[frame_no]) + offset, RATE // 2)
     av_ms = (published.audio_time(at) - (ts[frame_no] + offset / RATE)) * 1000

@@ -41,6 +41,7 @@ from collections import deque
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 import numpy as np
 from livekit import rtc
@@ -97,6 +98,15 @@ def _joined(frames: list[rtc.AudioFrame]) -> np.ndarray:
     return np.concatenate([np.frombuffer(f.data, np.int16) for f in frames]).astype(np.float32) / 32768.0
 
 
+class SpeechStart(NamedTuple):
+    """Where a reply's speech starts in the output (diagnostics, and what the tests measure against)."""
+
+    utterance: int
+    frame: int  # the video frame that carries its first sample: how many frames were yielded before it
+    offset: int  # that sample's position in the frame (samples at the output rate)
+    handed_at: float  # when that frame was handed to the runner (``FrameSlots.clock``: time.perf_counter)
+
+
 class FrameSlots:
     """The frame schedule of ``rtc.AVSynchronizer`` (its ``_FPSController``), kept on this side: the first
     frame is captured when pushed and anchors it, each later one at anchor + n / fps, and a frame more than
@@ -148,8 +158,8 @@ class SessionVideoGenerator(VideoGenerator):
         self.frames_out = 0
         self.speech_samples_out = 0
         self.interruptions = 0
-        # (utterance, its first video frame: the number of frames yielded before it, sample offset in that frame)
-        self.speech_starts: deque[tuple[int, int, int]] = deque(maxlen=KEEP_STARTS)
+        self.speech_starts: deque[SpeechStart] = deque(maxlen=KEEP_STARTS)
+        self._handed_at = 0.0  # ``slots.clock()`` when the last video frame was handed over
         self._last_speaking: int | None = None
         self.slots = FrameSlots(FPS)
 
@@ -215,7 +225,7 @@ class SessionVideoGenerator(VideoGenerator):
                 wait = self.slots.wait_s()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                handed = self.slots.clock()
+                handed = self._handed_at = self.slots.clock()
                 yield rtc.VideoFrame(w, h, rtc.VideoBufferType.RGB24, np.ascontiguousarray(image).tobytes())
                 blocked = self.slots.clock() - handed
                 if first:  # resumed after the runner published its tracks: anchor here, skip the wait
@@ -230,7 +240,7 @@ class SessionVideoGenerator(VideoGenerator):
                 if piece.utterance != self._last_speaking:  # a reply starts
                     self._last_speaking = piece.utterance
                     offset = piece.position - tick.index * self._cutter.frame_samples
-                    self.speech_starts.append((piece.utterance, self.frames_out - 1, offset))
+                    self.speech_starts.append(SpeechStart(piece.utterance, self.frames_out - 1, offset, self._handed_at))
                     if not self._audio_flowing and self.audio_lead_ms > 0:
                         lead = self.sample_rate * self.audio_lead_ms // 1000
                         yield rtc.AudioFrame(bytes(2 * lead), self.sample_rate, 1, lead)
