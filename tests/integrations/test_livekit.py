@@ -47,7 +47,7 @@ RATE = 24_000
 SIZE = 256  # lite renders and rtc converts 4x less than at 512: fewer hold-ups on a loaded machine
 TTS_FRAME = RATE // 50  # 20 ms frames, faster than real time, as a TTS stream hands them over
 FRAME_S = 0.04
-ATTEMPTS = 3  # runs repeated while the loaded machine held the process up longer than:
+ATTEMPTS = 2  # runs repeated while the loaded machine held the process up longer than:
 HELD_UP_RETRY_MS = 60
 
 
