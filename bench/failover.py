@@ -514,8 +514,8 @@ def _plot(out_dir: Path, trials: list[Trial]) -> Path:
     names = list(dict.fromkeys(kind(t) for t in trials))
     for i, name in enumerate(names):
         ts = [t for t in trials if kind(t) == name]
-        ax1.scatter([i - 0.1] * len(ts), [t.detection_s or 0 for t in ts], color="C0",
-                    label="detection" if i == 0 else None)
+        detected = [t.detection_s for t in ts if t.detection_s is not None]  # none for the front's restart
+        ax1.scatter([i - 0.1] * len(detected), detected, color="C0", label="detection" if i == 0 else None)
         ax1.scatter([i + 0.1] * len(ts), [t.recovery_s for t in ts], color="C1", label="recovery" if i == 0 else None)
         ax2.scatter([i] * len(ts), [t.unaffected_fps for t in ts], color="C2")
     for ax in (ax1, ax2):

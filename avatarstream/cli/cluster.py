@@ -218,11 +218,15 @@ def _join(args: argparse.Namespace, node_ip: str | None) -> bool:
 
 
 def _local_raylet_alive(node_ip: str | None) -> bool:
-    """A raylet of this machine's node runs here (``/proc``: it is no child of ours, ``ray start`` daemonises it)."""
+    """A raylet of this machine's node runs here (``/proc``: it is no child of ours, ``ray start`` daemonises it;
+    only processes in this network namespace count: containers or test machines may share the process table)."""
+    own_net = os.stat("/proc/self/ns/net").st_ino
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != own_net:
+                continue
         except OSError:
             continue
         if argv and os.path.basename(argv[0]) == b"raylet" and (
@@ -232,7 +236,10 @@ def _local_raylet_alive(node_ip: str | None) -> bool:
 
 
 def _serve_worker_child(args: argparse.Namespace, node_ip: str | None) -> None:
-    sys.exit(_serve_worker(args, node_ip))
+    code = _serve_worker(args, node_ip)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # not through Ray's exit handlers: with this machine's node gone they never return
 
 
 def _serve_worker(args: argparse.Namespace, node_ip: str | None) -> int:
@@ -255,6 +262,9 @@ def _serve_worker(args: argparse.Namespace, node_ip: str | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(LIVENESS_S):
+        if not _local_raylet_alive(node_ip):  # this machine's node is gone (its raylet exits once declared dead)
+            print(f"avatar cluster worker {spec.worker_id}: this machine's Ray node is gone", flush=True)
+            return NODE_LOST
         try:
             ray.get(handle.status.remote(), timeout=10 * LIVENESS_S)
         except ActorDiedError as exc:  # not restarting: Ray gave it up (its node was declared dead)
