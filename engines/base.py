@@ -129,6 +129,25 @@ class EngineStream(Protocol):
 
 
 @runtime_checkable
+class ClosedMouthRerender(Protocol):
+    """An ``EngineStream`` that can render its newest frames again with the mouth closed (optional).
+
+    A server sends frames some time after rendering them (its lip-sync delay); after ``interrupt()`` it
+    asks for the frames already rendered but not yet sent again, so the mouth closes at once instead of
+    after those frames. Only the mouth changes (closing within 2 frames); head motion and blinks are the
+    frames' own, so nothing jumps.
+    """
+
+    def rerender_closed(self, since: int) -> list[AvatarFrame]:
+        """Frames ``since`` .. the newest one returned, rendered again with the mouth closing; frames the
+        stream no longer keeps are left out (it keeps at least ``RERENDER_KEEP_FRAMES``). Cheap (no model
+        inference beyond the renderer); call after ``interrupt()``, on the stream's one thread."""
+
+
+RERENDER_KEEP_FRAMES = 16  # the newest frames a ``ClosedMouthRerender`` stream can render again (640 ms)
+
+
+@runtime_checkable
 class AvatarEngine(Protocol):
     """An engine family (lite, joyvasa, ...): prepares portraits, opens streams."""
 

@@ -6,6 +6,7 @@ audio -> per-frame features -> motion (``FacePose``) -> warp render -> ``AvatarF
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -15,7 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from avatarstream.engines.base import SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait, StageTimes, check_audio
+from avatarstream.engines.base import (RERENDER_KEEP_FRAMES, SAMPLES_PER_FRAME, AvatarFrame, EngineError, Portrait,
+                                       StageTimes, check_audio)
 from avatarstream.engines.face import FaceLandmarks, detect_face
 from avatarstream.engines.lite.audio_features import AudioFeatureExtractor, FrameFeatures
 from avatarstream.engines.face.framing import frame_portrait
@@ -25,6 +27,8 @@ from avatarstream.engines.lite.face_mesh import UNSURE_MOUTH_TRAVEL
 from avatarstream.engines.lite.warp_renderer import WarpRenderer
 
 log = logging.getLogger(__name__)
+
+CLOSING_JAW = (0.3,)  # jaw factors of the first frames rendered again after an interrupt; closed after them
 
 def _apply_controls(target: MotionControls, controls: Mapping[str, Any]) -> dict[str, str]:
     ok, rejected = CAPABILITIES.validate_controls(controls)
@@ -58,6 +62,7 @@ class LiteStream:
         self.stage_times = StageTimes()
         self.last_pose = FacePose()
         self.dropped_frames = 0  # frames of audio discarded by interrupt()
+        self._poses: deque[tuple[int, FacePose]] = deque(maxlen=RERENDER_KEEP_FRAMES)  # (index, pose) emitted
 
     # --- EngineStream -------------------------------------------------------------------------
     def feed(self, audio: np.ndarray) -> list[AvatarFrame]:
@@ -104,6 +109,17 @@ class LiteStream:
         self._features.reset()
         self.dropped_frames += dropped
 
+    def rerender_closed(self, since: int) -> list[AvatarFrame]:
+        """``engines.base.ClosedMouthRerender``: the kept frames from ``since`` with the jaw eased shut
+        (``CLOSING_JAW``, then 0) and the lips relaxed; head, brows and blinks as they were rendered."""
+        out = []
+        for k, (index, pose) in enumerate(p for p in self._poses if p[0] >= since):
+            factor = CLOSING_JAW[k] if k < len(CLOSING_JAW) else 0.0
+            closed = dataclasses.replace(pose, jaw=pose.jaw * factor, width=pose.width * factor, speaking=False)
+            out.append(AvatarFrame(index, self.renderer.render(closed), speaking=False,
+                                   mouth_open=float(min(1.0, closed.jaw))))
+        return out
+
     def set_controls(self, controls: Mapping[str, Any]) -> dict[str, str]:
         return _apply_controls(self.motion_controls, controls)
 
@@ -123,6 +139,7 @@ class LiteStream:
         self.stage_times.add("motion", (t1 - t) * 1000)
         self.stage_times.add("render", (t2 - t1) * 1000)
         self.last_pose = pose
+        self._poses.append((self._next, pose))
         frame = AvatarFrame(self._next, image, speaking=pose.speaking, mouth_open=float(min(1.0, pose.jaw)))
         self._next += 1
         return frame

@@ -9,6 +9,15 @@ maps the engine's frame indices back to tick indices, and files each frame with
 The engine's calls (open, feed, interrupt, set_controls, close) all run on one single-thread
 executor, so the stream is only ever used by one thread (the engine contract) and the event
 loop never blocks on it.
+
+Interrupt (``interrupt(rerender_from)``), run by the pump's task between two feeds:
+
+* the engine drops the audio it was fed but has not rendered (its lookahead) and numbers the next
+  audio fed from its last returned frame + 1 (the contract); the pump drops those ticks from its
+  index map and feeds them again as silence, so every later frame is still filed at the tick whose
+  audio it shows (without this, every frame after an interrupt was filed ``lookahead`` ticks early);
+* a ``ClosedMouthRerender`` stream renders its frames of ticks >= ``rerender_from`` (rendered, not
+  yet sent) again with the mouth closing; they are filed with ``on_rerendered``.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from avatarstream.engines.base import AvatarEngine, AvatarFrame, EngineStream, Portrait
+from avatarstream.engines.base import (RERENDER_KEEP_FRAMES, SAMPLES_PER_FRAME, AvatarEngine, AvatarFrame, ClosedMouthRerender,
+                                       EngineStream, Portrait)
 
 MAX_ENGINE_BACKLOG_FRAMES = 25
 
@@ -34,18 +44,21 @@ class PumpStats:
     frames_rendered: int = 0
     engine_ms: float = 0.0  # total time in EngineStream.feed
     engine_dropped_frames: int = 0  # audio frames the engine never saw (it fell > 1 s behind)
+    frames_rerendered: int = 0  # frames rendered again with the mouth closed after an interrupt
 
 
 class EnginePump:
     def __init__(self, engine: AvatarEngine, portrait: Portrait, *, size: int,
                  controls: Mapping[str, Any] | None, on_frame: Callable[[int, AvatarFrame], None],
                  name: str = "engine", max_backlog_frames: int = MAX_ENGINE_BACKLOG_FRAMES,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None,
+                 on_rerendered: Callable[[int, AvatarFrame], None] | None = None) -> None:
         self._engine = engine
         self._portrait = portrait
         self._size = size
         self._controls = controls
         self._on_frame = on_frame
+        self._on_rerendered = on_rerendered or on_frame
         self._max_backlog = max_backlog_frames
         # one worker for every engine call (a test passes one that runs on its own clock); shut down by close()
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -53,6 +66,8 @@ class EnginePump:
         self._pending: deque[tuple[int, np.ndarray]] = deque()  # (tick, audio) not yet fed
         self._fed_ticks: deque[int] = deque()  # tick of engine frame _fed_base + i
         self._fed_base = 0
+        self._returned: deque[tuple[int, int]] = deque(maxlen=RERENDER_KEEP_FRAMES)  # (engine index, tick)
+        self._interrupt_from: int | None = None  # an interrupt waits for the task: re-render ticks >= this
         self._wakeup = asyncio.Event()
         self.stats = PumpStats()
         self.lookahead_frames = 0
@@ -85,12 +100,33 @@ class EnginePump:
             if t >= tick:
                 self._pending[i] = (t, np.zeros_like(samples))
 
-    def interrupt(self) -> None:
-        """Ask the engine to drop its pending motion (on the worker, between two feeds)."""
+    def interrupt(self, rerender_from: int) -> None:
+        """Ask the engine to drop its pending motion, and to render its frames of ticks >=
+        ``rerender_from`` again with the mouth closed (done by ``run`` between two feeds)."""
         if self._stream is None:
             return
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._stream.interrupt)
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        prior = self._interrupt_from
+        self._interrupt_from = rerender_from if prior is None else min(prior, rerender_from)
+        self._wakeup.set()
+
+    async def _run_interrupt(self, stream: EngineStream, rerender_from: int) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, stream.interrupt)
+        # the engine dropped the audio it had not rendered: feed those ticks again (silent), first
+        dropped = list(self._fed_ticks)
+        self._fed_ticks.clear()
+        self._pending.extendleft((tick, np.zeros(SAMPLES_PER_FRAME, np.float32)) for tick in reversed(dropped))
+        if not isinstance(stream, ClosedMouthRerender):
+            return
+        ticks = dict(self._returned)
+        since = next((i for i, tick in self._returned if tick >= rerender_from), None)
+        if since is None:
+            return
+        frames = await loop.run_in_executor(self._executor, stream.rerender_closed, since)
+        for f in frames:
+            if f.index in ticks:
+                self._on_rerendered(ticks[f.index], f)
+        self.stats.frames_rerendered += len(frames)
 
     async def set_controls(self, controls: Mapping[str, Any]) -> dict[str, str]:
         """Apply live controls between two frames; returns {name: reason} for the rejected ones."""
@@ -114,6 +150,9 @@ class EnginePump:
             stream = self._stream
             if stream is None:
                 return
+            if self._interrupt_from is not None:
+                rerender_from, self._interrupt_from = self._interrupt_from, None
+                await self._run_interrupt(stream, rerender_from)
             if not self._pending:
                 continue
             batch = list(self._pending)
@@ -123,7 +162,9 @@ class EnginePump:
             frames = await loop.run_in_executor(self._executor, stream.feed, np.concatenate([a for _, a in batch]))
             self.stats.engine_ms += (time.perf_counter() - t) * 1000
             for f in frames:
-                self._on_frame(self._fed_ticks[f.index - self._fed_base], f)
+                tick = self._fed_ticks[f.index - self._fed_base]
+                self._returned.append((f.index, tick))
+                self._on_frame(tick, f)
             if frames:
                 while self._fed_base <= frames[-1].index:
                     self._fed_ticks.popleft()

@@ -126,7 +126,8 @@ class AvatarSession:
         self._arrival = InputArrival(self.latency)
         self._ring = OutputRing(self.options.ring_frames)
         self._pump = EnginePump(engine, portrait, size=self.size, controls=self.options.controls,
-                                on_frame=self._file_frame, name=f"engine-{self.id[:6]}", executor=engine_executor)
+                                on_frame=self._file_frame, name=f"engine-{self.id[:6]}", executor=engine_executor,
+                                on_rerendered=self._refile_frame)
         self._next_tick = 0  # next slot to take
         self._next_event = 0  # next slot whose events fire (when its send tick comes)
         self._last_audible = -1  # newest slot with audible audio or markers
@@ -218,6 +219,10 @@ class AvatarSession:
         if last_needed is not None and last_needed.taken_at:
             self._margin.record((self._now() - last_needed.taken_at) * 1000)
 
+    def _refile_frame(self, tick: int, frame: AvatarFrame) -> None:
+        """A frame rendered again after an interrupt (mouth closed): it replaces the slot's, no render time."""
+        self._ring.set_frame(tick, frame)
+
     # -- latency -------------------------------------------------------------------------
     @property
     def margin_ms(self) -> float:
@@ -298,8 +303,10 @@ class AvatarSession:
     def interrupt(self) -> int:
         """Drop queued audio and the engine's pending motion together; returns dropped samples.
 
-        Audio already taken but not yet sent (the lip-sync delay) is silenced too; each
-        interrupted utterance gets ``playback_finished {interrupted: true}`` at the next tick.
+        Audio already taken but not yet sent (the lip-sync delay) is silenced too, and its frames
+        already rendered are rendered again with the mouth closed (``ClosedMouthRerender`` engines:
+        the viewer sees the mouth close at once, not after the delay); each interrupted utterance
+        gets ``playback_finished {interrupted: true}`` at the next tick.
         """
         self.touch()
         dropped = self._buffer.interrupt()
@@ -319,8 +326,8 @@ class AvatarSession:
         for u in sorted(utterances):
             self._pending_output_markers.append(
                 PlaybackMarker("interrupted", u, 0, self._sent_position.get(u, 0)))
-        if not self._closed:
-            self._pump.interrupt()
+        if not self._closed:  # rendered, not sent: rendered again with the mouth closed (engines that can)
+            self._pump.interrupt(rerender_from=first_unsent)
         return dropped
 
     def set_controls(self, controls: Mapping[str, Any]) -> dict[str, str]:
@@ -397,6 +404,7 @@ class AvatarSession:
         return {
             "ticks": st.ticks, "frames_rendered": pump.frames_rendered, "frames_missing": st.frames_missing,
             "late_ticks": st.late_ticks, "engine_dropped_frames": pump.engine_dropped_frames,
+            "frames_rerendered": pump.frames_rerendered,
             "engine_ms_per_tick": pump.engine_ms / max(1, st.ticks), "latency": self.latency_stats(),
         }
 
