@@ -14,8 +14,9 @@ the namespaces (two runs at once each have their own bridge and may use the same
         net.cut(net.machines[0]); net.restore(net.machines[0])   # pull and plug its cable
         net.kill(net.machines[0])                # every process in its namespace, SIGKILL
 
-Commands started on a machine also get their own /tmp (``Machine.tmp`` bound there in a private
+Commands started on a machine also get their own /tmp/ray (``Machine.tmp`` bound there in a private
 mount namespace): two Ray nodes on one real machine would otherwise race for the same socket names.
+The rest of /tmp stays shared, so a checkout (and its .venv) under /tmp is seen on every machine.
 
 ``cut`` sets the bridge's port of that machine down (the cable pulled at the switch): the machine
 keeps its address and routes, its packets go nowhere and nothing answers it; ``restore`` sets it
@@ -57,7 +58,7 @@ class Machine:
     namespace: str  # its network namespace (``ip netns exec NAMESPACE ...``)
     address: str  # its IPv4 address on the private subnet
     port: str  # its port on the bridge (in the bridge's namespace): cut/restore set it down/up
-    tmp: str  # its own /tmp: commands started on it see this directory there
+    tmp: str  # its own /tmp/ray: commands started on it see this directory there
 
     def __str__(self) -> str:
         return f"machine {self.index} ({self.address})"
@@ -157,9 +158,10 @@ class Network:
 
     # -- using it ------------------------------------------------------------------------------
     def start(self, machine: Machine, argv: Sequence[str], **popen: Any) -> subprocess.Popen:
-        """Run ``argv`` on ``machine``: in its network namespace, with its own /tmp (a private mount
-        namespace binds ``machine.tmp`` there, so programs that meet through files in /tmp, such as
-        Ray's node sockets, keep to their machine). ``ip``, ``unshare`` and ``sh`` each exec the next,
+        """Run ``argv`` on ``machine``: in its network namespace, with its own /tmp/ray (a private mount
+        namespace binds ``machine.tmp`` there, so Ray's node sockets and its current-cluster file keep to
+        their machine; the rest of /tmp, where a checkout may live, stays shared). ``ip``, ``unshare`` and
+        ``sh`` each exec the next,
         so the Popen's pid is the command's; keyword arguments go to ``subprocess.Popen``."""
         proc = subprocess.Popen(_on(machine, argv), **popen)
         self._procs.append(proc)
@@ -277,7 +279,7 @@ def _kill_namespace(namespace: str, timeout: float = 10.0) -> list[int]:
 
 def _on(machine: Machine, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", machine.namespace, "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', machine.tmp, *argv]
+            "sh", "-c", 'mkdir -p /tmp/ray && mount --bind "$0" /tmp/ray && exec "$@"', machine.tmp, *argv]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -62,8 +62,8 @@ def test_machines_talk_through_the_bridge_and_a_cut_link_blocks_until_restored()
                 assert time.monotonic() - t0 < 10, "the restored link did not heal"
 
         assert server.pid in net.pids(b)
-        # each machine has its own /tmp
-        net.run(a, ["sh", "-c", "echo a > /tmp/mark"], check=True)
+        # each machine has its own /tmp/ray (Ray's sockets); the rest of /tmp, where a checkout may live, is shared
+        net.run(a, ["sh", "-c", "echo a > /tmp/ray/mark"], check=True)
         assert open(f"{a.tmp}/mark").read() == "a\n" and not os.path.exists(f"{b.tmp}/mark")
         killed = net.kill(b)
         assert server.pid in killed and net.pids(b) == []

@@ -4,7 +4,6 @@ with the same address on another private network) does not count."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
