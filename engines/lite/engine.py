@@ -28,7 +28,6 @@ from avatarstream.engines.lite.warp_renderer import WarpRenderer
 
 log = logging.getLogger(__name__)
 
-CLOSING_JAW = (0.3,)  # jaw factors of the first frames rendered again after an interrupt; closed after them
 
 def _apply_controls(target: MotionControls, controls: Mapping[str, Any]) -> dict[str, str]:
     ok, rejected = CAPABILITIES.validate_controls(controls)
@@ -110,15 +109,12 @@ class LiteStream:
         self.dropped_frames += dropped
 
     def rerender_closed(self, since: int) -> list[AvatarFrame]:
-        """``engines.base.ClosedMouthRerender``: the kept frames from ``since`` with the jaw eased shut
-        (``CLOSING_JAW``, then 0) and the lips relaxed; head, brows and blinks as they were rendered."""
-        out = []
-        for k, (index, pose) in enumerate(p for p in self._poses if p[0] >= since):
-            factor = CLOSING_JAW[k] if k < len(CLOSING_JAW) else 0.0
-            closed = dataclasses.replace(pose, jaw=pose.jaw * factor, width=pose.width * factor, speaking=False)
-            out.append(AvatarFrame(index, self.renderer.render(closed), speaking=False,
-                                   mouth_open=float(min(1.0, closed.jaw))))
-        return out
+        """``engines.base.ClosedMouthRerender``: the kept frames from ``since`` with the jaw shut and the lips
+        relaxed at once, as ``interrupt()`` leaves the motion (the voice stops at once too); head, brows and
+        blinks as they were rendered."""
+        return [AvatarFrame(index, self.renderer.render(dataclasses.replace(pose, jaw=0.0, width=0.0, speaking=False)),
+                            speaking=False, mouth_open=0.0)
+                for index, pose in self._poses if index >= since]
 
     def set_controls(self, controls: Mapping[str, Any]) -> dict[str, str]:
         return _apply_controls(self.motion_controls, controls)

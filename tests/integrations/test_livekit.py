@@ -44,7 +44,8 @@ from avatarstream.realtime.transports.livekit.generator import SpeechStart  # no
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 RATE = 24_000
-SIZE = 256  # lite renders and rtc converts 4x less than at 512: fewer hold-ups on a loaded machine
+SIZE = 512  # the plugin's default; at 256 px the mouth measure itself loses r (the same lite frames rendered offline
+# from the published audio: 0.68 at 256 px, 0.74 at 512 px; the engine's own jaw 0.87 at both)
 TTS_FRAME = RATE // 50  # 20 ms frames, faster than real time, as a TTS stream hands them over
 FRAME_S = 0.04
 ATTEMPTS = 2  # runs repeated while the loaded machine held the process up longer than:
@@ -339,12 +340,22 @@ async def speak_interrupt_restart(server: LocalAvatarServer, speech: dict[str, n
         cut = await asyncio.wait_for(sink.wait_for_playout(), 10)
         await say(agent, speech["next"])  # right after the interrupt
         done_next = await asyncio.wait_for(sink.wait_for_playout(), 30)
+        # the reply after an interrupt opens the mouth again 2 frames after it: the mouth's closing is measured at
+        # a second interrupt, followed by silence
+        await say(agent, speech["cut"])
+        while len(gen.speech_starts) < 4:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.8)
+        t_clear_quiet = time.monotonic()
+        sink.clear_buffer()
+        cut_quiet = await asyncio.wait_for(sink.wait_for_playout(), 10)
         await asyncio.sleep(0.5)
         delay_frames = avatar.media.avatar.session.delay_frames
     finally:
         await stop(avatar, published)
     return SimpleNamespace(gen=gen, published=published, first_frame_s=first_frame_s, done=done, cut=cut,
-                           done_next=done_next, t_clear=t_clear, delay_frames=delay_frames)
+                           done_next=done_next, t_clear=t_clear, delay_frames=delay_frames, cut_quiet=cut_quiet,
+                           t_clear_quiet=t_clear_quiet)
 
 
 def held_up_ms(published: Published) -> float:
@@ -370,7 +381,8 @@ async def test_speech_interrupt_and_restart_publish_lip_synced_tracks(server, sp
 
     # where each reply starts in the published audio, and the video frame that carries its start
     starts = list(gen.speech_starts)
-    assert len(starts) == 3, starts
+    assert len(starts) == 4, starts
+    assert run.cut_quiet.interrupted
     offsets = []
     placed = {}
     va = ts  # the video's capture timestamps: the moment AVSynchronizer handed each frame to rtc.VideoSource
@@ -378,12 +390,12 @@ async def test_speech_interrupt_and_restart_publish_lip_synced_tracks(server, sp
     # machine's, measured): the speech then matches less closely
     hold_up_ms = 1000 * max(published.stall, published.audio_late)
     match = 0.9 if hold_up_ms <= gen.audio_lead_ms else 0.6
-    for start, name in zip(starts, ["long", "cut", "next"]):
+    for start, name in zip(starts, ["long", "cut", "next", "cut"]):
         frame_no, offset = carrier(ts, start), start.offset
         expected = published.sample_at(va[frame_no]) + offset
         at, r = locate(speech[name], audio, expected, RATE // 2)
         assert r > match, f"{name}: the published audio does not match the speech sent (r {r:.2f}, {hold_up_ms} ms)"
-        placed[name] = at
+        placed[name if name not in placed else name + "_quiet"] = at
         # both read back in this process: the audio's first sample against the frame that carries it
         offsets.append((published.audio_time(at) - (va[frame_no] + offset / RATE)) * 1000)
     figures["av_offset_ms"] = [round(o, 1) for o in offsets]
@@ -435,29 +447,34 @@ async def test_speech_interrupt_and_restart_publish_lip_synced_tracks(server, sp
     smoothed = cross_correlate(va[ok] + FRAME_S / 2, mouth[ok], t_env, env, max_lag=0.12, envelope_window=2 * FRAME_S)
     figures["mouth_r_lag0"], figures["mouth_best_lag_ms"] = round(sync.r_at(0.0), 3), round(sync.lag_s * 1000)
     figures["mouth_r_best"], figures["mouth_r_best_80ms_envelope"] = round(sync.r, 3), round(smoothed.r, 3)
-    # lite + espeak-ng on this measure: r 0.65-0.69 at the best lag (0.70-0.73 with an 80 ms envelope), the
-    # issue's 0.7 is not met; 0.55 as the Pipecat and agent-socket tests' 0.5, with the published lag checked
-    # a hold-up longer than the lead leaves a gap that delays the rest of that reply's audio: the lag may grow by
+    # lite + espeak-ng on this measure: r 0.69 at lag 0 (best lag 0/-10 ms) at 512 px; the same audio rendered by
+    # lite offline, no transport, reads 0.685-0.72 depending on where the frame grid falls: the issue's 0.7 is at
+    # the edge of what the engine and the measure reach, and the path adds no lag. Asserted: the best lag within
+    # 20 ms (was +30/+40 ms: the audio was handed over after its frame, behind the 20 ms lead) and r at lag 0 >= 0.65.
+    # A hold-up longer than the lead leaves a gap that delays the rest of that reply's audio: the lag may grow by
     # it and the correlation over the recording falls (measured: a 486 ms hold-up, lag +90 ms, r 0.57)
     gap_s = max(0.0, hold_up_ms / 1000 - gen.audio_lead_ms / 1000)
-    assert abs(sync.lag_s) <= FRAME_S + gap_s and sync.r >= (0.55 if gap_s < 0.08 else 0.4), figures
-    k_clear = int(np.searchsorted(va, t_clear))
-    speaking_mouth = np.nanpercentile(mouth[int(np.searchsorted(va, published.audio_time(cut_start))):k_clear], 75)
+    # interrupt: the frames the session rendered ahead (its lip-sync delay) are rendered again with the mouth
+    # closed, so within 2 frames of clear_buffer (one may be in flight) a published frame shows the mouth closed:
+    # within a quarter of the speaking range above idle (the landmark fit's noise); measured at the second
+    # interrupt, which silence follows (before: the D frames rendered ahead were sent open, closed after D + 2)
+    k_clear = int(np.searchsorted(va, run.t_clear_quiet))
+    speaking = mouth[int(np.searchsorted(va, published.audio_time(placed["cut_quiet"]))):k_clear]
+    speaking_mouth = np.nanpercentile(speaking, 75)
     idle_mouth = np.nanmedian(mouth[: int(np.searchsorted(va, published.audio_time(placed["long"])))])
-    # the session renders up to D frames ahead (its lip-sync delay); those already rendered still show the
-    # speech, the frames after them return to idle (the lite engine eases the mouth shut over a frame or two):
-    # the mouth is half-way to idle (over 4 frames: idle motion and the landmark fit move it too) within D + 2 frames
-    half = idle_mouth + 0.5 * (speaking_mouth - idle_mouth)
-    after_clear = mouth[k_clear:k_clear + 16]
-    closed_at = next((i for i in range(len(after_clear) - 3) if np.nanmean(after_clear[i:i + 4]) < half), None)
+    closed = idle_mouth + 0.25 * (speaking_mouth - idle_mouth)
+    after_clear = mouth[k_clear:k_clear + 8]
+    closed_at = next((i for i, x in enumerate(after_clear) if x <= closed), None)
+    figures["mouth_before_interrupt"] = [round(float(x), 3) for x in speaking[-4:]]
     figures["mouth_after_interrupt"] = [round(float(x), 3) for x in after_clear]
     figures["mouth_closed_after_frames"], figures["session_delay_frames"] = closed_at, delay_frames
-    figures["mouth_half_way"] = round(float(half), 3)
+    figures["mouth_idle"], figures["mouth_closed_below"] = round(float(idle_mouth), 3), round(float(closed), 3)
     held = int(np.ceil(1000 * max(published.stall, published.audio_late) / 40)) if published.stall > 0.04 else 0
-    assert closed_at is not None and closed_at <= delay_frames + 2 + held, figures  # + frames a hold-up delayed
+    print("livekit in-process figures:", figures)
+    assert abs(sync.lag_s) <= 0.02 + gap_s and sync.r_at(0.0) >= (0.65 if gap_s < 0.08 else 0.4), figures
+    assert closed_at is not None and closed_at <= 2 + held, figures  # + frames a hold-up delayed
     for k, v in figures.items():
         record_property(k, v)
-    print("livekit in-process figures:", figures)
 
 
 async def ten_replies(server: LocalAvatarServer, speech: dict[str, np.ndarray]) -> Any:

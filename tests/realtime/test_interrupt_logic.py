@@ -89,10 +89,9 @@ async def test_frames_rendered_before_an_interrupt_close_the_mouth_and_later_fra
         await clock.advance(0.0001)  # the pump's task runs the interrupt between two feeds
         after = {c: s.output_at(c).frame for c in rendered}
         assert s.pipeline_stats()["frames_rerendered"] == len(rendered)
-        # the first frame sent after the interrupt is the closing one, the next is closed
+        # the first frame sent after the interrupt is closed, and those after it
         opening = [after[c].mouth_open for c in rendered]
-        assert rendered[0] == first and opening[0] <= 0.3 * before[first].mouth_open + 1e-6, opening
-        assert all(o == 0.0 for o in opening[1:]), opening
+        assert rendered[0] == first and opening == [0.0] * len(rendered), opening
         assert not any(f.speaking for f in after.values())
         for c in rendered:  # only the mouth moved: the upper face (eyes, brows, head) is the frame as rendered
             top = slice(0, int(0.45 * 256))
@@ -101,10 +100,9 @@ async def test_frames_rendered_before_an_interrupt_close_the_mouth_and_later_fra
             lower = np.abs(after[c].image.astype(int) - before[c].image.astype(int))
             assert lower.mean() > diff.mean(), c  # and the mouth did change
         await tick(clock, n + 8)
-        for c in range(first, n + 5):  # what the viewer receives from the interrupt on: closed after one frame
+        for c in range(first, n + 5):  # what the viewer receives from the interrupt on: closed
             f = s.output_at(c).frame  # its own (the engine's dropped lookahead was fed again), none repeated
-            assert f is not None and f.mouth_open <= (0.3 * before[first].mouth_open + 1e-6 if c == first else 0.05), \
-                (c, f.mouth_open)
+            assert f is not None and f.mouth_open <= 0.05, (c, f.mouth_open)
 
         # a reply after the interrupt: its frames show their own slot's audio, as the first reply's did
         base = n + 10

@@ -24,8 +24,11 @@ speech in, a ``SessionReader`` (a ``Viewer``, so it counts in admission and ``/m
   frame) the reader skips the frames it fell behind by, so speech is not held back by that wait.
 * **Lead.** The frames come at the session's ticks, so ``rtc.AudioSource`` would run dry whenever a
   tick wakes late. When speech starts after silence, ``AUDIO_LEAD_MS`` of silence goes first: later
-  ticks may wake that much late without a gap in the published audio. The cost: the audio trails its
-  video by that much, and the position ``AvatarRunner`` reports counts it (both < 40 ms).
+  ticks may wake that much late without a gap in the published audio. So that the audio does not
+  trail its video by the lead, each frame's audio is handed over the lead *before* its video frame's
+  slot (the frame's audio starts playing when its frame is captured; handing it over after the frame,
+  as before, published every reply's audio 20 ms behind its video: measured +20 ms on each reply).
+  The position ``AvatarRunner`` reports counts the lead (< 40 ms).
 * **Interruption** (``clear_buffer``, ``lk.clear_buffer`` remotely): the session drops what it has
   not sent (``SessionInput.interrupt``: the face returns to idle) and no more of the interrupted speech
   is cut out, so the next frame carries none; what ``rtc.AudioSource`` already holds (at most the lead
@@ -218,37 +221,53 @@ class SessionVideoGenerator(VideoGenerator):
             for event in tick.events:
                 self._cutter.on_event(event)
             image = tick.image if tick.image is not None else self._last_image
-            if image is not None:
-                self._last_image = image
-                h, w = image.shape[:2]
-                first = self.frames_out == 0
-                wait = self.slots.wait_s()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                handed = self._handed_at = self.slots.clock()
-                yield rtc.VideoFrame(w, h, rtc.VideoBufferType.RGB24, np.ascontiguousarray(image).tobytes())
-                blocked = self.slots.clock() - handed
-                if first:  # resumed after the runner published its tracks: anchor here, skip the wait
-                    self.slots.next = None
-                    self.slots.wait_s()
-                    reader.skip_to_now()
-                    blocked = 0.0
-                self.slots.pushed(blocked)
-                self.frames_out += 1
             pieces = self._cutter.feed(tick.index, tick.audio16k)
+            audio: list[LiveKitMedia] = []
+            starts: list[tuple[int, int]] = []  # (utterance, offset) of the replies starting in this frame
             for piece in pieces:
                 if piece.utterance != self._last_speaking:  # a reply starts
                     self._last_speaking = piece.utterance
-                    offset = piece.position - tick.index * self._cutter.frame_samples
-                    self.speech_starts.append(SpeechStart(piece.utterance, self.frames_out - 1, offset, self._handed_at))
+                    starts.append((piece.utterance, piece.position - tick.index * self._cutter.frame_samples))
                     if not self._audio_flowing and self.audio_lead_ms > 0:
                         lead = self.sample_rate * self.audio_lead_ms // 1000
-                        yield rtc.AudioFrame(bytes(2 * lead), self.sample_rate, 1, lead)
-                yield from_piece(piece, self.sample_rate)
-                self.speech_samples_out += piece.audio.size
+                        audio.append(rtc.AudioFrame(bytes(2 * lead), self.sample_rate, 1, lead))
+                audio.append(from_piece(piece, self.sample_rate))
                 if piece.last and not piece.interrupted:
-                    yield AudioSegmentEnd()
+                    audio.append(AudioSegmentEnd())
             self._audio_flowing = bool(pieces)
+            if image is None:
+                for item in audio:
+                    yield item
+                continue
+            self._last_image = image
+            h, w = image.shape[:2]
+            first = self.frames_out == 0
+            wait = self.slots.wait_s()
+            # the frame's audio goes the lead ahead of its capture (see the module docstring: "Lead")
+            interruptions = self.interruptions
+            if audio and wait > self.audio_lead_ms / 1000:
+                await asyncio.sleep(wait - self.audio_lead_ms / 1000)
+            if self.interruptions != interruptions:  # clear_buffer while waiting: none of it is sent
+                audio, starts, self._audio_flowing = [], [], False
+            for item in audio:
+                if isinstance(item, rtc.AudioFrame):
+                    self.speech_samples_out += item.samples_per_channel
+                yield item
+            wait = 0.0 if self.slots.next is None else self.slots.next - self.slots.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            handed = self._handed_at = self.slots.clock()
+            yield rtc.VideoFrame(w, h, rtc.VideoBufferType.RGB24, np.ascontiguousarray(image).tobytes())
+            blocked = self.slots.clock() - handed
+            if first:  # resumed after the runner published its tracks: anchor here, skip the wait
+                self.slots.next = None
+                self.slots.wait_s()
+                reader.skip_to_now()
+                blocked = 0.0
+            self.slots.pushed(blocked)
+            self.frames_out += 1
+            for utterance, offset in starts:
+                self.speech_starts.append(SpeechStart(utterance, self.frames_out - 1, offset, handed))
 
     async def aclose(self) -> None:
         await self.reader.close()
