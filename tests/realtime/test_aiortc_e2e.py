@@ -47,7 +47,7 @@ class SenderClock:
         self.rate = rate
         self.reports: list[tuple[int, float]] = []
         self._receiver = None
-        self._origin: int | None = None  # set where the timestamps are absolute (a browser's stats)
+        self.fixed_origin: int | None = None  # set where the timestamps are absolute (a browser's stats)
 
     def hook(self, receiver) -> None:
         self._receiver = receiver
@@ -64,13 +64,13 @@ class SenderClock:
     def origin(self) -> int | None:
         """The RTP timestamp received pts count from: the one set (0 for absolute RTP timestamps), else aiortc's
         timestamp mapper's, read through aiortc_compat."""
-        if self._origin is not None:
-            return self._origin
+        if self.fixed_origin is not None:
+            return self.fixed_origin
         return None if self._receiver is None else rtp_timestamp_origin(self._receiver)
 
     @origin.setter
     def origin(self, value: int) -> None:
-        self._origin = value
+        self.fixed_origin = value
 
     def time_of(self, pts: int) -> float:
         """Sender time of ``pts``. Each report maps an RTP timestamp to the time its packet left
