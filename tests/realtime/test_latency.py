@@ -18,7 +18,6 @@ from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LOW, Latenc
 from avatarstream.realtime.session.render_margin import RenderMargin
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
 from avatarstream.realtime.transports.base import ViewerStats
-from avatarstream.realtime.transports.base import ViewerStats
 from avatarstream.realtime.transports.webrtc.aiortc_compat import jitter_buffer, set_frame_data
 from avatarstream.realtime.transports.webrtc.receive_buffer import InOrderAudioBuffer, set_receive_buffer
 
