@@ -23,7 +23,7 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, f"ruff check . failed:\n{result.stdout}{result.stderr}"
 
 
-@pytest.mark.slow  # a cold mypy cache takes 1-2 minutes on 2 cores; later runs reuse build/mypy-cache
+@pytest.mark.slow  # a cold mypy cache: ~10 s on 2 cores (torch, transformers ... not followed); later runs reuse build/mypy-cache
 def test_mypy_contract_and_server_modules():
     result = _run(".ci/typecheck.py")
     output = result.stdout + result.stderr
