@@ -83,8 +83,9 @@ DRY_RUN_HANG_LIMITS_S: dict[str, float] = {}  # the dry run's wait limit per sec
 
 def _settings(dry_run: bool, quick: bool) -> dict:
     if dry_run:
-        return {"steps": (1, 2), "warm_s": 0.5, "measure_s": 1.0, "a2m_onsets": 1, "first_frames": 2, "reps": 1,
-                "low_steps": (1,), "low_warm_s": 0.5, "low_measure_s": 1.0, "cost_audio_s": 2.0, "cost_reps": 1,
+        # short windows: the dry run checks that every field is written (a 0.5 s record holds ~12 ticks)
+        return {"steps": (1, 2), "warm_s": 0.25, "measure_s": 0.5, "a2m_onsets": 1, "first_frames": 2, "reps": 1,
+                "low_steps": (1,), "low_warm_s": 0.25, "low_measure_s": 0.5, "cost_audio_s": 2.0, "cost_reps": 1,
                 "renderer_batches": components.BATCHES[:2], "worker_sessions": (1, 2), "worker_s": 0.4,
                 "motion_s": 0.3, "joyvasa_reps": 1, "denoiser_windows": (1, 2)}
     if quick:
