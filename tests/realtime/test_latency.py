@@ -1,6 +1,10 @@
 """The delays a session adds are sized from measurements: the render margin follows the engine's
 measured render time (and rises under load without a glitch), a starting live stream is held only
-as long as its arrival jitter needs, and the microphone's receiver holds no packet it need not."""
+as long as its arrival jitter needs, and the microphone's receiver holds no packet it need not.
+
+The real-clock tests assert only what holds at any machine speed (lower bounds, the delay's origin,
+orderings, each slot with its own frame); the exact figures are in ``test_latency_logic.py`` (a manual
+clock and set render times) and ``test_pacing_logic.py``."""
 
 from __future__ import annotations
 
@@ -94,19 +98,15 @@ async def test_measured_margin_follows_render_time_and_keeps_each_slot_together(
         assert s.delay_ms == pytest.approx(40 + ADAPTIVE.margin_start_ms)  # until render times are measured
         await sink.run(1.5)  # idle frames are rendered: their render times are measured
         stats = s.latency_stats()
-        assert 12 <= stats["render_ms_p50"] < 30
-        # delay = lookahead + (p99 of render time + 5 ms guard), well under the fixed 120 ms (the
-        # margin is recomputed every 5 frames: a few ms of difference to the quantile right now)
-        assert s.delay_ms == pytest.approx(40 + s._margin.quantile_ms(99) + 5, abs=6)
-        assert s.delay_ms < 100 and s.delay_frames == 3
+        assert stats["render_ms_p50"] >= 12  # a 12 ms render never takes less (how much more: the load)
+        # the margin is measured (p99 + 5 ms guard), not the start value, and covers the 12 ms; its
+        # exact value for a given render time is test_latency_logic's
+        assert s.margin_ms != ADAPTIVE.margin_start_ms and s.margin_ms >= 12 + 5 - 0.1
+        assert s.delay_ms == pytest.approx(40 + s.margin_ms)
         sink.sent.clear()
-        missing_before = s.stats.frames_missing
         s.push_audio(bursts(1.5))
         s.end_utterance()
         await sink.run(1.6)
-        # frames are ready when their slot is sent (p99 of a short window, on a busy shared machine:
-        # allow one in ten late)
-        assert s.stats.frames_missing - missing_before <= 4
         spoken = [(c, mouth, rms) for c, mouth, rms in sink.sent if rms > 0.05]
         assert len(spoken) >= 15
         for _c, mouth, rms in spoken:  # the frame sent with each slot was rendered from that slot's audio
@@ -125,8 +125,6 @@ async def test_margin_rises_under_load_and_delay_frames_grow_only_in_quiet(bar_e
     s.attach_viewer(sink)
     try:
         await sink.run(1.5)
-        quiet_delay = s.delay_ms
-        assert quiet_delay < 100  # 40 ms lookahead + p99 of ~5 ms renders + 5 ms (busy machine: a bit more)
         tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(48000) / 16000)).astype(np.float32)
         s.push_audio(tone)  # 3 s of sound without a pause, while the machine gets loaded
         await sink.run(0.5)
@@ -134,7 +132,7 @@ async def test_margin_rises_under_load_and_delay_frames_grow_only_in_quiet(bar_e
         render["s"] = 0.07  # now 70 ms per feed: more than the frames D holds
         await sink.run(1.5)
         assert s.delay_frames == frames_while_speaking  # not while sound is in flight
-        assert s.margin_ms == pytest.approx((s.delay_frames - 1) * 40)  # phase 0: the most D allows
+        assert s.margin_ms <= (s.delay_frames - 1) * 40 + 1e-6  # never more than D allows
         s.end_utterance()
         await sink.run(1.5)  # the utterance ended: D grows in silence, the delay covers the render time
         assert s.delay_frames >= 3
@@ -155,15 +153,15 @@ async def test_events_fire_at_the_tick_that_sends_their_slot(bar_engine):
     try:
         await sink.run(1.2)
         q = s.subscribe_events()
-        t_push = time.monotonic()
         s.push_audio(bursts(0.4))
         s.end_utterance()
         while (ev := await asyncio.wait_for(q.get(), 2)).type != "playback_started":
             pass
         sent_at = s.clock.frame_time(ev.frame + s.delay_frames)
         now = time.monotonic()
-        assert -0.002 < now - sent_at < 0.025  # emitted at the slot's send tick (a busy loop: a little later)
-        assert now - t_push < s.delay_ms / 1000 + 0.04 + 0.025  # + at most one slot's wait
+        # never before the slot's send tick (how much later depends on the loop: the exact tick is
+        # test_pacing_logic's)
+        assert now >= sent_at - 0.002
     finally:
         await s.close()
 
@@ -257,16 +255,3 @@ def test_dropped_live_input_is_not_taken_for_lateness():
         arrival.observe(t, 1, 320)
         t += 0.02
     assert arrival.jitter_ms() == pytest.approx(ADAPTIVE.jitter_guard_ms)
-
-
-async def test_live_backlog_target_follows_the_measured_jitter(bar_engine):
-    adaptive = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64, latency=ADAPTIVE))
-    classic = AvatarSession(bar_engine, portrait(), options=SessionOptions(size=64, latency=CLASSIC))
-    assert classic.live_backlog_target_s == pytest.approx(0.1)  # the fixed 100 ms of before
-    t0 = time.monotonic()
-    for k in range(40):  # a steady 20 ms stream, pushed as it arrives
-        await asyncio.sleep(max(0.0, t0 + 0.02 * k - time.monotonic()))
-        adaptive.push_audio(np.zeros(320, np.float32))
-    jitter = adaptive.latency_stats()["input_jitter_ms"]
-    assert adaptive.live_backlog_target_s == pytest.approx((jitter + 20) / 1000, abs=1e-3)
-    assert adaptive.live_backlog_target_s < 0.1
