@@ -56,7 +56,7 @@ class MixPlan:
 
 def mix_plan(quick: bool, seconds: float) -> MixPlan:
     if quick:
-        return MixPlan(asked=3, settle_s=1.6, window_s=2.0, admission_window_s=1.0)
+        return MixPlan(asked=3, settle_s=1.6, window_s=1.0, admission_window_s=1.0)
     return MixPlan(asked=8, settle_s=4.5, window_s=max(4.0, min(seconds, 10.0)), admission_window_s=3.0)
 
 
