@@ -158,13 +158,13 @@ BlockRunner = Callable[[aiohttp.ClientSession, str, str, SessionRegistry, list[n
 
 
 async def alternate_presets(opts: BenchOptions, run_block: BlockRunner) -> dict:
-    """Speak the bench's utterances (3 with ``--quick``, else 2 per second of ``--seconds``, at least 8) in
+    """Speak the bench's utterances (2 with ``--quick``, else 2 per second of ``--seconds``, at least 8) in
     rounds of blocks of up to ``UTTERANCES_PER_BLOCK``: ``run_block(http, preset, url, registry, utterances)``
     for one preset at a time (so each runs alone), each preset going first in turn (so each meets the
     machine's changing load as the others do); one server per preset in this process, cleaned up at the end.
     Returns the result's common fields (``presets`` left empty for the caller) with the load average before
     and after (other work on the machine skews timings)."""
-    n_utterances = 3 if opts.quick else max(8, int(opts.seconds * 2))
+    n_utterances = 2 if opts.quick else max(8, int(opts.seconds * 2))
     n_rounds = 1 if opts.quick else -(-n_utterances // UTTERANCES_PER_BLOCK)
     speech = [espeak_speech(UTTERANCES[i % len(UTTERANCES)]) for i in range(n_utterances)]
     per_block = -(-n_utterances // n_rounds)
