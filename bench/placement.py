@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,8 +52,8 @@ def run_bench(opts: BenchOptions) -> dict:
     trials = 3 if opts.quick else 20
     result: dict = {"size": SIZE, "engine": "lite", "trials": trials,
                     "load_average_before": load_average()}
-    with _target("single") as single, _target("cluster") as cluster:
-        runs = asyncio.run(_trials({"single": single, "cluster": cluster}, trials))
+    with _target("single") as single, _target("cluster") as cluster:  # both start at once, then both are awaited
+        runs = asyncio.run(_trials({"single": single(), "cluster": cluster()}, trials))
     result["load_average_after"] = load_average()
     result["targets"] = {name: _summary(samples) for name, samples in runs.items()}
     s, c = result["targets"]["single"], result["targets"]["cluster"]
@@ -64,21 +64,26 @@ def run_bench(opts: BenchOptions) -> dict:
 
 
 @contextlib.contextmanager
-def _target(name: str) -> Iterator[str]:
-    """``avatar <TARGETS[name]>`` in its own process; yields its URL once it can place a session."""
+def _target(name: str) -> Iterator[Callable[[], str]]:
+    """``avatar <TARGETS[name]>`` in its own process, started at once; yields a call that waits until it can
+    place a session and returns its URL."""
     port = free_port()
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "avatarstream.cli", *TARGETS[name], "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 180
+
+    def ready() -> str:
         while not _ready(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
                 raise EngineError(f"{name} target did not start: {log.read()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        return url
+
+    try:
+        yield ready
     finally:
         proc.terminate()
         try:
