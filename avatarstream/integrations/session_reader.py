@@ -57,7 +57,7 @@ class SessionReader:
         self.frames_read = 0
         self.frames_skipped = 0
         self._state = ViewerState.CONNECTING
-        self._since = time.monotonic()
+        self._since = session.now()
         self._events: asyncio.Queue | None = None
         self._pending_events: list[dict[str, Any]] = []
         self._tick: int | None = None

@@ -266,6 +266,10 @@ class AvatarSession:
                 "render_ms_p99": None if r99 is None else round(r99, 1),
                 "input_jitter_ms": round(self._arrival.jitter_ms(), 1)}
 
+    def now(self) -> float:
+        """The session's clock (monotonic seconds, the one passed in): viewers stamp their state changes with it."""
+        return self._now()
+
     def touch(self) -> None:
         self.last_activity = self._now()
 

@@ -58,7 +58,7 @@ class Viewer(Protocol):
 
     @property
     def state_since(self) -> float:
-        """``time.monotonic()`` of the last state change (for connect deadlines)."""
+        """The session's clock (``ServedSession.now``) at the last state change (for connect deadlines)."""
 
     def stats(self) -> ViewerStats: ...
 
@@ -99,6 +99,9 @@ class SessionOutput(Protocol):
 
     def touch(self) -> None:
         """Count as activity for the idle timeout."""
+
+    def now(self) -> float:
+        """The session's clock, monotonic seconds (what viewers stamp ``state_since`` with)."""
 
 
 @runtime_checkable

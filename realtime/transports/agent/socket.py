@@ -85,7 +85,7 @@ class AgentConnection:
         self.resampler: PcmResampler | None = None
         self.utterance_open = False
         self.unfinished: set[int] = set()  # utterances pushed here whose playback_finished is not yet seen
-        self._since = time.monotonic()
+        self._since = session.now()
         self.messages = 0
         self.dropped_messages = 0  # over the rate limit
         self._last_error: dict[str, float] = {}

@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -133,7 +132,7 @@ class WebRtcViewer:
         self._session = session
         self._on_gone = on_gone
         self._state = ViewerState.CONNECTING
-        self._state_since = time.monotonic()
+        self._state_since = session.now()
         self._tasks: set[asyncio.Task] = set()
         self.encoding = encoding
         self.video: AvatarVideoTrack | EncodedVideoTrack = (
@@ -153,7 +152,7 @@ class WebRtcViewer:
 
     def _set_state(self, state: ViewerState) -> None:
         if state != self._state:
-            self._state, self._state_since = state, time.monotonic()
+            self._state, self._state_since = state, self._session.now()
 
     def stats(self) -> ViewerStats:
         out: dict[str, Any] = {
