@@ -23,6 +23,7 @@ terminal summary lists what went outside), ``off``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -101,10 +102,8 @@ class NetworkGuard:
 
 def _judge(host: str) -> str:
     """"" when every address ``host`` names is local, else a note naming the outside address."""
-    try:
+    with contextlib.suppress(ValueError):  # not an address literal: judged by name below
         return "" if is_local(host) else "outside"
-    except ValueError:
-        pass
     if host == "localhost" or host.endswith(".localhost"):
         return ""
     try:

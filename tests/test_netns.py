@@ -14,7 +14,8 @@ import pytest
 
 from avatarstream.bench import netns
 
-pytestmark = pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
+NETNS_MISSING = netns.unavailable()  # asked once: each call makes and deletes a probe namespace
+pytestmark = pytest.mark.skipif(NETNS_MISSING is not None, reason=str(NETNS_MISSING))
 
 ECHO = """
 import socket, sys

@@ -202,7 +202,7 @@ def _supervise(args: argparse.Namespace, node_ip: str | None) -> int:
         if child.exitcode == NODE_LOST:  # the old raylet exits once it hears it was declared dead (after a heal)
             deadline = time.monotonic() + RAYLET_EXIT_WAIT_S
             while _local_raylet_alive(node_ip) and time.monotonic() < deadline and not stop.wait(0.5):
-                pass
+                pass  # the condition itself waits (0.5 s a turn) until the old raylet is gone or time is up
         stop.wait(REJOIN_WAIT_S)
     return 0
 

@@ -31,8 +31,9 @@ from avatarstream.bench.viewer_recorder import RecordingViewer  # noqa: E402
 from avatarstream.bench.failover import (DETECTION_S, MAX_GAP_S, Fleet, FleetClient, fps, max_gap,  # noqa: E402
                                          wait_for)
 
+NETNS_MISSING = netns.unavailable()  # asked once: each call makes and deletes a probe namespace
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.asyncio(loop_scope="module"),
-              pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))]
+              pytest.mark.skipif(NETNS_MISSING is not None, reason=str(NETNS_MISSING))]
 
 LOST_BOUND_S = DETECTION_S + 10.0  # Ray's detection + the front's poll and call timeout, with room for load
 REJOIN_BOUND_S = 90.0  # a machine's Ray node and worker starting again on 2 loaded cores

@@ -11,7 +11,8 @@ import pytest
 
 from avatarstream.bench import netns
 
-pytestmark = pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
+NETNS_MISSING = netns.unavailable()  # asked once: each call makes and deletes a probe namespace
+pytestmark = pytest.mark.skipif(NETNS_MISSING is not None, reason=str(NETNS_MISSING))
 
 PROBE = "from avatarstream.cli.cluster import _local_raylet_alive as a; import sys; print(a(sys.argv[1]), a(None))"
 

@@ -57,7 +57,7 @@ def test_a_moved_member_fails_naming_it():
     assert "no longer contains 'self._keyframe()'" in site.problems()[0]
 
     class Moved:
-        pass
+        """A class with none of the members: every one reads as moved."""
 
     with pytest.raises(AiortcIncompatible, match="RTCRtpReceiver.__jitter_buffer"):
         compat.replace_jitter_buffer(Moved(), JitterBuffer(capacity=16))  # type: ignore[arg-type]

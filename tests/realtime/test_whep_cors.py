@@ -19,6 +19,7 @@ stops with a DELETE (200).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -57,12 +58,10 @@ class Stack:
 async def wait_healthy(http: ClientSession, url: str, proc: subprocess.Popen, log) -> None:
     deadline = time.monotonic() + 90
     while True:
-        try:
+        with contextlib.suppress(OSError):  # not listening yet
             async with http.get(url + "/health") as resp:
                 if resp.status == 200:
                     return
-        except OSError:
-            pass
         if proc.poll() is not None or time.monotonic() > deadline:
             log.seek(0)
             raise AssertionError(f"avatar serve did not start: {log.read()[-3000:]}")
