@@ -8,8 +8,9 @@ import asyncio
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 
+from app_server import serving
 from avatarstream.bench.viewer_recorder import RecordingViewer
 from avatarstream.realtime.client import AvatarClient, SessionInfo
 from avatarstream.realtime.config import ServerConfig
@@ -38,14 +39,9 @@ def value(parsed: dict, name: str, **labels: str) -> float:
 @pytest.fixture
 async def server(engine_loader):
     config = ServerConfig(max_sessions=1, size=256, api_key=KEY, admission=False, engine_loader=engine_loader)
-    runner = web.AppRunner(create_app(config))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    async with ClientSession(f"http://127.0.0.1:{port}") as http:
-        yield http, runner.app[REGISTRY]
-    await runner.cleanup()
+    app = create_app(config)
+    async with serving(app) as http:
+        yield http, app[REGISTRY]
 
 
 async def scrape(http: ClientSession) -> dict:

@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecParameters
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamTrack
@@ -23,6 +22,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpSenderInfo, RtcpSrPack
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from app_server import serving
 from avatarstream.engines.base import Portrait
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
@@ -147,14 +147,9 @@ async def test_the_hooks_act_on_real_senders_and_receivers():
 async def server(bar_engine):
     config = ServerConfig(admission=False, size=64, engine_loader=lambda name, **_: bar_engine,
                           portrait=Portrait(np.full((64, 64, 3), 128, np.uint8)))
-    runner = web.AppRunner(create_app(config))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with ClientSession(f"http://127.0.0.1:{port}") as http:
-        yield http, runner.app[REGISTRY]
-    await runner.cleanup()
+    app = create_app(config)
+    async with serving(app) as http:
+        yield http, app[REGISTRY]
 
 
 async def _offer_sdp() -> str:

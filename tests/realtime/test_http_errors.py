@@ -9,9 +9,9 @@ import base64
 import cv2
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from app_server import serving
 from avatarstream.engines.base import EngineError
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
@@ -22,14 +22,9 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def server(engine_loader):
-    runner = web.AppRunner(create_app(ServerConfig(max_sessions=1, engine_loader=engine_loader)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    async with ClientSession(f"http://127.0.0.1:{port}") as http:
-        yield http, runner.app[REGISTRY_KEY]
-    await runner.cleanup()
+    app = create_app(ServerConfig(max_sessions=1, engine_loader=engine_loader))
+    async with serving(app) as http:
+        yield http, app[REGISTRY_KEY]
 
 
 async def make_offer() -> tuple[RTCPeerConnection, str]:
@@ -183,14 +178,9 @@ async def whep_server(engine_loader):
     stun = await start_stun("127.0.0.1")
     config = ServerConfig(max_sessions=1, admission=False, size=256, cors_origins=[PLAYER],
                           ice_servers=[f"stun:127.0.0.1:{stun.port}"], engine_loader=engine_loader)
-    runner = web.AppRunner(create_app(config))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    async with ClientSession(f"http://127.0.0.1:{port}") as http:
-        yield http, runner.app[REGISTRY_KEY], config
-    await runner.cleanup()
+    app = create_app(config)
+    async with serving(app) as http:
+        yield http, app[REGISTRY_KEY], config
     assert stun.transport is not None
     stun.transport.close()
 
