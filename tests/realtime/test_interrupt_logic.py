@@ -10,29 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from manual_clock import ManualClock, VirtualWorker
+from watcher import Watcher
 
 from avatarstream.engines.base import ClosedMouthRerender
 from avatarstream.engines.portraits import load_portrait
 from avatarstream.engines.registry import load_engine
 from avatarstream.realtime.session.latency import CLASSIC
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
-from avatarstream.realtime.transports.base import ViewerStats
 
 from conftest import read_wav  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 100.0
 TICK = 0.04
-
-
-class Watcher:
-    id, transport, state, state_since = "watcher", "test", "connected", 0.0
-
-    def stats(self) -> ViewerStats:
-        return ViewerStats()
-
-    async def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

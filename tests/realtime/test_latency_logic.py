@@ -10,12 +10,12 @@ import asyncio
 import numpy as np
 import pytest
 from manual_clock import ManualClock, VirtualWorker
+from watcher import Watcher
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
 from avatarstream.realtime.session.input_arrival import InputArrival
 from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LatencySettings
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
-from avatarstream.realtime.transports.base import ViewerStats
 from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
 
 pytestmark = pytest.mark.timeout(30)
@@ -23,23 +23,14 @@ T0 = 100.0
 US = 1e-3  # the manual clock wakes 1 us after a deadline: a render measured 12 ms is 12.001 ms
 
 
-class Sink:
+class Sink(Watcher):
     """A viewer that sends, at each clock tick m, the frame and audio of slot m - D (as the tracks do)."""
 
     id = "sink"
-    transport = "test"
-    state = "connected"
-    state_since = 0.0
 
     def __init__(self, session: AvatarSession) -> None:
         self.session = session
         self.sent: list[tuple[int, float | None, float]] = []  # (slot, its frame's mouth_open or None, audio rms)
-
-    def stats(self) -> ViewerStats:
-        return ViewerStats()
-
-    async def close(self) -> None:
-        pass
 
     async def run(self) -> None:
         s = self.session

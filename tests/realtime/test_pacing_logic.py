@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from manual_clock import ManualClock, VirtualWorker
+from watcher import Watcher
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
 from avatarstream.realtime.session.latency import CLASSIC
 from avatarstream.realtime.session.pacing import MAX_MARGIN_MS, Wake, frames_needed, next_wake, plan_delay, wake
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
-from avatarstream.realtime.transports.base import ViewerStats
 
 pytestmark = pytest.mark.timeout(30)
 T0 = 100.0
@@ -62,21 +62,6 @@ def test_the_delay_plan_is_lookahead_plus_margin_and_grows_one_frame_at_a_time_w
     # D never shrinks: a smaller margin moves the phase
     assert plan_delay(5.0, 1, 6, may_grow=True) == plan_delay(5.0, 1, 6, may_grow=False)
     assert plan_delay(5.0, 1, 6, may_grow=True).delay_frames == 6
-
-
-class Watcher:
-    """A viewer that only counts as watching (the session renders for it)."""
-
-    id = "watcher"
-    transport = "test"
-    state = "connected"
-    state_since = 0.0
-
-    def stats(self) -> ViewerStats:
-        return ViewerStats()
-
-    async def close(self) -> None:
-        pass
 
 
 def bursts(seconds: float, rate: int = 16000) -> np.ndarray:
