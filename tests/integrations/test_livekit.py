@@ -33,6 +33,7 @@ if shutil.which("espeak-ng") is None:
     pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)", allow_module_level=True)
 
 from livekit import rtc  # noqa: E402
+from livekit_room import StandInRoom  # noqa: E402
 from livekit.agents import AgentSession  # noqa: E402
 from scipy.signal import resample_poly  # noqa: E402
 
@@ -59,46 +60,6 @@ def espeak(text: str) -> np.ndarray:
         assert w.getframerate() == 22050
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
     return np.clip(resample_poly(pcm, 160, 147), -32768, 32767).astype(np.int16)
-
-
-class StandInParticipant:
-    """The agent's local participant: ``publish_track`` keeps the real local track (no network)."""
-
-    identity = "agent-1"
-    kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-
-    def __init__(self, room: "StandInRoom") -> None:
-        self.room = room
-        self.attributes: dict[str, str] = {}
-        self.track_publications: dict[str, Any] = {}
-        self.tracks: dict[str, Any] = {}
-
-    async def publish_track(self, track: Any, options: Any) -> Any:
-        pub = StandInPublication(track)
-        self.track_publications[pub.sid] = pub
-        self.tracks[track.name] = track
-        self.room.emit("local_track_published", pub, track)
-        return pub
-
-
-class StandInPublication:
-    def __init__(self, track: Any) -> None:
-        self.track, self.sid, self.kind = track, f"TR_{track.name}", track.kind
-
-    async def wait_for_subscription(self) -> None:
-        return None
-
-
-class StandInRoom(rtc.EventEmitter):
-    name = "room-1"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local_participant = StandInParticipant(self)
-        self.remote_participants: dict[str, Any] = {}
-
-    def isconnected(self) -> bool:
-        return True
 
 
 class StallMonitor:
@@ -268,7 +229,7 @@ def speech() -> dict[str, np.ndarray]:
 
 async def started_avatar(server: LocalAvatarServer) -> tuple[AvatarSession, AgentSession, StandInRoom, Published,
                                                              float]:
-    agent, room = AgentSession(), StandInRoom()
+    agent, room = AgentSession(), StandInRoom("agent-1")
     monitor = StallMonitor()
     avatar = AvatarSession(local_server=server, size=SIZE, sample_rate=RATE)
     t0 = time.monotonic()

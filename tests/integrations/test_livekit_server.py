@@ -24,6 +24,7 @@ pytest.importorskip("livekit.agents", reason="livekit-agents is not installed: p
 from livekit import api, rtc  # noqa: E402
 from livekit.agents import AgentSession  # noqa: E402
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF  # noqa: E402
+from livekit_room import StandInRoom  # noqa: E402
 
 from avatarstream.integrations.livekit import AvatarSession, InProcessMedia, ServerMedia, avatar_token  # noqa: E402
 from avatarstream.integrations.local_server import LocalAvatarServer  # noqa: E402
@@ -38,63 +39,6 @@ SIZE = 256
 KEY, SECRET = "devkey", "a-secret-of-at-least-thirty-two-bytes"
 AGENT = "agent-7"
 CLOSED_PORT = "ws://127.0.0.1:9"  # nothing listens: rtc.Room.connect is refused at once
-
-
-class StandInParticipant:
-    def __init__(self, room: "StandInRoom", identity: str) -> None:
-        self.room, self.identity = room, identity
-        self.kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-        self.state = rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
-        self.attributes: dict[str, str] = {}
-        self.track_publications: dict[str, Any] = {}
-        self.tracks: dict[str, Any] = {}
-        self._rpc_handlers: dict[str, Any] = {}  # read by LiveKit's DataStream I/O when it registers its methods
-        self.rpc_sent: list[tuple[str, str]] = []
-
-    async def publish_track(self, track: Any, options: Any) -> Any:
-        pub = StandInPublication(track)
-        self.track_publications[pub.sid] = pub
-        self.tracks[track.name] = track
-        self.room.emit("local_track_published", pub, track)
-        return pub
-
-    def register_rpc_method(self, name: str, handler: Any) -> None:
-        self._rpc_handlers[name] = handler
-
-    async def perform_rpc(self, *, destination_identity: str, method: str, payload: str, **_: Any) -> str:
-        self.rpc_sent.append((method, payload))
-        return "ok"
-
-
-class StandInPublication:
-    def __init__(self, track: Any) -> None:
-        self.track, self.sid, self.kind = track, f"TR_{track.name}", track.kind
-
-    async def wait_for_subscription(self) -> None:
-        return None
-
-
-class StandInRoom(rtc.EventEmitter):
-    """The avatar's room, connected, with the agent in it (the network calls are the only stand-ins)."""
-
-    name = "room-1"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local_participant = StandInParticipant(self, "avatarstream-avatar")
-        self.agent = StandInParticipant(self, AGENT)
-        self.remote_participants = {AGENT: self.agent}
-        self.byte_stream_handlers: dict[str, Any] = {}
-        self.connected = True
-
-    def isconnected(self) -> bool:
-        return self.connected
-
-    def register_byte_stream_handler(self, topic: str, handler: Any) -> None:
-        self.byte_stream_handlers[topic] = handler
-
-    async def disconnect(self) -> None:
-        self.connected = False
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -161,7 +105,7 @@ async def test_the_join_route_checks_its_input_and_reports_an_unreachable_liveki
 
 
 async def test_agent_side_server_mode_ends_its_session_when_the_avatar_cannot_join(server):
-    room = StandInRoom()
+    room = StandInRoom("avatarstream-avatar", agent=AGENT)
     room.local_participant.identity = AGENT
     avatar = AvatarSession(url=server.url, livekit_url=CLOSED_PORT, livekit_api_key=KEY,
                            livekit_api_secret=SECRET, size=SIZE)
@@ -180,7 +124,7 @@ async def test_the_livekit_viewer_counts_publishes_answers_clear_buffer_and_leav
     assert client.session is not None
     session = server.session(client.session.id)
     assert session is not None
-    room = StandInRoom()
+    room = StandInRoom("avatarstream-avatar", agent=AGENT)
     request = JoinRequest(CLOSED_PORT, join_body()["token"], AGENT, 24000)
     try:
         viewer = await livekit_viewer.join(session, request, timeout_s=10, room_factory=lambda: room)
@@ -216,7 +160,7 @@ async def test_the_livekit_viewer_counts_publishes_answers_clear_buffer_and_leav
         assert viewer.left_because == "agent_left" and not room.isconnected()
         assert await metric(server, "avatar_viewers", 'transport="livekit"') == 0
 
-        room2 = StandInRoom()
+        room2 = StandInRoom("avatarstream-avatar", agent=AGENT)
         viewer2 = await livekit_viewer.join(session, request, timeout_s=10, room_factory=lambda: room2)
         await client.delete_session()  # the session ends: the avatar leaves the room
         assert viewer2.left_because == "session_ended" and not room2.isconnected()
