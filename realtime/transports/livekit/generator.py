@@ -2,7 +2,7 @@
 
 ``SessionVideoGenerator`` is what ``livekit.agents.voice.avatar.AvatarRunner`` drives, in the agent's
 process (``avatarstream.integrations.livekit``, a session of an in-process server) and on the server
-(``realtime/transports/livekit/participant.py``, the session the agent asked for). It talks to the
+(``realtime/transports/livekit/viewer.py``, the session the agent asked for). It talks to the
 session only through the transport contract (``realtime/transports/base.py``): ``SessionInput`` for
 speech in, a ``SessionReader`` (a ``Viewer``, so it counts in admission and ``/metrics``) for output.
 
@@ -40,9 +40,9 @@ at ``[c F, (c + 1) F)`` with ``F = sample_rate / 25``.
 
 from __future__ import annotations
 
-from collections import deque
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
