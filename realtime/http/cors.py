@@ -73,9 +73,9 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return _refused()
         return await handler(request)
     preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    methods = resource_methods(request) if preflight else []
     try:
         if preflight and "OPTIONS" not in {r.method for r in _routes(request)}:
-            methods = resource_methods(request)
             response: web.StreamResponse = (
                 web.Response(status=204, headers={"Allow": ", ".join(methods)}) if methods else await handler(request))
         else:
@@ -85,7 +85,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             _add_cors(exc, origin)
         raise
     if preflight and response.status < 300:
-        response.headers["Access-Control-Allow-Methods"] = ", ".join(resource_methods(request))
+        response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
         response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
         response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE_S)
     if origin != _own_origin(request) and not response.prepared:
