@@ -10,6 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 from manual_clock import ManualClock, VirtualWorker
+from mic_frames import speech_or_silence
 from watcher import Watcher
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
@@ -163,7 +164,6 @@ class BurstyMic:
         self.clock, self.t0, self.k = clock, clock.t, 0
 
     async def recv(self):
-        import av
         from aiortc.mediastreams import MediaStreamError
 
         if self.k >= 250:  # 5 s
@@ -171,12 +171,7 @@ class BurstyMic:
         due = self.t0 + (self.k - 25) * 0.02
         if due > self.clock.t:
             await self.clock.sleep(due - self.clock.t)
-        speech = (self.k // 25) % 2 == 0
-        t = (self.k * 960 + np.arange(960)) / 48000
-        pcm = (0.3 * speech * np.sin(2 * np.pi * 300 * t) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
-        frame.sample_rate = 48000
-        frame.pts = self.k * 960
+        frame = speech_or_silence(self.k)
         self.k += 1
         return frame
 

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from mic_frames import speech_or_silence
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
 from avatarstream.realtime.clock import AUDIO_SAMPLES_PER_FRAME, VIDEO_PTS_PER_FRAME
@@ -257,7 +258,6 @@ async def test_slow_engine_never_stalls_the_loop_or_the_audio(bar_engine):
 async def test_live_input_backlog_is_trimmed_in_silence_not_in_speech(session):
     """A stall then a burst leaves a standing backlog on the microphone path: it is worked off by
     dropping quiet input frames while speech frames are all kept."""
-    import av
     from aiortc.mediastreams import MediaStreamError
 
     class BurstyMic:
@@ -272,12 +272,7 @@ async def test_live_input_backlog_is_trimmed_in_silence_not_in_speech(session):
                 raise MediaStreamError
             # the first 0.5 s arrive at once (a stall, then a burst), then real time
             await asyncio.sleep(max(0.0, self.t0 + (self.k - 25) * 0.02 - time.monotonic()))
-            speech = (self.k // 25) % 2 == 0  # 0.5 s speech / 0.5 s silence
-            t = (self.k * 960 + np.arange(960)) / 48000
-            pcm = (0.3 * speech * np.sin(2 * np.pi * 300 * t) * 32767).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
-            frame.sample_rate = 48000
-            frame.pts = self.k * 960
+            frame = speech_or_silence(self.k)  # 0.5 s speech / 0.5 s silence
             self.k += 1
             return frame
 
