@@ -142,17 +142,17 @@ async def _answer(request: web.Request, session: AvatarSession, offer_sdp: objec
         viewer, answer = await connect_viewer(
             session, offer, ice_servers=request.app[CONFIG].ice_servers, accept_microphone=microphone,
             encoding=request.app[CONFIG].video_encoding(),
-            on_gone=lambda v: resources.end(viewer_location(session, v.id)))
+            on_gone=lambda v: resources.end(viewer_location(session.id, v.id)))
     except ViewerLimitError as exc:
         raise Conflict(str(exc)) from None
-    resources.issue(viewer_location(session, viewer.id), session.token)
+    resources.issue(viewer_location(session.id, viewer.id), session.token)
     if viewer.state == ViewerState.CLOSED:  # its connection failed already
-        resources.end(viewer_location(session, viewer.id))
+        resources.end(viewer_location(session.id, viewer.id))
     return viewer.id, answer
 
 
-def viewer_location(session: AvatarSession, viewer_id: str) -> str:
-    return f"/v1/sessions/{session.id}/whep/{viewer_id}"
+def viewer_location(session_id: str, viewer_id: str) -> str:
+    return f"/v1/sessions/{session_id}/whep/{viewer_id}"
 
 
 async def whep(request: web.Request) -> web.Response:
@@ -160,7 +160,7 @@ async def whep(request: web.Request) -> web.Response:
     if request.content_type != "application/sdp":
         raise UnsupportedMediaType("WHEP needs Content-Type application/sdp")
     viewer_id, answer = await _answer(request, session, await read_text(request, MAX_SDP_BYTES))
-    headers = whep_protocol.resource_headers(request.app[CONFIG], viewer_location(session, viewer_id), f'"{viewer_id}"')
+    headers = whep_protocol.resource_headers(request.app[CONFIG], viewer_location(session.id, viewer_id), f'"{viewer_id}"')
     return web.Response(status=201, text=answer.sdp, content_type="application/sdp", headers=headers)
 
 
@@ -185,13 +185,13 @@ async def offer(request: web.Request) -> web.Response:
         "sdp": answer.sdp,
         "type": answer.type,
         "viewer_id": viewer_id,
-        "location": viewer_location(session, viewer_id),
+        "location": viewer_location(session.id, viewer_id),
     })
 
 
 async def end_viewer(request: web.Request) -> web.Response:
     """204; also for a viewer that ended (or is ending) within ``ENDED_WINDOW_S``: its connection or session first."""
-    ended = request.app[RESOURCES].get(f"/v1/sessions/{request.match_info['id']}/whep/{request.match_info['viewer']}")
+    ended = request.app[RESOURCES].get(viewer_location(request.match_info['id'], request.match_info['viewer']))
     try:
         session = _session(request)
     except NotFound:
