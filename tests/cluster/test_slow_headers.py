@@ -16,7 +16,8 @@ from aiohttp import web
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# on the async tests only: a sync test under a module-wide asyncio mark makes pytest warn
+module_loop = pytest.mark.asyncio(loop_scope="module")
 
 TIMEOUT_S = 1.0
 SOCKETS = 50
@@ -66,6 +67,7 @@ def test_the_default_header_timeout_is_a_few_seconds():
     assert 1.0 <= ServerConfig().header_timeout <= 10.0
 
 
+@module_loop
 async def test_the_server_drops_slow_header_connections(engine_loader):
     app = create_app(ServerConfig(size=256, admission=False, header_timeout=TIMEOUT_S, engine_loader=engine_loader))
     runner, port = await serve(app)
@@ -77,6 +79,7 @@ async def test_the_server_drops_slow_header_connections(engine_loader):
     assert TIMEOUT_S - 0.1 <= held[0] and held[-1] <= TIMEOUT_S + SLACK_S
 
 
+@module_loop
 async def test_the_front_drops_slow_header_connections():
     pytest.importorskip("ray", reason="ray is not installed (pip install 'avatarstream[cluster]')")
     from avatarstream.realtime.cluster.front import FrontConfig, create_front_app
