@@ -28,7 +28,7 @@ import numpy as np
 
 from avatarstream.bench.machine import load_average
 from avatarstream.bench.plotting import pyplot, save_figure
-from avatarstream.bench.serve_process import free_port
+from avatarstream.bench.serve_process import free_port, stop_process
 from avatarstream.engines.base import EngineError
 from avatarstream.bench.viewer_recorder import RecordingViewer
 
@@ -85,12 +85,7 @@ def _target(name: str) -> Iterator[Callable[[], str]]:
     try:
         yield ready
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
         log.close()
 
 

@@ -45,6 +45,17 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, proc: subprocess.P
     raise EngineError(f"avatar serve did not become healthy in {timeout:.0f} s")
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Terminate ``proc`` (SIGTERM: a server shuts down cleanly); kill it if it has not exited ``grace_s``
+    seconds later, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ServeProcess:
     """``avatar serve --port <free port> <args>`` in a child process. Its stderr goes to a temporary file, not
     a pipe: nothing reads a pipe while the server runs, and a server that logged more than the pipe holds
@@ -78,10 +89,5 @@ class ServeProcess:
 
     def stop(self) -> None:
         """Terminate the server; kill it if it has not exited 10 s later."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10)
         self._log.close()

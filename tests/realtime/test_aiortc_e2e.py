@@ -84,16 +84,15 @@ class SenderClock:
 def serve_subprocess(*args: str):
     """``avatar serve`` in its own process (as deployed: the client below does not share its
     interpreter); yields the base URL once ``/health`` answers."""
-    import socket
     import subprocess
     import sys
     import tempfile
     import urllib.request
     from pathlib import Path
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from avatarstream.bench.serve_process import free_port, stop_process
+
+    port = free_port()
     repo = Path(__file__).resolve().parents[2]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "avatarstream.cli", "serve", "--port", str(port), *args],
@@ -113,12 +112,7 @@ def serve_subprocess(*args: str):
                 time.sleep(0.3)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -31,6 +31,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import ClientSession, ClientTimeout, web
 
+from avatarstream.bench.serve_process import stop_process
 from avatarstream.realtime.http.app import WEB_DIR
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -107,11 +108,7 @@ async def stack():
                     finally:
                         await browser.close()
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_process(proc)
                 await runner.cleanup()
                 stun.transport.close()
                 log.close()
