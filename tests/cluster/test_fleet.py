@@ -17,7 +17,10 @@ reports. The bounds asserted are generous multiples of the tuned detection; the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
@@ -74,6 +77,28 @@ async def created(c: FleetClient) -> dict:
     status, body = await c.create()
     assert status == 201, body
     return body
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A session placed on w1 before its machine was cut from the bridge, w1's incarnation then, and when."""
+
+    session: dict
+    incarnation: object
+    t: float
+
+
+@contextlib.asynccontextmanager
+async def w1_cut(c: FleetClient) -> AsyncIterator[Cut]:
+    """Place a session on w1, then cut w1's machine from the bridge; restored on leaving, whatever happened."""
+    s = await created(c)
+    assert s["worker"] == "w1"
+    cut = Cut(s, (await c.workers())["w1"]["incarnation"], time.monotonic())
+    c.fleet.cut("w1")
+    try:
+        yield cut
+    finally:
+        c.fleet.restore("w1")
 
 
 async def read_event(c: FleetClient, session: dict) -> aiohttp.ClientResponse:
@@ -138,23 +163,17 @@ async def test_a_dead_machine_loses_its_sessions_and_gets_none_after(fleet):
 
 async def test_a_short_cut_pauses_placement_and_the_sessions_survive(fleet):
     c = fleet
-    s = await created(c)
-    assert s["worker"] == "w1"
-    before = (await c.workers())["w1"]["incarnation"]
-    t_cut = time.monotonic()
-    c.fleet.cut("w1")
 
     async def paused() -> bool:
         return not (await c.workers())["w1"]["placeable"]
 
-    try:
+    async with w1_cut(c) as cut:
         pause = await wait_for(paused, DETECTION_S / 2, "placement on w1 to pause (within Ray's detection)")
-    finally:
-        c.fleet.restore("w1")
-    cut_s = time.monotonic() - t_cut
+    s = cut.session
+    cut_s = time.monotonic() - cut.t
     resumed = await wait_for(lambda: both_placeable(c), 30, "placement on w1 to resume")
     workers = await c.workers()
-    assert workers["w1"]["incarnation"] == before  # Ray did not declare it dead: the same worker process
+    assert workers["w1"]["incarnation"] == cut.incarnation  # Ray did not declare it dead: the same worker process
     assert await c.get(s) == 200  # its session survived
     print(f"cut {cut_s:.1f} s (< detection {DETECTION_S:.0f} s): placement paused {pause:.1f} s after the cut, "
           f"resumed {resumed:.1f} s after the restore; w1's session survived")
@@ -163,13 +182,9 @@ async def test_a_short_cut_pauses_placement_and_the_sessions_survive(fleet):
 
 async def test_a_long_cut_is_what_ray_decides_and_the_machine_rejoins(fleet):
     c = fleet
-    s = await created(c)
-    assert s["worker"] == "w1"
-    before = (await c.workers())["w1"]["incarnation"]
-    t_cut = time.monotonic()
-    c.fleet.cut("w1")
     placed_during: list[str] = []
-    try:
+    async with w1_cut(c) as cut:
+        s = cut.session
         told = await wait_for(lambda: _is(c, s, 410), LOST_BOUND_S, "410 for the cut machine's session")
         resp = await c.http.get(f"{c.fleet.front_url}/v1/sessions/{s['id']}", headers=c.fleet.auth)
         body = await resp.json()
@@ -183,18 +198,16 @@ async def test_a_long_cut_is_what_ray_decides_and_the_machine_rejoins(fleet):
             assert await c.delete(body) == 204
         # no wait past Ray's decision (the bench's cut lasts DETECTION_S + 4 s): w1 is gone from the front, so
         # Ray declared its node dead; the heal now shows the rejoin as a new incarnation
-    finally:
-        c.fleet.restore("w1")
     t_restore = time.monotonic()
     assert placed_during in ([], ["w2"])
     viewer = STATE.viewer
-    rate, gap = fps(viewer, t_cut, t_restore), max_gap(viewer, t_cut, t_restore)
+    rate, gap = fps(viewer, cut.t, t_restore), max_gap(viewer, cut.t, t_restore)
     back = await wait_for(lambda: both_placeable(c), REJOIN_BOUND_S, "w1 to rejoin after the heal")
     after = (await c.workers())["w1"]["incarnation"]
-    assert after != before  # a new incarnation: the old one died with the node Ray declared dead
+    assert after != cut.incarnation  # a new incarnation: the old one died with the node Ray declared dead
     again = await created(c)
     assert again["worker"] == "w1"
-    print(f"cut {t_restore - t_cut:.1f} s: 410 after {told:.1f} s ({reason!r}), w1 gone from the front after "
+    print(f"cut {t_restore - cut.t:.1f} s: 410 after {told:.1f} s ({reason!r}), w1 gone from the front after "
           f"{gone:.1f} s more; rejoined as a new incarnation {back:.1f} s after the heal; "
           f"B on w2 {rate:.1f} fps during the cut (longest gap {gap:.2f} s)")
     assert gap < MAX_GAP_S
