@@ -80,3 +80,19 @@ def human_portrait() -> Path:
 @pytest.fixture(scope="session")
 def cat_portrait() -> Path:
     return PORTRAITS / "cat.jpg"
+
+
+@pytest.fixture(scope="session")
+def engine_loader():
+    """``load_engine`` that keeps one instance per engine name for the whole test run (the server and
+    cluster tests): the real engines, but a portrait is analysed once instead of once per test server."""
+    from avatarstream.engines.registry import load_engine
+
+    cache: dict[str, object] = {}
+
+    def load(name: str, **options):
+        if name not in cache:
+            cache[name] = load_engine(name, **options)
+        return cache[name]
+
+    return load

@@ -1,5 +1,5 @@
-"""Fixtures for the real-time server tests: a shared real-engine loader, and a small
-test-double engine for exact timing tests that do not need the real face pipeline."""
+"""Fixtures for the real-time server tests: a small test-double engine for exact timing tests that do not
+need the real face pipeline (the shared real-engine loader, ``engine_loader``, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -78,19 +78,3 @@ class BarEngine:
 @pytest.fixture
 def bar_engine() -> BarEngine:
     return BarEngine()
-
-
-@pytest.fixture(scope="session")
-def engine_loader():
-    """``load_engine`` that keeps one instance per engine name for the whole test run: the real
-    engines, but a portrait is analysed once instead of once per test server."""
-    from avatarstream.engines.registry import load_engine
-
-    cache: dict[str, object] = {}
-
-    def load(name: str, **options):
-        if name not in cache:
-            cache[name] = load_engine(name, **options)
-        return cache[name]
-
-    return load
