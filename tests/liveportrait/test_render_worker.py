@@ -105,8 +105,9 @@ def test_round_robin_no_session_starves(renderer, sessions):
         worker.close()
 
 
-def test_back_pressure_cancel_and_close(renderer, sessions):
-    worker = RenderWorker(renderer, max_batch=1, max_wait_ms=0, max_pending=4)
+def held_worker(renderer: Renderer, max_pending: int) -> tuple[RenderWorker, threading.Event]:
+    """A one-frame-per-batch worker whose renderer holds every batch until the event is set."""
+    worker = RenderWorker(renderer, max_batch=1, max_wait_ms=0, max_pending=max_pending)
     release = threading.Event()
     original = renderer.render
 
@@ -116,6 +117,11 @@ def test_back_pressure_cancel_and_close(renderer, sessions):
             return original(items)
 
     worker.renderer = Slow()
+    return worker, release
+
+
+def test_back_pressure_cancel_and_close(renderer, sessions):
+    worker, release = held_worker(renderer, max_pending=4)
     avatar, kp = sessions[0]
     try:
         first = worker.submit("s", avatar, kp[:1])
@@ -139,16 +145,7 @@ def test_back_pressure_cancel_and_close(renderer, sessions):
 
 
 def test_close_fails_queued_work(renderer, sessions):
-    worker = RenderWorker(renderer, max_batch=1, max_wait_ms=0, max_pending=8)
-    release = threading.Event()
-    original = renderer.render
-
-    class Slow:
-        def render(self, items):
-            release.wait(60)
-            return original(items)
-
-    worker.renderer = Slow()
+    worker, release = held_worker(renderer, max_pending=8)
     avatar, kp = sessions[0]
     worker.submit("s", avatar, kp[:1])
     time.sleep(0.2)
