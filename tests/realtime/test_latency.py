@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
+from watcher import Sink
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
 from avatarstream.realtime.session.input_arrival import InputArrival
 from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LOW, LatencySettings, latency_preset
 from avatarstream.realtime.session.render_margin import RenderMargin
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
-from avatarstream.realtime.transports.base import ViewerStats
 from avatarstream.realtime.transports.webrtc.aiortc_compat import jitter_buffer, set_frame_data
 from avatarstream.realtime.transports.webrtc.receive_buffer import InOrderAudioBuffer, set_receive_buffer
 
@@ -53,39 +53,6 @@ def slowed(bar_engine, render_s):
         return stream
 
     bar_engine.open_stream = open_slow
-
-
-class Sink:
-    """A viewer that sends, at each clock tick m, the frame and audio of slot m - D (as the tracks do)."""
-
-    id = "sink"
-    transport = "test"
-    state = "connected"
-    state_since = 0.0
-
-    def __init__(self, session):
-        self.session = session
-        self.sent = []  # (content index, frame index or None, audio rms)
-
-    def stats(self):
-        return ViewerStats()
-
-    async def close(self):
-        pass
-
-    async def run(self, seconds):
-        s = self.session
-        clock = s.clock
-        end = clock.current_frame() + int(seconds * 25)
-        tick = clock.current_frame() + 1
-        while tick < end:
-            await clock.sleep_until(clock.frame_time(tick))
-            c = tick - s.delay_frames
-            slot = s.output_at(c)
-            if slot is not None:
-                rms = float(np.sqrt(np.mean(slot.audio.astype(np.float64) ** 2)))
-                self.sent.append((c, slot.frame.mouth_open if slot.frame else None, rms))
-            tick += 1
 
 
 async def test_measured_margin_follows_render_time_and_keeps_each_slot_together(bar_engine):

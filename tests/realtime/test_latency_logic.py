@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from manual_clock import ManualClock, VirtualWorker
 from mic_frames import speech_or_silence
-from watcher import Watcher
+from watcher import Sink
 
 from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
 from avatarstream.realtime.session.input_arrival import InputArrival
@@ -22,30 +22,6 @@ from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
 pytestmark = pytest.mark.timeout(30)
 T0 = 100.0
 US = 1e-3  # the manual clock wakes 1 us after a deadline: a render measured 12 ms is 12.001 ms
-
-
-class Sink(Watcher):
-    """A viewer that sends, at each clock tick m, the frame and audio of slot m - D (as the tracks do)."""
-
-    id = "sink"
-
-    def __init__(self, session: AvatarSession) -> None:
-        self.session = session
-        self.sent: list[tuple[int, float | None, float]] = []  # (slot, its frame's mouth_open or None, audio rms)
-
-    async def run(self) -> None:
-        s = self.session
-        clock = s.clock
-        assert clock is not None
-        tick = clock.current_frame() + 1
-        while True:
-            await clock.sleep_until(clock.frame_time(tick))
-            c = tick - s.delay_frames
-            slot = s.output_at(c)
-            if slot is not None:
-                rms = float(np.sqrt(np.mean(slot.audio.astype(np.float64) ** 2)))
-                self.sent.append((c, slot.frame.mouth_open if slot.frame else None, rms))
-            tick += 1
 
 
 async def _watched(bar_engine, latency: LatencySettings, feed_s: float):
