@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
+from session_inputs import bursts, portrait
 from watcher import Sink
 
-from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
+from avatarstream.engines.base import SAMPLES_PER_FRAME
 from avatarstream.realtime.session.input_arrival import InputArrival
 from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LOW, LatencySettings, latency_preset
 from avatarstream.realtime.session.render_margin import RenderMargin
@@ -26,15 +27,6 @@ from avatarstream.realtime.transports.webrtc.aiortc_compat import jitter_buffer,
 from avatarstream.realtime.transports.webrtc.receive_buffer import InOrderAudioBuffer, set_receive_buffer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def portrait() -> Portrait:
-    return Portrait(np.full((128, 128, 3), 128, np.uint8))
-
-
-def bursts(seconds: float, rate: int = 16000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.5 * np.sin(2 * np.pi * 220 * t) * ((t // 0.2) % 2 == 0)).astype(np.float32)
 
 
 def slowed(bar_engine, render_s):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from manual_clock import ManualClock, VirtualWorker
 from mic_frames import speech_or_silence
+from session_inputs import portrait
 from watcher import Sink
 
-from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
+from avatarstream.engines.base import SAMPLES_PER_FRAME
 from avatarstream.realtime.session.input_arrival import InputArrival
 from avatarstream.realtime.session.latency import ADAPTIVE, CLASSIC, LatencySettings
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
@@ -27,7 +28,7 @@ US = 1e-3  # the manual clock wakes 1 us after a deadline: a render measured 12 
 async def _watched(bar_engine, latency: LatencySettings, feed_s: float):
     clock = ManualClock(T0)
     worker = VirtualWorker(clock, feed_s)
-    s = AvatarSession(bar_engine, Portrait(np.full((128, 128, 3), 128, np.uint8)), engine_name="bar",
+    s = AvatarSession(bar_engine, portrait(), engine_name="bar",
                       options=SessionOptions(size=64, latency=latency), clock=clock, sleep=clock.sleep,
                       engine_executor=worker)
     await s.start()
@@ -99,9 +100,9 @@ async def test_the_margin_rises_under_load_and_D_grows_only_in_quiet(bar_engine)
 
 async def test_the_live_backlog_target_is_the_measured_jitter_plus_a_packet(bar_engine):
     clock = ManualClock(T0)
-    adaptive = AvatarSession(bar_engine, Portrait(np.full((128, 128, 3), 128, np.uint8)),
+    adaptive = AvatarSession(bar_engine, portrait(),
                              options=SessionOptions(size=64, latency=ADAPTIVE), clock=clock, sleep=clock.sleep)
-    classic = AvatarSession(bar_engine, Portrait(np.full((128, 128, 3), 128, np.uint8)),
+    classic = AvatarSession(bar_engine, portrait(),
                             options=SessionOptions(size=64, latency=CLASSIC), clock=clock, sleep=clock.sleep)
     assert classic.live_backlog_target_s == pytest.approx(0.1)  # the fixed 100 ms of before
     assert adaptive.live_backlog_target_s == pytest.approx((ADAPTIVE.jitter_start_ms + 20) / 1000)  # nothing measured
@@ -160,7 +161,7 @@ async def test_a_live_backlog_is_worked_off_in_its_quiet_frames_only(bar_engine,
     """The 0.5 s backlog a stall leaves is trimmed once it has stood above the session's target for
     a second (50 frames), and only from quiet frames: every speech frame is played."""
     clock = ManualClock(T0)
-    s = AvatarSession(bar_engine, Portrait(np.full((128, 128, 3), 128, np.uint8)),
+    s = AvatarSession(bar_engine, portrait(),
                       options=SessionOptions(size=64, latency=latency), clock=clock, sleep=clock.sleep,
                       engine_executor=VirtualWorker(clock))
     await s.start()

@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from manual_clock import ManualClock, VirtualWorker
+from session_inputs import bursts, portrait
 from watcher import Watcher
 
-from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
+from avatarstream.engines.base import SAMPLES_PER_FRAME
 from avatarstream.realtime.session.latency import CLASSIC
 from avatarstream.realtime.session.pacing import MAX_MARGIN_MS, Wake, frames_needed, next_wake, plan_delay, wake
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
@@ -64,13 +65,8 @@ def test_the_delay_plan_is_lookahead_plus_margin_and_grows_one_frame_at_a_time_w
     assert plan_delay(5.0, 1, 6, may_grow=True).delay_frames == 6
 
 
-def bursts(seconds: float, rate: int = 16000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.5 * np.sin(2 * np.pi * 220 * t) * ((t // 0.2) % 2 == 0)).astype(np.float32)
-
-
 async def _session(bar_engine, clock: ManualClock, worker: VirtualWorker) -> AvatarSession:
-    s = AvatarSession(bar_engine, Portrait(np.full((128, 128, 3), 128, np.uint8)), engine_name="bar",
+    s = AvatarSession(bar_engine, portrait(), engine_name="bar",
                       options=SessionOptions(size=64, latency=CLASSIC), clock=clock, sleep=clock.sleep,
                       engine_executor=worker)
     await s.start()

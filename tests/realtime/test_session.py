@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 from mic_frames import speech_or_silence
+from session_inputs import bursts, portrait
 
-from avatarstream.engines.base import SAMPLES_PER_FRAME, Portrait
+from avatarstream.engines.base import SAMPLES_PER_FRAME
 from avatarstream.realtime.clock import AUDIO_SAMPLES_PER_FRAME, VIDEO_PTS_PER_FRAME
 from avatarstream.realtime.session.events import EventBus
 from avatarstream.realtime.session.latency import CLASSIC
@@ -26,16 +27,6 @@ from avatarstream.realtime.transports.webrtc.microphone import MicrophoneInput
 from avatarstream.realtime.transports.webrtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def portrait() -> Portrait:
-    return Portrait(np.full((128, 128, 3), 128, np.uint8))
-
-
-def bursts(seconds: float, rate: int = 16000) -> np.ndarray:
-    """A 220 Hz tone gated on/off every 200 ms: a clear envelope."""
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.5 * np.sin(2 * np.pi * 220 * t) * ((t // 0.2) % 2 == 0)).astype(np.float32)
 
 
 async def next_event(q: asyncio.Queue, type_: str, timeout: float = 5.0):
