@@ -16,6 +16,7 @@ pytest.importorskip("torch", reason="torch not installed (pip install -e .[neura
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[neural,cpu])")
 
 import onnx
+import small_warp
 import torch
 from onnx import TensorProto
 
@@ -40,20 +41,12 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def small_warp_stage():
-    from avatarstream.engines.liveportrait.config import LivePortraitConfig, build_network
-    from avatarstream.engines.liveportrait.stages import WarpSpadeStage
-
-    torch.manual_seed(0)
-    cfg = LivePortraitConfig.small()
-    return WarpSpadeStage(build_network("warping_module", cfg), build_network("spade_generator", cfg)).eval()
+    return small_warp.small_warp_stage()
 
 
 def _warp_inputs(batch: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    kp_source = torch.rand(batch, 21, 3, generator=g) * 1.6 - 0.8
     # 32x32 (the real graph's 64x64 halved): which ops run in FP16 / FP32 does not depend on the spatial size
-    return (torch.randn(batch, 16, 4, 32, 32, generator=g), kp_source + 0.05 * torch.randn(batch, 21, 3, generator=g),
-            kp_source)
+    return small_warp.warp_inputs(batch, seed, size=32)
 
 
 @pytest.mark.parametrize("mode", ["native", "decomposed"])
