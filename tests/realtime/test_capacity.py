@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +19,7 @@ from avatarstream.realtime.client import AvatarClient
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http.app import create_app
 from avatarstream.realtime.http.keys import REGISTRY
+from avatarstream.realtime.session.session import AvatarSession
 from avatarstream.realtime.transports.webrtc.shared_audio import (SESSION_AUDIO_ENCODERS, SharedAudioEncoder,
                                                                    audio_level_dbov)
 from avatarstream.realtime.transports.webrtc.shared_video import SESSION_ENCODERS
@@ -33,6 +36,23 @@ async def _serve(**config):
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", app[REGISTRY], runner
+
+
+@contextlib.asynccontextmanager
+async def _one_session(**config) -> AsyncIterator[tuple[aiohttp.ClientSession, AvatarClient, AvatarSession]]:
+    """A server (``_serve(**config)``) with one session an ``AvatarClient`` created; the HTTP client and the
+    server are closed on leaving."""
+    url, registry, runner = await _serve(**config)
+    http = aiohttp.ClientSession()
+    try:
+        client = AvatarClient(url, http=http)
+        await client.create_session(size=SIZE)
+        session = registry.get(client.session.id)
+        assert session is not None
+        yield http, client, session
+    finally:
+        await http.close()
+        await runner.cleanup()
 
 
 async def _join(http, client) -> RecordingViewer:
@@ -67,12 +87,7 @@ def test_shared_encoder_serves_two_viewers_with_one_encode():
     the second viewer joins late and starts at a keyframe."""
 
     async def main():
-        url, registry, runner = await _serve()
-        http = aiohttp.ClientSession()
-        try:
-            client = AvatarClient(url, http=http)
-            await client.create_session(size=SIZE)
-            session = registry.get(client.session.id)
+        async with _one_session() as (http, client, session):
             first = await _join(http, client)
             await asyncio.sleep(1.0)
             second = await _join(http, client)
@@ -92,9 +107,6 @@ def test_shared_encoder_serves_two_viewers_with_one_encode():
             await asyncio.sleep(0.3)
             assert SESSION_ENCODERS.encoders_of(session) == []  # released with its last viewer
             await client.close()
-        finally:
-            await http.close()
-            await runner.cleanup()
 
     asyncio.run(main())
 
@@ -102,12 +114,7 @@ def test_shared_encoder_serves_two_viewers_with_one_encode():
 @pytest.mark.parametrize("mode", ["per-viewer", "aiortc", "shared-video"])
 def test_other_encoder_modes_stream(mode):
     async def main():
-        url, registry, runner = await _serve(video_encoder=mode)
-        http = aiohttp.ClientSession()
-        try:
-            client = AvatarClient(url, http=http)
-            await client.create_session(size=SIZE)
-            session = registry.get(client.session.id)
+        async with _one_session(video_encoder=mode) as (http, client, session):
             viewer = await _join(http, client)
             await asyncio.sleep(0.5)
             assert viewer.recording.video[-1].image.std() > 5
@@ -119,9 +126,6 @@ def test_other_encoder_modes_stream(mode):
             assert len(SESSION_ENCODERS.encoders_of(session)) == (mode == "shared-video")
             await viewer.close()
             await client.close()
-        finally:
-            await http.close()
-            await runner.cleanup()
 
     asyncio.run(main())
 
@@ -245,12 +249,7 @@ def test_shared_audio_two_viewers_decode_identical_audio(speech_wav):
     encode per audio tick; the speech both decode (PyAV's libopus in aiortc's receiver) is the same
     to the bit, sample for sample."""
     async def main():
-        url, registry, runner = await _serve()
-        http = aiohttp.ClientSession()
-        try:
-            client = AvatarClient(url, http=http)
-            await client.create_session(size=SIZE)
-            session = registry.get(client.session.id)
+        async with _one_session() as (http, client, session):
             first = await _join(http, client)
             await asyncio.sleep(1.0)
             second = await _join(http, client)
@@ -279,8 +278,5 @@ def test_shared_audio_two_viewers_decode_identical_audio(speech_wav):
             await asyncio.sleep(0.3)
             assert SESSION_AUDIO_ENCODERS.encoder_of(session) is None  # released with its last viewer
             await client.close()
-        finally:
-            await http.close()
-            await runner.cleanup()
 
     asyncio.run(main())
