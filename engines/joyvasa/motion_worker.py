@@ -8,7 +8,9 @@ wait on a Future; the worker is the only thread that runs the network. It keeps 
 row, so windows at different steps share a call (continuous batching). A window that arrives while others are in
 flight joins at the next step; with nothing in flight the worker waits at most ``max_wait_ms`` after the first
 window for the windows of the other *active* sessions (those that submitted a window or got one back in the last
-``ACTIVE_SESSION_S``) to join, and not at all when the first window's session is the only active one. Guidance and the posterior update are applied per row with each window's own
+``ACTIVE_SESSION_S`` on the worker's ``clock``) to join, and not at all when the first window's session is the
+only active one; a finished window's session is released before it gets the result, so its next window finds it
+released. Guidance and the posterior update are applied per row with each window's own
 step coefficients, and each window's noise was pre-drawn by its session in ``sample``'s order, so a window's
 result does not depend on who shares its calls: it equals ``sample_window`` up to float rounding (the network's
 matrix products round differently at other batch sizes; tests/joyvasa/test_motion_worker.py measures it).
@@ -31,9 +33,10 @@ batched: continuously, one DiT call per step over the windows in flight.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
 import torch
 
@@ -92,6 +95,7 @@ class _Active:
     cfg_scale: torch.Tensor  # (1, 1, 1) float32 on the device
     steps: torch.Tensor  # (T + 1,) long on the device: steps[t] = t (an index into it needs no copy)
     zero: torch.Tensor  # (1, M, 70) zeros on the device: the last step's noise
+    x0: torch.Tensor | None = None  # the result on the CPU, once the chain is done (answered after the release)
 
 
 @dataclass
@@ -116,7 +120,8 @@ class MotionWorker(BatchingWorker[MotionWindow]):
     queue_full = MotionQueueFull
 
     def __init__(self, model: DitTalkingHead, *, max_batch: int = MOTION_MAX_BATCH,
-                 max_wait_ms: float = MOTION_MAX_WAIT_MS, max_pending: int = 64, name: str = "motion-worker") -> None:
+                 max_wait_ms: float = MOTION_MAX_WAIT_MS, max_pending: int = 64, name: str = "motion-worker",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_batch < 1 or max_pending < 1:
             raise EngineError(f"need max_batch >= 1 and max_pending >= 1, got {max_batch}, {max_pending}")
         self.model = model
@@ -128,7 +133,8 @@ class MotionWorker(BatchingWorker[MotionWindow]):
         table = [(0.0, 0.0, 0.0)] + [posterior_coefficients(self._schedule, t) for t in range(1, self._steps + 1)]
         self._coef = upload(torch.tensor(table, dtype=torch.float32), model.device)
         self._stream = new_stream(model.device)  # the worker's own CUDA stream (None on a CPU)
-        super().__init__(max_batch=max_batch, max_wait_ms=max_wait_ms, max_pending=max_pending, name=name)
+        super().__init__(max_batch=max_batch, max_wait_ms=max_wait_ms, max_pending=max_pending, name=name,
+                         clock=clock)
 
     # -- sessions' side ------------------------------------------------------------------------
 
@@ -206,9 +212,11 @@ class MotionWorker(BatchingWorker[MotionWindow]):
             except Exception as exc:  # noqa: BLE001 - the error belongs to the windows of this call
                 for a in group:
                     fail_future(a.future, exc)
-        for a in [a for a in self._active if a.future.done()]:
+        for a in [a for a in self._active if a.future.done() or a.x0 is not None]:  # failed, cancelled or finished
             self._active.remove(a)
-            self._release(a.session)
+            self._release(a.session)  # before its session has the result: its next submit finds it released
+            if a.x0 is not None:
+                resolve_future(a.future, a.x0)
 
     @torch.no_grad()
     def _call(self, group: list[_Active]) -> None:
@@ -246,5 +254,5 @@ class MotionWorker(BatchingWorker[MotionWindow]):
             a.t -= 1
             if a.t == 0:
                 s.windows += 1
-                resolve_future(a.future, a.x.cpu())
+                a.x0 = a.x.cpu()  # answered by _step, once released
 

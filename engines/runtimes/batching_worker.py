@@ -10,6 +10,11 @@ written once; a worker says only how it batches.
   released), ties in round-robin order, so a session with a backlog never starves the others.
 * **Deadline**: with nothing in flight, the worker waits at most ``max_wait_ms`` after the first unit for
   ``_batch_target()`` units to gather (other sessions joining the batch), then takes what is there.
+* **Clock**: the deadline and when each session was last seen are read on ``clock`` (seconds, monotonic;
+  default ``time.monotonic``): a test passes its own and the batching decisions no longer depend on this
+  machine's speed. The waits themselves are real condition waits, re-checked against ``clock`` as they end
+  (on a clock that stands still the deadline never comes: only the awaited units end the wait). The submit
+  timeout (a full queue) is real time: it bounds how long a caller's thread blocks.
 * **Cancel**: a leaving session's queued requests are dropped and their futures cancelled; in-flight work is
   the worker's to drop (``_cancel_in_flight``). **Close**: stop taking work, fail what is queued with "the ...
   worker is closed", join the thread, fail what is in flight (``_fail_in_flight``).
@@ -26,7 +31,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Hashable, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Hashable, TypeVar
 
 from avatarstream.engines.base import EngineError
 
@@ -71,8 +76,10 @@ class BatchingWorker(Generic[P]):
     unit: ClassVar[str] = "units"  # what a request's units are, in messages ("frames", "windows")
     queue_full: ClassVar[type[EngineError]] = EngineError  # raised when the queue stays full for a submit's timeout
 
-    def __init__(self, *, max_batch: int, max_wait_ms: float, max_pending: int, name: str) -> None:
+    def __init__(self, *, max_batch: int, max_wait_ms: float, max_pending: int, name: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """Starts the worker thread: a subclass sets its own state first, then calls this."""
+        self.clock = clock
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.max_pending = max_pending
@@ -104,7 +111,7 @@ class BatchingWorker(Generic[P]):
                 raise EngineError(f"the {self.label} worker is closed")
             self._queues.setdefault(request.session, deque()).append(request)
             self._pending += request.units
-            self._last_seen[request.session] = time.monotonic()
+            self._last_seen[request.session] = self.clock()
             self._cond.notify_all()
         return request.future
 
@@ -167,7 +174,7 @@ class BatchingWorker(Generic[P]):
 
     def _release(self, *sessions: Hashable) -> None:
         """One unit of each of ``sessions`` finished (or failed): it no longer counts as in flight."""
-        now = time.monotonic()
+        now = self.clock()
         with self._cond:
             for session in sessions:
                 if session in self._last_seen:  # not after a cancel
@@ -180,7 +187,7 @@ class BatchingWorker(Generic[P]):
 
     def _recent_sessions(self, within_s: float) -> int:
         """How many sessions submitted or got work back in the last ``within_s`` seconds (under the lock)."""
-        now = time.monotonic()
+        now = self.clock()
         for session in [s for s, t in self._last_seen.items() if now - t > within_s]:
             del self._last_seen[session]
         return len(self._last_seen)
@@ -221,10 +228,10 @@ class BatchingWorker(Generic[P]):
                 if self._closed:
                     return
                 if not self._busy():  # nothing in flight: let other sessions join the batch for a short while
-                    until = time.monotonic() + self.max_wait_s
+                    until = self.clock() + self.max_wait_s
                     target = self._batch_target()
                     while not self._closed and self._pending < target:
-                        left = until - time.monotonic()
+                        left = until - self.clock()
                         if left <= 0:
                             break
                         self._cond.wait(left)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from avatarstream.engines.base import EngineError
 from avatarstream.engines.joyvasa.checkpoint import SMALL_CONFIG, small_motion_generator
-from avatarstream.engines.joyvasa.motion_worker import MotionQueueFull, MotionWindow, MotionWorker, step_noise
+from avatarstream.engines.joyvasa.motion_worker import (ACTIVE_SESSION_S, MotionQueueFull, MotionWindow, MotionWorker,
+                                                        step_noise)
 from avatarstream.engines.joyvasa.offline import initial_noise, sample_window
 from avatarstream.engines.joyvasa.streaming import StreamingConfig, StreamingMotionGenerator
 
@@ -115,26 +117,31 @@ def test_a_late_window_joins_calls_in_flight_at_its_own_step(model):
 
 
 def test_the_idle_worker_waits_for_active_sessions_only(model):
-    import time
-
+    """On a clock that stands still the idle deadline never comes, so a worker that waited for company would
+    hang: a window alone returns only because nobody else is active, and a window of two active sessions
+    runs only once the other's has come (each step shared)."""
     (wa, ref_a), (wb, ref_b) = make_window(model, seed=25), make_window(model, seed=26)
     steps = model.schedule().num_steps
-    worker = MotionWorker(model, max_batch=4, max_wait_ms=5000)
+    now = [1000.0]
+    worker = MotionWorker(model, max_batch=4, max_wait_ms=5000, clock=lambda: now[0])
     try:
-        t0 = time.monotonic()
-        worker.sample("a", wa)
-        assert time.monotonic() - t0 < 2.5  # the only active session: no wait for windows that will not come
+        worker.sample("a", wa, timeout=60)  # the only active session: no wait (the timeout only ends a hang)
+        assert worker.stats.windows_per_call == {1: steps}
         first = worker.submit("a", wa), worker.submit("b", wb)  # b is active now too
-        assert all(f.result(30) is not None for f in first)
+        assert all(f.result(60) is not None for f in first)
         calls, shared = worker.stats.calls, worker.stats.windows_per_call.get(2, 0)
-        fa = worker.submit("a", wa)
-        time.sleep(0.05)
+        fa = worker.submit("a", wa)  # waits for b's window, however long b takes ...
+        time.sleep(0.05)  # ... (a worker that did not wait would start a's window alone meanwhile)
         fb = worker.submit("b", wb)
-        out_a, out_b = fa.result(30), fb.result(30)
+        out_a, out_b = fa.result(60), fb.result(60)
+        assert worker.stats.windows_per_call.get(2) == shared + steps  # a's window waited for b's: every step shared
+        assert worker.stats.calls == calls + steps
+        now[0] += ACTIVE_SESSION_S + 0.001  # b silent past the activity window: a is alone again, no wait
+        alone = worker.stats.windows_per_call[1]
+        worker.sample("a", wa, timeout=60)
+        assert worker.stats.windows_per_call[1] == alone + steps
     finally:
         worker.close()
-    assert worker.stats.windows_per_call.get(2) == shared + steps  # a's window waited for b's: every step shared
-    assert worker.stats.calls == calls + steps
     assert float((out_a - ref_a).abs().max()) <= TOLERANCE and float((out_b - ref_b).abs().max()) <= TOLERANCE
 
 
