@@ -7,24 +7,23 @@ without query strings, so ``?token=`` never reaches a log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from avatarstream.engines.base import AvatarFrame
 from avatarstream.engines.portraits import load_portrait
-from avatarstream.realtime.clock import VIDEO_PTS_PER_FRAME
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.http import metrics, page, sessions, signalling
 from avatarstream.realtime.http.cors import cors_middleware
 from avatarstream.realtime.http.ended import IssuedResources
 from avatarstream.realtime.http.errors import error_middleware
 from avatarstream.realtime.http.keys import CONFIG, REGISTRY, RESOURCES
-from avatarstream.realtime.session.calibration import FrameWork
+from avatarstream.realtime.session.calibration import CalibrationWork
 from avatarstream.realtime.session.registry import SessionRegistry
-from avatarstream.realtime.transports.webrtc.video_encoder import FrameEncoder
+from avatarstream.realtime.transports.webrtc.media_work import session_media_work
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +53,12 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
-def _video_encode_work(config: ServerConfig) -> FrameWork:
-    """One encode of each frame at the server's video settings: what a watched session's video costs
-    beyond its engine (once per session with shared encoding), for admission's start-up calibration."""
+def _media_work(config: ServerConfig) -> Callable[[], CalibrationWork]:
+    """What a watched session's media costs per frame beyond its engine, done for real at the server's video
+    settings (video encode, Opus encode, RTP + SRTP + send; once per session with shared encoding), for
+    admission's start-up calibration."""
     encoding = config.video_encoding()
-    encoder: FrameEncoder | None = None
-    pts = 0
-
-    def encode(frame: AvatarFrame) -> None:
-        nonlocal encoder, pts
-        if encoder is None:
-            encoder = FrameEncoder(encoding.codec, frame.image.shape[0], encoding)
-        encoder.encode(frame.image, pts)
-        pts += VIDEO_PTS_PER_FRAME
-
-    return FrameWork(f"{encoding.codec} encoding", encode)
+    return lambda: session_media_work(encoding)
 
 
 def create_app(config: ServerConfig) -> web.Application:
@@ -93,8 +83,8 @@ def create_app(config: ServerConfig) -> web.Application:
 
     async def _startup(app: web.Application) -> None:
         # load the engine and prepare the portrait before the first call; admission's calibration
-        # encodes each frame as a viewer's video is encoded (the transport's share of a session's cost)
-        await registry.warm_up(_video_encode_work(config))
+        # runs each frame's media as a watched session does (the transport's share of a session's cost)
+        await registry.warm_up(_media_work(config))
         registry.start_reaper()
         registry.start_load_monitor()
 

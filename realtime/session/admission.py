@@ -45,7 +45,7 @@ window of that many over the budget, or saturation, takes it back (``fitted`` dr
 
 Until an active session's cost is measured, the start-up calibration stands in for it
 (``calibration.py``: CPU per frame of the engine on the loaded portrait and of the per-frame work
-the server passes in, a video encode, x 25 fps); the first measurement may come from a window in which sessions started (their mean
+the transport supplies, with WebRTC the video and Opus encodes and their RTP + SRTP, x 25 fps); the first measurement may come from a window in which sessions started (their mean
 counts), half a window after the first one started rendering with no creation in progress. With
 neither, one active session at a time. A measured cost is kept after its sessions end (the last
 measured figure).
@@ -449,6 +449,8 @@ class LoadMonitor:
             "cpu_server_base_cores": r(self.cpu.base),
             "calibrated_cpu_per_active_session_cores": None if cal is None else r(cal.cores),
             "calibration_ms_per_frame": None if cal is None else r(cal.cpu_ms_per_frame, 2),
+            # the calibrated figure's parts (cores): the engine and each per-frame term the transport ran
+            "calibrated_cores_by_term": None if cal is None else {k: r(v) for k, v in cal.cores_by_term().items()},
             "loop_per_active_session": r(self.loop.per_active),
             "loop_per_inactive_session": r(self.loop.per_inactive),
             "cpu_budget_cores": self.policy.cpu_budget,

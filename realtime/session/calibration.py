@@ -1,26 +1,36 @@
-"""Engine calibration: what one active session's engine costs, measured when the engine loads.
+"""Engine calibration: what one active session costs, measured when the engine loads.
 
 Admission needs the CPU an active session costs before any session has been measured (a burst
 of viewers right after start). ``calibrate`` renders frames of the engine on the loaded portrait
 the way a session does (40 ms of audio per frame, one stream, one thread calling it), hands each
-frame to the ``FrameWork`` the server passes in (what a viewer costs per frame beyond the engine:
-the WebRTC transport's video encode, ``realtime/http/app.py``; the session layer knows no
-transport), and reads the process CPU time around both::
+frame and its 40 ms of audio to each ``FrameWork`` the server passes in (what a watched session
+costs per frame beyond the engine, done for real by the transport: with WebRTC its video encode,
+its Opus encode, and the RTP packetisation, SRTP and sending of both, ``realtime/transports/webrtc/
+media_work.py``; the session layer knows no transport), and reads the process CPU time around
+each step::
 
-    cores at 25 fps = CPU seconds / frames rendered x 25
+    cores at 25 fps = CPU seconds / frames rendered x 25     (the engine's and each term's, summed)
 
-It leaves out what it cannot run alone (packetisation, audio, the clock): admission replaces it
-with the measured cost of a running session half a window after the first one starts. The first
-``warm_frames`` are rendered before the measurement starts (first-call allocations are no
-steady cost); the measured part stops after ``frames`` frames or once ``max_wall_s`` have passed
-(a slow engine calibrates on fewer frames, never fewer than one).
+The measured frames are paced as a session paces them, one every 40 ms (``tick_s``), not back to
+back: the same work spaced in time costs more CPU (caches and branch predictors cold again, the
+thread woken each time; lite at 512 px with the WebRTC terms, 6 alternating runs each on a 2-core
+machine at load 2.9-3.5: 0.140-0.157 cores back to back, 0.182-0.186 paced), and a session only
+ever runs paced. So the calibration takes ``frames x 40 ms`` of wall time (1 s) for ~0.2 s of CPU.
+
+It leaves out the event loop's share of a running session (the clock's wake-ups, the senders'
+coroutines, RTCP): admission replaces the figure with the measured cost of a running session
+half a window after the first one starts. The first ``warm_frames`` are rendered (and worked on)
+before the measurement starts (first-call allocations are no steady cost); the measured part
+stops after ``frames`` frames or once ``max_wall_s`` have passed (a slow engine calibrates on
+fewer frames, never fewer than one).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -34,21 +44,32 @@ CALIBRATION_SEED = 0  # the audio fed: seeded noise under a 3 Hz envelope (the m
 
 @dataclass(frozen=True)
 class FrameWork:
-    """Work each rendered frame costs beyond the engine, run in the calibration (``name``: what it is)."""
+    """Work each rendered frame costs beyond the engine, run in the calibration (``name``: what it is):
+    ``run(frame, audio)`` with the frame's 40 ms of 16 kHz float32 audio (``SAMPLES_PER_FRAME`` samples)."""
 
     name: str  # e.g. "vp8 encoding"
-    run: Callable[[AvatarFrame], object]
+    run: Callable[[AvatarFrame, np.ndarray], object]
+
+
+class CalibrationWork(Protocol):
+    """What a transport hands a calibration: its per-frame terms, and ``close()`` to release what they hold
+    (encoders, sockets) once the calibration is done. The server passes a factory of these (``app.py``)."""
+
+    def terms(self) -> Sequence[FrameWork]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """``frames`` frames of ``engine`` at ``size`` px (and ``work`` on each) took ``cpu_s`` seconds of process CPU."""
+    """``frames`` frames of ``engine`` at ``size`` px (and the work on each) took ``cpu_s`` seconds of process
+    CPU, of which ``terms`` gives each ``FrameWork``'s share (name, CPU seconds), in order."""
 
     engine: str
     size: int
     frames: int
     cpu_s: float
-    work: str = ""  # the FrameWork's name, "" for the engine alone
+    terms: tuple[tuple[str, float], ...] = ()  # the work's terms; the engine's share is the rest
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.cpu_s < 0:
@@ -60,17 +81,34 @@ class Calibration:
 
     @property
     def cores(self) -> float:
-        """CPU cores the engine needs to render ``FPS`` frames a second."""
+        """CPU cores an active session needs to render (and work on) ``FPS`` frames a second."""
         return self.cpu_s / self.frames * FPS
+
+    @property
+    def work(self) -> str:
+        """The terms' names, in words ("" for the engine alone)."""
+        return _in_words([name for name, _ in self.terms])
 
     @property
     def counts(self) -> str:
         """What the figure covers, in words."""
-        return f"the engine and {self.work}" if self.work else "the engine only"
+        return _in_words(["the engine", *(name for name, _ in self.terms)]) if self.terms else "the engine only"
+
+    def cores_by_term(self) -> dict[str, float]:
+        """Cores at ``FPS`` of the engine (what the terms leave) and of each term."""
+        per = FPS / self.frames
+        engine = max(0.0, self.cpu_s - sum(cpu for _, cpu in self.terms))
+        return {"engine": engine * per, **{name: cpu * per for name, cpu in self.terms}}
 
     def describe(self) -> str:
+        split = ", ".join(f"{name} {cores:.3f}" for name, cores in self.cores_by_term().items())
         return (f"{self.engine} at {self.size} px: {self.frames} frame(s) at {self.cpu_ms_per_frame:.1f} ms of CPU "
-                f"each ({self.counts}): {self.cores:.3f} cores at {FPS} fps")
+                f"each ({self.counts}): {self.cores:.3f} cores at {FPS} fps" + (f" ({split})" if self.terms else ""))
+
+
+def _in_words(names: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else ""
 
 
 def calibration_audio(frames: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
@@ -82,32 +120,48 @@ def calibration_audio(frames: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
 
 
 def calibrate(engine: AvatarEngine, portrait: Portrait, *, engine_name: str, size: int,
-              work: FrameWork | None = None, frames: int = CALIBRATION_FRAMES, warm_frames: int = CALIBRATION_WARM_FRAMES,
-              max_wall_s: float = CALIBRATION_MAX_WALL_S,
-              cpu_time: Callable[[], float] = time.process_time,
-              clock: Callable[[], float] = time.monotonic) -> Calibration:
-    """Render frames on one stream of ``engine`` (each then handed to ``work``) and measure their CPU
-    (blocking: call it off the loop)."""
+              work: Sequence[FrameWork] = (), frames: int = CALIBRATION_FRAMES,
+              warm_frames: int = CALIBRATION_WARM_FRAMES, max_wall_s: float = CALIBRATION_MAX_WALL_S,
+              tick_s: float = 1 / FPS, cpu_time: Callable[[], float] = time.process_time,
+              clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep) -> Calibration:
+    """Render frames on one stream of ``engine`` (each then handed to every ``work`` term, in order), one
+    every ``tick_s`` as a session's clock asks for them, and measure their CPU, each term's apart
+    (blocking, about ``frames x tick_s`` of wall time: call it off the loop)."""
     stream = engine.open_stream(portrait, size=size)
     try:
         audio = calibration_audio(warm_frames + frames + stream.lookahead_frames + 1)
+        spent = [0.0] * len(work)
         fed = 0
-        def render(out: list[AvatarFrame]) -> int:
-            if work is not None:
-                for frame in out:
-                    work.run(frame)
+
+        def render(out: list[AvatarFrame], measure: bool) -> int:
+            for frame in out:
+                start = frame.index * SAMPLES_PER_FRAME
+                slot = audio[start:start + SAMPLES_PER_FRAME]
+                if slot.size < SAMPLES_PER_FRAME:  # a flushed frame past the audio fed: silence
+                    slot = np.concatenate([slot, np.zeros(SAMPLES_PER_FRAME - slot.size, np.float32)])
+                for i, term in enumerate(work):
+                    before = cpu_time() if measure else 0.0
+                    term.run(frame, slot)
+                    if measure:
+                        spent[i] += cpu_time() - before
             return len(out)
 
         for _ in range(warm_frames):
-            render(stream.feed(audio[fed:fed + SAMPLES_PER_FRAME]))
+            render(stream.feed(audio[fed:fed + SAMPLES_PER_FRAME]), measure=False)
             fed += SAMPLES_PER_FRAME
-        rendered, started, cpu0 = 0, clock(), cpu_time()
+        rendered, ticks, started, cpu0 = 0, 0, clock(), cpu_time()
         while rendered < frames and fed < audio.size and (rendered == 0 or clock() - started < max_wall_s):
-            rendered += render(stream.feed(audio[fed:fed + SAMPLES_PER_FRAME]))
+            rendered += render(stream.feed(audio[fed:fed + SAMPLES_PER_FRAME]), measure=True)
             fed += SAMPLES_PER_FRAME
+            ticks += 1
+            wait = started + ticks * tick_s - clock()  # the next tick starts 40 ms after this one did
+            if wait > 0 and rendered < frames:
+                sleep(wait)
         if rendered == 0:
-            rendered = render(stream.flush())
-        return Calibration(engine_name, size, max(1, rendered), max(0.0, cpu_time() - cpu0),
-                           "" if work is None else work.name)
+            rendered = render(stream.flush(), measure=True)
+        total = max(0.0, cpu_time() - cpu0)
+        return Calibration(engine_name, size, max(1, rendered), total,
+                           tuple((term.name, min(total, max(0.0, cpu))) for term, cpu in zip(work, spent)))
     finally:
         stream.close()

@@ -40,7 +40,7 @@ from avatarstream.realtime import memory
 from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
 from avatarstream.realtime.session.admission import Clock, LoadMonitor
-from avatarstream.realtime.session.calibration import FrameWork, calibrate
+from avatarstream.realtime.session.calibration import Calibration, CalibrationWork, calibrate
 from avatarstream.realtime.session.session import AvatarSession
 from avatarstream.realtime.transports.base import ViewerState
 
@@ -54,7 +54,8 @@ class SessionRegistry:
                  engine_loader: Callable[..., AvatarEngine] | None = None, *, clock: Clock = time.monotonic) -> None:
         self.config = config
         self._clock = clock  # monotonic seconds: admission's, the reaper's and every session's
-        self._calibration_work: FrameWork | None = None  # per-frame work beyond the engine (warm_up)
+        # makes the per-frame work beyond the engine that the calibration runs (warm_up; a transport's)
+        self._calibration_work: Callable[[], CalibrationWork] | None = None
         self.default_portrait = default_portrait
         self._load_engine = engine_loader or config.engine_loader or load_engine
         self._engines: dict[str, AvatarEngine] = {}
@@ -91,20 +92,29 @@ class SessionRegistry:
     async def _calibrate(self, engine: AvatarEngine) -> None:
         """Admission's calibration of the default engine on the default portrait, when it loads
         (``calibration.py``: the cost of an active session until one is measured), with the
-        ``FrameWork`` given to ``warm_up`` on each frame. A portrait the engine refuses leaves it
-        uncalibrated (``warm_up`` raises for it)."""
-        portrait, size, work = self.default_portrait, self.config.size, self._calibration_work
+        ``CalibrationWork`` the factory given to ``warm_up`` makes, closed after it. A portrait the
+        engine refuses leaves it uncalibrated (``warm_up`` raises for it)."""
+        portrait, size, make_work = self.default_portrait, self.config.size, self._calibration_work
+
+        def run() -> Calibration:
+            work = make_work() if make_work is not None else None
+            try:
+                return calibrate(engine, portrait, engine_name=self.config.engine, size=size,
+                                 work=work.terms() if work is not None else ())
+            finally:
+                if work is not None:
+                    work.close()
+
         try:
-            calibration = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: calibrate(engine, portrait, engine_name=self.config.engine, size=size, work=work))
+            calibration = await asyncio.get_running_loop().run_in_executor(None, run)
         except EngineError as exc:
             log.warning("admission calibration failed (%s): one active session at a time until one is measured", exc)
             return
         self.load.calibrated(calibration)
         log.info("admission calibration: %s", calibration.describe())
 
-    async def warm_up(self, work: FrameWork | None = None) -> None:
-        """Load the default engine (calibrating it for admission, with ``work`` on each frame) and
+    async def warm_up(self, work: Callable[[], CalibrationWork] | None = None) -> None:
+        """Load the default engine (calibrating it for admission, with the per-frame work ``work()`` makes) and
         prepare the default portrait once (engines cache the face analysis), so the first call does
         not wait for it. Raises NoFaceError."""
         if work is not None:

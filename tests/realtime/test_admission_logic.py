@@ -15,7 +15,7 @@ from avatarstream.realtime.config import ServerConfig
 from avatarstream.realtime.errors import SessionLimitError
 from avatarstream.realtime.session.admission import (AdmissionPolicy, CostModel, CpuTimes, LoadMonitor, LoadSample,
                                                      SessionCounters)
-from avatarstream.realtime.session.calibration import Calibration, FrameWork, calibrate
+from avatarstream.realtime.session.calibration import Calibration, FrameWork, calibrate, calibration_audio
 from avatarstream.realtime.session.registry import SessionRegistry
 from avatarstream.realtime.session.session import AvatarSession, SessionOptions
 
@@ -202,7 +202,7 @@ def test_calibration_stands_in_until_a_session_is_measured():
         "the 0.85 cores sessions may fill (85% of 1): capacity 3 active session(s); one more would push them below "
         "24 fps")
     tiny = Feed(_policy(cpu_cores=0.01)).monitor  # 0.0085 usable: the calibrated session does not fit
-    tiny.calibrated(Calibration("lite", 128, frames=25, cpu_s=0.25, work="vp8 encoding"))
+    tiny.calibrated(Calibration("lite", 128, frames=25, cpu_s=0.25, terms=(("vp8 encoding", 0.15),)))
     assert tiny.refusal(1) == (
         "capacity is 0 active sessions: one costs 0.25 cores (by the start-up calibration: 10.0 ms of CPU a frame "
         "(lite, 128 px, the engine and vp8 encoding); no running session measured yet), more than the 0.0085 "
@@ -215,25 +215,80 @@ def test_calibration_stands_in_until_a_session_is_measured():
     assert monitor.limited_by == "cpu" and monitor.capacity == 4
 
 
+class FakeTime:
+    """A clock that ``sleep`` moves, and a CPU clock that the engine's feeds and the work terms move."""
+
+    def __init__(self) -> None:
+        self.now, self.cpu = 0.0, 10.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def spend(self, cpu_s: float) -> None:
+        self.cpu += cpu_s
+
+
+class CostlyEngine:
+    """``bar_engine`` whose every feed costs ``feed_cpu_s`` on a ``FakeTime``'s CPU clock and ``wall_s`` on its clock."""
+
+    def __init__(self, engine, time: FakeTime, feed_cpu_s: float, wall_s: float = 0.0) -> None:
+        self.engine, self.time, self.feed_cpu_s, self.wall_s = engine, time, feed_cpu_s, wall_s
+        self.lookahead_frames = engine.lookahead_frames
+
+    def open_stream(self, portrait, *, size=512, controls=None):
+        stream = self.engine.open_stream(portrait, size=size)
+        feed = stream.feed
+
+        def costly_feed(audio):
+            self.time.spend(self.feed_cpu_s)
+            self.time.now += self.wall_s
+            return feed(audio)
+
+        stream.feed = costly_feed
+        return stream
+
+
 def test_calibrate_measures_the_engines_cpu_per_frame(bar_engine):
     cpu = iter([10.0, 10.3])
     cal = calibrate(bar_engine, PORTRAIT, engine_name="bar", size=64, frames=25, cpu_time=lambda: next(cpu),
-                    clock=lambda: 0.0)
+                    clock=lambda: 0.0, sleep=lambda s: None)
     assert (cal.engine, cal.size, cal.frames, cal.cpu_s) == ("bar", 64, 25, pytest.approx(0.3))
     assert cal.cpu_ms_per_frame == pytest.approx(12.0) and cal.cores == pytest.approx(0.3)
-    assert len(bar_engine.streams) == 1 and cal.work == "" and cal.counts == "the engine only"
-    encoded: list[int] = []  # the per-frame work runs on every frame, warm-up included, inside the measurement
-    cpu = iter([0.0, 0.5])
-    with_work = calibrate(bar_engine, PORTRAIT, engine_name="bar", size=64, frames=25, warm_frames=3,
-                          work=FrameWork("vp8 encoding", lambda f: encoded.append(f.index)),
-                          cpu_time=lambda: next(cpu), clock=lambda: 0.0)
-    assert encoded == list(range(27)) and with_work.frames == 25  # 2 frames out of 3 warm-up feeds (lookahead 1)
-    assert with_work.describe() == ("bar at 64 px: 25 frame(s) at 20.0 ms of CPU each (the engine and vp8 "
-                                    "encoding): 0.500 cores at 25 fps")
-    ticks = iter(range(100))
-    slow = calibrate(bar_engine, PORTRAIT, engine_name="bar", size=64, max_wall_s=2.0,
-                     cpu_time=lambda: 0.0, clock=lambda: float(next(ticks)))
-    assert slow.frames == 2  # the wall-clock cap: 2 s on this clock
+    assert len(bar_engine.streams) == 1 and cal.terms == () and cal.counts == "the engine only"
+    t = FakeTime()  # an engine taking 0.9 s a frame: behind its pace, it never sleeps; 2 s caps it at 3 frames
+    slow = calibrate(CostlyEngine(bar_engine, t, 0.0, wall_s=0.9), PORTRAIT, engine_name="bar", size=64,
+                     warm_frames=0, max_wall_s=2.0, cpu_time=lambda: t.cpu, clock=lambda: t.now, sleep=t.sleep)
+    assert slow.frames == 2 and t.slept == []  # 3 feeds, the first frame waiting for its lookahead
+
+
+def test_calibration_paces_frames_and_measures_each_term_on_the_frames_audio(bar_engine):
+    """Frames are rendered one every 40 ms (a session's pace: each sleep waits for the next tick);
+    each term gets every frame with that frame's 40 ms of the calibration audio, and its CPU is
+    counted apart from the engine's (what the terms leave of the total). Warm-up frames are worked
+    on but not measured."""
+    t = FakeTime()
+    seen: list[tuple[int, np.ndarray]] = []
+
+    def video(frame, audio):
+        seen.append((frame.index, audio.copy()))
+        t.spend(0.003)
+
+    work = [FrameWork("vp8 encoding", video), FrameWork("opus encoding", lambda frame, audio: t.spend(0.001))]
+    cal = calibrate(CostlyEngine(bar_engine, t, 0.002), PORTRAIT, engine_name="bar", size=64, work=work, frames=25,
+                    warm_frames=3, cpu_time=lambda: t.cpu, clock=lambda: t.now, sleep=t.sleep)
+    assert cal.frames == 25 and [i for i, _ in seen] == list(range(27))  # 2 frames of 3 warm-up feeds (lookahead 1)
+    audio = calibration_audio(3 + 25 + 1 + 1)
+    assert all(np.array_equal(a, audio[i * 640:(i + 1) * 640]) for i, a in seen)
+    assert t.slept == [pytest.approx(0.04)] * 24  # 25 measured ticks: 40 ms from each to the next
+    assert cal.terms == (("vp8 encoding", pytest.approx(0.075)), ("opus encoding", pytest.approx(0.025)))
+    assert cal.cpu_s == pytest.approx(0.15)  # 25 feeds at 2 ms + the terms
+    assert cal.cores_by_term() == {"engine": pytest.approx(0.05), "vp8 encoding": pytest.approx(0.075),
+                                   "opus encoding": pytest.approx(0.025)}
+    assert cal.counts == "the engine, vp8 encoding and opus encoding" and cal.work == "vp8 encoding and opus encoding"
+    assert cal.describe() == ("bar at 64 px: 25 frame(s) at 6.0 ms of CPU each (the engine, vp8 encoding and opus "
+                              "encoding): 0.150 cores at 25 fps (engine 0.050, vp8 encoding 0.075, opus encoding 0.025)")
 
 
 def test_session_and_clock_read_the_injected_time(bar_engine):

@@ -102,20 +102,9 @@ class SharedAudioEncoder:
     def _encode(self, tick: int) -> None:
         t0 = time.perf_counter()
         if self._codec is None:
-            self._codec = _opus_encoder()
+            self._codec = opus_encoder()
         pcm = np.ascontiguousarray(self._pcm(tick), dtype=np.int16)
-        frame = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_SAMPLES_PER_FRAME)
-        frame.planes[0].update(pcm.tobytes())
-        frame.sample_rate = AUDIO_CLOCK_RATE
-        frame.pts = SessionClock.audio_pts(tick)
-        frame.time_base = AUDIO_TIME_BASE
-        packets = self._codec.encode(frame)
-        if len(packets) != 1:  # libopus returns each 960-sample frame's packet at once
-            raise RuntimeError(f"Opus encoder returned {len(packets)} packets for one 20 ms frame")
-        packet = packets[0]
-        # libopus stamps packets 312 samples (its look-ahead) early; the RTP timestamp is the tick's
-        packet.pts = SessionClock.audio_pts(tick)
-        packet.time_base = AUDIO_TIME_BASE
+        packet = encode_tick(self._codec, pcm, tick)
         self.encode_seconds += time.perf_counter() - t0
         self.packets += 1
         self.bytes_out += packet.size
@@ -138,7 +127,26 @@ class SharedAudioEncoder:
                 "kbps": round(self.bytes_out * 8 / 1000 / n * 50, 1)}
 
 
-def _opus_encoder() -> av.AudioCodecContext:
+def encode_tick(codec: av.AudioCodecContext, pcm: np.ndarray, tick: int) -> av.Packet:
+    """The Opus packet of audio tick ``tick`` (``pcm``: its 960 int16 samples at 48 kHz, contiguous), sent at
+    pts ``tick * 960``; ticks must reach ``codec`` in order (Opus is stateful)."""
+    frame = av.AudioFrame(format="s16", layout="mono", samples=AUDIO_SAMPLES_PER_FRAME)
+    frame.planes[0].update(pcm.tobytes())
+    frame.sample_rate = AUDIO_CLOCK_RATE
+    frame.pts = SessionClock.audio_pts(tick)
+    frame.time_base = AUDIO_TIME_BASE
+    packets = codec.encode(frame)
+    if len(packets) != 1:  # libopus returns each 960-sample frame's packet at once
+        raise RuntimeError(f"Opus encoder returned {len(packets)} packets for one 20 ms frame")
+    packet = packets[0]
+    # libopus stamps packets 312 samples (its look-ahead) early; the RTP timestamp is the tick's
+    packet.pts = SessionClock.audio_pts(tick)
+    packet.time_base = AUDIO_TIME_BASE
+    return packet
+
+
+def opus_encoder() -> av.AudioCodecContext:
+    """The session's Opus encoder: mono 48 kHz, ``OPUS_BITRATE``, 20 ms frames (VoIP)."""
     codec = av.CodecContext.create("libopus", "w")
     assert isinstance(codec, av.AudioCodecContext)
     codec.bit_rate = OPUS_BITRATE
