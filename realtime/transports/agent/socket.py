@@ -12,10 +12,11 @@ half-spoken. The socket is a ``Viewer`` of transport ``agent``: connected while 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -45,27 +46,67 @@ SOCKET_MAX_MSG_BYTES = 4 * max_frame_bytes(48_000)
 SESSION_ENDED_CLOSE_CODE = 4000
 MAX_MESSAGES_PER_SECOND = 400.0  # sustained; 20 ms audio frames are 50/s
 MESSAGE_BURST = 2000
-FLOOD_CLOSE_MESSAGES = 2 * MESSAGE_BURST  # this many refused, none 1 s apart: the socket is closed (1008)
+FLOOD_CLOSE_MESSAGES = 2 * MESSAGE_BURST  # this many refused, none FLOOD_GAP_S apart: the socket is closed (1008)
+FLOOD_GAP_S = 1.0
 POLICY_VIOLATION_CLOSE_CODE = 1008
 ERROR_REPEAT_SECONDS = 0.5  # the same error code is sent at most once per this (no amplification)
 
 
 class MessageRateLimiter:
-    """Token bucket: ``rate`` messages per second sustained, ``burst`` at once."""
+    """Token bucket on ``clock`` (monotonic seconds): ``rate`` messages per second sustained, ``burst`` at once."""
 
-    def __init__(self, rate: float = MAX_MESSAGES_PER_SECOND, burst: int = MESSAGE_BURST) -> None:
+    def __init__(self, rate: float = MAX_MESSAGES_PER_SECOND, burst: int = MESSAGE_BURST, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst = rate, float(burst)
+        self._clock = clock
         self._tokens = float(burst)
-        self._t = time.monotonic()
+        self._t = clock()
 
     def allow(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
         self._t = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    REFUSE = "refuse"  # over the rate limit: dropped with a (throttled) rate_limited error
+    CLOSE = "close"  # a flood: the socket is closed with POLICY_VIOLATION_CLOSE_CODE
+
+
+class FloodGuard:
+    """One agent socket's message limit on ``clock``: the rate limiter's verdict per message, and a flood
+    (``close_after`` refusals in a row, none ``FLOOD_GAP_S`` apart) closes the socket; counts what it saw."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, rate: float = MAX_MESSAGES_PER_SECOND,
+                 burst: int = MESSAGE_BURST, close_after: int = FLOOD_CLOSE_MESSAGES) -> None:
+        self._clock = clock
+        self._limiter = MessageRateLimiter(rate, burst, clock=clock)
+        self.close_after = close_after
+        self.received = 0  # messages checked
+        self.refused = 0  # over the rate limit, in all
+        self.refused_in_a_row = 0  # refusals with less than FLOOD_GAP_S between each and the next
+        self._last_refusal = -float("inf")
+
+    def check(self) -> Verdict:
+        """The verdict on one more message received now."""
+        self.received += 1
+        if self._limiter.allow():
+            return Verdict.ALLOW
+        now = self._clock()
+        self.refused += 1
+        self.refused_in_a_row = self.refused_in_a_row + 1 if now - self._last_refusal < FLOOD_GAP_S else 1
+        self._last_refusal = now
+        return Verdict.CLOSE if self.refused_in_a_row >= self.close_after else Verdict.REFUSE
+
+    def close_reason(self) -> str:
+        """The close frame's reason (under the protocol's 123 bytes), with the server's own counts."""
+        return (f"message rate limit exceeded: {self.received} received, {self.refused} refused, "
+                f"{self.refused_in_a_row} in a row")
 
 
 def session_event_message(event: SessionEvent) -> str:
@@ -221,20 +262,18 @@ async def serve_agent_socket(request: web.Request, session: ServedSession, sampl
         if sample_rate is not None:
             conn.set_rate(sample_rate)
             await conn.ready()
-        limiter = MessageRateLimiter()
-        refused_recently, last_refusal = 0, 0.0  # refusals with less than 1 s between them
+        guard = FloodGuard(session.now)
         async for msg in ws:
             session.touch()
             conn.messages += 1
             try:
-                if not limiter.allow():
+                verdict = guard.check()
+                if verdict != Verdict.ALLOW:
                     conn.dropped_messages += 1
-                    now = time.monotonic()
-                    refused_recently = refused_recently + 1 if now - last_refusal < 1.0 else 1
-                    last_refusal = now
-                    if refused_recently >= FLOOD_CLOSE_MESSAGES:  # a flood, not a burst: stop paying for it
-                        log.info("agent socket of session %s flooded past the rate limit: closing", session.id)
-                        await ws.close(code=POLICY_VIOLATION_CLOSE_CODE, message=b"message rate limit exceeded")
+                    if verdict == Verdict.CLOSE:  # a flood, not a burst: stop paying for it
+                        log.info("agent socket of session %s flooded past the rate limit: closing (%s)", session.id,
+                                 guard.close_reason())
+                        await ws.close(code=POLICY_VIOLATION_CLOSE_CODE, message=guard.close_reason().encode())
                         break
                     raise ProtocolError("rate_limited", f"more than {MAX_MESSAGES_PER_SECOND:g} messages per second: "
                                         "message dropped (send audio in frames of 20 ms or more)")
@@ -258,4 +297,4 @@ async def serve_agent_socket(request: web.Request, session: ServedSession, sampl
     return ws
 
 
-__all__ = ["AgentConnection", "check_sample_rate", "connected_agent", "serve_agent_socket"]
+__all__ = ["AgentConnection", "FloodGuard", "Verdict", "check_sample_rate", "connected_agent", "serve_agent_socket"]
