@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -146,14 +147,24 @@ async def _speak_forever(client: AvatarClient, speech: list[np.ndarray], errors:
         await asyncio.sleep(random.uniform(0.5, 2.0))
 
 
+FLOOD_GIVE_UP_S = 120.0  # a flood the server has not cut off this long after the abuse window: given up
+MIN_HEALTH_PROBES = 10  # the abuse window also lasts until /health has answered this often (or FLOOD_GIVE_UP_S)
+FLOOD_REASON = re.compile(r"(\d+) received, (\d+) refused, (\d+) in a row")
+
+
 async def _abuse(http: aiohttp.ClientSession, url: str, size: int, seconds: float,
                  health_ms: list[float], errors: list[str]) -> dict[str, int | None]:
     """One more session whose agent sends alternating 2-byte audio frames and end_of_utterance as
-    fast as it can (the case that once froze the server), while /health is timed every 0.25 s."""
+    fast as it can (the case that once froze the server), while /health is timed every 0.25 s, for
+    ``seconds`` and on until the server cuts the flood off (that takes a count of refused messages,
+    so its time depends on this machine's speed) and ``MIN_HEALTH_PROBES`` answers came;
+    ``FLOOD_GIVE_UP_S`` only ends a server that never does. The server's own counts come back in
+    the close frame's reason."""
     client = AvatarClient(url, http=http)
     info = await client.create_session(size=size)
     sent = 0
     close_codes: list[int | None] = []
+    reasons: list[str] = []
 
     async def flood() -> None:
         nonlocal sent
@@ -163,14 +174,19 @@ async def _abuse(http: aiohttp.ClientSession, url: str, size: int, seconds: floa
             try:
                 while not ws.closed:
                     await ws.send_bytes(b"\x10\x00")
+                    sent += 1  # counted once written, so the server cannot have received more
                     await ws.send_str('{"type": "end_of_utterance"}')
-                    sent += 2
+                    sent += 1
                     if sent % 200 == 0:
                         await asyncio.sleep(0)  # let the probe run in this (client) process
             except ConnectionResetError:
                 pass  # the server closed the flooding socket: the expected outcome
             finally:
+                if ws.closed:  # by the server: its close frame's reason is the reader's
+                    await asyncio.wait({reader}, timeout=5.0)
                 reader.cancel()
+            if reader.done() and not reader.cancelled() and reader.exception() is None:
+                reasons.append(reader.result())
             close_codes.append(ws.close_code)
 
     async def probe() -> None:
@@ -181,20 +197,30 @@ async def _abuse(http: aiohttp.ClientSession, url: str, size: int, seconds: floa
             health_ms.append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(0.25)
 
-    tasks = [asyncio.ensure_future(flood()), asyncio.ensure_future(probe())]
+    flooding, probing = asyncio.ensure_future(flood()), asyncio.ensure_future(probe())
     await asyncio.sleep(seconds)
-    for t in tasks:
+    give_up = time.monotonic() + FLOOD_GIVE_UP_S
+    await asyncio.wait({flooding}, timeout=FLOOD_GIVE_UP_S)
+    while len(health_ms) < MIN_HEALTH_PROBES and time.monotonic() < give_up and not probing.done():
+        await asyncio.sleep(0.25)
+    for t in (flooding, probing):
         t.cancel()
-    for r in await asyncio.gather(*tasks, return_exceptions=True):
+    for r in await asyncio.gather(flooding, probing, return_exceptions=True):
         if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError):
             errors.append(f"abuse: {type(r).__name__}: {r}"[:200])
     await client.close()
-    return {"messages_sent": sent, "server_closed_flood_with": close_codes[0] if close_codes else -1}
+    counts = FLOOD_REASON.search(reasons[0]) if reasons else None
+    received, refused, in_a_row = (int(g) for g in counts.groups()) if counts else (None, None, None)
+    return {"messages_sent": sent, "server_closed_flood_with": close_codes[0] if close_codes else -1,
+            "server_received": received, "server_refused": refused, "server_refused_in_a_row": in_a_row}
 
 
-async def _drain(ws: Any) -> None:
-    async for _ in ws:
-        pass
+async def _drain(ws: Any) -> str:
+    """Read what the server sends until it closes; the close frame's reason."""
+    while True:
+        msg = await ws.receive()
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            return str(msg.extra or "")
 
 
 async def _open_session(http: aiohttp.ClientSession, url: str, size: int) -> SoakSession:

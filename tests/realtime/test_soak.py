@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from avatarstream.bench.soak import SoakOptions, run_soak
+from avatarstream.realtime.transports.agent.socket import FLOOD_CLOSE_MESSAGES, MESSAGE_BURST
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -30,6 +31,10 @@ def test_short_soak_loses_nothing_and_leaks_nothing(tmp_path):
     assert len(result["series"]["rows"]) == result["samples"] and "warm_up" in result  # figures re-derivable
     assert result["settled"]["after_s"] == 2 and result["settled"]["fds"] > 0  # sampled once the churn is over
     abuse = result["abuse"]  # an agent flooded its own session meanwhile; the others kept streaming
-    assert abuse["messages_sent"] > 4000 and abuse["health_ms"]["n"] >= 10
-    assert abuse["server_closed_flood_with"] == 1008  # policy violation: the flood is cut off
+    # the flood is cut off (policy violation) at the server's cap, by the server's own counts (its close frame):
+    # the burst passed, then FLOOD_CLOSE_MESSAGES refusals in a row; how long that took is this machine's business
+    assert abuse["server_closed_flood_with"] == 1008, abuse
+    assert abuse["server_refused_in_a_row"] == FLOOD_CLOSE_MESSAGES, abuse
+    assert MESSAGE_BURST + FLOOD_CLOSE_MESSAGES <= abuse["server_received"] <= abuse["messages_sent"], abuse
+    assert abuse["health_ms"]["n"] >= 10  # /health answered meanwhile (the window waits for 10 answers)
     assert abuse["other_sessions_fps_min"] is not None and abuse["other_sessions_fps_min"] > 0
