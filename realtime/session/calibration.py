@@ -2,7 +2,7 @@
 
 Admission needs the CPU an active session costs before any session has been measured (a burst
 of viewers right after start). ``calibrate`` renders frames of the engine on the loaded portrait
-the way a session does (40 ms of audio per frame, one stream, one thread calling it), hands each
+the way a session does (40 ms of audio per frame, one stream on a worker thread of its own), hands each
 frame and its 40 ms of audio to each ``FrameWork`` the server passes in (what a watched session
 costs per frame beyond the engine, done for real by the transport: with WebRTC its video encode,
 its Opus encode, and the RTP packetisation, SRTP and sending of both, ``realtime/transports/webrtc/
@@ -16,6 +16,10 @@ back: the same work spaced in time costs more CPU (caches and branch predictors 
 thread woken each time; lite at 512 px with the WebRTC terms, 6 alternating runs each on a 2-core
 machine at load 2.9-3.5: 0.140-0.157 cores back to back, 0.182-0.186 paced), and a session only
 ever runs paced. So the calibration takes ``frames x 40 ms`` of wall time (1 s) for ~0.2 s of CPU.
+It runs as a session runs, on an event loop of its own woken every tick: the engine's feeds on
+their own thread, the terms a session runs off its loop (``FrameWork.off_loop``: the video encode)
+on the executor, the others (the Opus encode, RTP + SRTP) on the loop, so the thread hand-offs and
+the wake-ups are in the figure too.
 
 It leaves out the event loop's share of a running session (the clock's wake-ups, the senders'
 coroutines, RTCP): admission replaces the figure with the measured cost of a running session
@@ -27,8 +31,10 @@ fewer frames, never fewer than one).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +55,7 @@ class FrameWork:
 
     name: str  # e.g. "vp8 encoding"
     run: Callable[[AvatarFrame, np.ndarray], object]
+    off_loop: bool = False  # a session runs it on an executor thread (a video encode), not on its event loop
 
 
 class CalibrationWork(Protocol):
@@ -124,44 +131,65 @@ def calibrate(engine: AvatarEngine, portrait: Portrait, *, engine_name: str, siz
               warm_frames: int = CALIBRATION_WARM_FRAMES, max_wall_s: float = CALIBRATION_MAX_WALL_S,
               tick_s: float = 1 / FPS, cpu_time: Callable[[], float] = time.process_time,
               clock: Callable[[], float] = time.monotonic,
-              sleep: Callable[[float], None] = time.sleep) -> Calibration:
+              sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> Calibration:
     """Render frames on one stream of ``engine`` (each then handed to every ``work`` term, in order), one
-    every ``tick_s`` as a session's clock asks for them, and measure their CPU, each term's apart
-    (blocking, about ``frames x tick_s`` of wall time: call it off the loop)."""
-    stream = engine.open_stream(portrait, size=size)
-    try:
-        audio = calibration_audio(warm_frames + frames + stream.lookahead_frames + 1)
-        spent = [0.0] * len(work)
-        fed = 0
+    every ``tick_s`` as a session's clock asks for them, and measure their CPU, each term's apart.
 
-        def render(out: list[AvatarFrame], measure: bool) -> int:
-            for frame in out:
-                start = frame.index * SAMPLES_PER_FRAME
-                slot = audio[start:start + SAMPLES_PER_FRAME]
-                if slot.size < SAMPLES_PER_FRAME:  # a flushed frame past the audio fed: silence
-                    slot = np.concatenate([slot, np.zeros(SAMPLES_PER_FRAME - slot.size, np.float32)])
-                for i, term in enumerate(work):
-                    before = cpu_time() if measure else 0.0
-                    term.run(frame, slot)
-                    if measure:
-                        spent[i] += cpu_time() - before
-            return len(out)
+    Blocking, about ``frames x tick_s`` of wall time: call it off the server's loop. It runs its own
+    event loop, structured as a session: the stream on a worker thread of its own (as the engine
+    pump's), each ``off_loop`` term on the loop's executor, the others on the loop, which sleeps
+    (``sleep``) until the next tick."""
+    return asyncio.run(_calibrate(engine, portrait, engine_name, size, work, frames, warm_frames, max_wall_s,
+                                  tick_s, cpu_time, clock, sleep))
 
-        for _ in range(warm_frames):
-            render(stream.feed(audio[fed:fed + SAMPLES_PER_FRAME]), measure=False)
-            fed += SAMPLES_PER_FRAME
-        rendered, ticks, started, cpu0 = 0, 0, clock(), cpu_time()
-        while rendered < frames and fed < audio.size and (rendered == 0 or clock() - started < max_wall_s):
-            rendered += render(stream.feed(audio[fed:fed + SAMPLES_PER_FRAME]), measure=True)
-            fed += SAMPLES_PER_FRAME
-            ticks += 1
-            wait = started + ticks * tick_s - clock()  # the next tick starts 40 ms after this one did
-            if wait > 0 and rendered < frames:
-                sleep(wait)
-        if rendered == 0:
-            rendered = render(stream.flush(), measure=True)
-        total = max(0.0, cpu_time() - cpu0)
-        return Calibration(engine_name, size, max(1, rendered), total,
-                           tuple((term.name, min(total, max(0.0, cpu))) for term, cpu in zip(work, spent)))
-    finally:
-        stream.close()
+
+async def _calibrate(engine: AvatarEngine, portrait: Portrait, engine_name: str, size: int,
+                     work: Sequence[FrameWork], frames: int, warm_frames: int, max_wall_s: float, tick_s: float,
+                     cpu_time: Callable[[], float], clock: Callable[[], float],
+                     sleep: Callable[[float], Awaitable[object]]) -> Calibration:
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1, thread_name_prefix="calibration-engine") as engine_thread:
+        stream = await loop.run_in_executor(engine_thread, lambda: engine.open_stream(portrait, size=size))
+        try:
+            audio = calibration_audio(warm_frames + frames + stream.lookahead_frames + 1)
+            spent = [0.0] * len(work)
+            fed = 0
+
+            async def render(out: list[AvatarFrame], measure: bool) -> int:
+                for frame in out:
+                    start = frame.index * SAMPLES_PER_FRAME
+                    slot = audio[start:start + SAMPLES_PER_FRAME]
+                    if slot.size < SAMPLES_PER_FRAME:  # a flushed frame past the audio fed: silence
+                        slot = np.concatenate([slot, np.zeros(SAMPLES_PER_FRAME - slot.size, np.float32)])
+                    for i, term in enumerate(work):
+                        before = cpu_time() if measure else 0.0
+                        if term.off_loop:
+                            await loop.run_in_executor(None, term.run, frame, slot)
+                        else:
+                            term.run(frame, slot)
+                        if measure:
+                            spent[i] += cpu_time() - before
+                return len(out)
+
+            async def feed() -> list[AvatarFrame]:
+                nonlocal fed
+                chunk = audio[fed:fed + SAMPLES_PER_FRAME]
+                fed += SAMPLES_PER_FRAME
+                return await loop.run_in_executor(engine_thread, stream.feed, chunk)
+
+            for _ in range(warm_frames):
+                await render(await feed(), measure=False)
+            rendered, ticks, started, cpu0 = 0, 0, clock(), cpu_time()
+            while rendered < frames and fed < audio.size and (rendered == 0 or clock() - started < max_wall_s):
+                rendered += await render(await feed(), measure=True)
+                ticks += 1
+                wait = started + ticks * tick_s - clock()  # the next tick starts 40 ms after this one did
+                if wait > 0 and rendered < frames:
+                    await sleep(wait)
+            if rendered == 0:
+                rendered = await render(await loop.run_in_executor(engine_thread, stream.flush), measure=True)
+            total = max(0.0, cpu_time() - cpu0)
+            return Calibration(engine_name, size, max(1, rendered), total,
+                               tuple((term.name, min(total, max(0.0, cpu))) for term, cpu in zip(work, spent)))
+        finally:
+            await loop.run_in_executor(engine_thread, stream.close)

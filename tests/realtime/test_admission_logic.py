@@ -5,6 +5,7 @@ The end-to-end properties that hold on any machine are in ``test_admission.py``.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -222,7 +223,7 @@ class FakeTime:
         self.now, self.cpu = 0.0, 10.0
         self.slept: list[float] = []
 
-    def sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
 
@@ -253,7 +254,7 @@ class CostlyEngine:
 def test_calibrate_measures_the_engines_cpu_per_frame(bar_engine):
     cpu = iter([10.0, 10.3])
     cal = calibrate(bar_engine, PORTRAIT, engine_name="bar", size=64, frames=25, cpu_time=lambda: next(cpu),
-                    clock=lambda: 0.0, sleep=lambda s: None)
+                    clock=lambda: 0.0, sleep=FakeTime().sleep)
     assert (cal.engine, cal.size, cal.frames, cal.cpu_s) == ("bar", 64, 25, pytest.approx(0.3))
     assert cal.cpu_ms_per_frame == pytest.approx(12.0) and cal.cores == pytest.approx(0.3)
     assert len(bar_engine.streams) == 1 and cal.terms == () and cal.counts == "the engine only"
@@ -264,24 +265,36 @@ def test_calibrate_measures_the_engines_cpu_per_frame(bar_engine):
 
 
 def test_calibration_paces_frames_and_measures_each_term_on_the_frames_audio(bar_engine):
-    """Frames are rendered one every 40 ms (a session's pace: each sleep waits for the next tick);
-    each term gets every frame with that frame's 40 ms of the calibration audio, and its CPU is
-    counted apart from the engine's (what the terms leave of the total). Warm-up frames are worked
-    on but not measured."""
+    """Frames are rendered one every 40 ms (a session's pace: each sleep waits for the next tick), the
+    off-loop term on an executor thread, the other on the loop; each term gets every frame with that
+    frame's 40 ms of the calibration audio, and its CPU is counted apart from the engine's (what the
+    terms leave of the total). Warm-up frames are worked on but not measured."""
     t = FakeTime()
     seen: list[tuple[int, np.ndarray]] = []
 
+    threads: dict[str, set[str]] = {"vp8 encoding": set(), "opus encoding": set()}
+
     def video(frame, audio):
         seen.append((frame.index, audio.copy()))
+        threads["vp8 encoding"].add(threading.current_thread().name)
         t.spend(0.003)
 
-    work = [FrameWork("vp8 encoding", video), FrameWork("opus encoding", lambda frame, audio: t.spend(0.001))]
+    def opus(frame, audio):
+        threads["opus encoding"].add(threading.current_thread().name)
+        t.spend(0.001)
+
+    work = [FrameWork("vp8 encoding", video, off_loop=True), FrameWork("opus encoding", opus)]
     cal = calibrate(CostlyEngine(bar_engine, t, 0.002), PORTRAIT, engine_name="bar", size=64, work=work, frames=25,
                     warm_frames=3, cpu_time=lambda: t.cpu, clock=lambda: t.now, sleep=t.sleep)
     assert cal.frames == 25 and [i for i, _ in seen] == list(range(27))  # 2 frames of 3 warm-up feeds (lookahead 1)
     audio = calibration_audio(3 + 25 + 1 + 1)
     assert all(np.array_equal(a, audio[i * 640:(i + 1) * 640]) for i, a in seen)
     assert t.slept == [pytest.approx(0.04)] * 24  # 25 measured ticks: 40 ms from each to the next
+    # as in a session: the off-loop term on an executor thread, the other on the calibration's loop (the caller's
+    # thread), the engine's stream on a thread of its own
+    loop_thread = threading.current_thread().name
+    assert len(threads["vp8 encoding"]) >= 1 and loop_thread not in threads["vp8 encoding"]
+    assert threads["opus encoding"] == {loop_thread}
     assert cal.terms == (("vp8 encoding", pytest.approx(0.075)), ("opus encoding", pytest.approx(0.025)))
     assert cal.cpu_s == pytest.approx(0.15)  # 25 feeds at 2 ms + the terms
     assert cal.cores_by_term() == {"engine": pytest.approx(0.05), "vp8 encoding": pytest.approx(0.075),

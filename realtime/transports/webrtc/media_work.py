@@ -105,7 +105,7 @@ class SessionMediaWork:
         self.audio_rtp = _RtpStream(2, AUDIO_PAYLOAD_TYPE, srtp, self._sock, to)
 
     def terms(self) -> list[FrameWork]:
-        return [FrameWork(f"{self.encoding.codec} encoding", self.encode_video),
+        return [FrameWork(f"{self.encoding.codec} encoding", self.encode_video, off_loop=True),  # as shared_video.py
                 FrameWork("opus encoding", self.encode_audio),
                 FrameWork("rtp + srtp", self.send)]
 
