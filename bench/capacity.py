@@ -202,8 +202,8 @@ def _start_server(mode: str) -> ServeProcess:
                          "--log-level", "warning"])
 
 
-class _Session:
-    """One session: an agent pushing speech in a loop, and its WHEP viewers."""
+class WatchedSession:
+    """One session: an agent pushing speech in a loop (none for ``start(speech=[])``), and its WHEP viewers."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
         self.http = http
@@ -214,8 +214,9 @@ class _Session:
     async def start(self, speech: list[np.ndarray]) -> None:
         await self.client.create_session(size=SIZE)
         await self.add_viewer()
-        await self.client.connect(sample_rate=16000)
-        self._speaker = asyncio.create_task(self._speak(speech), name="bench-agent")
+        if speech:
+            await self.client.connect(sample_rate=16000)
+            self._speaker = asyncio.create_task(self._speak(speech), name="bench-agent")
 
     async def add_viewer(self) -> None:
         viewer = RecordingViewer(keep_images=False, max_video_frames=100_000)
@@ -254,7 +255,7 @@ def _viewer_window(viewer: RecordingViewer, t0: float, t1: float) -> tuple[float
     return float(inside.sum() / (t1 - t0)), late[inside]
 
 
-async def _measure(server: ServeProcess, sessions: list[_Session], plan: Plan) -> dict:
+async def _measure(server: ServeProcess, sessions: list[WatchedSession], plan: Plan) -> dict:
     await asyncio.sleep(plan.warmup_s)
     c0, t0 = server.cpu_seconds(), time.monotonic()
     await asyncio.sleep(plan.window_s)
@@ -278,7 +279,7 @@ async def _server_capacity(mode: str, plan: Plan, speech: list[np.ndarray]) -> d
     server = _start_server(mode)
     out: dict = {"mode": mode, "by_sessions": [], "by_viewers": []}
     async with aiohttp.ClientSession() as http:
-        sessions: list[_Session] = []
+        sessions: list[WatchedSession] = []
         try:
             await server.ready(http, poll_s=0.3)
             await asyncio.sleep(min(1.0, plan.warmup_s))  # the server settles after start-up
@@ -286,7 +287,7 @@ async def _server_capacity(mode: str, plan: Plan, speech: list[np.ndarray]) -> d
             await asyncio.sleep(plan.window_s)
             out["idle_cpu_cores"] = round((server.cpu_seconds() - idle0) / (time.monotonic() - t0), 3)
             for n in range(1, plan.max_sessions + 1):
-                s = _Session(http, server.url)
+                s = WatchedSession(http, server.url)
                 sessions.append(s)
                 await s.start(speech)
                 point = {"sessions": n, **await _measure(server, sessions, plan)}
@@ -297,7 +298,7 @@ async def _server_capacity(mode: str, plan: Plan, speech: list[np.ndarray]) -> d
                     break
             for s in sessions:
                 await s.close()
-            sessions = [_Session(http, server.url)]
+            sessions = [WatchedSession(http, server.url)]
             await sessions[0].start(speech)
             for v in range(1, plan.max_viewers + 1):
                 if v > 1:

@@ -27,6 +27,7 @@ SUITES: dict[str, str] = {
     "microphone": "avatarstream.bench.microphone",
     "soak": "avatarstream.bench.soak",
     "capacity": "avatarstream.bench.capacity",
+    "calibration": "avatarstream.bench.calibration",
     "placement": "avatarstream.bench.placement",
     "failover": "avatarstream.bench.failover",
     "gpu": "avatarstream.bench.gpu",
@@ -35,7 +36,7 @@ SUITES: dict[str, str] = {
 # Suites that send WebRTC media between a server and a client started here: they run in a private network
 # namespace where they can (avatarstream.bench.private_network), so the media never meets on this machine's
 # outward address; the JSON's "network" says where they ran.
-MEDIA_SUITES = frozenset({"api", "microphone", "soak", "capacity", "placement", "failover"})
+MEDIA_SUITES = frozenset({"api", "microphone", "soak", "capacity", "calibration", "placement", "failover"})
 
 
 @dataclass
