@@ -237,7 +237,11 @@ async def test_an_interruption_drops_the_reply_in_flight_and_the_next_reply_play
     last_of_first = max(t for t, _ in first)
     print(f"\ninterruption: last speech of the interrupted reply {1e3 * (last_of_first - t_int):.0f} ms after "
           f"the InterruptionFrame was queued")
-    assert last_of_first - t_int < 0.2  # nothing of the interrupted reply after 200 ms
+    # nothing of the interrupted reply reaches the sink after the InterruptionFrame (which the avatar passes on
+    # once it has dropped the reply): an order of frames, however long this machine took between them
+    i_int = next(i for i, (_, f) in enumerate(run.sink.items) if isinstance(f, InterruptionFrame))
+    after = [f for t, f in run.sink.items[i_int:] if isinstance(f, TTSAudioRawFrame) and t < t_next]
+    assert not after, f"{len(after)} speech frames of the interrupted reply after the interruption"
     # what left of the first reply is a prefix: fewer samples than it had
     tts_first = run.tts_in.of(TTSAudioRawFrame)[:int(run.marks["tts_frames_before_next"])]
     assert sum(f.num_frames for _, f in first) < sum(f.num_frames for _, f in tts_first)
