@@ -107,7 +107,7 @@ class SessionRegistry:
 
         try:
             calibration = await asyncio.get_running_loop().run_in_executor(None, run)
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:  # a portrait the engine refuses; a socket or codec the work could not open
             log.warning("admission calibration failed (%s): one active session at a time until one is measured", exc)
             return
         self.load.calibrated(calibration)

@@ -66,3 +66,17 @@ def test_media_work_sends_what_a_watched_session_sends():
     samples = sum(f.samples for p in audio for f in opus.decode(av.Packet(p.payload)))
     assert samples == 2 * FRAMES * 960  # every packet decodes to 20 ms at 48 kHz
     assert [p.timestamp for p in audio] == [960 * k for k in range(2 * FRAMES)]
+
+
+def test_media_work_packetises_h264_too():
+    """A server configured for H.264 calibrates with its encoder and aiortc's H.264 packetiser."""
+    work = session_media_work(VideoEncoding(codec="h264"))
+    try:
+        terms = work.terms()
+        assert terms[0].name == "h264 encoding" and terms[0].off_loop and not terms[1].off_loop
+        for frame, audio in _frames():
+            for term in terms:
+                term.run(frame, audio)
+    finally:
+        work.close()
+    assert work.video_rtp.packets >= FRAMES and work.audio_rtp.packets == 2 * FRAMES
