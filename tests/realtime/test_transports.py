@@ -182,6 +182,31 @@ async def test_the_reaper_drops_a_connecting_viewer_just_past_its_deadline(bar_e
         await registry.stop()
 
 
+async def test_the_reaper_closes_a_session_idle_past_its_timeout_and_keeps_a_touched_one(bar_engine):
+    """On an injected clock: unwatched sessions go exactly when ``idle_timeout`` has passed since their last
+    activity; a keepalive (``touch``) moves that, so a session touched more often than the timeout stays."""
+    now = [1000.0]
+    config = ServerConfig(idle_timeout=1.0, viewer_connect_timeout=60)
+    registry = SessionRegistry(config, Portrait(np.full((128, 128, 3), 128, np.uint8)),
+                               engine_loader=lambda name, **_: bar_engine, clock=lambda: now[0])
+    try:
+        kept, idle = await registry.create(size=64), await registry.create(size=64)
+        for _ in range(6):  # 2.4 s: well past the timeout for the one nobody touches
+            now[0] += 0.4
+            kept.touch()
+            await registry.reap()
+            assert registry.get(kept.id) is kept
+        assert registry.get(idle.id) is None and idle.closed
+        now[0] += 1.0  # exactly the timeout since the last touch: kept
+        await registry.reap()
+        assert registry.get(kept.id) is kept
+        now[0] += 0.001  # past it: closed
+        await registry.reap()
+        assert registry.get(kept.id) is None and kept.closed
+    finally:
+        await registry.stop()
+
+
 async def test_ghost_webrtc_viewer_frees_its_slot(engine_loader):
     """An /offer whose ICE candidates lead nowhere never connects; it used to hold the session
     (and a --max-sessions slot) forever. It is dropped at the connect deadline."""
