@@ -87,14 +87,17 @@ async def test_interrupt_drops_audio_and_motion_together(session, bar_engine):
     await next_event(q, "playback_started")
     await asyncio.sleep(0.3)
     dropped = session.interrupt()
-    ev = await next_event(q, "playback_finished", timeout=2.0)
+    ev = await next_event(q, "playback_finished", timeout=10)  # at the next send tick: 10 s only ends a hang
     assert ev.data["interrupted"] is True
     # what was sent before the interrupt and what it dropped make up the whole utterance, whenever
     # the loop got to it (sent slots are whole: the position is a multiple of 640 samples)
     position = round(ev.data["playback_position"] * 16000)
     assert position > 0 and position % SAMPLES_PER_FRAME == 0
     assert position + dropped == 5 * 16000
-    await asyncio.sleep(0.1)
+    for _ in range(600):  # the engine's worker gets the interrupt (the bound only ends a hang)
+        if bar_engine.streams[0].interrupts:
+            break
+        await asyncio.sleep(0.05)
     assert bar_engine.streams[0].interrupts == 1
     now = session.clock.current_frame() - session.delay_frames
     for c in range(now, now + session.delay_frames):  # taken but not yet sent: silenced
