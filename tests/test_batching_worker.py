@@ -63,17 +63,23 @@ def test_units_of_waiting_sessions_are_taken_one_per_session_in_turn():
 
 
 def test_an_idle_worker_waits_its_deadline_for_company_then_runs_alone():
-    worker = Recorder(max_batch=2, max_wait_ms=300, max_pending=8)
+    """On an injected clock: the lone unit waits until the clock reaches its deadline, however long that takes
+    in real time; two units submitted one after the other share a batch, however far apart they come."""
+    now = [1000.0]
+    worker = Recorder(max_batch=2, max_wait_ms=300, max_pending=8, clock=lambda: now[0])
     try:
-        t0 = time.monotonic()
-        worker.submit("a", "a").result(5)
-        alone = time.monotonic() - t0
-        futures = [worker.submit("a", "a"), worker.submit("b", "b")]  # the second arrives within the deadline
-        for f in futures:
-            f.result(5)
+        alone = worker.submit("a", "a")
+        time.sleep(0.4)  # more than the deadline in real time: the worker's clock has not moved
+        assert not alone.done() and worker.batches == []
+        now[0] += 0.3  # the deadline: the worker sees it at its next check (a real wait of at most 0.3 s)
+        alone.result(10)
+        first = worker.submit("a", "a")
+        time.sleep(0.4)  # the second arrives 'late' in real time, within the deadline on the worker's clock
+        second = worker.submit("b", "b")
+        for f in (first, second):
+            f.result(10)
     finally:
         worker.close()
-    assert alone >= 0.25, alone  # waited for a second unit that never came
     assert worker.batches == [["a0"], ["a0", "b0"]], worker.batches
 
 
