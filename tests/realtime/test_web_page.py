@@ -282,7 +282,7 @@ async def test_portrait_still_choice_and_upload_errors(server, browser, shots):
 
         await page.check("#demo-astronaut")  # back to a built-in portrait: the upload's session ends
         await page.wait_for_function("document.getElementById('still').src.endsWith('/astronaut.jpg')")
-        for _ in range(50):
+        for _ in range(300):  # the bound only ends a hang
             if server.sessions == 0:
                 break
             await asyncio.sleep(0.1)
