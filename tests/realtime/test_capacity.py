@@ -55,6 +55,16 @@ async def _one_session(**config) -> AsyncIterator[tuple[aiohttp.ClientSession, A
         await runner.cleanup()
 
 
+async def _until(predicate, what: str, timeout: float = 30.0) -> None:
+    """Wait for ``predicate()`` to hold, however slowly this machine gets there; ``timeout`` only ends a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"no {what} within {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
 async def _join(http, client) -> RecordingViewer:
     viewer = RecordingViewer(keep_images=True)
     await viewer.join(http, client.session.whep_url, client.session.token)
@@ -88,24 +98,31 @@ def test_shared_encoder_serves_two_viewers_with_one_encode():
 
     async def main():
         async with _one_session() as (http, client, session):
+            await _until(lambda: session.clock is not None, "session clock")
+            assert session.clock is not None
+            before_join = session.clock.current_frame()
             first = await _join(http, client)
             await asyncio.sleep(1.0)
             second = await _join(http, client)
-            await asyncio.sleep(1.5)
+            await _until(lambda: len(session.viewers) == 2 and all(v.video.frames_sent > 10 for v in session.viewers),
+                         "10 frames sent to each viewer")
             encoders = SESSION_ENCODERS.encoders_of(session)
             assert len(encoders) == 1 and encoders[0].users == 2
             encoded = encoders[0].stats()["frames"]
+            ticks = session.clock.current_frame() + 1 - before_join  # ticks any viewer could have asked for
             sent = [v.video.frames_sent for v in session.viewers]
-            assert len(sent) == 2 and all(n > 10 for n in sent)
-            assert encoded <= max(sent) + 8  # once per tick, not once per viewer
+            # once per tick, not once per viewer: at most the ticks elapsed (whatever either viewer skipped under
+            # load), and fewer than the frames the two viewers took together
+            print(f"shared encoder: {encoded} encodes over {ticks} ticks, viewers sent {sent}")
+            assert encoded <= ticks + 1 and encoded < sum(sent), (encoded, ticks, sent)
             for viewer in (first, second):
                 images = [v.image for v in viewer.recording.video[-5:]]
                 assert all(im.shape == (SIZE, SIZE, 3) and im.std() > 5 for im in images)  # a picture, not grey
             assert len(first.recording.video) > len(second.recording.video)
             await first.close()
             await second.close()
-            await asyncio.sleep(0.3)
-            assert SESSION_ENCODERS.encoders_of(session) == []  # released with its last viewer
+            # released with its last viewer (once the server has seen both hang up)
+            await _until(lambda: SESSION_ENCODERS.encoders_of(session) == [], "release of the shared encoder")
             await client.close()
 
     asyncio.run(main())
@@ -116,9 +133,9 @@ def test_other_encoder_modes_stream(mode):
     async def main():
         async with _one_session(video_encoder=mode) as (http, client, session):
             viewer = await _join(http, client)
-            await asyncio.sleep(0.5)
-            assert viewer.recording.video[-1].image.std() > 5
-            assert len(viewer.recording.audio) > 10  # audio flows (silence) in every mode
+            # the first frames may be the grey placeholder sent before the engine's first frame
+            await _until(lambda: viewer.recording.video[-1].image.std() > 5, "a picture (not grey)")
+            await _until(lambda: len(viewer.recording.audio) > 10, "audio")  # audio flows (silence) in every mode
             assert SESSION_AUDIO_ENCODERS.encoder_of(session) is None  # audio shared only in "shared"
             (served,) = session.viewers
             assert (served.stats().details.get("audio_encoder") is not None) == (mode == "per-viewer")
@@ -275,8 +292,8 @@ def test_shared_audio_two_viewers_decode_identical_audio(speech_wav):
             assert same == compared, f"{compared - same} of {compared} speech frames differ"
             await first.close()
             await second.close()
-            await asyncio.sleep(0.3)
-            assert SESSION_AUDIO_ENCODERS.encoder_of(session) is None  # released with its last viewer
+            # released with its last viewer (once the server has seen both hang up)
+            await _until(lambda: SESSION_AUDIO_ENCODERS.encoder_of(session) is None, "release of the Opus encoder")
             await client.close()
 
     asyncio.run(main())
