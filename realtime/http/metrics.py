@@ -12,7 +12,8 @@ cluster workers). Two kinds of metric:
   time an active and an inactive session cost, the usable CPU, the capacity in active sessions,
   the slowest active session's frame rate), and per session: frames delivered per second over the last
   ``FPS_WINDOW_S`` seconds, clock ticks, frames missing, late ticks, frames the engine dropped,
-  video frames the WebRTC viewers skipped, engine milliseconds per tick, queued speech (the
+  video frames the WebRTC viewers skipped, and held back waiting for a keyframe (with the skipped ones, every
+  tick a viewer did not send), engine milliseconds per tick, queued speech (the
   playback buffer's depth), viewers; and the GPU memory torch holds where an engine loaded torch
   on a CUDA machine;
 * observed as it happens: push-to-playback latency, from an utterance's first pushed audio to the
@@ -129,6 +130,9 @@ class ServerCollector(Collector):
                                       labels=["session"])
         skipped = CounterMetricFamily("avatar_session_video_frames_skipped",
                                       "Video frames viewers skipped behind the clock (summed over viewers)", labels=["session"])
+        waits = CounterMetricFamily("avatar_session_video_keyframe_waits",
+                                    "Video frames viewers held back waiting for a keyframe, at join or after a skip "
+                                    "(summed over viewers)", labels=["session"])
         engine_ms = GaugeMetricFamily("avatar_session_engine_ms_per_tick", "Engine render time per tick (mean, ms)",
                                       labels=["session"])
         queued = GaugeMetricFamily("avatar_session_queued_speech_seconds", "Speech queued for playback (seconds)",
@@ -142,11 +146,13 @@ class ServerCollector(Collector):
             missing.add_metric(label, p["frames_missing"])
             late.add_metric(label, p["late_ticks"])
             dropped.add_metric(label, p["engine_dropped_frames"])
-            skipped.add_metric(label, sum(v.stats().video_frames_skipped for v in s.viewers))
+            viewer_stats = [v.stats() for v in s.viewers]
+            skipped.add_metric(label, sum(v.video_frames_skipped for v in viewer_stats))
+            waits.add_metric(label, sum(v.video_keyframe_waits for v in viewer_stats))
             engine_ms.add_metric(label, p["engine_ms_per_tick"])
             queued.add_metric(label, s.queued_seconds)
             viewers.add_metric(label, s.viewer_count)
-        yield from (fps, ticks, missing, late, dropped, skipped, engine_ms, queued, viewers)
+        yield from (fps, ticks, missing, late, dropped, skipped, waits, engine_ms, queued, viewers)
 
 
 def _gpu_memory() -> Iterator[Metric]:

@@ -43,6 +43,10 @@ class ViewerStats:
     # frames due at a clock tick that the viewer never sent because it fell behind the clock (a sender
     # or reader late on a loaded machine): evidence of saturation for admission
     video_frames_skipped: int = 0
+    # ticks, on time, whose frame the viewer held back because its decoder lacked the frame it references (an
+    # inter frame of a shared encoder, after the viewer joined or skipped): it waits for a keyframe. With
+    # video_frames_skipped, every tick a viewer did not send
+    video_keyframe_waits: int = 0
     details: Mapping[str, Any] = field(default_factory=dict)
 
 

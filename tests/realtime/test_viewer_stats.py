@@ -1,6 +1,6 @@
 """Viewer statistics cross the transport contract typed (``transports/base.py`` ``ViewerStats``): admission's
-counters and ``/metrics`` read ``video_frames_skipped`` of a viewer of any transport, and the session's viewer
-list shows the transport's own details as they are."""
+counters and ``/metrics`` read ``video_frames_skipped`` (``/metrics`` also ``video_keyframe_waits``) of a viewer of
+any transport, and the session's viewer list shows the transport's own details as they are."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ class _LaggingViewer:
         self.skipped = skipped
 
     def stats(self) -> ViewerStats:
-        return ViewerStats(video_frames_sent=100, video_frames_skipped=self.skipped, details={"feathers": 3})
+        return ViewerStats(video_frames_sent=100, video_frames_skipped=self.skipped, video_keyframe_waits=1,
+                           details={"feathers": 3})
 
     async def close(self) -> None:
         return None
@@ -50,6 +51,9 @@ async def test_skipped_frames_of_any_transport_reach_admission_and_metrics(bar_e
         (sample,) = [s for s in families["avatar_session_video_frames_skipped"].samples
                      if s.labels == {"session": session.id}]
         assert sample.value == 7  # summed over viewers
+        (sample,) = [s for s in families["avatar_session_video_keyframe_waits"].samples
+                     if s.labels == {"session": session.id}]
+        assert sample.value == 2
         shown = session.viewer_stats()
         assert [(v["transport"], v["feathers"]) for v in shown] == [("carrier-pigeon", 3)] * 2
     finally:

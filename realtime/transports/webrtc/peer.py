@@ -168,7 +168,9 @@ class WebRtcViewer:
             out["audio_encoder"] = self.audio.encoder.stats()
         if self.microphone is not None:
             out["mic_dropped_samples"] = self.microphone.dropped_samples
+        waits = self.video.keyframe_waits if isinstance(self.video, EncodedVideoTrack) else 0
         return ViewerStats(video_frames_sent=self.video.frames_sent, video_frames_skipped=self.video.frames_skipped,
+                           video_keyframe_waits=waits,
                            details=out)
 
     def sender_clock_samples(self) -> list[dict[str, Any]]:
