@@ -54,7 +54,6 @@ VIEWER_FRAMES = 25 * 3600  # frame times a viewer keeps (the recorder's default,
 RAY_PORT = 6379
 FRONT_PORT = 8080
 MIN_FPS = 24.0  # what an unaffected session keeps on an idle machine (the bench reports it)
-MAX_GAP_S = 2.0  # the longest pause between two frames of an unaffected session, under any load (the tests)
 
 
 def venv_tool(name: str) -> str:
@@ -224,8 +223,8 @@ def fps(viewer: RecordingViewer, t0: float, t1: float) -> float:
 
 
 def max_gap(viewer: RecordingViewer, t0: float, t1: float) -> float:
-    """The longest time (s) between two video frames received in [t0, t1], its edges included:
-    a session that stalled shows it whatever the machine's speed."""
+    """The longest time (s) between two video frames received in [t0, t1], its edges included (reported: a
+    loaded machine lengthens it as a stall does; the tests account ticks instead, ``bench/media_ticks.py``)."""
     times = [t0, *sorted(v.t for v in viewer.recording.video if t0 <= v.t < t1), t1]
     return max(b - a for a, b in zip(times, times[1:]))
 
