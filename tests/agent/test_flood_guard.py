@@ -4,6 +4,8 @@ test_abuse only check that a real flood gets the same verdicts)."""
 
 from __future__ import annotations
 
+from manual_clock import ManualClock
+
 from avatarstream.realtime.transports.agent.socket import (
     FLOOD_CLOSE_MESSAGES,
     FLOOD_GAP_S,
@@ -14,16 +16,8 @@ from avatarstream.realtime.transports.agent.socket import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_a_burst_passes_and_the_next_message_waits_for_the_sustained_rate():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     guard = FloodGuard(clock)
     assert [guard.check() for _ in range(MESSAGE_BURST)] == [Verdict.ALLOW] * MESSAGE_BURST  # all at one instant
     assert guard.check() == Verdict.REFUSE
@@ -32,7 +26,7 @@ def test_a_burst_passes_and_the_next_message_waits_for_the_sustained_rate():
 
 
 def test_an_agent_at_its_frame_rate_is_never_refused():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     guard = FloodGuard(clock)
     for _ in range(30_000):  # 10 minutes of 20 ms frames, each with a control message beside it
         clock.t += 0.02
@@ -41,7 +35,7 @@ def test_an_agent_at_its_frame_rate_is_never_refused():
 
 
 def test_a_flood_is_closed_at_its_refusal_cap_with_the_counts_in_the_reason():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     guard = FloodGuard(clock)
     verdicts = []
     while not verdicts or verdicts[-1] != Verdict.CLOSE:  # 2000 messages a second, 2.5 x the sustained rate
@@ -60,7 +54,7 @@ def test_a_flood_is_closed_at_its_refusal_cap_with_the_counts_in_the_reason():
 
 
 def test_refusals_a_pause_apart_are_bursts_not_a_flood():
-    clock = Clock()
+    clock = ManualClock(1000.0)
     guard = FloodGuard(clock, burst=10, close_after=5)
     for _ in range(10):
         assert guard.check() == Verdict.ALLOW

@@ -283,6 +283,19 @@ def check_video_cadence(published: Published, figures: dict, yielded: int) -> np
     return ts
 
 
+async def interrupt_reply(agent: AgentSession, gen: Any, reply: np.ndarray, after_s: float) -> tuple[float, Any]:
+    """Say ``reply``, call ``clear_buffer`` ``after_s`` after the generator saw it start; (the time of the call,
+    the playout result)."""
+    starts = len(gen.speech_starts)
+    await say(agent, reply)
+    while len(gen.speech_starts) <= starts:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(after_s)
+    t_clear = time.monotonic()
+    agent.output.audio.clear_buffer()
+    return t_clear, await asyncio.wait_for(agent.output.audio.wait_for_playout(), 10)
+
+
 async def speak_interrupt_restart(server: LocalAvatarServer, speech: dict[str, np.ndarray]) -> Any:
     """Idle 1 s, a whole reply, a reply interrupted after ~1.2 s, a reply right after; what came out."""
     avatar, agent, room, published, first_frame_s = await started_avatar(server)
@@ -292,24 +305,12 @@ async def speak_interrupt_restart(server: LocalAvatarServer, speech: dict[str, n
         await asyncio.sleep(1.0)  # idle: the face moves, no audio
         await say(agent, speech["long"])
         done = await asyncio.wait_for(sink.wait_for_playout(), 30)
-        await say(agent, speech["cut"])
-        while len(gen.speech_starts) < 2:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(1.2)
-        t_clear = time.monotonic()
-        sink.clear_buffer()
-        cut = await asyncio.wait_for(sink.wait_for_playout(), 10)
+        t_clear, cut = await interrupt_reply(agent, gen, speech["cut"], after_s=1.2)
         await say(agent, speech["next"])  # right after the interrupt
         done_next = await asyncio.wait_for(sink.wait_for_playout(), 30)
         # the reply after an interrupt opens the mouth again 2 frames after it: the mouth's closing is measured at
         # a second interrupt, followed by silence
-        await say(agent, speech["cut"])
-        while len(gen.speech_starts) < 4:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.8)
-        t_clear_quiet = time.monotonic()
-        sink.clear_buffer()
-        cut_quiet = await asyncio.wait_for(sink.wait_for_playout(), 10)
+        t_clear_quiet, cut_quiet = await interrupt_reply(agent, gen, speech["cut"], after_s=0.8)
         await asyncio.sleep(0.5)
         delay_frames = avatar.media.avatar.session.delay_frames
     finally:

@@ -6,6 +6,8 @@ import pytest
 
 pytest.importorskip("livekit.agents", reason="livekit-agents is not installed: pip install 'avatarstream[livekit]'")
 
+from manual_clock import ManualClock  # noqa: E402
+
 from avatarstream.realtime.transports.livekit.generator import (  # noqa: E402
     PUSH_BLOCKED_S,
     REANCHOR_BEHIND_S,
@@ -14,16 +16,8 @@ from avatarstream.realtime.transports.livekit.generator import (  # noqa: E402
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_frames_wait_for_the_synchronizer_slot_plus_the_margin():
-    clock = Clock()
+    clock = ManualClock()
     slots = FrameSlots(25, clock)
     assert slots.wait_s() == pytest.approx(SLOT_MARGIN_S)  # the first anchors (the synchronizer's: now)
     clock.t += SLOT_MARGIN_S
@@ -39,7 +33,7 @@ def test_frames_wait_for_the_synchronizer_slot_plus_the_margin():
 
 
 def test_far_behind_re_anchors_before_the_synchronizer_does():
-    clock = Clock()
+    clock = ManualClock()
     slots = FrameSlots(25, clock)
     slots.wait_s()
     slots.pushed(0.0)
@@ -49,7 +43,7 @@ def test_far_behind_re_anchors_before_the_synchronizer_does():
 
 
 def test_a_blocked_hand_over_follows_the_synchronizer_from_then():
-    clock = Clock()
+    clock = ManualClock()
     slots = FrameSlots(25, clock)
     slots.wait_s()
     slots.pushed(0.0)

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.mark.slow  # ~30 s on 2 busy cores: an avatar serve subprocess, a viewer, 512 px calibrations
 def test_calibration_bench_quick(tmp_path):
-    pytest.importorskip("psutil")
+    pytest.importorskip("psutil", reason="psutil is not installed (pip install 'avatarstream[bench]')")
     from avatarstream.bench import calibration
     from avatarstream.cli.bench import BenchOptions
 

@@ -175,7 +175,7 @@ def test_capacity_bench_quick(tmp_path):
     """The tiny capacity bench: 1..2 sessions per mode, both encoder modes, JSON fields and a plot;
     the admission mix: 3 sessions asked, watched at once and late, admission on."""
     pytest.importorskip("matplotlib")
-    pytest.importorskip("psutil")
+    pytest.importorskip("psutil", reason="psutil is not installed (pip install 'avatarstream[bench]')")
     from avatarstream.cli.bench import BenchOptions
     from avatarstream.bench import capacity
 
